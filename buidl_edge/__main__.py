@@ -1,0 +1,3 @@
+from buidl_edge.cli import main
+
+main()

@@ -1,0 +1,136 @@
+"""EdgeApp: the handler registry users write against, and the Context a handler receives."""
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional
+
+from buidl_edge.protocol import Envelope
+from buidl_edge.store.base import Reply
+
+Handler = Callable[[dict[str, Any], "Context"], Optional[dict[str, Any]]]
+# Where app.send_message goes once a worker binds one (the outbox).
+ReplySink = Callable[[Reply], None]
+
+log = logging.getLogger("buidl_edge.app")
+
+
+class AppError(ValueError):
+    """A handler app that cannot be loaded or a message that cannot be sent."""
+
+
+def reply_from(channel: str, text_or_dict: str | Mapping[str, Any], thread_ts: str | None = None) -> Reply:
+    """Build a Reply from text or a dict with text/blocks, as the Buidl API allowed."""
+    if isinstance(text_or_dict, str):
+        return Reply(channel=channel, text=text_or_dict, thread_ts=thread_ts)
+    if isinstance(text_or_dict, Mapping):
+        text, blocks = text_or_dict.get("text"), text_or_dict.get("blocks")
+        if text is None and blocks is None:
+            raise AppError("a message dict needs 'text' or 'blocks'")
+        return Reply(channel=channel, text=text, blocks=blocks,
+                     thread_ts=text_or_dict.get("thread_ts", thread_ts))
+    raise AppError(f"a message is text or a dict, not {type(text_or_dict).__name__}")
+
+
+@dataclass
+class Context:
+    """What a handler gets besides its payload. `say` queues a reply; the worker sends it."""
+
+    envelope: Envelope
+    logger: logging.LoggerAdapter
+    bot_user_id: str | None = None
+    claim_once: Callable[[str], bool] | None = None
+    replies: list[Reply] = field(default_factory=list)
+
+    def once(self, key: str) -> bool:
+        """True the first time any worker sees `key` (shared store), False after."""
+        if self.claim_once is None:
+            raise AppError("ctx.once needs a store; run the handler inside a worker")
+        return self.claim_once(key)
+
+    @property
+    def default_channel(self) -> str | None:
+        payload = self.envelope.payload
+        event = payload.get("event") or {}
+        channel = (event.get("channel") or event.get("channel_id") or payload.get("channel_id")
+                   or (payload.get("channel") or {}).get("id"))
+        return channel if isinstance(channel, str) else None
+
+    def say(self, text: str | None = None, blocks: list[dict[str, Any]] | None = None,
+            channel: str | None = None, thread_ts: str | None = None) -> Reply:
+        target = channel or self.default_channel
+        if not target:
+            raise AppError("ctx.say needs a channel: this envelope carries none")
+        if text is None and blocks is None:
+            raise AppError("ctx.say needs text or blocks")
+        reply = Reply(channel=target, text=text, blocks=blocks, thread_ts=thread_ts)
+        self.replies.append(reply)
+        return reply
+
+
+class EdgeApp:
+    """Register handlers by event type, slash command or interaction type."""
+
+    def __init__(self, name: str = "buidl-edge") -> None:
+        self.name = name
+        self._events: dict[str, list[Handler]] = {}
+        self._commands: dict[str, list[Handler]] = {}
+        self._interactive: dict[str, list[Handler]] = {}
+        self._sink: ReplySink | None = None
+
+    def _register(self, table: dict[str, list[Handler]], key: str) -> Callable[[Handler], Handler]:
+        def decorator(fn: Handler) -> Handler:
+            table.setdefault(key, []).append(fn)
+            return fn
+        return decorator
+
+    def event(self, event_type: str) -> Callable[[Handler], Handler]:
+        return self._register(self._events, event_type)
+
+    def command(self, command: str) -> Callable[[Handler], Handler]:
+        if not command.startswith("/"):
+            raise AppError(f"a slash command starts with '/', got {command!r}")
+        return self._register(self._commands, command)
+
+    def interactive(self, interaction_type: str) -> Callable[[Handler], Handler]:
+        return self._register(self._interactive, interaction_type)
+
+    def register_handler(self, event_type: str, fn: Handler) -> Handler:
+        """The Buidl API's name for `event`."""
+        return self.event(event_type)(fn)
+
+    def handlers_for(self, envelope: Envelope) -> list[Handler]:
+        table = {"events_api": self._events, "slash_commands": self._commands,
+                 "interactive": self._interactive}.get(envelope.type, {})
+        return list(table.get(envelope.kind, ()))
+
+    def handler_argument(self, envelope: Envelope) -> dict[str, Any]:
+        """Events get the inner event; commands and interactions get the whole payload."""
+        if envelope.type == "events_api":
+            return dict(envelope.payload.get("event") or {})
+        return envelope.payload
+
+    def bind(self, sink: ReplySink | None) -> None:
+        self._sink = sink
+
+    def send_message(self, channel: str, text_or_dict: str | Mapping[str, Any]) -> Reply:
+        """Send outside a handler (inside one, prefer ctx.say)."""
+        reply = reply_from(channel, text_or_dict)
+        if self._sink is None:
+            raise AppError("send_message needs a running worker (or `buidl-edge send`)")
+        self._sink(reply)
+        return reply
+
+
+def load_app(spec: str) -> EdgeApp:
+    """Import `module:attribute` and check it is an EdgeApp."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise AppError(f"cannot import app module {module_name!r}: {exc}") from None
+    app = getattr(module, attr, None)
+    if not isinstance(app, EdgeApp):
+        raise AppError(f"{spec} is not an EdgeApp (found {type(app).__name__})")
+    return app

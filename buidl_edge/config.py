@@ -1,0 +1,182 @@
+"""Settings from the environment, validated once, with one-line errors that never echo a token."""
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+DEFAULT_API_URL = "https://slack.com/api/"
+DEFAULT_APP = "buidl_edge.bot:app"
+# Slack's ceiling on open Socket Mode connections per app.
+SLACK_MAX_CONNECTIONS = 10
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work. The message is one line and safe to print."""
+
+
+class Secret:
+    """A token that prints as its type and last four characters, never whole."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    @property
+    def kind(self) -> str:
+        return self._value.split("-", 1)[0] if "-" in self._value else "unknown"
+
+    def masked(self) -> str:
+        return f"{self.kind}-…{self._value[-4:]}" if len(self._value) > 12 else f"{self.kind}-…"
+
+    def __repr__(self) -> str:
+        return f"Secret({self.masked()})"
+
+    __str__ = masked
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_transport_url(url: str, secure_scheme: str, plain_scheme: str, what: str) -> str:
+    """Allow the plain scheme only towards loopback (the simulator); refuse anything else."""
+    parts = urlsplit(url)
+    if parts.scheme == secure_scheme:
+        return url
+    if parts.scheme == plain_scheme:
+        if is_loopback_host(parts.hostname):
+            return url
+        raise ConfigError(
+            f"{what} must use {secure_scheme}:// outside loopback; "
+            f"{plain_scheme}:// to {parts.hostname or '?'} is refused"
+        )
+    raise ConfigError(f"{what} must be a {secure_scheme}:// URL, got scheme {parts.scheme or 'none'!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    app_token: Secret
+    bot_token: Secret
+    bot_user_id: str | None = None
+    api_url: str = DEFAULT_API_URL
+    connections: int = 1
+    processes: int = 2
+    app_spec: str = DEFAULT_APP
+    websocket_debug: bool = False
+    state_dir: Path = field(default_factory=lambda: Path(".buidl"))
+    ack_payload_deadline: float = 2.5
+    ping_interval: float = 10.0
+    stale_timeout: float = 30.0
+    backoff_base: float = 1.0
+    backoff_cap: float = 30.0
+    refresh_lead: float = 30.0
+    drain_timeout: float = 10.0
+    http_timeout: float = 10.0
+
+    def redacted(self) -> dict[str, Any]:
+        """What `config` prints: every setting, with tokens masked."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.masked() if isinstance(value, Secret) else (
+                str(value) if isinstance(value, Path) else value
+            )
+        return out
+
+
+# env var -> (field, parser)
+_NUMBERS: dict[str, tuple[str, type]] = {
+    "BUIDL_CONNECTIONS": ("connections", int),
+    "BUIDL_PROCESSES": ("processes", int),
+    "BUIDL_ACK_DEADLINE": ("ack_payload_deadline", float),
+    "BUIDL_PING_INTERVAL": ("ping_interval", float),
+    "BUIDL_STALE_TIMEOUT": ("stale_timeout", float),
+    "BUIDL_BACKOFF_BASE": ("backoff_base", float),
+    "BUIDL_BACKOFF_CAP": ("backoff_cap", float),
+    "BUIDL_REFRESH_LEAD": ("refresh_lead", float),
+    "BUIDL_DRAIN_TIMEOUT": ("drain_timeout", float),
+    "BUIDL_HTTP_TIMEOUT": ("http_timeout", float),
+}
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build Settings from `env` (default os.environ); keyword overrides win (CLI flags)."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {
+        "app_token": _token(env, "SLACK_APP_TOKEN", "xapp-", "an app-level token"),
+        "bot_token": _token(env, "SLACK_BOT_TOKEN", "xoxb-", "a bot token"),
+        "bot_user_id": env.get("BOT_USER_ID") or None,
+        "api_url": env.get("SLACK_API_URL") or DEFAULT_API_URL,
+        "app_spec": env.get("BUIDL_APP") or DEFAULT_APP,
+        "websocket_debug": env.get("WEBSOCKET_DEBUG", "").strip().lower() in ("1", "true", "yes", "on"),
+        "state_dir": Path(env.get("BUIDL_STATE_DIR") or ".buidl"),
+    }
+    for name, (attr, parse) in _NUMBERS.items():
+        raw = env.get(name)
+        if raw not in (None, ""):
+            try:
+                values[attr] = parse(raw)
+            except ValueError:
+                raise ConfigError(f"{name} must be a number, got {raw[:20]!r}") from None
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    settings = Settings(**values)
+    validate(settings)
+    return settings
+
+
+def validate(settings: Settings) -> None:
+    if not 1 <= settings.connections <= SLACK_MAX_CONNECTIONS:
+        raise ConfigError(
+            f"BUIDL_CONNECTIONS must be 1..{SLACK_MAX_CONNECTIONS} (Slack's limit per app), "
+            f"got {settings.connections}"
+        )
+    if settings.processes < 1:
+        raise ConfigError(f"BUIDL_PROCESSES must be at least 1, got {settings.processes}")
+    for attr in ("ack_payload_deadline", "ping_interval", "stale_timeout", "backoff_base",
+                 "backoff_cap", "drain_timeout", "http_timeout"):
+        if getattr(settings, attr) <= 0:
+            raise ConfigError(f"{attr} must be positive, got {getattr(settings, attr)}")
+    if settings.ack_payload_deadline >= 3.0:
+        raise ConfigError("BUIDL_ACK_DEADLINE must be under Slack's 3 s ack deadline")
+    if settings.stale_timeout <= settings.ping_interval:
+        raise ConfigError("BUIDL_STALE_TIMEOUT must be longer than BUIDL_PING_INTERVAL")
+    if ":" not in settings.app_spec:
+        raise ConfigError(f"BUIDL_APP must look like module:attribute, got {settings.app_spec!r}")
+    check_transport_url(settings.api_url, "https", "http", "SLACK_API_URL")
+    if not settings.api_url.endswith("/"):
+        raise ConfigError("SLACK_API_URL must end with '/', like https://slack.com/api/")
+
+
+_PREFIXES = {"xapp-": "an app-level token (xapp-)", "xoxb-": "a bot token (xoxb-)",
+             "xoxp-": "a user token (xoxp-)"}
+
+
+def _token(env: Mapping[str, str], name: str, prefix: str, what: str) -> Secret:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        raise ConfigError(f"{name} is not set: it must be {what} starting with {prefix}")
+    if not raw.startswith(prefix):
+        found = next((desc for p, desc in _PREFIXES.items() if raw.startswith(p)), "not a Slack token")
+        raise ConfigError(f"{name} must start with {prefix} ({what}); the value given is {found}")
+    return Secret(raw)

@@ -1,0 +1,346 @@
+"""One Socket Mode connection: keeps a link open, refreshes it with overlap, backs off on drops.
+
+A `ConnectionSlot` is what the user counts as "a connection". It owns one live
+`Link` (one WebSocket) and, while a refresh overlaps, the retiring one too: the
+old link keeps reading and acking until Slack closes it, so no envelope falls
+into the gap.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import gevent
+import gevent.event
+import websocket
+
+from buidl_edge import protocol
+from buidl_edge.config import Settings
+from buidl_edge.observability import trace_frame
+from buidl_edge.webapi import FatalAuthError, RateLimited, SlackApiError, WebApi
+
+log = logging.getLogger("buidl_edge.connection")
+
+HELLO_TIMEOUT_S = 10.0
+# A retiring link that Slack never closes is closed by us after this long.
+RETIRE_TIMEOUT_S = 30.0
+_link_ids = itertools.count(1)
+
+
+class FatalStop(Exception):
+    """Stop the worker, do not reconnect: Socket Mode is off or the token is refused."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class EnvelopeSink(Protocol):
+    def accept(self, envelope: protocol.Envelope, link: "Link", received_at: float) -> None:
+        """Take one envelope read on `link`; must return quickly (the read loop waits)."""
+
+
+@dataclass
+class ConnectionStats:
+    """Per-connection figures, named as in the Buidl API plus envelope counters."""
+
+    connected: bool = False
+    reconnect_count: int = 0
+    last_ping: float | None = None
+    connected_since: float | None = None
+    messages_sent: int = 0
+    envelopes_received: int = 0
+    envelopes_acked: int = 0
+    envelopes_rejected: int = 0
+    last_ack_latency_ms: float | None = None
+    disconnects: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items() if k != "disconnects"}
+        data["disconnects"] = dict(self.disconnects)
+        data["uptime"] = round(time.time() - self.connected_since, 3) if self.connected and self.connected_since else 0.0
+        return data
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: Callable[[float, float], float] = random.uniform) -> float:
+    """Exponential backoff with full jitter: uniform(0, min(cap, base * 2**attempt))."""
+    return rng(0.0, min(cap, base * (2 ** min(attempt, 30))))
+
+
+class Link:
+    """One WebSocket to Slack: reads frames, answers pings, sends acks."""
+
+    def __init__(self, slot: "ConnectionSlot", ws: websocket.WebSocket, hello: protocol.Hello) -> None:
+        self.slot = slot
+        self.ws = ws
+        self.hello = hello
+        self.id = f"{slot.name}.{next(_link_ids)}"
+        self.opened_at = time.monotonic()
+        self.last_traffic = time.monotonic()
+        # What ended or should end this link: "closed", "refresh", "stale", "fatal", "too_many", "stop".
+        self.outcome: gevent.event.AsyncResult = gevent.event.AsyncResult()
+        self.dispatching = True
+        self.closed = gevent.event.Event()
+
+    @property
+    def stats(self) -> ConnectionStats:
+        return self.slot.stats
+
+    def send_text(self, text: str) -> bool:
+        # enable_multithread gives websocket-client a send lock (a gevent lock once patched),
+        # so acks from many greenlets and its own pongs never interleave on the wire.
+        trace_frame(self.slot.settings.websocket_debug, self.id, "out", text)
+        try:
+            self.ws.send(text)
+        except (websocket.WebSocketException, OSError) as exc:
+            log.warning("send failed on %s: %s", self.id, type(exc).__name__, extra={"connection": self.id})
+            return False
+        self.stats.messages_sent += 1
+        return True
+
+    def ack(self, envelope_id: str, payload: dict[str, Any] | None, received_at: float) -> bool:
+        try:
+            frame = protocol.build_ack(envelope_id, payload)
+        except protocol.ProtocolError as exc:
+            log.error("ack payload refused (%s); acking without it", exc.reason,
+                      extra={"connection": self.id, "envelope_id": envelope_id})
+            frame = protocol.build_ack(envelope_id)
+        if not self.send_text(frame):
+            return False
+        self.stats.envelopes_acked += 1
+        self.stats.last_ack_latency_ms = round((time.monotonic() - received_at) * 1000, 3)
+        return True
+
+    def read_loop(self) -> None:
+        try:
+            while True:
+                opcode, frame = self.ws.recv_data_frame(True)
+                self.last_traffic = time.monotonic()
+                if opcode in (websocket.ABNF.OPCODE_PONG, websocket.ABNF.OPCODE_PING):
+                    self.stats.last_ping = time.time()
+                    continue
+                if opcode == websocket.ABNF.OPCODE_CLOSE:
+                    break
+                if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
+                    self._on_text(frame.data)
+        except (websocket.WebSocketException, OSError, AttributeError) as exc:
+            # AttributeError: websocket-client's socket is None once closed under us.
+            log.debug("link %s read ended: %s", self.id, type(exc).__name__, extra={"connection": self.id})
+        finally:
+            self.closed.set()
+            self._settle("closed")
+
+    def _on_text(self, data: bytes | str) -> None:
+        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+        trace_frame(self.slot.settings.websocket_debug, self.id, "in", text)
+        received_at = time.monotonic()
+        try:
+            frame = protocol.parse_frame(text)
+        except protocol.ProtocolError as exc:
+            self.stats.envelopes_rejected += 1
+            log.warning("bad frame rejected: %s", exc.reason, extra={"connection": self.id})
+            return
+        if isinstance(frame, protocol.Envelope):
+            self.stats.envelopes_received += 1
+            if self.dispatching:
+                self.slot.sink.accept(frame, self, received_at)
+            # While draining, no ack: Slack redelivers it to a connection that stays up.
+        elif isinstance(frame, protocol.Disconnect):
+            self.stats.disconnects[frame.reason] = self.stats.disconnects.get(frame.reason, 0) + 1
+            log.info("disconnect frame: %s", frame.reason, extra={"connection": self.id})
+            if frame.is_fatal:
+                self._settle("fatal")
+            elif frame.reason == "too_many_websockets":
+                self._settle("too_many")
+            else:
+                self._settle("refresh")
+        elif isinstance(frame, protocol.Hello):
+            log.debug("extra hello on %s", self.id)
+
+    def _settle(self, outcome: str) -> None:
+        if not self.outcome.ready():
+            self.outcome.set(outcome)
+
+    def keepalive(self) -> None:
+        """Ping the server and replace the link when it stays silent too long."""
+        settings = self.slot.settings
+        while not self.closed.is_set():
+            self.closed.wait(settings.ping_interval)
+            if self.closed.is_set():
+                return
+            if time.monotonic() - self.last_traffic > settings.stale_timeout:
+                log.warning("link stale for %.1fs, replacing", time.monotonic() - self.last_traffic,
+                            extra={"connection": self.id})
+                self._settle("stale")
+                return
+            try:
+                self.ws.ping()
+            except (websocket.WebSocketException, OSError, AttributeError):
+                pass
+
+    def close(self) -> None:
+        try:
+            self.ws.close(timeout=1)
+        except (websocket.WebSocketException, OSError, AttributeError):
+            pass
+        try:
+            self.ws.shutdown()
+        except (websocket.WebSocketException, OSError, AttributeError):
+            pass
+
+
+class ConnectionSlot:
+    """Keeps one logical Socket Mode connection alive for the worker."""
+
+    def __init__(self, name: str, settings: Settings, webapi: WebApi, sink: EnvelopeSink) -> None:
+        self.name = name
+        self.settings = settings
+        self.webapi = webapi
+        self.sink = sink
+        self.stats = ConnectionStats()
+        self.links: list[Link] = []
+        self._stopping = gevent.event.Event()
+        self._opened_once = False
+
+    def stop_dispatching(self) -> None:
+        """First step of a drain: read on, but take no new envelopes."""
+        self._stopping.set()
+        for link in self.links:
+            link.dispatching = False
+            link._settle("stop")
+
+    def close(self) -> None:
+        for link in list(self.links):
+            link.close()
+
+    def run(self) -> None:
+        """Open, serve, refresh, reconnect until stopped. Raises FatalStop."""
+        attempt = 0
+        while not self._stopping.is_set():
+            try:
+                link = self._open_link()
+            except FatalAuthError as exc:
+                raise FatalStop(f"Slack refused the app token: {exc.error}") from None
+            except RateLimited as exc:
+                delay = max(exc.retry_after, backoff_delay(attempt, self.settings.backoff_base, self.settings.backoff_cap))
+                log.warning("apps.connections.open rate limited; retrying in %.1fs", delay,
+                            extra={"connection": self.name})
+                attempt += 1
+                self._stopping.wait(delay)
+                continue
+            except (SlackApiError, websocket.WebSocketException, OSError, HelloMissing) as exc:
+                delay = backoff_delay(attempt, self.settings.backoff_base, self.settings.backoff_cap)
+                log.warning("connect failed (%s); retrying in %.2fs", _describe(exc), delay,
+                            extra={"connection": self.name})
+                attempt += 1
+                self._stopping.wait(delay)
+                continue
+            outcome = self._serve(link)
+            if outcome == "fatal":
+                raise FatalStop("Slack disabled Socket Mode for this app (link_disabled)")
+            if outcome in ("refresh", "stale", "stop"):
+                attempt = 0
+                continue
+            if outcome == "too_many":
+                link.close()
+            delay = backoff_delay(attempt, self.settings.backoff_base, self.settings.backoff_cap)
+            attempt += 1
+            log.info("link %s %s; reconnecting in %.2fs", link.id, outcome, delay, extra={"connection": self.name})
+            self._stopping.wait(delay)
+
+    def _open_link(self) -> Link:
+        url = self.webapi.open_connection(self.settings.app_token)
+        ws = websocket.create_connection(url, timeout=HELLO_TIMEOUT_S, enable_multithread=True,
+                                         skip_utf8_validation=True)
+        try:
+            hello = self._await_hello(ws)
+        except BaseException:
+            ws.close()
+            raise
+        ws.settimeout(None)
+        link = Link(self, ws, hello)
+        if self._opened_once:
+            self.stats.reconnect_count += 1
+        self._opened_once = True
+        self.stats.connected = True
+        self.stats.connected_since = time.time()
+        log.info("connected (%s open for the app)", hello.num_connections, extra={"connection": link.id})
+        return link
+
+    def _await_hello(self, ws: websocket.WebSocket) -> protocol.Hello:
+        deadline = time.monotonic() + HELLO_TIMEOUT_S
+        while time.monotonic() < deadline:
+            opcode, frame = ws.recv_data_frame(True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                raise HelloMissing("closed before hello")
+            if opcode != websocket.ABNF.OPCODE_TEXT:
+                continue
+            text = frame.data.decode("utf-8", "replace")
+            trace_frame(self.settings.websocket_debug, self.name, "in", text)
+            try:
+                parsed = protocol.parse_frame(text)
+            except protocol.ProtocolError:
+                continue
+            if isinstance(parsed, protocol.Hello):
+                return parsed
+            if isinstance(parsed, protocol.Disconnect):
+                if parsed.is_fatal:
+                    raise FatalAuthError("socket", "link_disabled")
+                raise HelloMissing(f"disconnect {parsed.reason} before hello")
+        raise HelloMissing("no hello in time")
+
+    def _serve(self, link: Link) -> str:
+        """Run the link until it ends or must be replaced; a replaced link retires in the background."""
+        self.links.append(link)
+        reader = gevent.spawn(link.read_loop)
+        pinger = gevent.spawn(link.keepalive)
+        expiry = self._schedule_expiry_refresh(link)
+        outcome = link.outcome.get()
+        if expiry is not None:
+            expiry.kill(block=False)
+        if outcome in ("refresh",) and not self._stopping.is_set():
+            gevent.spawn(self._retire, link, reader, pinger)
+            return outcome
+        if outcome == "stop":
+            gevent.spawn(self._retire, link, reader, pinger)
+            return outcome
+        link.close()
+        reader.join(timeout=2)
+        pinger.kill(block=False)
+        self._forget(link)
+        return outcome
+
+    def _schedule_expiry_refresh(self, link: Link) -> gevent.Greenlet | None:
+        life = link.hello.approximate_connection_time
+        if not life:
+            return None
+        lead = min(self.settings.refresh_lead, life / 2)
+        return gevent.spawn_later(max(1.0, life - lead), link._settle, "refresh")
+
+    def _retire(self, link: Link, reader: gevent.Greenlet, pinger: gevent.Greenlet) -> None:
+        """Keep reading and acking on the old link until Slack closes it (or we give up waiting)."""
+        reader.join(timeout=RETIRE_TIMEOUT_S)
+        if not reader.dead:
+            link.close()
+            reader.join(timeout=2)
+        pinger.kill(block=False)
+        self._forget(link)
+
+    def _forget(self, link: Link) -> None:
+        if link in self.links:
+            self.links.remove(link)
+        self.stats.connected = any(not l.closed.is_set() for l in self.links)
+
+
+class HelloMissing(Exception):
+    """The socket opened but Slack never said hello."""
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SlackApiError):
+        return exc.error
+    return type(exc).__name__

@@ -1,0 +1,107 @@
+"""From a read envelope to an ack and a handled event: claim, ack, run handlers, finish."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+import gevent.pool
+
+from buidl_edge.app import Context, EdgeApp
+from buidl_edge.connection import Link
+from buidl_edge.outbox import DirectOutbox
+from buidl_edge.protocol import Envelope
+from buidl_edge.store.base import EdgeStore
+
+log = logging.getLogger("buidl_edge.dispatch")
+
+
+@dataclass
+class DispatchStats:
+    envelopes_new: int = 0
+    duplicates: int = 0
+    handled: int = 0
+    handler_errors: int = 0
+    unhandled_kinds: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class Dispatcher:
+    """Acks go through `inflight` (never capped, so a busy handler pool cannot delay an ack)."""
+
+    def __init__(self, app: EdgeApp, store: EdgeStore, outbox: DirectOutbox, owner: str,
+                 ack_payload_deadline: float, bot_user_id: str | None,
+                 handler_pool_size: int = 200) -> None:
+        self.app = app
+        self.store = store
+        self.outbox = outbox
+        self.owner = owner
+        self.ack_payload_deadline = ack_payload_deadline
+        self.bot_user_id = bot_user_id
+        self.stats = DispatchStats()
+        self.inflight = gevent.pool.Group()
+        self.handlers = gevent.pool.Pool(handler_pool_size)
+
+    def accept(self, envelope: Envelope, link: Link, received_at: float) -> None:
+        self.inflight.spawn(self._process, envelope, link, received_at)
+
+    def _process(self, envelope: Envelope, link: Link, received_at: float) -> None:
+        extra = {"connection": link.id, "envelope_id": envelope.envelope_id}
+        if not self.store.claim(envelope, self.owner):
+            self.stats.duplicates += 1
+            log.info("duplicate %s (retry %d) acked and dropped", envelope.kind, envelope.retry_attempt, extra=extra)
+            link.ack(envelope.envelope_id, None, received_at)
+            return
+        self.stats.envelopes_new += 1
+        if envelope.accepts_response_payload and self.app.handlers_for(envelope):
+            job = self.handlers.spawn(self.handle, envelope)
+            remaining = self.ack_payload_deadline - (time.monotonic() - received_at)
+            job.join(timeout=max(0.0, remaining))
+            payload = job.value if job.successful() else None
+            if not job.ready():
+                log.warning("handler missed the %.1fs ack deadline; acked without payload",
+                            self.ack_payload_deadline, extra=extra)
+            link.ack(envelope.envelope_id, payload, received_at)
+            return
+        link.ack(envelope.envelope_id, None, received_at)
+        self.handlers.spawn(self.handle, envelope)
+
+    def handle(self, envelope: Envelope) -> dict[str, Any] | None:
+        """Run every matching handler; return the first dict one returned (the ack payload)."""
+        ctx = Context(envelope=envelope,
+                      logger=logging.LoggerAdapter(logging.getLogger("buidl_edge.handler"),
+                                                   {"envelope_id": envelope.envelope_id}),
+                      bot_user_id=self.bot_user_id, claim_once=self.store.claim_key)
+        handlers = self.app.handlers_for(envelope)
+        if not handlers:
+            self.stats.unhandled_kinds += 1
+        payload: dict[str, Any] | None = None
+        error: str | None = None
+        argument = self.app.handler_argument(envelope)
+        for handler in handlers:
+            try:
+                result = handler(argument, ctx)
+            except Exception as exc:  # a handler bug must not take the connection down
+                self.stats.handler_errors += 1
+                error = type(exc).__name__
+                log.exception("handler %s failed", getattr(handler, "__name__", handler),
+                              extra={"envelope_id": envelope.envelope_id})
+                continue
+            if payload is None and isinstance(result, dict):
+                payload = result
+        self.store.finish(envelope.envelope_id, ctx.replies, error)
+        self.stats.handled += 1
+        self.outbox.send(ctx.replies)
+        return payload
+
+    def drain(self, timeout: float) -> bool:
+        """Wait for acks in flight, then handlers; False if something was still running."""
+        deadline = time.monotonic() + timeout
+        acks_done = self.inflight.join(timeout=timeout)
+        handlers_done = self.handlers.join(timeout=max(0.0, deadline - time.monotonic()))
+        return bool(acks_done) and bool(handlers_done)
+

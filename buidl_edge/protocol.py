@@ -1,0 +1,199 @@
+"""Socket Mode frames in and out: parse, validate, build acks. No I/O.
+
+Frames are small typed objects so that the connection code branches on a
+type, not on dict keys, and so that the simulator speaks the same shapes.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+ENVELOPE_TYPES = frozenset({"events_api", "slash_commands", "interactive"})
+DISCONNECT_REASONS = frozenset(
+    {"warning", "refresh_requested", "link_disabled", "too_many_websockets"}
+)
+# Slack drops an ack whose payload is 20 KB or more.
+MAX_ACK_BYTES = 20_000
+# Generous ceiling for one inbound frame; Slack's own payloads are far below it.
+MAX_FRAME_BYTES = 1_000_000
+
+
+class ProtocolError(ValueError):
+    """A frame that cannot be used. `reason` is a short machine-friendly tag."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+@dataclass(frozen=True)
+class Hello:
+    num_connections: int
+    app_id: str | None
+    approximate_connection_time: int | None
+    host: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Disconnect:
+    reason: str
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def is_refresh(self) -> bool:
+        """Slack will close this link soon; open the next one first."""
+        return self.reason in ("warning", "refresh_requested")
+
+    @property
+    def is_fatal(self) -> bool:
+        return self.reason == "link_disabled"
+
+
+@dataclass(frozen=True)
+class Envelope:
+    type: str
+    envelope_id: str
+    payload: dict[str, Any]
+    accepts_response_payload: bool = False
+    retry_attempt: int = 0
+    retry_reason: str = ""
+
+    @property
+    def event_id(self) -> str | None:
+        """Slack keeps `event_id` across redeliveries that carry a new envelope id."""
+        value = self.payload.get("event_id") if self.type == "events_api" else None
+        return value if isinstance(value, str) and value else None
+
+    @property
+    def dedup_keys(self) -> tuple[str, ...]:
+        keys = [f"env:{self.envelope_id}"]
+        if self.event_id:
+            keys.append(f"evt:{self.event_id}")
+        return tuple(keys)
+
+    @property
+    def kind(self) -> str:
+        """The name handlers are registered under: event type, command or interaction type."""
+        if self.type == "events_api":
+            event = self.payload.get("event") or {}
+            return str(event.get("type", ""))
+        if self.type == "slash_commands":
+            return str(self.payload.get("command", ""))
+        return str(self.payload.get("type", ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "type": self.type,
+            "envelope_id": self.envelope_id,
+            "payload": self.payload,
+            "accepts_response_payload": self.accepts_response_payload,
+        }
+        if self.type == "events_api":
+            data["retry_attempt"] = self.retry_attempt
+            data["retry_reason"] = self.retry_reason
+        return data
+
+
+Frame = Union[Hello, Disconnect, Envelope]
+
+
+def parse_frame(text: str | bytes) -> Frame:
+    """Turn one text frame into a typed frame, or raise ProtocolError."""
+    if len(text) > MAX_FRAME_BYTES:
+        raise ProtocolError("oversized", f"{len(text)} bytes")
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError("not_json", type(exc).__name__) from None
+    if not isinstance(data, dict):
+        raise ProtocolError("not_object", type(data).__name__)
+    frame_type = data.get("type")
+    if frame_type == "hello":
+        return _parse_hello(data)
+    if frame_type == "disconnect":
+        reason = data.get("reason")
+        if not isinstance(reason, str) or not reason:
+            raise ProtocolError("bad_disconnect", "missing reason")
+        return Disconnect(reason=reason, raw=data)
+    if frame_type in ENVELOPE_TYPES:
+        return _parse_envelope(data)
+    raise ProtocolError("unknown_type", repr(frame_type)[:40])
+
+
+def _parse_hello(data: dict[str, Any]) -> Hello:
+    debug = data.get("debug_info") or {}
+    info = data.get("connection_info") or {}
+    life = debug.get("approximate_connection_time") if isinstance(debug, dict) else None
+    return Hello(
+        num_connections=_int(data.get("num_connections"), 1),
+        app_id=info.get("app_id") if isinstance(info, dict) else None,
+        approximate_connection_time=life if isinstance(life, int) else None,
+        host=debug.get("host") if isinstance(debug, dict) else None,
+        raw=data,
+    )
+
+
+def _parse_envelope(data: dict[str, Any]) -> Envelope:
+    envelope_id = data.get("envelope_id")
+    if not isinstance(envelope_id, str) or not envelope_id:
+        raise ProtocolError("missing_envelope_id", str(data.get("type")))
+    payload = data.get("payload")
+    if not isinstance(payload, dict):
+        raise ProtocolError("bad_payload", envelope_id)
+    return Envelope(
+        type=data["type"],
+        envelope_id=envelope_id,
+        payload=payload,
+        accepts_response_payload=bool(data.get("accepts_response_payload", False)),
+        retry_attempt=_int(data.get("retry_attempt"), 0),
+        retry_reason=str(data.get("retry_reason") or ""),
+    )
+
+
+def _int(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def build_ack(envelope_id: str, payload: dict[str, Any] | None = None) -> str:
+    """The ack frame. Raises ProtocolError when the payload is too big for Slack."""
+    frame: dict[str, Any] = {"envelope_id": envelope_id}
+    if payload is not None:
+        frame["payload"] = payload
+    text = json.dumps(frame, separators=(",", ":"))
+    if len(text.encode()) >= MAX_ACK_BYTES:
+        raise ProtocolError("ack_too_large", f"{len(text)} bytes for {envelope_id}")
+    return text
+
+
+def parse_ack(text: str | bytes) -> tuple[str, dict[str, Any] | None]:
+    """The simulator's side of an ack: (envelope_id, payload or None)."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise ProtocolError("not_json", "ack") from None
+    if not isinstance(data, dict) or not isinstance(data.get("envelope_id"), str):
+        raise ProtocolError("missing_envelope_id", "ack")
+    payload = data.get("payload")
+    return data["envelope_id"], payload if isinstance(payload, dict) else None
+
+
+def build_hello(num_connections: int, app_id: str, connection_time: int, host: str) -> str:
+    return json.dumps(
+        {
+            "type": "hello",
+            "num_connections": num_connections,
+            "debug_info": {
+                "host": host,
+                "build_number": 1,
+                "approximate_connection_time": connection_time,
+            },
+            "connection_info": {"app_id": app_id},
+        }
+    )
+
+
+def build_disconnect(reason: str, host: str = "sim") -> str:
+    return json.dumps({"type": "disconnect", "reason": reason, "debug_info": {"host": host}})

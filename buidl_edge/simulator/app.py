@@ -1,0 +1,61 @@
+"""The WSGI application and handler that put the fake Slack on one port."""
+from __future__ import annotations
+
+import traceback
+from collections import Counter
+from typing import Any, Iterable
+
+from gevent.pywsgi import WSGIHandler
+from geventwebsocket.handler import WebSocketHandler
+
+from .control import Control
+from .http import Response, read_request
+from .hub import Hub
+from .knobs import Knobs
+from .socketmode import Tickets, admission, run_link
+from .webapi import WebApi
+
+
+class SimApp:
+    def __init__(self, knobs: Knobs | None = None) -> None:
+        self.knobs = knobs or Knobs()
+        self.counters: Counter[str] = Counter()
+        self.tickets = Tickets()
+        self.hub = Hub(self.knobs, self.counters)
+        self.webapi = WebApi(self.knobs, self.counters, self.tickets, self.hub.ts)
+        self.control = Control(self.knobs, self.counters, self.hub, self.webapi)
+
+    def admit_link(self, environ: dict[str, Any]) -> tuple[int, str] | None:
+        return admission(environ, self.tickets)
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/link/":
+            ws = environ.get("wsgi.websocket")
+            if ws is None:
+                status, reason = environ.get("sim.refused", (400, "not a WebSocket request"))
+                return Response(status, {"ok": False, "error": reason})(start_response)
+            run_link(self.hub, ws)
+            return []
+        try:
+            req = read_request(environ)
+            if path.startswith("/api/"):
+                return self.webapi.handle(path[len("/api/"):], req)(start_response)
+            if path.startswith("/_sim/"):
+                return self.control.handle(path[len("/_sim/"):], req)(start_response)
+            return Response(404, {"ok": False, "error": "not_found"})(start_response)
+        except Exception:  # answer like a server, keep the details on our side
+            traceback.print_exc()
+            return Response(500, {"ok": False, "error": "internal_error"})(start_response)
+
+
+class SimHandler(WebSocketHandler):
+    """Refuses bad `/link/` requests with a plain HTTP answer before any upgrade."""
+
+    def run_application(self) -> None:
+        if self.environ.get("PATH_INFO") == "/link/":
+            refused = self.application.admit_link(self.environ)
+            if refused is not None:
+                self.environ["sim.refused"] = refused
+                return WSGIHandler.run_application(self)
+        return super().run_application()

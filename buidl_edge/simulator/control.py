@@ -1,0 +1,124 @@
+"""The `/_sim/` control API: inject events, apply faults, read what happened."""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from . import events
+from .http import Request, Response
+from .hub import FaultError, Hub
+from .knobs import Knobs
+from .webapi import WebApi
+
+MAX_INJECT = 100_000
+
+
+class Control:
+    def __init__(self, knobs: Knobs, counters: Counter[str], hub: Hub, webapi: WebApi) -> None:
+        self.knobs = knobs
+        self.counters = counters
+        self.hub = hub
+        self.webapi = webapi
+
+    def handle(self, name: str, req: Request) -> Response:
+        if req.body_error:
+            return _bad(req.body_error)
+        route = {
+            ("GET", "health"): lambda r: Response(200, {"ok": True}),
+            ("GET", "summary"): lambda r: Response(200, self.summary()),
+            ("GET", "state"): lambda r: Response(200, self.state()),
+            ("POST", "events"): self.inject,
+            ("POST", "fault"): self.fault,
+            ("POST", "config"): self.configure,
+            ("POST", "reset"): self.reset,
+        }.get((req.method, name))
+        if route is None:
+            return Response(404, {"ok": False, "error": f"no route {req.method} /_sim/{name}"})
+        return route(req)
+
+    def inject(self, req: Request) -> Response:
+        params = dict(req.params)
+        kind = str(params.pop("kind", "message"))
+        if kind not in events.KINDS:
+            return _bad(f"unknown kind: {kind}")
+        count = params.pop("count", 1)
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_INJECT:
+            try:
+                count = int(count)
+            except (TypeError, ValueError):
+                return _bad("count must be an integer")
+            if not 1 <= count <= MAX_INJECT:
+                return _bad(f"count must be 1..{MAX_INJECT}")
+        return Response(200, {"ok": True, "events": self.hub.inject(kind, params, count)})
+
+    def fault(self, req: Request) -> Response:
+        params = dict(req.params)
+        kind = str(params.pop("kind", ""))
+        target = params.pop("target", None)
+        try:
+            touched = self.hub.fault(kind, str(target) if target else None, params)
+        except FaultError as exc:
+            return _bad(str(exc))
+        return Response(200, {"ok": True, "kind": kind, "connections": touched})
+
+    def configure(self, req: Request) -> Response:
+        try:
+            self.knobs.update(req.params)
+        except ValueError as exc:
+            return _bad(str(exc))
+        return Response(200, {"ok": True, "knobs": self.knobs.to_dict()})
+
+    def reset(self, req: Request) -> Response:
+        self.hub.reset()
+        self.webapi.reset()
+        return Response(200, {"ok": True})
+
+    def summary(self) -> dict[str, Any]:
+        c = self.counters
+        now = time.monotonic()
+        return {
+            "ok": True,
+            "events_injected": c["events_injected"],
+            "envelopes_sent": c["envelopes_sent"],
+            "acked": c["acked"],
+            "acks_total": c["acks_total"],
+            "late_acks": c["late_acks"],
+            "redeliveries": c["redeliveries"],
+            "missed_deadlines": c["missed_deadlines"],
+            "events_missed": c["events_missed"],
+            "unknown_acks": c["unknown_acks"],
+            "duplicate_acks": c["duplicate_acks"],
+            "bad_frames": c["bad_frames"],
+            "too_many_websockets": c["too_many_websockets"],
+            "pending": len(self.hub.pending),
+            "unacked_in_flight": self.hub.tracker.outstanding(),
+            "open_connections": len(self.hub.open),
+            "max_open_connections_seen": self.hub.max_open_seen,
+            "connections_opened": c["connections_opened"],
+            "connections_open_calls": c["connections_open_calls"],
+            "open_429s": c["open_429s"],
+            "post_429s": c["post_429s"],
+            "post_errors": c["post_errors"],
+            "messages_posted": c["messages_posted"],
+            "faults": {k.split(":", 1)[1]: v for k, v in c.items() if k.startswith("fault:")},
+            "ack_latency_ms": self.hub.tracker.latency_summary(),
+            "longest_no_connection_gap_s": self.hub.no_connection_gap_s(now),
+        }
+
+    def state(self) -> dict[str, Any]:
+        now = time.monotonic()
+        tracker = self.hub.tracker
+        return {
+            "ok": True,
+            "connections": [link.to_dict(now) for link in self.hub.links.values()],
+            "events": {key: ev.to_dict() for key, ev in tracker.events.items()},
+            "acks": list(tracker.acks),
+            "messages": list(self.webapi.messages),
+            "pending": [key for key, _, _ in self.hub.pending],
+            "knobs": self.knobs.to_dict(),
+        }
+
+
+def _bad(error: str) -> Response:
+    return Response(400, {"ok": False, "error": error})

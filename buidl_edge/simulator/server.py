@@ -1,0 +1,39 @@
+"""Run the fake Slack until SIGTERM/SIGINT. gevent must be patched before this import."""
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+
+import gevent
+from gevent.event import Event
+from gevent.pywsgi import WSGIServer
+
+from .app import SimApp, SimHandler
+
+
+def run(host: str, port: int, ready_file: str | None = None) -> None:
+    app = SimApp()
+    server = WSGIServer((host, port), app, handler_class=SimHandler, log=None)
+    server.start()
+    sweeper = gevent.spawn(app.hub.sweep_forever)
+    bound = server.address[1]
+    print(f"simulator listening on http://{host}:{bound}", flush=True)
+    if ready_file:
+        _write_atomic(ready_file, str(bound))
+
+    stop = Event()
+    # Handlers only record the signal; the main greenlet does the stopping.
+    gevent.signal_handler(signal.SIGTERM, stop.set)
+    gevent.signal_handler(signal.SIGINT, stop.set)
+    stop.wait()
+    sweeper.kill()
+    server.stop(timeout=1)
+
+
+def _write_atomic(path: str, text: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".ready-")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)

@@ -1,0 +1,120 @@
+"""The Slack Web API methods the edge uses, with Slack's error shapes."""
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import time
+from collections import Counter
+from typing import Any
+
+from . import events
+from .http import Request, Response, slack_error
+from .knobs import Knobs
+from .ratelimit import TokenBucket
+from .socketmode import Tickets
+
+
+class WebApi:
+    def __init__(self, knobs: Knobs, counters: Counter[str], tickets: Tickets, ts: events.TsClock) -> None:
+        self.knobs = knobs
+        self.counters = counters
+        self.tickets = tickets
+        self.ts = ts
+        self.messages: list[dict[str, Any]] = []
+        self.buckets: dict[str, TokenBucket] = {}
+
+    def handle(self, method: str, req: Request) -> Response:
+        handler = {
+            "apps.connections.open": self.connections_open,
+            "auth.test": self.auth_test,
+            "chat.postMessage": self.post_message,
+        }.get(method)
+        if handler is None:
+            return slack_error("unknown_method", 404)
+        return handler(req)
+
+    def connections_open(self, req: Request) -> Response:
+        self.counters["connections_open_calls"] += 1
+        token = req.bearer
+        if not token:
+            return slack_error("not_authed")
+        if not token.startswith("xapp-"):
+            return slack_error("not_allowed_token_type")
+        limit = self.knobs.open_ratelimit
+        if limit and limit.get("count", 0) > 0:
+            limit["count"] -= 1
+            self.counters["open_429s"] += 1
+            return slack_error("ratelimited", 429, [("Retry-After", str(limit.get("retry_after", 1)))])
+        if self.knobs.open_error:
+            return slack_error(self.knobs.open_error)
+        ticket = secrets.token_urlsafe(16)
+        self.tickets.issue(ticket, self.knobs.ticket_ttl)
+        url = f"ws://{req.host}/link/?ticket={ticket}&app_id={events.APP_ID}"
+        return Response(200, {"ok": True, "url": url})
+
+    def auth_test(self, req: Request) -> Response:
+        token = req.bearer
+        if not token:
+            return slack_error("not_authed")
+        if not token.startswith(("xoxb-", "xapp-")):
+            return slack_error("invalid_auth")
+        if self.knobs.auth_error:
+            return slack_error(self.knobs.auth_error)
+        return Response(200, {
+            "ok": True, "url": "https://sim.slack.test/", "team": "Sim", "user": "buidl",
+            "team_id": events.TEAM_ID, "user_id": events.BOT_USER_ID, "bot_id": events.BOT_ID,
+        })
+
+    def post_message(self, req: Request) -> Response:
+        token = req.bearer
+        if not token:
+            return slack_error("not_authed")
+        if not token.startswith("xoxb-"):
+            return slack_error("not_allowed_token_type")
+        if req.body_error:
+            return slack_error("invalid_arguments")
+        params = req.params
+        channel = str(params.get("channel") or "")
+        text = params.get("text") or ""
+        blocks = params.get("blocks")
+        if isinstance(blocks, str) and blocks:
+            try:
+                blocks = json.loads(blocks)
+            except ValueError:
+                return slack_error("invalid_blocks")
+        if blocks is not None and not isinstance(blocks, list):
+            return slack_error("invalid_blocks")
+        if not channel:
+            return slack_error("channel_not_found")
+        if channel in self.knobs.post_errors:
+            self.counters["post_errors"] += 1
+            return slack_error(self.knobs.post_errors[channel])
+        if not text and not blocks:
+            return slack_error("no_text")
+        wait = self._bucket(channel).take(time.monotonic(), self.knobs.post_rate, self.knobs.post_burst)
+        if wait > 0:
+            self.counters["post_429s"] += 1
+            return slack_error("ratelimited", 429, [("Retry-After", str(max(1, math.ceil(wait))))])
+        ts = self.ts.next()
+        thread_ts = params.get("thread_ts") or None
+        self.messages.append({"channel": channel, "text": text, "blocks": blocks,
+                              "thread_ts": thread_ts, "ts": ts, "received_at": time.time()})
+        self.counters["messages_posted"] += 1
+        message: dict[str, Any] = {"type": "message", "text": text, "user": events.BOT_USER_ID,
+                                   "bot_id": events.BOT_ID, "ts": ts}
+        if blocks:
+            message["blocks"] = blocks
+        if thread_ts:
+            message["thread_ts"] = thread_ts
+        return Response(200, {"ok": True, "channel": channel, "ts": ts, "message": message})
+
+    def _bucket(self, channel: str) -> TokenBucket:
+        bucket = self.buckets.get(channel)
+        if bucket is None:
+            bucket = self.buckets[channel] = TokenBucket(float(self.knobs.post_burst), time.monotonic())
+        return bucket
+
+    def reset(self) -> None:
+        self.messages.clear()
+        self.buckets.clear()

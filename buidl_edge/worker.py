@@ -1,0 +1,161 @@
+"""One worker process: K connection slots, the dispatcher, the reply sender, signals.
+
+Importing this module patches the standard library for gevent, so it must be
+imported before anything that opens sockets or starts threads.
+"""
+from gevent import monkey
+
+monkey.patch_all()
+
+import logging  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+import gevent  # noqa: E402
+import gevent.event  # noqa: E402
+
+from buidl_edge.app import EdgeApp, load_app  # noqa: E402
+from buidl_edge.config import Settings  # noqa: E402
+from buidl_edge.connection import ConnectionSlot, FatalStop, backoff_delay  # noqa: E402
+from buidl_edge.dispatch import Dispatcher  # noqa: E402
+from buidl_edge.observability import setup_logging  # noqa: E402
+from buidl_edge.outbox import DirectOutbox  # noqa: E402
+from buidl_edge.store.base import EdgeStore  # noqa: E402
+from buidl_edge.store.memory import MemoryStore  # noqa: E402
+from buidl_edge.webapi import FatalAuthError, SlackApiError, WebApi  # noqa: E402
+
+log = logging.getLogger("buidl_edge.worker")
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+# A stop that restarting cannot fix (link_disabled, a refused token): supervisord must not respawn.
+EXIT_FATAL = 3
+HEARTBEAT_INTERVAL_S = 2.0
+AUTH_ATTEMPTS = 5
+
+
+class Worker:
+    def __init__(self, settings: Settings, app: EdgeApp, store: EdgeStore | None = None,
+                 webapi: WebApi | None = None) -> None:
+        self.settings = settings
+        self.app = app
+        self.store = store or MemoryStore()
+        self.webapi = webapi or WebApi(settings.api_url, timeout=settings.http_timeout)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.started_at = time.time()
+        self.stop_requested = gevent.event.Event()
+        self.fatal_reason: str | None = None
+        self.signals_seen = 0
+        self.slots: list[ConnectionSlot] = []
+        self.dispatcher: Dispatcher | None = None
+        self.outbox: DirectOutbox | None = None
+
+    def request_stop(self, signum: int | None = None) -> None:
+        """Signal handler: only record; the main greenlet drains."""
+        self.signals_seen += 1
+        self.stop_requested.set()
+
+    def run(self) -> int:
+        try:
+            bot_user_id = self._resolve_bot_user_id()
+        except FatalStop as exc:
+            return self._fatal(exc.reason)
+        self.outbox = DirectOutbox(self.webapi, self.settings.bot_token,
+                                   self.settings.backoff_base, self.settings.backoff_cap)
+        self.app.bind(lambda reply: self.outbox.send([reply]))
+        self.dispatcher = Dispatcher(self.app, self.store, self.outbox, self.owner,
+                                     self.settings.ack_payload_deadline, bot_user_id)
+        self.slots = [ConnectionSlot(f"c{i}", self.settings, self.webapi, self.dispatcher)
+                      for i in range(self.settings.connections)]
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            gevent.signal_handler(sig, self.request_stop, sig)
+        runners = [gevent.spawn(slot.run) for slot in self.slots]
+        for runner in runners:
+            runner.link_exception(self._on_slot_crash)
+        heartbeat = gevent.spawn(self._heartbeat_loop)
+        log.info("worker up: %d connection(s), app %s", len(self.slots), self.app.name)
+        self.stop_requested.wait()
+        heartbeat.kill(block=False)
+        clean = self._drain(runners)
+        if self.fatal_reason:
+            return self._fatal(self.fatal_reason)
+        log.info("worker stopped%s", "" if clean else " (drain timed out)")
+        return EXIT_OK
+
+    def _on_slot_crash(self, runner: gevent.Greenlet) -> None:
+        exc = runner.exception
+        self.fatal_reason = exc.reason if isinstance(exc, FatalStop) else f"connection crashed: {exc!r}"
+        self.stop_requested.set()
+
+    def _fatal(self, reason: str) -> int:
+        log.error("fatal: %s; not reconnecting", reason)
+        print(f"buidl-edge worker: fatal: {reason}", file=sys.stderr, flush=True)
+        return EXIT_FATAL
+
+    def _resolve_bot_user_id(self) -> str | None:
+        if self.settings.bot_user_id:
+            return self.settings.bot_user_id
+        for attempt in range(AUTH_ATTEMPTS):
+            try:
+                return self.webapi.auth_test(self.settings.bot_token).user_id
+            except FatalAuthError as exc:
+                raise FatalStop(f"Slack refused the bot token: {exc.error}") from None
+            except SlackApiError as exc:
+                delay = backoff_delay(attempt, self.settings.backoff_base, self.settings.backoff_cap)
+                log.warning("auth.test failed (%s); retry in %.1fs", exc.error, delay)
+                if self.stop_requested.wait(delay):
+                    return None
+        log.error("auth.test kept failing; mentions by user id are not recognised")
+        return None
+
+    def _drain(self, runners: list[gevent.Greenlet]) -> bool:
+        """Stop taking envelopes, finish acks, close sockets, finish handlers and replies."""
+        deadline = time.monotonic() + self.settings.drain_timeout
+        for slot in self.slots:
+            slot.stop_dispatching()
+        gevent.joinall(runners, timeout=1.0)
+        gevent.killall([r for r in runners if not r.dead], block=False)
+        assert self.dispatcher is not None and self.outbox is not None
+        acks_done = self.dispatcher.inflight.join(timeout=max(0.1, deadline - time.monotonic()))
+        for slot in self.slots:
+            slot.close()
+        handlers_done = self.dispatcher.handlers.join(timeout=max(0.1, deadline - time.monotonic()))
+        sent = self.outbox.flush(timeout=max(0.1, deadline - time.monotonic()))
+        self._publish_stats()
+        self.store.close()
+        return bool(acks_done) and bool(handlers_done) and bool(sent)
+
+    def _heartbeat_loop(self) -> None:
+        while True:
+            self._publish_stats()
+            gevent.sleep(HEARTBEAT_INTERVAL_S)
+
+    def _publish_stats(self) -> None:
+        try:
+            self.store.heartbeat(self.owner, self.snapshot())
+        except Exception:  # stats are best effort; acking goes on
+            log.exception("heartbeat failed")
+
+    def get_connection_stats(self) -> list[dict[str, Any]]:
+        """Per connection, as the Buidl API named them."""
+        return [{"name": slot.name, **slot.stats.as_dict()} for slot in self.slots]
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "owner": self.owner,
+            "started_at": self.started_at,
+            "connections": self.get_connection_stats(),
+            "dispatch": self.dispatcher.stats.as_dict() if self.dispatcher else {},
+            "outbox": self.outbox.stats.as_dict() if self.outbox else {},
+        }
+
+
+def run_worker(settings: Settings) -> int:
+    setup_logging()
+    app = load_app(settings.app_spec)
+    return Worker(settings, app).run()
