@@ -79,5 +79,156 @@ def show_config(as_json: bool) -> None:
         click.echo(f"{key.ljust(width)}  {value}")
 
 
+@cli.command()
+@click.option("--processes", "-n", type=click.IntRange(1, 10), default=None,
+              help="Worker processes (default BUIDL_PROCESSES or 2).")
+@click.option("--connections", "-c", type=click.IntRange(1, 10), default=None,
+              help="Connections per process (default BUIDL_CONNECTIONS or 1).")
+def run(processes: int | None, connections: int | None) -> None:
+    """Run the whole stack under supervisord in the foreground (the Procfile command).
+
+    Renders deploy/supervisord.conf.tmpl into BUIDL_STATE_DIR and keeps
+    supervisord as a child. Exits non-zero with the reason when a worker stops
+    for good (link_disabled, a refused token).
+    """
+    from buidl_edge.supervise import run_stack
+
+    settings = _settings(processes=processes, connections=connections)
+    try:
+        sys.exit(run_stack(settings))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.command("fatal-watch", hidden=True)
+def fatal_watch() -> None:
+    """supervisord event listener that stops the stack after a fatal worker exit."""
+    from buidl_edge.supervise import fatal_watch as watch
+
+    watch()
+
+
+def _state_settings() -> Settings:
+    """Settings for admin commands that only read local state: tokens are not needed."""
+    from buidl_edge.config import Secret
+
+    try:
+        return load_settings(app_token=Secret("xapp-unused"), bot_token=Secret("xoxb-unused"))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _admin_store(settings: Settings):  # type: ignore[no-untyped-def]
+    from buidl_edge.store import open_store
+    from buidl_edge.store.errors import StoreError
+
+    try:
+        return open_store(settings, threaded=False)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    widths = {c: max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in columns}
+    click.echo("  ".join(c.ljust(widths[c]) for c in columns))
+    for row in rows:
+        click.echo("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def status(as_json: bool) -> None:
+    """Show each worker process: supervisord's state joined with the worker's heartbeat."""
+    from buidl_edge.status import collect_status
+
+    settings = _state_settings()
+    report = collect_status(settings, _admin_store(settings))
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+    else:
+        if report["supervisor"] != "running":
+            click.echo(f"supervisor: {report['supervisor']}")
+        _print_table(report["processes"], ["process", "state", "pid", "uptime", "connections",
+                                           "acked", "duplicates", "handler_errors", "reconnects",
+                                           "last_ack_ms", "degraded"])
+    if report["supervisor"] != "running":
+        sys.exit(1)
+
+
+@cli.group()
+def inbox() -> None:
+    """Inspect and repair the durable inbox of received envelopes."""
+
+
+@inbox.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def inbox_stats(as_json: bool) -> None:
+    """Envelopes per state, keys held, and the oldest one still processing."""
+    stats = _admin_store(_state_settings()).inbox_stats()
+    if as_json:
+        click.echo(json.dumps(stats, indent=2))
+    else:
+        for key, value in stats.items():
+            click.echo(f"{key}: {value}")
+
+
+@inbox.command("list")
+@click.option("--state", type=click.Choice(["processing", "done", "failed"]), default=None,
+              help="Only rows in this state.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def inbox_list(state: str | None, limit: int, as_json: bool) -> None:
+    """The newest envelopes in the inbox."""
+    rows = _admin_store(_state_settings()).inbox_list(state=state, limit=limit)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+    else:
+        _print_table(rows, ["envelope_id", "kind", "state", "owner", "attempts", "received_at", "error"])
+
+
+@inbox.command("retry")
+@click.argument("envelope_id")
+def inbox_retry(envelope_id: str) -> None:
+    """Hand ENVELOPE_ID to the sweeper again (a running worker re-runs its handlers)."""
+    if not _admin_store(_state_settings()).retry(envelope_id):
+        raise click.ClickException(f"no envelope {envelope_id} in the inbox")
+    click.echo(f"{envelope_id} queued for a re-run")
+
+
+@inbox.command("prune")
+@click.option("--retention", type=float, default=None,
+              help="Seconds to keep (default BUIDL_RETENTION_S; never under 600).")
+def inbox_prune(retention: float | None) -> None:
+    """Drop handled envelopes and dedup keys older than the retention."""
+    settings = _state_settings()
+    dropped = _admin_store(settings).prune(retention or settings.retention_s)
+    click.echo(f"pruned {dropped} rows")
+
+
+@cli.command()
+def check() -> None:
+    """Validate the config, test both tokens with Slack, and say what `run` would start."""
+    from buidl_edge.supervise import check_connection_budget
+    from buidl_edge.webapi import SlackApiError, WebApi
+
+    settings = _settings()
+    try:
+        check_connection_budget(settings)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    api = WebApi(settings.api_url, timeout=settings.http_timeout)
+    try:
+        auth = api.auth_test(settings.bot_token)
+        click.echo(f"bot token ok: user {auth.user_id} in team {auth.team_id}")
+        api.open_connection(settings.app_token)
+        click.echo("app token ok: apps.connections.open returned a Socket Mode URL")
+    except SlackApiError as exc:
+        raise click.ClickException(f"Slack refused: {exc}") from None
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"would run {settings.processes} process(es) x {settings.connections} connection(s) "
+               f"= {settings.processes * settings.connections} of Slack's 10")
+
+
 def main() -> None:
     cli(prog_name="buidl-edge")

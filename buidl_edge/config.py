@@ -85,6 +85,10 @@ class Settings:
     app_spec: str = DEFAULT_APP
     websocket_debug: bool = False
     state_dir: Path = field(default_factory=lambda: Path(".buidl"))
+    store_url: str | None = None
+    db_path: Path | None = None
+    lease_s: float = 30.0
+    retention_s: float = 3600.0
     ack_payload_deadline: float = 2.5
     ping_interval: float = 10.0
     stale_timeout: float = 30.0
@@ -93,6 +97,11 @@ class Settings:
     refresh_lead: float = 30.0
     drain_timeout: float = 10.0
     http_timeout: float = 10.0
+
+    @property
+    def database_path(self) -> Path:
+        """BUIDL_DB, else edge.sqlite3 in the state directory."""
+        return self.db_path or self.state_dir / "edge.sqlite3"
 
     def redacted(self) -> dict[str, Any]:
         """What `config` prints: every setting, with tokens masked."""
@@ -117,6 +126,8 @@ _NUMBERS: dict[str, tuple[str, type]] = {
     "BUIDL_REFRESH_LEAD": ("refresh_lead", float),
     "BUIDL_DRAIN_TIMEOUT": ("drain_timeout", float),
     "BUIDL_HTTP_TIMEOUT": ("http_timeout", float),
+    "BUIDL_LEASE_S": ("lease_s", float),
+    "BUIDL_RETENTION_S": ("retention_s", float),
 }
 
 
@@ -131,6 +142,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         "app_spec": env.get("BUIDL_APP") or DEFAULT_APP,
         "websocket_debug": env.get("WEBSOCKET_DEBUG", "").strip().lower() in ("1", "true", "yes", "on"),
         "state_dir": Path(env.get("BUIDL_STATE_DIR") or ".buidl"),
+        "store_url": env.get("BUIDL_STORE_URL") or None,
+        "db_path": Path(env["BUIDL_DB"]) if env.get("BUIDL_DB") else None,
     }
     for name, (attr, parse) in _NUMBERS.items():
         raw = env.get(name)
@@ -154,13 +167,17 @@ def validate(settings: Settings) -> None:
     if settings.processes < 1:
         raise ConfigError(f"BUIDL_PROCESSES must be at least 1, got {settings.processes}")
     for attr in ("ack_payload_deadline", "ping_interval", "stale_timeout", "backoff_base",
-                 "backoff_cap", "drain_timeout", "http_timeout"):
+                 "backoff_cap", "drain_timeout", "http_timeout", "lease_s"):
         if getattr(settings, attr) <= 0:
             raise ConfigError(f"{attr} must be positive, got {getattr(settings, attr)}")
     if settings.ack_payload_deadline >= 3.0:
         raise ConfigError("BUIDL_ACK_DEADLINE must be under Slack's 3 s ack deadline")
     if settings.stale_timeout <= settings.ping_interval:
         raise ConfigError("BUIDL_STALE_TIMEOUT must be longer than BUIDL_PING_INTERVAL")
+    if settings.retention_s < 600:
+        raise ConfigError("BUIDL_RETENTION_S must be at least 600: Slack retries for about 5 minutes")
+    if settings.store_url and not settings.store_url.startswith(("sqlite:///", "memory://", "redis://", "rediss://")):
+        raise ConfigError("BUIDL_STORE_URL must be sqlite:///path, redis://… or memory://")
     if ":" not in settings.app_spec:
         raise ConfigError(f"BUIDL_APP must look like module:attribute, got {settings.app_spec!r}")
     check_transport_url(settings.api_url, "https", "http", "SLACK_API_URL")

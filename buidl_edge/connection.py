@@ -16,6 +16,8 @@ from typing import Any, Callable, Protocol
 
 import gevent
 import gevent.event
+import gevent.hub
+import gevent.lock
 import websocket
 
 from buidl_edge import protocol
@@ -37,6 +39,11 @@ class FatalStop(Exception):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+# A slot's greenlet ends with FatalStop on purpose and the worker says why in one line:
+# the hub must not also print it as a crash with a traceback.
+gevent.hub.Hub.NOT_ERROR = (*gevent.hub.Hub.NOT_ERROR, FatalStop)
 
 
 class EnvelopeSink(Protocol):
@@ -196,8 +203,11 @@ class Link:
 class ConnectionSlot:
     """Keeps one logical Socket Mode connection alive for the worker."""
 
-    def __init__(self, name: str, settings: Settings, webapi: WebApi, sink: EnvelopeSink) -> None:
+    def __init__(self, name: str, settings: Settings, webapi: WebApi, sink: EnvelopeSink,
+                 overlap: gevent.lock.Semaphore | None = None) -> None:
         self.name = name
+        # One refresh overlap at a time per process, so P x K + P bounds the links open per app.
+        self.overlap = overlap or gevent.lock.Semaphore(1)
         self.settings = settings
         self.webapi = webapi
         self.sink = sink
@@ -245,11 +255,14 @@ class ConnectionSlot:
             if outcome in ("refresh", "stale", "stop"):
                 attempt = 0
                 continue
+            if time.monotonic() - link.opened_at >= self.settings.backoff_cap:
+                attempt = 0  # it outlived the longest wait: a new failure, not a streak going on
             if outcome == "too_many":
                 link.close()
             delay = backoff_delay(attempt, self.settings.backoff_base, self.settings.backoff_cap)
             attempt += 1
-            log.info("link %s %s; reconnecting in %.2fs", link.id, outcome, delay, extra={"connection": self.name})
+            log.info("link %s %s; reconnecting in %.2fs (attempt %d)", link.id, outcome, delay, attempt,
+                     extra={"connection": self.name})
             self._stopping.wait(delay)
 
     def _open_link(self) -> Link:
@@ -302,11 +315,12 @@ class ConnectionSlot:
         outcome = link.outcome.get()
         if expiry is not None:
             expiry.kill(block=False)
-        if outcome in ("refresh",) and not self._stopping.is_set():
-            gevent.spawn(self._retire, link, reader, pinger)
+        if outcome == "refresh" and not self._stopping.is_set():
+            self.overlap.acquire()  # the old link reads on meanwhile
+            gevent.spawn(self._retire, link, reader, pinger, True)
             return outcome
         if outcome == "stop":
-            gevent.spawn(self._retire, link, reader, pinger)
+            gevent.spawn(self._retire, link, reader, pinger, False)
             return outcome
         link.close()
         reader.join(timeout=2)
@@ -321,14 +335,18 @@ class ConnectionSlot:
         lead = min(self.settings.refresh_lead, life / 2)
         return gevent.spawn_later(max(1.0, life - lead), link._settle, "refresh")
 
-    def _retire(self, link: Link, reader: gevent.Greenlet, pinger: gevent.Greenlet) -> None:
+    def _retire(self, link: Link, reader: gevent.Greenlet, pinger: gevent.Greenlet, holds_overlap: bool) -> None:
         """Keep reading and acking on the old link until Slack closes it (or we give up waiting)."""
-        reader.join(timeout=RETIRE_TIMEOUT_S)
-        if not reader.dead:
-            link.close()
-            reader.join(timeout=2)
-        pinger.kill(block=False)
-        self._forget(link)
+        try:
+            reader.join(timeout=RETIRE_TIMEOUT_S)
+            if not reader.dead:
+                link.close()
+                reader.join(timeout=2)
+            pinger.kill(block=False)
+            self._forget(link)
+        finally:
+            if holds_overlap:
+                self.overlap.release()
 
     def _forget(self, link: Link) -> None:
         if link in self.links:

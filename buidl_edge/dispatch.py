@@ -13,7 +13,9 @@ from buidl_edge.app import Context, EdgeApp
 from buidl_edge.connection import Link
 from buidl_edge.outbox import DirectOutbox
 from buidl_edge.protocol import Envelope
-from buidl_edge.store.base import EdgeStore
+from buidl_edge.store.base import EdgeStore, Reply
+from buidl_edge.store.errors import StoreError
+from buidl_edge.store.memory import MemoryStore
 
 log = logging.getLogger("buidl_edge.dispatch")
 
@@ -25,6 +27,9 @@ class DispatchStats:
     handled: int = 0
     handler_errors: int = 0
     unhandled_kinds: int = 0
+    recovered: int = 0
+    store_errors: int = 0
+    degraded: bool = False
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -43,6 +48,9 @@ class Dispatcher:
         self.ack_payload_deadline = ack_payload_deadline
         self.bot_user_id = bot_user_id
         self.stats = DispatchStats()
+        # Local dedup while the shared store is failing: acking goes on, and this process
+        # at least never answers twice.
+        self.fallback = MemoryStore()
         self.inflight = gevent.pool.Group()
         self.handlers = gevent.pool.Pool(handler_pool_size)
 
@@ -51,7 +59,7 @@ class Dispatcher:
 
     def _process(self, envelope: Envelope, link: Link, received_at: float) -> None:
         extra = {"connection": link.id, "envelope_id": envelope.envelope_id}
-        if not self.store.claim(envelope, self.owner):
+        if not self._claim(envelope):
             self.stats.duplicates += 1
             log.info("duplicate %s (retry %d) acked and dropped", envelope.kind, envelope.retry_attempt, extra=extra)
             link.ack(envelope.envelope_id, None, received_at)
@@ -75,7 +83,7 @@ class Dispatcher:
         ctx = Context(envelope=envelope,
                       logger=logging.LoggerAdapter(logging.getLogger("buidl_edge.handler"),
                                                    {"envelope_id": envelope.envelope_id}),
-                      bot_user_id=self.bot_user_id, claim_once=self.store.claim_key)
+                      bot_user_id=self.bot_user_id, claim_once=self._claim_key)
         handlers = self.app.handlers_for(envelope)
         if not handlers:
             self.stats.unhandled_kinds += 1
@@ -93,10 +101,44 @@ class Dispatcher:
                 continue
             if payload is None and isinstance(result, dict):
                 payload = result
-        self.store.finish(envelope.envelope_id, ctx.replies, error)
+        self._finish(envelope.envelope_id, ctx.replies, error)
         self.stats.handled += 1
         self.outbox.send(ctx.replies)
         return payload
+
+    def rerun(self, envelope: Envelope) -> None:
+        """Handle an envelope taken over from a dead worker (it was acked long ago)."""
+        self.stats.recovered += 1
+        log.info("re-running %s left by a dead worker", envelope.kind, extra={"envelope_id": envelope.envelope_id})
+        self.handlers.spawn(self.handle, envelope)
+
+    def _claim(self, envelope: Envelope) -> bool:
+        try:
+            new = self.store.claim(envelope, self.owner)
+        except StoreError as exc:
+            self._store_failed("claim", exc)
+            return self.fallback.claim(envelope, self.owner)
+        self.stats.degraded = False
+        return new
+
+    def _claim_key(self, key: str) -> bool:
+        try:
+            return self.store.claim_key(key)
+        except StoreError as exc:
+            self._store_failed("claim_key", exc)
+            return self.fallback.claim_key(key)
+
+    def _finish(self, envelope_id: str, replies: list[Reply], error: str | None) -> None:
+        try:
+            self.store.finish(envelope_id, replies, error)
+        except StoreError as exc:
+            self._store_failed("finish", exc)
+
+    def _store_failed(self, operation: str, exc: StoreError) -> None:
+        self.stats.store_errors += 1
+        if not self.stats.degraded:
+            log.error("store %s failed (%s); degraded: acking on with local dedup only", operation, exc)
+        self.stats.degraded = True
 
     def drain(self, timeout: float) -> bool:
         """Wait for acks in flight, then handlers; False if something was still running."""

@@ -7,6 +7,11 @@ from gevent import monkey
 
 monkey.patch_all()
 
+import sys as _sys  # noqa: E402
+
+# sqlite3 runs on a pool thread; a short switch interval keeps the hub from waiting on it.
+_sys.setswitchinterval(0.001)
+
 import logging  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
@@ -17,6 +22,7 @@ from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
+import gevent.lock  # noqa: E402
 
 from buidl_edge.app import EdgeApp, load_app  # noqa: E402
 from buidl_edge.config import Settings  # noqa: E402
@@ -25,7 +31,10 @@ from buidl_edge.dispatch import Dispatcher  # noqa: E402
 from buidl_edge.observability import setup_logging  # noqa: E402
 from buidl_edge.outbox import DirectOutbox  # noqa: E402
 from buidl_edge.store.base import EdgeStore  # noqa: E402
+from buidl_edge.store import open_store  # noqa: E402
+from buidl_edge.store.errors import StoreError  # noqa: E402
 from buidl_edge.store.memory import MemoryStore  # noqa: E402
+from buidl_edge.supervise import record_fatal  # noqa: E402
 from buidl_edge.webapi import FatalAuthError, SlackApiError, WebApi  # noqa: E402
 
 log = logging.getLogger("buidl_edge.worker")
@@ -35,6 +44,8 @@ EXIT_CONFIG = 2
 # A stop that restarting cannot fix (link_disabled, a refused token): supervisord must not respawn.
 EXIT_FATAL = 3
 HEARTBEAT_INTERVAL_S = 2.0
+SWEEP_INTERVAL_S = 1.0
+PRUNE_INTERVAL_S = 60.0
 AUTH_ATTEMPTS = 5
 
 
@@ -69,17 +80,20 @@ class Worker:
         self.app.bind(lambda reply: self.outbox.send([reply]))
         self.dispatcher = Dispatcher(self.app, self.store, self.outbox, self.owner,
                                      self.settings.ack_payload_deadline, bot_user_id)
-        self.slots = [ConnectionSlot(f"c{i}", self.settings, self.webapi, self.dispatcher)
+        overlap = gevent.lock.Semaphore(1)
+        self.slots = [ConnectionSlot(f"c{i}", self.settings, self.webapi, self.dispatcher, overlap)
                       for i in range(self.settings.connections)]
         for sig in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(sig, self.request_stop, sig)
         runners = [gevent.spawn(slot.run) for slot in self.slots]
         for runner in runners:
             runner.link_exception(self._on_slot_crash)
-        heartbeat = gevent.spawn(self._heartbeat_loop)
+        chores = [gevent.spawn(self._every, HEARTBEAT_INTERVAL_S, self._heartbeat),
+                  gevent.spawn(self._every, SWEEP_INTERVAL_S, self._sweep),
+                  gevent.spawn(self._every, PRUNE_INTERVAL_S, self._prune)]
         log.info("worker up: %d connection(s), app %s", len(self.slots), self.app.name)
         self.stop_requested.wait()
-        heartbeat.kill(block=False)
+        gevent.killall(chores, block=False)
         clean = self._drain(runners)
         if self.fatal_reason:
             return self._fatal(self.fatal_reason)
@@ -93,6 +107,8 @@ class Worker:
 
     def _fatal(self, reason: str) -> int:
         log.error("fatal: %s; not reconnecting", reason)
+        if os.environ.get("SUPERVISOR_ENABLED"):
+            record_fatal(self.settings.state_dir, reason)
         print(f"buidl-edge worker: fatal: {reason}", file=sys.stderr, flush=True)
         return EXIT_FATAL
 
@@ -129,16 +145,33 @@ class Worker:
         self.store.close()
         return bool(acks_done) and bool(handlers_done) and bool(sent)
 
-    def _heartbeat_loop(self) -> None:
+    def _every(self, interval: float, chore: Any) -> None:
         while True:
-            self._publish_stats()
-            gevent.sleep(HEARTBEAT_INTERVAL_S)
+            try:
+                chore()
+            except StoreError as exc:  # chores are retried next round; acking goes on
+                log.warning("%s failed: %s", chore.__name__.strip("_"), exc)
+            gevent.sleep(interval)
+
+    def _heartbeat(self) -> None:
+        self.store.renew(self.owner)
+        self._publish_stats()
+
+    def _sweep(self) -> None:
+        assert self.dispatcher is not None
+        for envelope in self.store.sweep(self.owner):
+            self.dispatcher.rerun(envelope)
+
+    def _prune(self) -> None:
+        dropped = self.store.prune(self.settings.retention_s)
+        if dropped:
+            log.info("pruned %d old rows", dropped)
 
     def _publish_stats(self) -> None:
         try:
             self.store.heartbeat(self.owner, self.snapshot())
-        except Exception:  # stats are best effort; acking goes on
-            log.exception("heartbeat failed")
+        except StoreError as exc:  # stats are best effort; acking goes on
+            log.warning("heartbeat failed: %s", exc)
 
     def get_connection_stats(self) -> list[dict[str, Any]]:
         """Per connection, as the Buidl API named them."""
@@ -147,6 +180,8 @@ class Worker:
     def snapshot(self) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
+            "process": os.environ.get("SUPERVISOR_PROCESS_NAME", ""),
+            "degraded": bool(self.dispatcher and self.dispatcher.stats.degraded),
             "owner": self.owner,
             "started_at": self.started_at,
             "connections": self.get_connection_stats(),
@@ -158,4 +193,10 @@ class Worker:
 def run_worker(settings: Settings) -> int:
     setup_logging()
     app = load_app(settings.app_spec)
-    return Worker(settings, app).run()
+    try:
+        store = open_store(settings)
+    except StoreError as exc:
+        log.error("cannot open the store: %s", exc)
+        print(f"buidl-edge worker: {exc}", file=sys.stderr, flush=True)
+        return EXIT_CONFIG
+    return Worker(settings, app, store=store).run()

@@ -12,3 +12,21 @@ def simulator() -> Iterator[SimulatorProcess]:
     """A real fake-Slack process on a free loopback port, stopped after the test."""
     with SimulatorProcess() as sim:
         yield sim
+
+
+@pytest.fixture(scope="module")
+def shared_simulator() -> Iterator[SimulatorProcess]:
+    """One simulator for a whole test module; use `fresh_simulator` to get it clean per test."""
+    with SimulatorProcess() as sim:
+        sim.default_knobs = sim.client.state()["knobs"]  # type: ignore[attr-defined]
+        yield sim
+
+
+@pytest.fixture
+def fresh_simulator(shared_simulator: SimulatorProcess) -> Iterator[SimulatorProcess]:
+    """The module's simulator with no links left open, counters cleared and knobs at their defaults."""
+    sim = shared_simulator
+    sim.client.wait_for(lambda s: s["open_connections"] == 0, 10, "links of the previous test to close")
+    sim.client.configure(**sim.default_knobs)  # type: ignore[attr-defined]
+    sim.client.reset()
+    yield sim

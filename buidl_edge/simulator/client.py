@@ -94,6 +94,7 @@ class SimulatorProcess:
         self.port: int | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="buidl-sim-")
         self.log_path = os.path.join(self._tmp.name, "simulator.log")
+        self.client: SimulatorClient  # set by start()
 
     @property
     def base_url(self) -> str:
@@ -118,7 +119,9 @@ class SimulatorProcess:
         while not os.path.exists(ready):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise SimulatorError(f"simulator did not start; log:\n{self.log_tail()}")
+                tail = self.log_tail()
+                self._tmp.cleanup()
+                raise SimulatorError(f"simulator did not start; log:\n{tail}")
             time.sleep(0.02)
         with open(ready) as fh:
             self.port = int(fh.read().strip())

@@ -1,5 +1,31 @@
 """The shared store: dedup claims, the inbox, and worker stats behind one interface."""
+from typing import TYPE_CHECKING
+
 from buidl_edge.store.base import EdgeStore, Reply
 from buidl_edge.store.memory import MemoryStore
 
+if TYPE_CHECKING:
+    from buidl_edge.config import Settings
+
 __all__ = ["EdgeStore", "MemoryStore", "Reply"]
+
+
+def open_store(settings: "Settings", threaded: bool = True) -> EdgeStore:
+    """The store named by BUIDL_STORE_URL, else SQLite at BUIDL_DB (or in the state dir).
+
+    Workers want `threaded` (sqlite3 would block the gevent hub); admin commands do not.
+    """
+    from pathlib import Path
+
+    from buidl_edge.config import ConfigError
+
+    url = settings.store_url or f"sqlite:///{settings.database_path}"
+    if url.startswith("memory://"):
+        return MemoryStore()
+    if url.startswith("sqlite:///"):
+        from buidl_edge.store.sqlite import SqliteStore
+        from buidl_edge.store.threaded import ThreadedStore
+
+        store = SqliteStore(Path(url[len("sqlite:///"):]), lease_s=settings.lease_s)
+        return ThreadedStore(store) if threaded else store
+    raise ConfigError(f"store {url.split(':', 1)[0]}:// is not available in this version")

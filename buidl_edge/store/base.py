@@ -31,6 +31,12 @@ class EdgeStore(Protocol):
     def finish(self, envelope_id: str, replies: Sequence[Reply], error: str | None = None) -> None:
         """Mark the envelope handled, recording the replies with it."""
 
+    def renew(self, owner: str) -> int:
+        """Extend the leases of the envelopes this owner is still handling."""
+
+    def sweep(self, owner: str, limit: int = 100) -> list[Envelope]:
+        """Take over envelopes whose owner died or whose lease ran out; return them to re-run."""
+
     def heartbeat(self, owner: str, stats: dict[str, Any]) -> None:
         """Publish this worker's stats for `status`."""
 

@@ -37,6 +37,12 @@ class MemoryStore:
             row.update(state="failed" if error else "done", error=error, replies=list(replies),
                        at=time.time())
 
+    def renew(self, owner: str) -> int:
+        return 0
+
+    def sweep(self, owner: str, limit: int = 100) -> list[Envelope]:
+        return []  # nothing outlives this process, so nothing is left to take over
+
     def heartbeat(self, owner: str, stats: dict[str, Any]) -> None:
         self.stats[owner] = stats
 

@@ -1,0 +1,52 @@
+"""What `buidl-edge status` shows: supervisord's view joined with each worker's heartbeat."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from buidl_edge.config import Settings
+from buidl_edge.store.errors import StoreError
+from buidl_edge.supervise import SupervisorDown, supervisor_processes
+
+# A heartbeat older than this belongs to a process that is gone.
+STALE_HEARTBEAT_S = 15.0
+
+
+def worker_row(name: str, state: str, pid: int, uptime_s: float, stats: dict[str, Any] | None) -> dict[str, Any]:
+    stats = stats or {}
+    connections = stats.get("connections", [])
+    dispatch = stats.get("dispatch", {})
+    latencies = [c["last_ack_latency_ms"] for c in connections if c.get("last_ack_latency_ms") is not None]
+    return {
+        "process": name,
+        "state": state,
+        "pid": pid,
+        "uptime": f"{uptime_s:.0f}s",
+        "connections": f"{sum(1 for c in connections if c.get('connected'))}/{len(connections)}",
+        "acked": sum(c.get("envelopes_acked", 0) for c in connections),
+        "duplicates": dispatch.get("duplicates", 0),
+        "handler_errors": dispatch.get("handler_errors", 0),
+        "reconnects": sum(c.get("reconnect_count", 0) for c in connections),
+        "last_ack_ms": min(latencies) if latencies else "",
+        "degraded": bool(stats.get("degraded")),
+    }
+
+
+def collect_status(settings: Settings, store: Any) -> dict[str, Any]:
+    try:
+        heartbeats = {w["pid"]: w for w in store.workers(max_age_s=STALE_HEARTBEAT_S)}
+    except StoreError:
+        heartbeats = {}
+    try:
+        processes = supervisor_processes(settings.state_dir)
+        supervisor = "running"
+    except SupervisorDown as exc:
+        processes = []
+        supervisor = f"stopped ({exc})"
+    rows = [worker_row(p.name, p.state, p.pid, p.uptime_s, heartbeats.get(p.pid, {}).get("stats"))
+            for p in processes]
+    if not processes:  # workers started by hand, outside supervisord
+        now = time.time()
+        rows = [worker_row(w["stats"].get("process") or f"pid {w['pid']}", "RUNNING (unsupervised)", w["pid"],
+                           now - w["stats"].get("started_at", now), w["stats"]) for w in heartbeats.values()]
+    return {"supervisor": supervisor, "processes": rows}

@@ -1,0 +1,530 @@
+"""The shared store on one SQLite file (WAL): dedup keys, inbox, outbox, worker stats.
+
+Every worker process of a dyno opens the same file. SQLite's single writer
+lock is what makes `claim` race-safe across processes: each write runs in
+`BEGIN IMMEDIATE`, so the check-and-insert of dedup keys is serialized.
+WAL with `synchronous=NORMAL` keeps commits cheap (no fsync per commit; a
+power loss may drop the last commits, a process crash loses nothing).
+
+sqlite3 blocks the calling thread; in a gevent worker wrap this store in
+`ThreadedStore` so the hub keeps running.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence, TypeVar
+
+from buidl_edge import protocol
+from buidl_edge.protocol import Envelope
+from buidl_edge.store.base import DEFAULT_RETENTION_S, MIN_RETENTION_S, Reply
+from buidl_edge.store.errors import StoreCorrupt, StoreError, StoreLocked, StoreUnavailable
+
+try:  # in a monkey-patched process we still want real OS primitives here:
+    from gevent.monkey import get_original  # calls arrive on a native pool thread
+
+    _sleep: Callable[[float], None] = get_original("time", "sleep")
+    _new_lock: Callable[[], Any] = get_original("_thread", "allocate_lock")
+    _start_thread: Callable[..., Any] = get_original("_thread", "start_new_thread")
+except ImportError:  # pragma: no cover - gevent is a dependency, but stay importable
+    import _thread
+
+    _sleep = time.sleep
+    _new_lock = threading.Lock
+    _start_thread = _thread.start_new_thread
+
+T = TypeVar("T")
+
+# "database is locked" after busy_timeout: retry a few times, then StoreLocked.
+LOCK_ATTEMPTS = 3
+LOCK_BACKOFF_S = (0.01, 0.05)
+
+# Checkpoints copy the WAL back into the file and fsync it: by far the most
+# expensive step of a write. A background thread does them, so claims only
+# append to the WAL; autocheckpoint stays on as a backstop if that thread dies.
+WAL_AUTOCHECKPOINT_PAGES = 20_000  # ~80 MB of WAL at 4 KB pages
+WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
+
+# Each entry moves the schema from version i to i + 1. Never edit a shipped
+# entry; append a new one. Statements run one by one inside BEGIN IMMEDIATE
+# (executescript would commit behind our back).
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        # WITHOUT ROWID: one b-tree per key instead of two, on the hot path.
+        # No created_at index either: only prune scans by age, rarely.
+        """CREATE TABLE keys (
+               key TEXT PRIMARY KEY,
+               envelope_id TEXT NOT NULL,
+               created_at REAL NOT NULL) WITHOUT ROWID""",
+        """CREATE TABLE inbox (
+               envelope_id TEXT PRIMARY KEY,
+               kind TEXT NOT NULL,
+               envelope TEXT NOT NULL,
+               state TEXT NOT NULL,
+               owner TEXT NOT NULL,
+               lease_until REAL,
+               attempts INTEGER NOT NULL DEFAULT 1,
+               received_at REAL NOT NULL,
+               updated_at REAL NOT NULL,
+               error TEXT)""",
+        # Partial: only in-flight rows, which is what renew/sweep look at.
+        "CREATE INDEX inbox_processing ON inbox(owner, lease_until) WHERE state = 'processing'",
+        """CREATE TABLE outbox (
+               id INTEGER PRIMARY KEY AUTOINCREMENT,
+               envelope_id TEXT NOT NULL,
+               channel TEXT NOT NULL,
+               text TEXT,
+               blocks TEXT,
+               thread_ts TEXT,
+               idempotency_key TEXT NOT NULL UNIQUE,
+               state TEXT NOT NULL DEFAULT 'pending',
+               attempts INTEGER NOT NULL DEFAULT 0,
+               next_attempt_at REAL NOT NULL,
+               created_at REAL NOT NULL,
+               sent_at REAL,
+               error TEXT)""",
+        "CREATE INDEX outbox_envelope ON outbox(envelope_id)",
+        "CREATE INDEX outbox_due ON outbox(state, next_attempt_at)",
+        """CREATE TABLE workers (
+               owner TEXT PRIMARY KEY,
+               pid INTEGER NOT NULL,
+               host TEXT NOT NULL,
+               updated_at REAL NOT NULL,
+               stats TEXT NOT NULL,
+               degraded INTEGER NOT NULL DEFAULT 0)""",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# Hot-path SQL kept as constants so sqlite3's statement cache reuses the prepared form.
+_INSERT_KEY = "INSERT INTO keys(key, envelope_id, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+# Upsert: an inbox row can outlive its pruned keys; a genuinely new claim replaces it.
+_INSERT_INBOX = """INSERT INTO inbox(envelope_id, kind, envelope, state, owner, lease_until,
+                                     attempts, received_at, updated_at)
+                   VALUES (?, ?, ?, 'processing', ?, ?, 1, ?, ?)
+                   ON CONFLICT(envelope_id) DO UPDATE SET
+                     kind = excluded.kind, envelope = excluded.envelope, state = 'processing',
+                     owner = excluded.owner, lease_until = excluded.lease_until, attempts = 1,
+                     received_at = excluded.received_at, updated_at = excluded.updated_at,
+                     error = NULL"""
+_FINISH = "UPDATE inbox SET state = ?, error = ?, lease_until = NULL, updated_at = ? WHERE envelope_id = ?"
+_INSERT_OUTBOX = """INSERT INTO outbox(envelope_id, channel, text, blocks, thread_ts, idempotency_key,
+                                       next_attempt_at, created_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(idempotency_key) DO NOTHING"""
+
+_CORRUPT_HINTS = ("not a database", "malformed", "file is encrypted")
+_UNAVAILABLE_HINTS = ("readonly", "read-only", "disk", "full", "i/o", "unable to open")
+
+
+class _Abort(Exception):
+    """Raised inside a write to roll it back and return `value` instead."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+@dataclass(frozen=True)
+class _Owner:
+    host: str
+    pid: int | None
+
+    @classmethod
+    def parse(cls, owner: str) -> "_Owner":
+        host, _, pid = owner.rpartition(":")
+        return cls(host, int(pid) if pid.isdigit() else None)
+
+
+def pid_alive(pid: int) -> bool:
+    """Signal 0 probes without touching the process; EPERM means it exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class SqliteStore:
+    """`EdgeStore` on a SQLite file, safe to share between processes."""
+
+    def __init__(self, path: str | Path, lease_s: float = 30.0, busy_timeout_s: float = 5.0,
+                 host: str | None = None, checkpoint_interval_s: float | None = 0.5) -> None:
+        self.path = Path(path)
+        self.lease_s = lease_s
+        self.busy_timeout_s = busy_timeout_s
+        self.host = host or socket.gethostname()
+        self._lock = _new_lock()
+        self._closed = False
+        self._conn = self._open()
+        self._cur = self._conn.cursor()
+        self._stop = _new_lock()
+        self._stop.acquire()  # released by close(): wakes and ends the checkpointer
+        self._checkpointer_done = _new_lock()
+        if checkpoint_interval_s:
+            self._checkpointer_done.acquire()
+            _start_thread(self._checkpoint_loop, (checkpoint_interval_s,))
+
+    # ---------------------------------------------------------------- open
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(self.path), timeout=self.busy_timeout_s,
+                                   check_same_thread=False, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreUnavailable(f"cannot open store {self.path}: {_one_line(exc)}") from None
+        try:
+            self._conn = conn  # _run needs it during setup
+            self._cur = conn.cursor()
+            self._run(self._setup_pragmas, write=False)
+            self._run(self._migrate, write=True)
+        except StoreError:  # StoreCorrupt for "file is not a database", via _translate
+            conn.close()
+            raise
+        return conn
+
+    def _setup_pragmas(self, cur: sqlite3.Cursor) -> None:
+        cur.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+        mode = cur.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreUnavailable(f"store {self.path}: cannot enable WAL (journal_mode={mode})")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+        cur.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
+
+    def _migrate(self, cur: sqlite3.Cursor) -> None:
+        # Read inside BEGIN IMMEDIATE so two processes opening at once migrate once.
+        version = cur.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"store {self.path} has schema v{version}, newer than this code (v{SCHEMA_VERSION})")
+        for target in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[target]:
+                cur.execute(statement)
+            cur.execute(f"PRAGMA user_version = {target + 1}")
+
+    # ------------------------------------------------------------- plumbing
+
+    def _run(self, fn: Callable[[sqlite3.Cursor], T], write: bool) -> T:
+        """Run `fn` (in one IMMEDIATE transaction when writing), retrying a locked DB."""
+        with self._lock:
+            if self._closed:
+                raise StoreUnavailable(f"store {self.path} is closed")
+            cur = self._cur
+            for attempt in range(LOCK_ATTEMPTS):
+                try:
+                    if not write:
+                        return fn(cur)
+                    cur.execute("BEGIN IMMEDIATE")
+                    try:
+                        result = fn(cur)
+                    except _Abort as abort:
+                        cur.execute("ROLLBACK")
+                        return abort.value  # type: ignore[no-any-return]
+                    cur.execute("COMMIT")
+                    return result
+                except sqlite3.Error as exc:
+                    self._rollback_quietly()
+                    if _is_locked(exc) and attempt + 1 < LOCK_ATTEMPTS:
+                        _sleep(LOCK_BACKOFF_S[min(attempt, len(LOCK_BACKOFF_S) - 1)])
+                        continue
+                    raise self._translate(exc) from exc
+                except BaseException:
+                    self._rollback_quietly()
+                    raise
+            raise AssertionError("unreachable")  # pragma: no cover
+
+    def _rollback_quietly(self) -> None:
+        if self._conn.in_transaction:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+    def _translate(self, exc: sqlite3.Error) -> StoreError:
+        detail = _one_line(exc)
+        if _is_locked(exc):
+            return StoreLocked(f"store {self.path} stayed locked after {LOCK_ATTEMPTS} tries "
+                               f"of {self.busy_timeout_s:g}s: {detail}")
+        if _has(exc, _CORRUPT_HINTS):
+            return StoreCorrupt(f"store {self.path} is not a usable SQLite database: {detail}")
+        if isinstance(exc, sqlite3.OperationalError) and not _has(exc, _UNAVAILABLE_HINTS):
+            return StoreError(f"store {self.path}: {detail}")
+        return StoreUnavailable(f"store {self.path} unavailable: {detail}")
+
+    # ------------------------------------------------------------ dedup
+
+    def claim(self, envelope: Envelope, owner: str) -> bool:
+        """Keys + inbox row in one transaction; False (nothing written) if any key exists."""
+        now = time.time()
+        eid = envelope.envelope_id
+        keys = [(key, eid, now) for key in envelope.dedup_keys]
+        row = (eid, envelope.kind, json.dumps(envelope.to_dict(), separators=(",", ":")),
+               owner, now + self.lease_s, now, now)
+
+        def txn(cur: sqlite3.Cursor) -> bool:
+            cur.executemany(_INSERT_KEY, keys)
+            if cur.rowcount != len(keys):
+                raise _Abort(False)  # one key was taken: undo any we inserted
+            cur.execute(_INSERT_INBOX, row)
+            return True
+
+        return self._run(txn, write=True)
+
+    def claim_key(self, key: str) -> bool:
+        now = time.time()
+
+        def txn(cur: sqlite3.Cursor) -> bool:
+            cur.execute(_INSERT_KEY, (key, "", now))
+            return cur.rowcount == 1
+
+        return self._run(txn, write=True)
+
+    # ------------------------------------------------------------ handling
+
+    def finish(self, envelope_id: str, replies: Sequence[Reply], error: str | None = None) -> None:
+        """Mark done/failed and queue the replies, atomically: no reply without a done row.
+
+        Idempotency keys make a second finish (e.g. after a sweep re-ran it) a no-op
+        for replies already queued.
+        """
+        now = time.time()
+        state = "failed" if error else "done"
+        rows = [(envelope_id, r.channel, r.text,
+                 json.dumps(r.blocks, separators=(",", ":")) if r.blocks is not None else None,
+                 r.thread_ts, f"{envelope_id}:{i}", now, now) for i, r in enumerate(replies)]
+
+        def txn(cur: sqlite3.Cursor) -> None:
+            cur.execute(_FINISH, (state, error, now, envelope_id))
+            if rows:
+                cur.executemany(_INSERT_OUTBOX, rows)
+
+        self._run(txn, write=True)
+
+    def mark_replies_sent(self, envelope_id: str) -> int:
+        """The worker sent this envelope's replies itself; keep the outbox from resending."""
+        now = time.time()
+
+        def txn(cur: sqlite3.Cursor) -> int:
+            cur.execute("UPDATE outbox SET state = 'sent', sent_at = ? "
+                        "WHERE envelope_id = ? AND state != 'sent'", (now, envelope_id))
+            return cur.rowcount
+
+        return self._run(txn, write=True)
+
+    def renew(self, owner: str) -> int:
+        """Push out the lease of this owner's in-flight rows so no sweeper steals them."""
+        lease_until = time.time() + self.lease_s
+
+        def txn(cur: sqlite3.Cursor) -> int:
+            cur.execute("UPDATE inbox SET lease_until = ? WHERE state = 'processing' AND owner = ?",
+                        (lease_until, owner))
+            return cur.rowcount
+
+        return self._run(txn, write=True)
+
+    def sweep(self, owner: str, limit: int = 100) -> list[Envelope]:
+        """Take over rows whose lease expired or whose same-host owner process is gone.
+
+        Our own rows are never taken (their handler may still be running here).
+        Each take-over is conditional on the owner and lease we read, and all of it
+        runs under the write lock, so two sweepers never get the same row.
+        """
+
+        def txn(cur: sqlite3.Cursor) -> list[Envelope]:
+            now = time.time()
+            owners = [o for (o,) in cur.execute(
+                "SELECT DISTINCT owner FROM inbox WHERE state = 'processing' AND owner != ?", (owner,))]
+            dead = [o for o in owners if self._is_dead_local(o)]
+            marks = ",".join("?" * len(dead))
+            dead_clause = f" OR owner IN ({marks})" if dead else ""
+            candidates = cur.execute(
+                "SELECT envelope_id, owner, lease_until, envelope FROM inbox "
+                f"WHERE state = 'processing' AND owner != ? AND (lease_until < ?{dead_clause}) "
+                "ORDER BY received_at LIMIT ?", (owner, now, *dead, limit)).fetchall()
+            taken: list[Envelope] = []
+            lease_until = now + self.lease_s
+            for envelope_id, old_owner, old_lease, text in candidates:
+                cur.execute("UPDATE inbox SET owner = ?, lease_until = ?, attempts = attempts + 1, "
+                            "updated_at = ? WHERE envelope_id = ? AND state = 'processing' "
+                            "AND owner = ? AND lease_until IS ?",
+                            (owner, lease_until, now, envelope_id, old_owner, old_lease))
+                if cur.rowcount == 1:
+                    frame = protocol.parse_frame(text)
+                    if isinstance(frame, Envelope):
+                        taken.append(frame)
+            return taken
+
+        return self._run(txn, write=True)
+
+    def _is_dead_local(self, owner: str) -> bool:
+        parsed = _Owner.parse(owner)
+        return parsed.host == self.host and parsed.pid is not None and not pid_alive(parsed.pid)
+
+    # ---------------------------------------------------------- housekeeping
+
+    def prune(self, retention_s: float = DEFAULT_RETENTION_S, now: float | None = None) -> int:
+        """Drop handled rows, keys and sent replies older than the retention (floored).
+
+        Keys of rows still processing are kept whatever their age, so a long
+        handler's envelope cannot be claimed a second time.
+        """
+        cutoff = (time.time() if now is None else now) - max(retention_s, MIN_RETENTION_S)
+
+        def txn(cur: sqlite3.Cursor) -> int:
+            dropped = 0
+            cur.execute("DELETE FROM inbox WHERE state IN ('done', 'failed') AND updated_at < ?", (cutoff,))
+            dropped += cur.rowcount
+            cur.execute("DELETE FROM keys WHERE created_at < ? AND envelope_id NOT IN "
+                        "(SELECT envelope_id FROM inbox WHERE state = 'processing')", (cutoff,))
+            dropped += cur.rowcount
+            cur.execute("DELETE FROM outbox WHERE state = 'sent' AND created_at < ?", (cutoff,))
+            dropped += cur.rowcount
+            return dropped
+
+        return self._run(txn, write=True)
+
+    def heartbeat(self, owner: str, stats: dict[str, Any]) -> None:
+        parsed = _Owner.parse(owner)
+        row = (owner, parsed.pid or 0, parsed.host, time.time(),
+               json.dumps(stats, separators=(",", ":"), default=str), int(bool(stats.get("degraded"))))
+
+        def txn(cur: sqlite3.Cursor) -> None:
+            cur.execute("INSERT INTO workers(owner, pid, host, updated_at, stats, degraded) "
+                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(owner) DO UPDATE SET "
+                        "pid = excluded.pid, host = excluded.host, updated_at = excluded.updated_at, "
+                        "stats = excluded.stats, degraded = excluded.degraded", row)
+
+        self._run(txn, write=True)
+
+    def workers(self, max_age_s: float | None = None) -> list[dict[str, Any]]:
+        """Workers that reported, newest first; `max_age_s` hides ones gone quiet."""
+        since = -1.0 if max_age_s is None else time.time() - max_age_s
+
+        def read(cur: sqlite3.Cursor) -> list[dict[str, Any]]:
+            rows = cur.execute("SELECT owner, pid, host, updated_at, stats, degraded FROM workers "
+                               "WHERE updated_at >= ? ORDER BY updated_at DESC", (since,)).fetchall()
+            return [{"owner": o, "pid": p, "host": h, "updated_at": u, "stats": json.loads(s),
+                     "degraded": bool(d)} for o, p, h, u, s, d in rows]
+
+        return self._run(read, write=False)
+
+    # ------------------------------------------------------------ admin reads
+
+    def inbox_stats(self) -> dict[str, Any]:
+        """Counts for `status`: inbox rows per state, oldest in-flight age, keys, outbox."""
+
+        def read(cur: sqlite3.Cursor) -> dict[str, Any]:
+            stats: dict[str, Any] = {"processing": 0, "done": 0, "failed": 0}
+            stats.update(cur.execute("SELECT state, COUNT(*) FROM inbox GROUP BY state").fetchall())
+            oldest = cur.execute("SELECT MIN(received_at) FROM inbox WHERE state = 'processing'").fetchone()[0]
+            stats["oldest_processing_age_s"] = None if oldest is None else max(0.0, time.time() - oldest)
+            stats["keys"] = cur.execute("SELECT COUNT(*) FROM keys").fetchone()[0]
+            outbox = dict(cur.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall())
+            stats["outbox_pending"] = outbox.get("pending", 0)
+            stats["outbox_sent"] = outbox.get("sent", 0)
+            return stats
+
+        return self._run(read, write=False)
+
+    def inbox_list(self, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Most recent inbox rows, optionally of one state."""
+        where, args = ("WHERE state = ?", (state,)) if state else ("", ())
+
+        def read(cur: sqlite3.Cursor) -> list[dict[str, Any]]:
+            cols = ("envelope_id", "kind", "state", "owner", "attempts", "received_at", "error")
+            rows = cur.execute(f"SELECT {', '.join(cols)} FROM inbox {where} "
+                               "ORDER BY received_at DESC LIMIT ?", (*args, limit)).fetchall()
+            return [dict(zip(cols, row)) for row in rows]
+
+        return self._run(read, write=False)
+
+    def retry(self, envelope_id: str) -> bool:
+        """Hand a done/failed row back to the sweepers (expired lease, no owner).
+
+        Replies already queued keep their idempotency keys, so a re-run does not
+        queue them twice.
+        """
+        now = time.time()
+
+        def txn(cur: sqlite3.Cursor) -> bool:
+            cur.execute("UPDATE inbox SET state = 'processing', owner = '', lease_until = 0, "
+                        "error = NULL, updated_at = ? WHERE envelope_id = ? "
+                        "AND state IN ('done', 'failed')", (now, envelope_id))
+            return cur.rowcount == 1
+
+        return self._run(txn, write=True)
+
+    def inbox_row(self, envelope_id: str) -> dict[str, Any] | None:
+        """One inbox row (tests and `status --envelope`)."""
+
+        def read(cur: sqlite3.Cursor) -> dict[str, Any] | None:
+            cur.execute("SELECT envelope_id, kind, state, owner, lease_until, attempts, received_at, "
+                        "updated_at, error FROM inbox WHERE envelope_id = ?", (envelope_id,))
+            row = cur.fetchone()
+            return None if row is None else dict(zip([d[0] for d in cur.description], row))
+
+        return self._run(read, write=False)
+
+    def outbox_rows(self, envelope_id: str) -> list[dict[str, Any]]:
+        """Queued replies of one envelope, in order (tests and the outbox sender)."""
+
+        def read(cur: sqlite3.Cursor) -> list[dict[str, Any]]:
+            cur.execute("SELECT id, envelope_id, channel, text, blocks, thread_ts, idempotency_key, "
+                        "state, attempts FROM outbox WHERE envelope_id = ? ORDER BY id", (envelope_id,))
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
+        return self._run(read, write=False)
+
+    def _checkpoint_loop(self, interval_s: float) -> None:
+        """Native thread, own connection: PASSIVE checkpoints never block writers."""
+        try:
+            conn = sqlite3.connect(str(self.path), timeout=self.busy_timeout_s,
+                                   check_same_thread=False, isolation_level=None)
+        except sqlite3.Error:
+            self._checkpointer_done.release()
+            return
+        try:
+            while not self._stop.acquire(True, interval_s):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:
+                    pass  # busy or failing disk: the write path reports that; try later
+        finally:
+            conn.close()
+            self._checkpointer_done.release()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._stop.release()
+        # Wait for the checkpointer so no thread touches the file after close().
+        self._checkpointer_done.acquire(True, 5.0)
+        with self._lock:
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
+            self._conn.close()
+
+
+def _is_locked(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc).lower()
+
+
+def _has(exc: BaseException, hints: tuple[str, ...]) -> bool:
+    text = str(exc).lower()
+    return any(hint in text for hint in hints)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
