@@ -100,6 +100,14 @@ class EdgeApp:
         """The Buidl API's name for `event`."""
         return self.event(event_type)(fn)
 
+    def include(self, other: "EdgeApp") -> "EdgeApp":
+        """Add every handler of `other` (after this app's own); returns self for chaining."""
+        for mine, theirs in ((self._events, other._events), (self._commands, other._commands),
+                             (self._interactive, other._interactive)):
+            for key, handlers in theirs.items():
+                mine.setdefault(key, []).extend(handlers)
+        return self
+
     def handlers_for(self, envelope: Envelope) -> list[Handler]:
         table = {"events_api": self._events, "slash_commands": self._commands,
                  "interactive": self._interactive}.get(envelope.type, {})

@@ -1,4 +1,4 @@
-"""`buidl-edge demo`: a scripted conversation between a real worker and the bundled simulator.
+"""`buidl-edge demo`: a scripted conversation between the real stack and the bundled simulator.
 
 Every scripted event that should get an answer is sent to a channel of its own,
 so counting the simulator's posted messages per channel tells whether each was
@@ -6,17 +6,23 @@ handled exactly once.
 """
 from __future__ import annotations
 
+import os
+import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from buidl_edge.bot import GREETING, HELP_TEXT
-from buidl_edge.harness import WorkerProcess, worker_env
+from buidl_edge.demo_app import DEPLOY_WORD, DEPLOYED
+from buidl_edge.harness import StackProcess, worker_env
 from buidl_edge.simulator.client import SimulatorClient, SimulatorProcess
+from buidl_edge.store.sqlite import SqliteStore
 
 Echo = Callable[[str], None]
 BOT = "U0BUIDL"  # the simulator's bot user id, learnt by the worker through auth.test
-DEMO_CONNECTIONS = 2
+DEMO_PROCESSES = 2
+DEMO_CONNECTIONS = DEMO_PROCESSES  # one connection per process: redundancy, the default shape
 
 
 @dataclass
@@ -47,6 +53,13 @@ class Script:
         self.keys += [e["key"] for e in self.client.inject("file_shared", channel=channel, file_name=name)]
         self.expected_replies[channel] = f"File received: {name}"
 
+    def deploy(self) -> str:
+        """A slow job: the demo kills its worker mid-way."""
+        channel = self.channel()
+        self.keys += [e["key"] for e in self.client.inject("message", channel=channel, text=DEPLOY_WORD)]
+        self.expected_replies[channel] = DEPLOYED
+        return channel
+
     def slash_command(self) -> None:
         keys = [e["key"] for e in self.client.inject("slash_command", command="/buidl", text="help")]
         self.keys += keys
@@ -74,13 +87,15 @@ class DemoFailed(Exception):
 
 def run_demo(echo: Echo) -> int:
     started = time.monotonic()
-    echo("buidl-edge demo: a real worker against the bundled Slack simulator (no tokens, no network)")
+    echo("buidl-edge demo: the real stack (supervisord + workers) against the bundled Slack simulator;"
+         " no tokens, no network")
     with SimulatorProcess() as sim:
         sim.client.configure(warning_close_delay=2.0, refresh_close_delay=0.5, ping_interval=5.0)
-        env = worker_env(sim.api_url, BUIDL_CONNECTIONS=DEMO_CONNECTIONS)
-        with WorkerProcess(env) as worker:
+        env = worker_env(sim.api_url, BUIDL_PROCESSES=DEMO_PROCESSES, BUIDL_CONNECTIONS=1,
+                         BUIDL_APP="buidl_edge.demo_app:app")
+        with StackProcess(env) as worker:
             try:
-                summary = _play(Script(sim.client, echo), echo)
+                summary = _play(Script(sim.client, echo), echo, worker.state_dir)
             except (DemoFailed, AssertionError) as exc:
                 echo(f"FAILED: {exc}")
                 echo("worker log tail:\n" + worker.output()[-2000:])
@@ -91,15 +106,15 @@ def run_demo(echo: Echo) -> int:
     return _report(summary, echo)
 
 
-def _play(script: Script, echo: Echo) -> dict[str, Any]:
+def _play(script: Script, echo: Echo, state_dir: Path) -> dict[str, Any]:
     client = script.client
     step = _stepper(echo)
-    step(f"starting a worker with {DEMO_CONNECTIONS} Socket Mode connections")
+    step(f"starting `buidl-edge run`: supervisord with {DEMO_PROCESSES} workers, one connection each")
     client.wait_for(lambda s: s["open_connections"] == DEMO_CONNECTIONS, 15, "the worker's connections")
     opened_at_start = client.summary()["connections_opened"]
 
     step("a user mentions @buidl (Slack sends it as message + app_mention)")
-    first = script.mention()
+    script.mention()
     step("a user shares design.pdf")
     script.file_share("design.pdf")
     step("a user runs /buidl help (the answer rides on the ack)")
@@ -127,15 +142,47 @@ def _play(script: Script, echo: Echo) -> dict[str, Any]:
     script.wait_acked(timeout=15)
     client.wait_for(lambda s: s["open_connections"] >= DEMO_CONNECTIONS, 15, "connections after the drop")
 
+    step("a user asks for a deploy (a slow job); its worker is killed with SIGKILL mid-way")
+    deploy_channel = script.deploy()
+    script.wait_acked()
+    victim = _kill_owner(state_dir, script.keys[-1], client)
+    echo(f"      killed worker pid {victim}; another worker takes the job over")
+    client.wait_for(lambda s: s["open_connections"] >= DEMO_CONNECTIONS, 20, "supervisord restarting the worker")
+
     step("waiting for replies to go out")
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         state = client.state()
         if _replies_by_channel(state).keys() >= script.expected_replies.keys():
             break
         time.sleep(0.1)
     time.sleep(0.5)  # a late double answer would show up here
-    return _summarise(script, client.state(), client.summary(), opened_at_start, first)
+    summary = _summarise(script, client.state(), client.summary(), opened_at_start)
+    recovered = SqliteStore(state_dir / "edge.sqlite3")
+    try:
+        summary["recovered after SIGKILL"] = sum(1 for r in recovered.inbox_list(limit=1000) if r["attempts"] > 1)
+    finally:
+        recovered.close()
+    summary["deploy replies"] = len([m for m in client.state()["messages"] if m["channel"] == deploy_channel])
+    return summary
+
+
+def _kill_owner(state_dir: Path, key: str, client: SimulatorClient) -> int:
+    """SIGKILL the worker whose inbox row for this event is still processing."""
+    envelope_ids = set(client.state()["events"][key]["envelope_ids"])
+    store = SqliteStore(state_dir / "edge.sqlite3")
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            for row in store.inbox_list(state="processing", limit=100):
+                if row["envelope_id"] in envelope_ids:
+                    pid = int(str(row["owner"]).rsplit(":", 1)[1])
+                    os.kill(pid, signal.SIGKILL)
+                    return pid
+            time.sleep(0.05)
+    finally:
+        store.close()
+    raise DemoFailed("the deploy job never showed up as processing in the inbox")
 
 
 def _stepper(echo: Echo) -> Callable[[str], None]:
@@ -154,7 +201,7 @@ def _replies_by_channel(state: dict[str, Any]) -> dict[str, list[str]]:
 
 
 def _summarise(script: Script, state: dict[str, Any], summary: dict[str, Any],
-               opened_at_start: int, first_channel: str) -> dict[str, Any]:
+               opened_at_start: int) -> dict[str, Any]:
     events = state["events"]
     replies = _replies_by_channel(state)
     handled_once = sum(1 for ch, text in script.expected_replies.items() if replies.get(ch) == [text])
@@ -190,6 +237,7 @@ def _report(summary: dict[str, Any], echo: Echo) -> int:
           and summary["handled once"] == summary["answers due"]
           and summary["replies posted"] == summary["replies due"]
           and summary["unexpected replies"] == 0
+          and summary["recovered after SIGKILL"] >= 1 and summary["deploy replies"] == 1
           and summary["worker exit code"] == 0)
     echo("")
     echo("PASS: every event acked and handled exactly once" if ok else "FAIL: see the summary above")

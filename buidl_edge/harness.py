@@ -42,6 +42,10 @@ def worker_env(api_url: str, tokens: Mapping[str, str] | None = None, **extra: A
 class WorkerProcess:
     """`python -m buidl_edge worker` as a child; output goes to a file the caller can read."""
 
+    command = "worker"
+    # The stack is signalled as a group, the way Heroku signals every process of a dyno.
+    own_session = False
+
     def __init__(self, env: Mapping[str, str], args: tuple[str, ...] = (), log_path: Path | None = None) -> None:
         self.env = dict(env)
         self.args = args
@@ -57,9 +61,9 @@ class WorkerProcess:
 
     def start(self) -> None:
         with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "buidl_edge", "worker", *self.args],
+            self.proc = subprocess.Popen([sys.executable, "-m", "buidl_edge", self.command, *self.args],
                                          env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL, start_new_session=self.own_session)
 
     @property
     def pid(self) -> int:
@@ -68,7 +72,10 @@ class WorkerProcess:
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None
-        self.proc.send_signal(signum)
+        if self.own_session:
+            os.killpg(self.proc.pid, signum)
+        else:
+            self.proc.send_signal(signum)
 
     def wait(self, timeout: float) -> int:
         assert self.proc is not None
@@ -79,16 +86,32 @@ class WorkerProcess:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self.signal(signal.SIGKILL)
                 self.proc.wait(timeout=5)
+        if self.own_session:  # nothing of the group may outlive the stack
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         return self.proc.returncode
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class StackProcess(WorkerProcess):
+    """`python -m buidl_edge run`: supervisord and its workers, in a process group of their own."""
+
+    command = "run"
+    own_session = True
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.env["BUIDL_STATE_DIR"])
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.05) -> Any:
