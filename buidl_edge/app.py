@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
+from buidl_edge.message import validate_reply
 from buidl_edge.protocol import Envelope
 from buidl_edge.store.base import Reply
 
@@ -64,7 +65,8 @@ class Context:
             raise AppError("ctx.say needs a channel: this envelope carries none")
         if text is None and blocks is None:
             raise AppError("ctx.say needs text or blocks")
-        reply = Reply(channel=target, text=text, blocks=blocks, thread_ts=thread_ts)
+        # Checked now, so a bad reply fails its handler instead of reaching Slack (MessageError).
+        reply = validate_reply(Reply(channel=target, text=text, blocks=blocks, thread_ts=thread_ts))
         self.replies.append(reply)
         return reply
 
@@ -123,8 +125,8 @@ class EdgeApp:
         self._sink = sink
 
     def send_message(self, channel: str, text_or_dict: str | Mapping[str, Any]) -> Reply:
-        """Send outside a handler (inside one, prefer ctx.say)."""
-        reply = reply_from(channel, text_or_dict)
+        """Queue a message outside a handler (inside one, prefer ctx.say); MessageError for bad input."""
+        reply = validate_reply(reply_from(channel, text_or_dict))
         if self._sink is None:
             raise AppError("send_message needs a running worker (or `buidl-edge send`)")
         self._sink(reply)

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 DEFAULT_API_URL = "https://slack.com/api/"
 DEFAULT_APP = "buidl_edge.bot:app"
@@ -189,11 +190,127 @@ _PREFIXES = {"xapp-": "an app-level token (xapp-)", "xoxb-": "a bot token (xoxb-
              "xoxp-": "a user token (xoxp-)"}
 
 
+# A Slack token is a prefix and dashes/alphanumerics; quotes, spaces or a second token pasted
+# along are caught on load rather than as invalid_auth later.
+_TOKEN_BODY = re.compile(r"[A-Za-z0-9-]+")
+
+
 def _token(env: Mapping[str, str], name: str, prefix: str, what: str) -> Secret:
+    """The token from the environment, else from its file under BUIDL_HOME (the env wins)."""
     raw = (env.get(name) or "").strip()
+    source = name
     if not raw:
-        raise ConfigError(f"{name} is not set: it must be {what} starting with {prefix}")
+        path = token_file(name, env)
+        raw = (read_token_file(path) or "").strip()
+        source = str(path)
+    if not raw:
+        flag = "--app" if name == "SLACK_APP_TOKEN" else "--bot"
+        raise ConfigError(f"{name} is not set: it must be {what} starting with {prefix} "
+                          f"(or store one with `buidl-edge token set {flag}`)")
+    check_token_format(raw, prefix, what, source)
+    return Secret(raw)
+
+
+def check_token_format(raw: str, prefix: str, what: str, source: str) -> None:
+    """Raise a ConfigError naming `source` (a variable or a file) and what was found, never the value."""
     if not raw.startswith(prefix):
         found = next((desc for p, desc in _PREFIXES.items() if raw.startswith(p)), "not a Slack token")
-        raise ConfigError(f"{name} must start with {prefix} ({what}); the value given is {found}")
-    return Secret(raw)
+        raise ConfigError(f"{source} must start with {prefix} ({what}); the value given is {found}")
+    if not _TOKEN_BODY.fullmatch(raw[len(prefix):]):
+        raise ConfigError(f"{source} holds {prefix}… followed by characters no Slack token has "
+                          "(spaces, quotes or a second value?)")
+
+
+# -- token files: ~/.buidl/token (the name Buidl's earlier client used) and ~/.buidl/bot_token --
+
+TOKEN_FILES = {"SLACK_APP_TOKEN": "token", "SLACK_BOT_TOKEN": "bot_token"}
+
+
+def buidl_home(env: Mapping[str, str] | None = None) -> Path:
+    """BUIDL_HOME, else ~/.buidl."""
+    env = os.environ if env is None else env
+    if env.get("BUIDL_HOME"):
+        return Path(env["BUIDL_HOME"]).expanduser()
+    return (Path(env["HOME"]) if env.get("HOME") else Path.home()) / ".buidl"
+
+
+def token_file(name: str, env: Mapping[str, str] | None = None) -> Path:
+    """Where the token for variable `name` (SLACK_APP_TOKEN or SLACK_BOT_TOKEN) is stored."""
+    return buidl_home(env) / TOKEN_FILES[name]
+
+
+def read_token_file(path: Path) -> str | None:
+    """The stored token, or None without a file. A file group or others can open is refused."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    with os.fdopen(fd, encoding="utf-8", errors="replace") as fh:
+        mode = os.fstat(fh.fileno()).st_mode & 0o777
+        if mode & 0o077:
+            raise ConfigError(f"{path} is open to group or others (mode {mode:o}); refusing to use it. "
+                              f"Fix it with: chmod 600 {path}")
+        return fh.read(4096).strip()
+
+
+# -- proxies: HTTPS_PROXY / HTTP_PROXY / NO_PROXY, as requests reads them, for the WebSocket too --
+
+
+@dataclass(frozen=True)
+class Proxy:
+    host: str
+    port: int
+    auth: tuple[str, str] | None = None
+
+    def __repr__(self) -> str:  # never the password
+        return f"Proxy({self.host}:{self.port}{', auth' if self.auth else ''})"
+
+
+def proxy_for(url: str, env: Mapping[str, str] | None = None) -> Proxy | None:
+    """The proxy `url` should go through: HTTPS_PROXY for https/wss, HTTP_PROXY for http/ws,
+    lower-case names first (as curl and requests read them), unless NO_PROXY matches the host."""
+    env = os.environ if env is None else env
+    parts = urlsplit(url)
+    secure = parts.scheme in ("https", "wss")
+    names = ("https_proxy", "HTTPS_PROXY") if secure else ("http_proxy", "HTTP_PROXY")
+    raw = next((env[n].strip() for n in names if env.get(n, "").strip()), "")
+    if not raw or bypass_proxy(parts.hostname or "", parts.port or (443 if secure else 80), env):
+        return None
+    proxy = urlsplit(raw if "://" in raw else f"http://{raw}")
+    if proxy.scheme not in ("http", "https") or not proxy.hostname:
+        raise ConfigError(f"{names[1]} must be an http:// proxy URL like http://proxy:3128")
+    try:
+        port = proxy.port or (443 if proxy.scheme == "https" else 80)
+    except ValueError:
+        raise ConfigError(f"{names[1]} has a bad port") from None
+    auth = (unquote(proxy.username), unquote(proxy.password or "")) if proxy.username else None
+    return Proxy(proxy.hostname, port, auth)
+
+
+def bypass_proxy(host: str, port: int | None, env: Mapping[str, str] | None = None) -> bool:
+    """NO_PROXY matching: `*`, a host or domain suffix (with or without a leading dot),
+    host:port, an IP or a CIDR block."""
+    env = os.environ if env is None else env
+    raw = env.get("no_proxy") or env.get("NO_PROXY") or ""
+    host = host.strip("[]").lower()
+    for entry in (e.strip().lower() for e in raw.replace(" ", ",").split(",")):
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        name, _, entry_port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+        if entry_port and port is not None and entry_port != str(port):
+            continue
+        name = name.strip("[]")
+        try:
+            if ipaddress.ip_address(host) in ipaddress.ip_network(name, strict=False):
+                return True
+            continue
+        except ValueError:
+            pass
+        name = name.lstrip(".")
+        if name and (host == name or host.endswith("." + name)):
+            return True
+    return False

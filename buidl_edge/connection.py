@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import gevent
 import gevent.event
-import gevent.hub
 import gevent.lock
 import websocket
 
 from buidl_edge import protocol
-from buidl_edge.config import Settings
-from buidl_edge.observability import trace_frame
+from buidl_edge.config import ConfigError, Settings, proxy_for
+from buidl_edge.observability import report_protocol_error, trace_frame
 from buidl_edge.webapi import FatalAuthError, RateLimited, SlackApiError, WebApi
 
 log = logging.getLogger("buidl_edge.connection")
@@ -36,14 +36,10 @@ _link_ids = itertools.count(1)
 class FatalStop(Exception):
     """Stop the worker, do not reconnect: Socket Mode is off or the token is refused."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, connection: str | None = None) -> None:
         self.reason = reason
+        self.connection = connection
         super().__init__(reason)
-
-
-# A slot's greenlet ends with FatalStop on purpose and the worker says why in one line:
-# the hub must not also print it as a crash with a traceback.
-gevent.hub.Hub.NOT_ERROR = (*gevent.hub.Hub.NOT_ERROR, FatalStop)
 
 
 class EnvelopeSink(Protocol):
@@ -129,8 +125,14 @@ class Link:
                 self.last_traffic = time.monotonic()
                 if opcode in (websocket.ABNF.OPCODE_PONG, websocket.ABNF.OPCODE_PING):
                     self.stats.last_ping = time.time()
+                    if self.slot.settings.websocket_debug:  # websocket-client answered a ping itself
+                        ping = opcode == websocket.ABNF.OPCODE_PING
+                        trace_frame(True, self.id, "in", "<ping>" if ping else "<pong>")
+                        if ping:
+                            trace_frame(True, self.id, "out", "<pong>")
                     continue
                 if opcode == websocket.ABNF.OPCODE_CLOSE:
+                    trace_frame(self.slot.settings.websocket_debug, self.id, "in", "<close>")
                     break
                 if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
                     self._on_text(frame.data)
@@ -150,6 +152,7 @@ class Link:
         except protocol.ProtocolError as exc:
             self.stats.envelopes_rejected += 1
             log.warning("bad frame rejected: %s", exc.reason, extra={"connection": self.id})
+            report_protocol_error(exc.reason, self.id)
             return
         if isinstance(frame, protocol.Envelope):
             self.stats.envelopes_received += 1
@@ -184,6 +187,7 @@ class Link:
                             extra={"connection": self.id})
                 self._settle("stale")
                 return
+            trace_frame(settings.websocket_debug, self.id, "out", "<ping>")
             try:
                 self.ws.ping()
             except (websocket.WebSocketException, OSError, AttributeError):
@@ -234,7 +238,9 @@ class ConnectionSlot:
             try:
                 link = self._open_link()
             except FatalAuthError as exc:
-                raise FatalStop(f"Slack refused the app token: {exc.error}") from None
+                raise FatalStop(f"Slack refused the app token: {exc.error}", self.name) from None
+            except ConfigError as exc:  # a ws:// URL to a non-loopback host, a bad proxy: never downgrade
+                raise FatalStop(f"refusing to connect: {exc}", self.name) from None
             except RateLimited as exc:
                 delay = max(exc.retry_after, backoff_delay(attempt, self.settings.backoff_base, self.settings.backoff_cap))
                 log.warning("apps.connections.open rate limited; retrying in %.1fs", delay,
@@ -251,7 +257,7 @@ class ConnectionSlot:
                 continue
             outcome = self._serve(link)
             if outcome == "fatal":
-                raise FatalStop("Slack disabled Socket Mode for this app (link_disabled)")
+                raise FatalStop("Slack disabled Socket Mode for this app (link_disabled)", self.name)
             if outcome in ("refresh", "stale", "stop"):
                 attempt = 0
                 continue
@@ -267,8 +273,9 @@ class ConnectionSlot:
 
     def _open_link(self) -> Link:
         url = self.webapi.open_connection(self.settings.app_token)
+        trace_frame(self.settings.websocket_debug, self.name, "connect", url)  # the ticket is masked
         ws = websocket.create_connection(url, timeout=HELLO_TIMEOUT_S, enable_multithread=True,
-                                         skip_utf8_validation=True)
+                                         skip_utf8_validation=True, **websocket_options(url))
         try:
             hello = self._await_hello(ws)
         except BaseException:
@@ -352,6 +359,24 @@ class ConnectionSlot:
         if link in self.links:
             self.links.remove(link)
         self.stats.connected = any(not l.closed.is_set() for l in self.links)
+
+
+def websocket_options(url: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Extra `create_connection` arguments: the proxy, chosen the way requests chooses it.
+
+    websocket-client would read the proxy variables itself, with its own NO_PROXY rules; we pass
+    our choice explicitly so the Web API and the WebSocket always agree. No `sslopt` is ever
+    passed: websocket-client's default verifies the certificate and the host name.
+    """
+    proxy = proxy_for(url, env)
+    if proxy is not None:
+        return {"http_proxy_host": proxy.host, "http_proxy_port": proxy.port,
+                "http_proxy_auth": proxy.auth, "proxy_type": "http"}
+    env = os.environ if env is None else env
+    configured = proxy_for(url, {k: v for k, v in env.items() if k.lower() != "no_proxy"})
+    if configured is not None:  # a proxy is set but NO_PROXY exempts this host: go direct
+        return {"http_proxy_host": configured.host, "http_proxy_port": configured.port, "http_no_proxy": ["*"]}
+    return {}
 
 
 class HelloMissing(Exception):

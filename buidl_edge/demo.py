@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from buidl_edge.bot import GREETING, HELP_TEXT
-from buidl_edge.demo_app import DEPLOY_WORD, DEPLOYED
+from buidl_edge.demo_app import DEPLOY_WORD, DEPLOYED, FAIL_WORD
 from buidl_edge.harness import StackProcess, worker_env
 from buidl_edge.simulator.client import SimulatorClient, SimulatorProcess
 from buidl_edge.store.sqlite import SqliteStore
@@ -60,6 +60,13 @@ class Script:
         self.expected_replies[channel] = DEPLOYED
         return channel
 
+    def failing_event(self) -> str:
+        """Trips the demo app's deliberately failing handler; no answer is due. Returns its key."""
+        channel = self.channel()
+        keys = [e["key"] for e in self.client.inject("message", channel=channel, text=FAIL_WORD)]
+        self.keys += keys
+        return keys[0]
+
     def slash_command(self) -> None:
         keys = [e["key"] for e in self.client.inject("slash_command", command="/buidl", text="help")]
         self.keys += keys
@@ -92,7 +99,9 @@ def run_demo(echo: Echo) -> int:
     with SimulatorProcess() as sim:
         sim.client.configure(warning_close_delay=2.0, refresh_close_delay=0.5, ping_interval=5.0)
         env = worker_env(sim.api_url, BUIDL_PROCESSES=DEMO_PROCESSES, BUIDL_CONNECTIONS=1,
-                         BUIDL_APP="buidl_edge.demo_app:app")
+                         BUIDL_APP="buidl_edge.demo_app:app",
+                         # Errors go to the simulator's Sentry endpoint, through the real sentry-sdk.
+                         SENTRY_DSN=sim.sentry_dsn(), SENTRY_ENVIRONMENT="demo")
         with StackProcess(env) as worker:
             try:
                 summary = _play(Script(sim.client, echo), echo, worker.state_dir)
@@ -102,6 +111,7 @@ def run_demo(echo: Echo) -> int:
                 return 1
             code = worker.stop()
         summary["worker exit code"] = code
+        summary["errors reported to Sentry"] = sim.client.sentry()["count"]
     summary["elapsed s"] = round(time.monotonic() - started, 1)
     return _report(summary, echo)
 
@@ -124,6 +134,13 @@ def _play(script: Script, echo: Echo, state_dir: Path) -> dict[str, Any]:
     step("Slack redelivers the mention as if our ack were lost")
     mention_key = script.keys[1]
     client.fault("redeliver", key=mention_key)
+    script.wait_acked()
+
+    step(f"a handler fails (`{FAIL_WORD}`, on purpose) and Slack redelivers that event: one Sentry event")
+    failing_key = script.failing_event()
+    script.wait_acked()
+    client.wait_for(lambda s: s["sentry_events"] >= 1, 10, "the handler error at the Sentry endpoint")
+    client.fault("redeliver", key=failing_key)
     script.wait_acked()
 
     step("Slack warns one connection it will close: buidl-edge opens the next one first")
@@ -238,6 +255,7 @@ def _report(summary: dict[str, Any], echo: Echo) -> int:
           and summary["replies posted"] == summary["replies due"]
           and summary["unexpected replies"] == 0
           and summary["recovered after SIGKILL"] >= 1 and summary["deploy replies"] == 1
+          and summary["errors reported to Sentry"] == 1
           and summary["worker exit code"] == 0)
     echo("")
     echo("PASS: every event acked and handled exactly once" if ok else "FAIL: see the summary above")

@@ -11,7 +11,8 @@ import gevent.pool
 
 from buidl_edge.app import Context, EdgeApp
 from buidl_edge.connection import Link
-from buidl_edge.outbox import DirectOutbox
+from buidl_edge.observability import log_context, report_handler_error, report_store_failure
+from buidl_edge.outbox import Outbox
 from buidl_edge.protocol import Envelope
 from buidl_edge.store.base import EdgeStore, Reply
 from buidl_edge.store.errors import StoreError
@@ -38,7 +39,7 @@ class DispatchStats:
 class Dispatcher:
     """Acks go through `inflight` (never capped, so a busy handler pool cannot delay an ack)."""
 
-    def __init__(self, app: EdgeApp, store: EdgeStore, outbox: DirectOutbox, owner: str,
+    def __init__(self, app: EdgeApp, store: EdgeStore, outbox: Outbox, owner: str,
                  ack_payload_deadline: float, bot_user_id: str | None,
                  handler_pool_size: int = 200) -> None:
         self.app = app
@@ -66,7 +67,7 @@ class Dispatcher:
             return
         self.stats.envelopes_new += 1
         if envelope.accepts_response_payload and self.app.handlers_for(envelope):
-            job = self.handlers.spawn(self.handle, envelope)
+            job = self.handlers.spawn(self.handle, envelope, link.id)
             remaining = self.ack_payload_deadline - (time.monotonic() - received_at)
             job.join(timeout=max(0.0, remaining))
             payload = job.value if job.successful() else None
@@ -76,13 +77,19 @@ class Dispatcher:
             link.ack(envelope.envelope_id, payload, received_at)
             return
         link.ack(envelope.envelope_id, None, received_at)
-        self.handlers.spawn(self.handle, envelope)
+        self.handlers.spawn(self.handle, envelope, link.id)
 
-    def handle(self, envelope: Envelope) -> dict[str, Any] | None:
+    def handle(self, envelope: Envelope, connection: str | None = None) -> dict[str, Any] | None:
         """Run every matching handler; return the first dict one returned (the ack payload)."""
+        # Every line logged while handling (ours, the handler's, its libraries') names the envelope.
+        with log_context(envelope_id=envelope.envelope_id, connection=connection):
+            return self._handle(envelope, connection)
+
+    def _handle(self, envelope: Envelope, connection: str | None) -> dict[str, Any] | None:
         ctx = Context(envelope=envelope,
                       logger=logging.LoggerAdapter(logging.getLogger("buidl_edge.handler"),
-                                                   {"envelope_id": envelope.envelope_id}),
+                                                   {"envelope_id": envelope.envelope_id,
+                                                    "connection": connection}),
                       bot_user_id=self.bot_user_id, claim_once=self._claim_key)
         handlers = self.app.handlers_for(envelope)
         if not handlers:
@@ -96,14 +103,19 @@ class Dispatcher:
             except Exception as exc:  # a handler bug must not take the connection down
                 self.stats.handler_errors += 1
                 error = type(exc).__name__
-                log.exception("handler %s failed", getattr(handler, "__name__", handler),
-                              extra={"envelope_id": envelope.envelope_id})
+                name = getattr(handler, "__name__", repr(handler))
+                log.exception("handler %s failed", name, extra={"envelope_id": envelope.envelope_id})
+                report_handler_error(exc, envelope, name, connection, claim=self._claim_key)
                 continue
             if payload is None and isinstance(result, dict):
                 payload = result
-        self._finish(envelope.envelope_id, ctx.replies, error)
+        finished = self._finish(envelope.envelope_id, ctx.replies, error)
         self.stats.handled += 1
-        self.outbox.send(ctx.replies)
+        if ctx.replies:
+            if finished:  # the replies are in the shared outbox now: the sender posts them
+                self.outbox.wake()
+            else:  # the store is failing: send them from this process rather than drop them
+                self.outbox.enqueue_local(envelope.envelope_id, ctx.replies)
         return payload
 
     def rerun(self, envelope: Envelope) -> None:
@@ -128,16 +140,19 @@ class Dispatcher:
             self._store_failed("claim_key", exc)
             return self.fallback.claim_key(key)
 
-    def _finish(self, envelope_id: str, replies: list[Reply], error: str | None) -> None:
+    def _finish(self, envelope_id: str, replies: list[Reply], error: str | None) -> bool:
         try:
             self.store.finish(envelope_id, replies, error)
         except StoreError as exc:
             self._store_failed("finish", exc)
+            return False
+        return True
 
     def _store_failed(self, operation: str, exc: StoreError) -> None:
         self.stats.store_errors += 1
         if not self.stats.degraded:
             log.error("store %s failed (%s); degraded: acking on with local dedup only", operation, exc)
+            report_store_failure(operation, exc)  # once per episode, like the log line
         self.stats.degraded = True
 
     def drain(self, timeout: float) -> bool:

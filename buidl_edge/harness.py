@@ -31,11 +31,12 @@ def worker_env(api_url: str, tokens: Mapping[str, str] | None = None, **extra: A
         "SLACK_API_URL": api_url,
         "BUIDL_BACKOFF_BASE": "0.2",
         "BUIDL_BACKOFF_CAP": "2",
-        # A state dir of its own, so runs never share (or litter) a SQLite inbox.
-        "BUIDL_STATE_DIR": tempfile.mkdtemp(prefix="buidl-state-"),
         "PYTHONUNBUFFERED": "1",
     })
     env.update({k: str(v) for k, v in extra.items()})
+    if "BUIDL_STATE_DIR" not in env:
+        # A state dir of its own, so runs never share a SQLite inbox (made only when none is given).
+        env["BUIDL_STATE_DIR"] = tempfile.mkdtemp(prefix="buidl-state-")
     return env
 
 

@@ -1,83 +1,390 @@
-"""Sending replies to chat.postMessage in order, honouring Retry-After.
+"""The outbox sender: drains queued messages to chat.postMessage within Slack's limits.
 
-This is the in-process sender; the durable, shared-rate outbox replaces its
-queue without changing `send`/`flush`.
+Messages are rows in the shared store (see `EdgeStore.outbox_*`): handlers'
+replies enter in the same transaction that marks their envelope done, and
+`app.send_message` / `buidl-edge send` enqueue directly. Every worker runs one
+`Outbox`, and all of them drain the same rows:
+
+- per channel, strictly in enqueue order: only a channel's oldest unsent row
+  may be taken, and only when no row of that channel is in flight;
+- channels in parallel, up to `BUIDL_POST_CONCURRENCY` posts at once;
+- never the same row twice: a row is claimed (`pending` → `sending`, with a
+  lease naming this process) in the transaction that also spends a token from
+  the channel's bucket (and the global one), so N processes together send at
+  most `BUIDL_POST_RATE` per channel;
+- rows left `sending` by a process that died (same host) or whose lease ran
+  out go back to `pending`; that re-send is the one window for a double post
+  (Slack accepted the message, the process died before marking the row sent).
+
+Outcomes: 429 → wait `Retry-After` on that channel (or on the whole workspace
+with `BUIDL_POST_429_SCOPE=global`) without counting an attempt; 5xx, network
+errors and Slack's transient codes → retry with exponential backoff and full
+jitter, up to `BUIDL_POST_MAX_ATTEMPTS`, then `failed`; any other `ok:false`
+(`channel_not_found`, `is_archived`, `msg_too_long`, …) → `failed` at once.
+Failed rows go to the `on_failed` hook (Sentry) and stay for `outbox retry`.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Iterable
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
 
 import gevent
-import gevent.queue
+import gevent.event
+import gevent.pool
+import requests
+from requests.adapters import HTTPAdapter
 
-from buidl_edge.config import Secret
+from buidl_edge.config import ConfigError, Secret
 from buidl_edge.connection import backoff_delay
-from buidl_edge.store.base import Reply
+from buidl_edge.message import MessageError, parse_blocks_json, validate_reply
+from buidl_edge.ratelimit import PostLimits
+from buidl_edge.store.base import EdgeStore, OutboxRow, PostOutcome, Reply
+from buidl_edge.store.errors import StoreError
+from buidl_edge.store.memory import MemoryStore
 from buidl_edge.webapi import RateLimited, SlackApiError, TransientApiError, WebApi
 
 log = logging.getLogger("buidl_edge.outbox")
 
-MAX_ATTEMPTS = 5
+# ok:false codes that say "try again later" rather than "this message is wrong". Not
+# `fatal_error`: Slack says part of the operation may have succeeded, so a retry could post twice.
+RETRYABLE_ERRORS = frozenset({"internal_error", "service_unavailable", "request_timeout"})
+# Settling a post's outcome is retried this often before it is kept for the next chore round.
+SETTLE_DELAYS_S = (0.0, 0.1, 0.5)
+CHORE_INTERVAL_S = 1.0
+
+FailedHook = Callable[[OutboxRow], None]
+
+__all__ = ["MessageError", "Outbox", "OutboxConfig", "OutboxStats", "build_reply", "post_now", "sender_webapi"]
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    limits: PostLimits = field(default_factory=PostLimits)
+    max_attempts: int = 5
+    concurrency: int = 32
+    ratelimit_scope: str = "channel"  # where a 429 applies: "channel" or "global"
+    poll_interval: float = 0.25  # how soon rows queued by another process are noticed
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "OutboxConfig":
+        """BUIDL_POST_RATE, _BURST, _GLOBAL_RATE, _GLOBAL_BURST, _MAX_ATTEMPTS, _CONCURRENCY, _429_SCOPE."""
+        env = os.environ if env is None else env
+
+        def number(name: str, default: float, parse: type = float, minimum: float = 0.0) -> Any:
+            raw = env.get(name)
+            if raw in (None, ""):
+                return default
+            try:
+                value = parse(raw)
+            except ValueError:
+                raise ConfigError(f"{name} must be a number, got {raw[:20]!r}") from None
+            if value < minimum:
+                raise ConfigError(f"{name} must be at least {minimum:g}, got {value}")
+            return value
+
+        rate = number("BUIDL_POST_RATE", 1.0)
+        if rate <= 0:
+            raise ConfigError("BUIDL_POST_RATE must be above 0 (messages per second per channel)")
+        scope = (env.get("BUIDL_POST_429_SCOPE") or "channel").strip().lower()
+        if scope not in ("channel", "global"):
+            raise ConfigError(f"BUIDL_POST_429_SCOPE must be channel or global, got {scope[:20]!r}")
+        limits = PostLimits(rate=rate, burst=number("BUIDL_POST_BURST", 3.0, float, 1.0),
+                            global_rate=number("BUIDL_POST_GLOBAL_RATE", 0.0),
+                            global_burst=number("BUIDL_POST_GLOBAL_BURST", 0.0))
+        return cls(limits=limits, max_attempts=number("BUIDL_POST_MAX_ATTEMPTS", 5, int, 1),
+                   concurrency=number("BUIDL_POST_CONCURRENCY", 32, int, 1), ratelimit_scope=scope)
 
 
 @dataclass
 class OutboxStats:
+    """This process's figures, published with its heartbeat for `status`."""
+
     sent: int = 0
     failed: int = 0
     rate_limited: int = 0
+    retried: int = 0
+    recovered: int = 0
+    lease_lost: int = 0
+    in_flight: int = 0
+    store_errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
 
 
-class DirectOutbox:
-    """One sender greenlet drains a queue, so replies leave in the order handlers made them."""
+def sender_webapi(api_url: str, timeout: float, pool_size: int) -> WebApi:
+    """A WebApi whose connection pool fits `pool_size` posts at once (requests keeps 10 by default)."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return WebApi(api_url, timeout=timeout, session=session)
 
-    def __init__(self, webapi: WebApi, bot_token: Secret, backoff_base: float = 1.0, backoff_cap: float = 30.0) -> None:
+
+class Outbox:
+    """One per worker process: a claiming greenlet, a pool of posting greenlets, and chores."""
+
+    def __init__(self, store: EdgeStore, webapi: WebApi, bot_token: Secret, owner: str,
+                 config: OutboxConfig | None = None, backoff_base: float = 1.0, backoff_cap: float = 30.0,
+                 lease_s: float = 30.0, on_failed: FailedHook | None = None) -> None:
+        self.store = store
         self.webapi = webapi
         self.bot_token = bot_token
+        self.owner = owner
+        self.config = config or OutboxConfig()
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
+        self.lease_s = lease_s
+        self.on_failed = on_failed  # called with each row that failed for good (Sentry hooks in here)
+        # Replies whose envelope could not be finished in the shared store (it is failing)
+        # still go out, from here, under this process's own buckets.
+        self.local = MemoryStore()
         self.stats = OutboxStats()
-        self._queue: gevent.queue.JoinableQueue = gevent.queue.JoinableQueue()
-        self._sender = gevent.spawn(self._drain)
+        self._posts = gevent.pool.Pool(self.config.concurrency)
+        self._wake = gevent.event.Event()
+        self._claiming = False
+        self._unsettled: list[tuple[EdgeStore, OutboxRow, PostOutcome]] = []
+        self._greenlets: list[gevent.Greenlet] = []
+        self._last_renew = 0.0
+        self._store_down = False
 
-    def send(self, replies: Iterable[Reply]) -> None:
-        for reply in replies:
-            self._queue.put(reply)
+    # ------------------------------------------------------------ producers
 
-    def flush(self, timeout: float) -> bool:
-        """Wait until everything queued was sent or failed; False on timeout."""
-        return self._queue.join(timeout=timeout)
+    def enqueue(self, replies: Sequence[Reply], envelope_id: str = "", keys: Sequence[str] | None = None) -> list[int]:
+        """Validate and queue; MessageError for bad input (nothing queued then)."""
+        replies = [validate_reply(r) for r in replies]
+        try:
+            ids = self.store.outbox_enqueue(replies, envelope_id, keys)
+        except StoreError as exc:
+            self._store_failed("enqueue", exc)
+            ids = self.local.outbox_enqueue(replies, envelope_id, keys)
+        self.wake()
+        return ids
 
-    def _drain(self) -> None:
-        while True:
-            reply = self._queue.get()
+    def send_reply(self, reply: Reply) -> None:
+        """`app.send_message`'s sink."""
+        self.enqueue([reply])
+
+    def enqueue_local(self, envelope_id: str, replies: Sequence[Reply]) -> None:
+        """A handler's replies whose `finish` failed: send them from this process's memory."""
+        if replies:
+            self.local.outbox_enqueue(replies, envelope_id, [f"{envelope_id}:{i}" for i in range(len(replies))])
+            self.wake()
+
+    def wake(self) -> None:
+        """Look for sendable rows now (new rows, or a post just finished)."""
+        self._wake.set()
+
+    # ------------------------------------------------------------ running
+
+    def start(self) -> "Outbox":
+        self._claiming = True
+        self._greenlets = [gevent.spawn(self._run), gevent.spawn(self._chores)]
+        return self
+
+    def stop(self, timeout: float) -> bool:
+        """Drain: flush rows that would die with us, finish posts in flight, stop. False on timeout.
+
+        Rows in the shared (durable) store are left for the other workers or the
+        next start; rows only in memory get the drain time to go out.
+        """
+        if not self._greenlets:  # never started
+            return True
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._volatile_depth() > 0:
+            gevent.sleep(0.05)
+        self._claiming = False
+        self._wake.set()
+        runner, chores = self._greenlets
+        runner.join(timeout=max(0.1, deadline - time.monotonic()))  # a claim in progress ends cleanly
+        posted = self._posts.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._settle_leftovers()
+        gevent.killall([runner, chores], timeout=1.0)
+        clean = bool(posted) and not self._unsettled and self._volatile_depth() == 0
+        if not posted:
+            log.warning("%d post(s) still in flight at exit; another worker re-sends them", len(self._posts))
+        return clean
+
+    def _volatile_depth(self) -> int:
+        depth = 0
+        for store in (self.store, self.local):
+            if not getattr(store, "durable", True):
+                try:
+                    depth += store.outbox_stats()["depth"]
+                except StoreError:
+                    pass
+        return depth
+
+    def _run(self) -> None:
+        poll = self.config.poll_interval
+        while self._claiming:
+            self._wake.clear()
             try:
-                self._post(reply)
-            finally:
-                self._queue.task_done()
+                next_at = self._fill()
+            except Exception:  # a bug here must not silently stop all sending
+                log.exception("outbox claim loop failed; retrying")
+                next_at = None
+            if self._posts.full() or next_at is None:
+                timeout = poll
+            else:
+                timeout = min(poll, max(0.002, next_at - time.time()))
+            self._wake.wait(timeout)
 
-    def _post(self, reply: Reply) -> None:
-        for attempt in range(MAX_ATTEMPTS):
+    def _fill(self) -> float | None:
+        """Claim as many sendable rows as there are free posting greenlets; earliest next chance."""
+        next_at: float | None = None
+        for store in (self.store, self.local):
+            free = self._posts.free_count()
+            if free <= 0 or not self._claiming:
+                break
             try:
-                self.webapi.post_message(self.bot_token, reply.channel, reply.text, reply.blocks, reply.thread_ts)
-            except RateLimited as exc:
-                self.stats.rate_limited += 1
-                gevent.sleep(exc.retry_after)
+                claimed = store.outbox_claim(self.owner, free, self.config.limits, self.lease_s)
+            except StoreError as exc:
+                self._store_failed("claim", exc)
                 continue
-            except TransientApiError as exc:
-                delay = backoff_delay(attempt, self.backoff_base, self.backoff_cap)
-                log.warning("chat.postMessage to %s failed (%s); retry in %.1fs", reply.channel, exc.error, delay)
+            if store is self.store:
+                self._store_ok()
+            for row in claimed.rows:
+                self._posts.spawn(self._post, store, row)
+            if claimed.next_at is not None:
+                next_at = claimed.next_at if next_at is None else min(next_at, claimed.next_at)
+        return next_at
+
+    # ------------------------------------------------------------ one post
+
+    def _post(self, store: EdgeStore, row: OutboxRow) -> None:
+        self.stats.in_flight += 1
+        try:
+            if row.attempts > self.config.max_attempts:  # its last tries died with their workers
+                outcome = PostOutcome("failed", error=f"gave up after {row.attempts - 1} attempts "
+                                                      f"(last: {row.error or 'lost in flight'})")
+            else:
+                outcome = self._attempt(row)
+        finally:
+            self.stats.in_flight -= 1
+        self._settle(store, row, outcome)
+        self._wake.set()
+
+    def _attempt(self, row: OutboxRow) -> PostOutcome:
+        try:
+            body = self.webapi.post_message(self.bot_token, row.channel, row.text, row.blocks, row.thread_ts)
+        except RateLimited as exc:
+            self.stats.rate_limited += 1
+            scope = getattr(exc, "scope", None) or self.config.ratelimit_scope
+            log.info("429 on %s: waiting %.0fs (%s)", row.channel, exc.retry_after, scope)
+            return PostOutcome("ratelimited", error="ratelimited", retry_at=time.time() + exc.retry_after,
+                               pause="global" if scope == "global" else "channel")
+        except TransientApiError as exc:
+            return self._retry_or_fail(row, exc.error)
+        except SlackApiError as exc:
+            if exc.error in RETRYABLE_ERRORS:
+                return self._retry_or_fail(row, exc.error)
+            return PostOutcome("failed", error=exc.error)
+        except Exception as exc:  # a bug must not kill the sender; the row is retried, then failed
+            log.exception("posting row %d raised", row.id)
+            return self._retry_or_fail(row, f"exception:{type(exc).__name__}")
+        ts = body.get("ts")
+        return PostOutcome("sent", ts=ts if isinstance(ts, str) else None)
+
+    def _retry_or_fail(self, row: OutboxRow, error: str) -> PostOutcome:
+        if row.attempts >= self.config.max_attempts:
+            return PostOutcome("failed", error=f"{error} (after {row.attempts} attempts)")
+        delay = backoff_delay(row.attempts - 1, self.backoff_base, self.backoff_cap)
+        return PostOutcome("retry", error=error, retry_at=time.time() + delay)
+
+    def _settle(self, store: EdgeStore, row: OutboxRow, outcome: PostOutcome) -> None:
+        error: StoreError | None = None
+        for delay in SETTLE_DELAYS_S:
+            if delay:
                 gevent.sleep(delay)
+            try:
+                final = store.outbox_settle(row.id, self.owner, outcome)
+            except StoreError as exc:
+                error = exc
                 continue
-            except SlackApiError as exc:
-                self.stats.failed += 1
-                log.error("chat.postMessage to %s refused: %s", reply.channel, exc.error)
-                return
-            self.stats.sent += 1
+            self._record(row, outcome, final)
             return
-        self.stats.failed += 1
-        log.error("chat.postMessage to %s gave up after %d attempts", reply.channel, MAX_ATTEMPTS)
+        # Still ours and `sending` in the store: the chores keep renewing its lease and retry this.
+        self._store_failed("settle", error)  # type: ignore[arg-type]
+        self._unsettled.append((store, row, outcome))
+
+    def _record(self, row: OutboxRow, outcome: PostOutcome, final: OutboxRow | None) -> None:
+        if final is None:
+            self.stats.lease_lost += 1
+            log.warning("row %d to %s was taken over while in flight (lease lost); outcome %s not recorded",
+                        row.id, row.channel, outcome.kind)
+        elif outcome.kind == "sent":
+            self.stats.sent += 1
+        elif outcome.kind == "retry":
+            self.stats.retried += 1
+            log.warning("chat.postMessage to %s failed (%s); attempt %d of %d, retry in %.1fs", row.channel,
+                        outcome.error, row.attempts, self.config.max_attempts, outcome.retry_at - time.time())
+        elif outcome.kind == "failed":
+            self.stats.failed += 1
+            log.error("chat.postMessage to %s failed for good: %s (outbox row %d)", row.channel, outcome.error, row.id)
+            if self.on_failed is not None:
+                try:
+                    self.on_failed(final)
+                except Exception:  # a reporting hook must never stop the sender
+                    log.exception("on_failed hook raised")
+
+    # ------------------------------------------------------------ chores
+
+    def _chores(self) -> None:
+        while True:
+            gevent.sleep(CHORE_INTERVAL_S)
+            self._settle_leftovers()
+            try:
+                now = time.monotonic()
+                if (self.stats.in_flight or self._unsettled) and now - self._last_renew >= self.lease_s / 3:
+                    self.store.outbox_renew(self.owner, self.lease_s)
+                    self._last_renew = now
+                recovered = self.store.outbox_recover(self.owner)
+            except StoreError as exc:
+                self._store_failed("recover", exc)
+                continue
+            except Exception:
+                log.exception("outbox chores failed; retrying")
+                continue
+            if recovered:
+                self.stats.recovered += recovered
+                log.warning("%d message(s) left in flight by a dead worker queued again", recovered)
+                self.wake()
+
+    def _settle_leftovers(self) -> None:
+        leftovers, self._unsettled = self._unsettled, []
+        for store, row, outcome in leftovers:
+            try:
+                final = store.outbox_settle(row.id, self.owner, outcome)
+            except StoreError:
+                self._unsettled.append((store, row, outcome))
+                continue
+            self._record(row, outcome, final)
+
+    def _store_failed(self, operation: str, exc: StoreError) -> None:
+        self.stats.store_errors += 1
+        if not self._store_down:
+            log.error("outbox %s failed (%s); retrying", operation, exc)
+        self._store_down = True
+
+    def _store_ok(self) -> None:
+        if self._store_down:
+            log.info("outbox store reachable again")
+        self._store_down = False
+
+
+# ---------------------------------------------------------------- `buidl-edge send`
+
+def build_reply(channel: str, text: str | None, blocks_json: str | None = None,
+                thread_ts: str | None = None, blocks_source: str = "blocks file") -> Reply:
+    """A validated Reply from command-line input; MessageError says what is wrong."""
+    blocks = parse_blocks_json(blocks_json, blocks_source) if blocks_json is not None else None
+    return validate_reply(Reply(channel=channel, text=text, blocks=blocks, thread_ts=thread_ts))
+
+
+def post_now(webapi: WebApi, bot_token: Secret, reply: Reply) -> dict[str, Any]:
+    """One chat.postMessage outside the outbox (`send --now`): no queue, no retry; errors raise."""
+    return webapi.post_message(bot_token, reply.channel, reply.text, reply.blocks, reply.thread_ts)

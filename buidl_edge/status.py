@@ -16,6 +16,7 @@ def worker_row(name: str, state: str, pid: int, uptime_s: float, stats: dict[str
     stats = stats or {}
     connections = stats.get("connections", [])
     dispatch = stats.get("dispatch", {})
+    outbox = stats.get("outbox", {})
     latencies = [c["last_ack_latency_ms"] for c in connections if c.get("last_ack_latency_ms") is not None]
     return {
         "process": name,
@@ -28,6 +29,9 @@ def worker_row(name: str, state: str, pid: int, uptime_s: float, stats: dict[str
         "handler_errors": dispatch.get("handler_errors", 0),
         "reconnects": sum(c.get("reconnect_count", 0) for c in connections),
         "last_ack_ms": min(latencies) if latencies else "",
+        "sent": outbox.get("sent", 0),
+        "429s": outbox.get("rate_limited", 0),
+        "post_failed": outbox.get("failed", 0),
         "degraded": bool(stats.get("degraded")),
     }
 
@@ -49,4 +53,14 @@ def collect_status(settings: Settings, store: Any) -> dict[str, Any]:
         now = time.time()
         rows = [worker_row(w["stats"].get("process") or f"pid {w['pid']}", "RUNNING (unsupervised)", w["pid"],
                            now - w["stats"].get("started_at", now), w["stats"]) for w in heartbeats.values()]
-    return {"supervisor": supervisor, "processes": rows}
+    return {"supervisor": supervisor, "processes": rows, "outbox": outbox_summary(store)}
+
+
+def outbox_summary(store: Any) -> dict[str, Any] | None:
+    """The shared outbox: depth (pending + sending), sent (within retention), failed, 429s seen."""
+    try:
+        stats = store.outbox_stats()
+    except (StoreError, AttributeError):
+        return None
+    return {key: stats.get(key) for key in ("depth", "pending", "sending", "sent", "failed", "rate_limited",
+                                            "oldest_unsent_age_s")}

@@ -25,11 +25,19 @@ import gevent.event  # noqa: E402
 import gevent.lock  # noqa: E402
 
 from buidl_edge.app import EdgeApp, load_app  # noqa: E402
-from buidl_edge.config import Settings  # noqa: E402
+from buidl_edge.config import ConfigError, Settings  # noqa: E402
 from buidl_edge.connection import ConnectionSlot, FatalStop, backoff_delay  # noqa: E402
 from buidl_edge.dispatch import Dispatcher  # noqa: E402
-from buidl_edge.observability import setup_logging  # noqa: E402
-from buidl_edge.outbox import DirectOutbox  # noqa: E402
+from buidl_edge.observability import (  # noqa: E402
+    flush_sentry,
+    init_sentry,
+    report_exception,
+    report_fatal,
+    report_outbox_failure,
+    report_store_failure,
+    setup_logging,
+)
+from buidl_edge.outbox import Outbox, OutboxConfig, sender_webapi  # noqa: E402
 from buidl_edge.store.base import EdgeStore  # noqa: E402
 from buidl_edge.store import open_store  # noqa: E402
 from buidl_edge.store.errors import StoreError  # noqa: E402
@@ -40,6 +48,7 @@ from buidl_edge.webapi import FatalAuthError, SlackApiError, WebApi  # noqa: E40
 log = logging.getLogger("buidl_edge.worker")
 
 EXIT_OK = 0
+EXIT_CRASH = 1
 EXIT_CONFIG = 2
 # A stop that restarting cannot fix (link_disabled, a refused token): supervisord must not respawn.
 EXIT_FATAL = 3
@@ -51,7 +60,7 @@ AUTH_ATTEMPTS = 5
 
 class Worker:
     def __init__(self, settings: Settings, app: EdgeApp, store: EdgeStore | None = None,
-                 webapi: WebApi | None = None) -> None:
+                 webapi: WebApi | None = None, outbox_config: OutboxConfig | None = None) -> None:
         self.settings = settings
         self.app = app
         self.store = store or MemoryStore()
@@ -60,10 +69,13 @@ class Worker:
         self.started_at = time.time()
         self.stop_requested = gevent.event.Event()
         self.fatal_reason: str | None = None
+        self.fatal_connection: str | None = None
+        self.crash_reason: str | None = None
         self.signals_seen = 0
         self.slots: list[ConnectionSlot] = []
         self.dispatcher: Dispatcher | None = None
-        self.outbox: DirectOutbox | None = None
+        self.outbox: Outbox | None = None
+        self.outbox_config = outbox_config
 
     def request_stop(self, signum: int | None = None) -> None:
         """Signal handler: only record; the main greenlet drains."""
@@ -71,21 +83,27 @@ class Worker:
         self.stop_requested.set()
 
     def run(self) -> int:
+        # First, so that a SIGTERM during start-up drains instead of killing the process.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            gevent.signal_handler(sig, self.request_stop, sig)
         try:
             bot_user_id = self._resolve_bot_user_id()
         except FatalStop as exc:
             return self._fatal(exc.reason)
-        self.outbox = DirectOutbox(self.webapi, self.settings.bot_token,
-                                   self.settings.backoff_base, self.settings.backoff_cap)
-        self.app.bind(lambda reply: self.outbox.send([reply]))
+        config = self.outbox_config or OutboxConfig.from_env()
+        # Its own HTTP pool, sized for the posts it runs at once; on_failed is the Sentry hook.
+        self.outbox = Outbox(self.store, sender_webapi(self.settings.api_url, self.settings.http_timeout,
+                                                       config.concurrency),
+                             self.settings.bot_token, self.owner, config, self.settings.backoff_base,
+                             self.settings.backoff_cap, self.settings.lease_s,
+                             on_failed=report_outbox_failure).start()
+        self.app.bind(self.outbox.send_reply)
         self.dispatcher = Dispatcher(self.app, self.store, self.outbox, self.owner,
                                      self.settings.ack_payload_deadline, bot_user_id)
         overlap = gevent.lock.Semaphore(1)
         self.slots = [ConnectionSlot(f"c{i}", self.settings, self.webapi, self.dispatcher, overlap)
                       for i in range(self.settings.connections)]
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            gevent.signal_handler(sig, self.request_stop, sig)
-        runners = [gevent.spawn(slot.run) for slot in self.slots]
+        runners = [gevent.spawn(self._run_slot, slot) for slot in self.slots]
         for runner in runners:
             runner.link_exception(self._on_slot_crash)
         chores = [gevent.spawn(self._every, HEARTBEAT_INTERVAL_S, self._heartbeat),
@@ -97,16 +115,31 @@ class Worker:
         clean = self._drain(runners)
         if self.fatal_reason:
             return self._fatal(self.fatal_reason)
+        flush_sentry()  # what handlers reported while draining goes out before exit
+        if self.crash_reason:
+            log.error("%s; exiting for a restart", self.crash_reason)
+            return EXIT_CRASH
         log.info("worker stopped%s", "" if clean else " (drain timed out)")
         return EXIT_OK
 
+    def _run_slot(self, slot: ConnectionSlot) -> None:
+        try:
+            slot.run()
+        except FatalStop as exc:  # expected: said once, in one line, by _fatal
+            self.fatal_reason = exc.reason
+            self.fatal_connection = exc.connection
+            self.stop_requested.set()
+
     def _on_slot_crash(self, runner: gevent.Greenlet) -> None:
-        exc = runner.exception
-        self.fatal_reason = exc.reason if isinstance(exc, FatalStop) else f"connection crashed: {exc!r}"
+        # A bug, not a verdict from Slack: exit so that supervisord restarts this process.
+        self.crash_reason = f"connection crashed: {type(runner.exception).__name__}"
+        report_exception(runner.exception, report="connection_crash")
         self.stop_requested.set()
 
     def _fatal(self, reason: str) -> int:
         log.error("fatal: %s; not reconnecting", reason)
+        report_fatal(reason, self.fatal_connection)
+        flush_sentry()
         if os.environ.get("SUPERVISOR_ENABLED"):
             record_fatal(self.settings.state_dir, reason)
         print(f"buidl-edge worker: fatal: {reason}", file=sys.stderr, flush=True)
@@ -140,7 +173,7 @@ class Worker:
         for slot in self.slots:
             slot.close()
         handlers_done = self.dispatcher.handlers.join(timeout=max(0.1, deadline - time.monotonic()))
-        sent = self.outbox.flush(timeout=max(0.1, deadline - time.monotonic()))
+        sent = self.outbox.stop(timeout=max(0.1, deadline - time.monotonic()))
         self._publish_stats()
         self.store.close()
         return bool(acks_done) and bool(handlers_done) and bool(sent)
@@ -192,11 +225,19 @@ class Worker:
 
 def run_worker(settings: Settings) -> int:
     setup_logging()
+    init_sentry()  # after gevent's patching (this module's first lines), before any connection
     app = load_app(settings.app_spec)
+    try:
+        outbox_config = OutboxConfig.from_env()
+    except ConfigError as exc:
+        print(f"buidl-edge worker: {exc}", file=sys.stderr, flush=True)
+        return EXIT_CONFIG
     try:
         store = open_store(settings)
     except StoreError as exc:
         log.error("cannot open the store: %s", exc)
+        report_store_failure("open", exc)
+        flush_sentry()
         print(f"buidl-edge worker: {exc}", file=sys.stderr, flush=True)
         return EXIT_CONFIG
-    return Worker(settings, app, store=store).run()
+    return Worker(settings, app, store=store, outbox_config=outbox_config).run()

@@ -1,6 +1,8 @@
 """The WSGI application and handler that put the fake Slack on one port."""
 from __future__ import annotations
 
+import socket
+
 import traceback
 from collections import Counter
 from typing import Any, Iterable
@@ -12,6 +14,8 @@ from .control import Control
 from .http import Response, read_request
 from .hub import Hub
 from .knobs import Knobs
+from .sentry import SentryIngest
+from .sentry import match as sentry_route
 from .socketmode import Tickets, admission, run_link
 from .webapi import WebApi
 
@@ -23,7 +27,8 @@ class SimApp:
         self.tickets = Tickets()
         self.hub = Hub(self.knobs, self.counters)
         self.webapi = WebApi(self.knobs, self.counters, self.tickets, self.hub.ts)
-        self.control = Control(self.knobs, self.counters, self.hub, self.webapi)
+        self.sentry = SentryIngest()
+        self.control = Control(self.knobs, self.counters, self.hub, self.webapi, self.sentry)
 
     def admit_link(self, environ: dict[str, Any]) -> tuple[int, str] | None:
         return admission(environ, self.tickets)
@@ -38,6 +43,9 @@ class SimApp:
             run_link(self.hub, ws)
             return []
         try:
+            sentry = sentry_route(path)
+            if sentry:  # raw (often gzip) body: read before the form/JSON parser sees it
+                return self.sentry.handle(environ, sentry["project"], sentry["kind"])(start_response)
             req = read_request(environ)
             if path.startswith("/api/"):
                 return self.webapi.handle(path[len("/api/"):], req)(start_response)
@@ -51,6 +59,12 @@ class SimApp:
 
 class SimHandler(WebSocketHandler):
     """Refuses bad `/link/` requests with a plain HTTP answer before any upgrade."""
+
+    def handle(self) -> None:
+        # pywsgi writes headers and body separately; without TCP_NODELAY, Nagle and the
+        # client's delayed ACK add ~40 ms to every answer.
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().handle()
 
     def run_application(self) -> None:
         if self.environ.get("PATH_INFO") == "/link/":

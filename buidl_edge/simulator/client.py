@@ -5,6 +5,7 @@ Must not import gevent: it is used next to code that is not monkey-patched.
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,10 @@ class SimulatorClient:
     def summary(self) -> dict[str, Any]:
         return self._get("summary")
 
+    def sentry(self, raw: bool = False) -> dict[str, Any]:
+        """Events the Sentry ingestion endpoint recorded; `raw` adds each decoded envelope."""
+        return self._get("sentry?raw=1" if raw else "sentry")
+
     def fault(self, kind: str, **fields: Any) -> dict[str, Any]:
         return self._post("fault", {"kind": kind, **fields})
 
@@ -47,6 +52,15 @@ class SimulatorClient:
 
     def reset(self) -> None:
         self._post("reset", {})
+
+    def load(self, mode: str, **params: Any) -> dict[str, Any]:
+        """Start a load run in the simulator (mode window, rate or stop); see simulator/load.py."""
+        return self._post("load", {"mode": mode, **params})
+
+    def load_status(self, keys: bool = False, brief: bool = False) -> dict[str, Any]:
+        """The current load run; `brief` leaves out latencies and keys (for polling)."""
+        query = "&".join(name for name, on in (("keys=1", keys), ("brief=1", brief)) if on)
+        return self._get("load?" + query if query else "load")
 
     def health(self) -> bool:
         try:
@@ -103,6 +117,10 @@ class SimulatorProcess:
     @property
     def api_url(self) -> str:
         return f"{self.base_url}/api/"
+
+    def sentry_dsn(self, project: int = 1) -> str:
+        """A DSN aimed at this simulator's Sentry endpoint, with a key made up now."""
+        return f"http://{secrets.token_hex(16)}@127.0.0.1:{self.port}/{project}"
 
     def start(self) -> "SimulatorProcess":
         ready = os.path.join(self._tmp.name, "port")

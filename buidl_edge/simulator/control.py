@@ -9,17 +9,21 @@ from . import events
 from .http import Request, Response
 from .hub import FaultError, Hub
 from .knobs import Knobs
+from .load import LoadError
+from .sentry import SentryIngest
 from .webapi import WebApi
 
 MAX_INJECT = 100_000
 
 
 class Control:
-    def __init__(self, knobs: Knobs, counters: Counter[str], hub: Hub, webapi: WebApi) -> None:
+    def __init__(self, knobs: Knobs, counters: Counter[str], hub: Hub, webapi: WebApi,
+                 sentry: SentryIngest | None = None) -> None:
         self.knobs = knobs
         self.counters = counters
         self.hub = hub
         self.webapi = webapi
+        self.sentry = sentry or SentryIngest()
 
     def handle(self, name: str, req: Request) -> Response:
         if req.body_error:
@@ -28,10 +32,15 @@ class Control:
             ("GET", "health"): lambda r: Response(200, {"ok": True}),
             ("GET", "summary"): lambda r: Response(200, self.summary()),
             ("GET", "state"): lambda r: Response(200, self.state()),
+            ("GET", "sentry"): lambda r: Response(200, self.sentry.listing(
+                str(r.params.get("raw", "")).lower() in ("1", "true", "yes"))),
             ("POST", "events"): self.inject,
             ("POST", "fault"): self.fault,
             ("POST", "config"): self.configure,
             ("POST", "reset"): self.reset,
+            ("POST", "load"): self.load,
+            ("GET", "load"): lambda r: Response(200, self.hub.load.status(bool(r.params.get("keys")),
+                                                                          bool(r.params.get("brief")))),
         }.get((req.method, name))
         if route is None:
             return Response(404, {"ok": False, "error": f"no route {req.method} /_sim/{name}"})
@@ -69,9 +78,16 @@ class Control:
             return _bad(str(exc))
         return Response(200, {"ok": True, "knobs": self.knobs.to_dict()})
 
+    def load(self, req: Request) -> Response:
+        try:
+            return Response(200, self.hub.load.start(dict(req.params)))
+        except LoadError as exc:
+            return _bad(str(exc))
+
     def reset(self, req: Request) -> Response:
         self.hub.reset()
         self.webapi.reset()
+        self.sentry.reset()
         return Response(200, {"ok": True})
 
     def summary(self) -> dict[str, Any]:
@@ -101,6 +117,7 @@ class Control:
             "post_429s": c["post_429s"],
             "post_errors": c["post_errors"],
             "messages_posted": c["messages_posted"],
+            "sentry_events": self.sentry.events_total,
             "faults": {k.split(":", 1)[1]: v for k, v in c.items() if k.startswith("fault:")},
             "ack_latency_ms": self.hub.tracker.latency_summary(),
             "longest_no_connection_gap_s": self.hub.no_connection_gap_s(now),

@@ -9,7 +9,7 @@ import json
 import time
 import uuid
 from collections import Counter, deque
-from typing import Any
+from typing import Any, Callable
 
 import gevent
 
@@ -17,7 +17,8 @@ from ..protocol import Envelope, ProtocolError, build_disconnect, build_hello, p
 from . import events
 from .knobs import Knobs
 from .link import Link, attach
-from .tracking import TrackedEvent, Tracker
+from .load import LoadGenerator
+from .tracking import Delivery, TrackedEvent, Tracker
 
 SWEEP_INTERVAL_S = 0.05
 DISCONNECT_REASONS = ("warning", "refresh_requested", "link_disabled", "too_many_websockets")
@@ -42,6 +43,9 @@ class Hub:
         self._gap_started: float | None = None
         self._link_seq = 0
         self._rr = 0
+        # Called with (delivery, now) for each new ack while a load run is on (load.py).
+        self.ack_observer: Callable[[Delivery, float], None] | None = None
+        self.load = LoadGenerator(self)
 
     # -- links -------------------------------------------------------------
 
@@ -84,8 +88,11 @@ class Hub:
         except ProtocolError:
             self.counters["bad_frames"] += 1
             return
-        if self.tracker.record_ack(envelope_id, payload, link.id, now) is not None:
+        delivery = self.tracker.record_ack(envelope_id, payload, link.id, now)
+        if delivery is not None:
             link.acks += 1
+            if self.ack_observer is not None:
+                self.ack_observer(delivery, now)
 
     # -- delivery ----------------------------------------------------------
 
@@ -223,6 +230,8 @@ class Hub:
             return links
         if target == "oldest":
             return links[:1]
+        if target == "oldest_open":  # not already told to go away
+            return [l for l in links if l.state == "open"][:1]
         if target == "newest":
             return links[-1:]
         return [l for l in links if l.id == target]
@@ -234,6 +243,7 @@ class Hub:
         return round(max(self.longest_gap_s, current), 3)
 
     def reset(self) -> None:
+        self.load.stop()
         self.tracker.clear()
         self.pending.clear()
         self.counters.clear()

@@ -22,6 +22,11 @@ def open_store(settings: "Settings", threaded: bool = True) -> EdgeStore:
     url = settings.store_url or f"sqlite:///{settings.database_path}"
     if url.startswith("memory://"):
         return MemoryStore()
+    if url.startswith(("redis://", "rediss://")):
+        # Not threaded: redis-py's sockets are gevent-cooperative once the worker is patched.
+        from buidl_edge.store.redis import RedisStore
+
+        return RedisStore.from_settings(url, settings)
     if url.startswith("sqlite:///"):
         from buidl_edge.store.sqlite import SqliteStore
         from buidl_edge.store.threaded import ThreadedStore

@@ -1,18 +1,30 @@
 """In-process store: dedup across one worker's connections. Lost on exit, by design."""
 from __future__ import annotations
 
+import itertools
 import time
+import uuid
+from dataclasses import replace
 from typing import Any, Sequence
 
 from buidl_edge.protocol import Envelope
-from buidl_edge.store.base import DEFAULT_RETENTION_S, MIN_RETENTION_S, Reply
+from buidl_edge.ratelimit import GLOBAL_KEY, Bucket, PostLimits, channel_key, pause, plan
+from buidl_edge.store.base import (DEFAULT_RETENTION_S, MIN_RETENTION_S, Claimed, OutboxRow, PostOutcome,
+                                   Reply)
 
 
 class MemoryStore:
+    # The outbox sender flushes a non-durable store before its process exits.
+    durable = False
+
     def __init__(self) -> None:
         self._claims: dict[str, tuple[str, float]] = {}
         self._inbox: dict[str, dict[str, Any]] = {}
         self.stats: dict[str, dict[str, Any]] = {}
+        self._outbox: dict[int, OutboxRow] = {}  # insertion order is id order
+        self._outbox_keys: dict[str, int] = {}
+        self._buckets: dict[str, Bucket] = {}
+        self._ids = itertools.count(1)
 
     def claim(self, envelope: Envelope, owner: str) -> bool:
         keys = envelope.dedup_keys
@@ -36,6 +48,8 @@ class MemoryStore:
         if row is not None:
             row.update(state="failed" if error else "done", error=error, replies=list(replies),
                        at=time.time())
+        if replies:
+            self.outbox_enqueue(replies, envelope_id, [f"{envelope_id}:{i}" for i in range(len(replies))])
 
     def renew(self, owner: str) -> int:
         return 0
@@ -54,7 +68,127 @@ class MemoryStore:
         old_rows = [e for e, row in self._inbox.items() if row["state"] != "processing" and row["at"] < cutoff]
         for envelope_id in old_rows:
             del self._inbox[envelope_id]
-        return len(old_keys) + len(old_rows)
+        old_sent = [r for r in self._outbox.values() if r.state == "sent" and r.created_at < cutoff]
+        for r in old_sent:
+            self._drop(r)
+        return len(old_keys) + len(old_rows) + len(old_sent)
+
+    # -- outbox: the same semantics as SqliteStore's, for one process
+
+    def outbox_enqueue(self, replies: Sequence[Reply], envelope_id: str = "",
+                       keys: Sequence[str] | None = None) -> list[int]:
+        now = time.time()
+        keys = list(keys) if keys is not None else [f"q:{uuid.uuid4().hex}" for _ in replies]
+        if len(keys) != len(replies):
+            raise ValueError("one idempotency key per reply")
+        ids = []
+        for reply, key in zip(replies, keys):
+            if key not in self._outbox_keys:
+                row_id = next(self._ids)
+                self._outbox[row_id] = OutboxRow(row_id, reply.channel, reply.text, reply.blocks, reply.thread_ts,
+                                                 key, "pending", 0, now, now, envelope_id)
+                self._outbox_keys[key] = row_id
+            ids.append(self._outbox_keys[key])
+        return ids
+
+    def outbox_claim(self, owner: str, limit: int, limits: PostLimits, lease_s: float = 30.0) -> Claimed:
+        if limit <= 0:
+            return Claimed([], None)
+        now = time.time()
+        heads: dict[str, OutboxRow] = {}
+        for row in self._outbox.values():
+            if row.state in ("pending", "sending") and row.channel not in heads:
+                heads[row.channel] = row
+        decision = plan([h for h in heads.values() if h.state == "pending"], self._buckets, now, limits, limit)
+        self._buckets.update(decision.changed)
+        taken = []
+        for row in decision.chosen:
+            row = self._outbox[row.id] = replace(row, state="sending", attempts=row.attempts + 1,
+                                                 lease_owner=owner, lease_until=now + lease_s)
+            taken.append(row)
+        return Claimed(taken, decision.next_at)
+
+    def outbox_settle(self, row_id: int, owner: str, outcome: PostOutcome) -> OutboxRow | None:
+        row = self._outbox.get(row_id)
+        if row is None or row.state != "sending" or row.lease_owner != owner:
+            return None
+        now = time.time()
+        if outcome.kind == "sent":
+            row = replace(row, state="sent", sent_at=now, ts=outcome.ts, lease_until=None)
+        elif outcome.kind == "failed":
+            row = replace(row, state="failed", error=outcome.error, lease_until=None)
+        elif outcome.kind == "retry":
+            row = replace(row, state="pending", error=outcome.error, next_attempt_at=outcome.retry_at,
+                          lease_owner=None, lease_until=None)
+        else:
+            row = replace(row, state="pending", error=outcome.error, next_attempt_at=outcome.retry_at,
+                          attempts=max(0, row.attempts - 1), rate_limited=row.rate_limited + 1,
+                          lease_owner=None, lease_until=None)
+            key = GLOBAL_KEY if outcome.pause == "global" else channel_key(row.channel)
+            self._buckets[key] = pause(self._buckets.get(key), now, outcome.retry_at)
+        self._outbox[row_id] = row
+        return row
+
+    def outbox_renew(self, owner: str, lease_s: float = 30.0) -> int:
+        return 0  # nothing outlives this process, so no one else could take a row over
+
+    def outbox_recover(self, owner: str) -> int:
+        return 0
+
+    def outbox_stats(self) -> dict[str, Any]:
+        now = time.time()
+        stats: dict[str, Any] = {state: 0 for state in ("pending", "sending", "sent", "failed")}
+        for row in self._outbox.values():
+            stats[row.state] += 1
+        stats["depth"] = stats["pending"] + stats["sending"]
+        unsent = [r for r in self._outbox.values() if r.state in ("pending", "sending")]
+        stats["oldest_unsent_age_s"] = round(now - min(r.created_at for r in unsent), 3) if unsent else None
+        stats["rate_limited"] = sum(r.rate_limited for r in self._outbox.values())
+        stats["channels_waiting"] = len({r.channel for r in unsent})
+        stats["paused"] = [{"bucket": k, "for_s": round(b.paused_until - now, 3)}
+                           for k, b in sorted(self._buckets.items()) if b.paused_until > now]
+        return stats
+
+    def outbox_list(self, state: str | None = None, channel: str | None = None,
+                    limit: int = 50) -> list[OutboxRow]:
+        rows = [r for r in reversed(self._outbox.values())
+                if (state is None or r.state == state) and (channel is None or r.channel == channel)]
+        return rows[:limit]
+
+    def outbox_row(self, row_id: int) -> OutboxRow | None:
+        return self._outbox.get(row_id)
+
+    def outbox_retry(self, row_id: int) -> bool:
+        row = self._outbox.get(row_id)
+        if row is None or row.state != "failed":
+            return False
+        self._outbox[row_id] = replace(row, state="pending", attempts=0, next_attempt_at=time.time(),
+                                       lease_owner=None, lease_until=None)
+        return True
+
+    def outbox_purge(self, state: str = "failed") -> int:
+        if state not in ("failed", "sent"):
+            raise ValueError(f"only failed or sent rows can be purged, not {state!r}")
+        doomed = [r for r in self._outbox.values() if r.state == state]
+        for row in doomed:
+            self._drop(row)
+        return len(doomed)
+
+    def _drop(self, row: OutboxRow) -> None:
+        del self._outbox[row.id]
+        self._outbox_keys.pop(row.idempotency_key, None)
+
+    # -- connection slots: a pass-through. One process alone cannot see the app's other
+    # connections; BUIDL_CONNECTIONS and Slack's own too_many_websockets are the limit here.
+
+    def acquire_slot(self, holder: str, limit: int, ttl: float) -> bool:
+        return True
+
+    def renew_slots(self, holders: Sequence[str], limit: int, ttl: float) -> list[str]:
+        return []
+
+    def release_slot(self, holder: str) -> None:
+        pass
 
     def close(self) -> None:
         pass

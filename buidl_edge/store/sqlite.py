@@ -12,19 +12,22 @@ sqlite3 blocks the calling thread; in a gevent worker wrap this store in
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 from buidl_edge import protocol
 from buidl_edge.protocol import Envelope
-from buidl_edge.store.base import DEFAULT_RETENTION_S, MIN_RETENTION_S, Reply
+from buidl_edge.ratelimit import GLOBAL_KEY, Bucket, PostLimits, channel_key, pause, plan
+from buidl_edge.store.base import (DEFAULT_RETENTION_S, MIN_RETENTION_S, Claimed, OutboxRow, PostOutcome,
+                                   Reply)
 from buidl_edge.store.errors import StoreCorrupt, StoreError, StoreLocked, StoreUnavailable
+from buidl_edge.store.owners import Owner as _Owner, holder_owner, is_dead_local, pid_alive  # noqa: F401
 
 try:  # in a monkey-patched process we still want real OS primitives here:
     from gevent.monkey import get_original  # calls arrive on a native pool thread
@@ -99,6 +102,30 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                stats TEXT NOT NULL,
                degraded INTEGER NOT NULL DEFAULT 0)""",
     ),
+    (
+        # The outbox sender (buidl_edge/outbox.py): a lease for rows in flight, Slack's ts,
+        # and the token buckets every process spends from.
+        "ALTER TABLE outbox ADD COLUMN lease_owner TEXT",
+        "ALTER TABLE outbox ADD COLUMN lease_until REAL",
+        "ALTER TABLE outbox ADD COLUMN updated_at REAL",
+        "ALTER TABLE outbox ADD COLUMN ts TEXT",
+        "ALTER TABLE outbox ADD COLUMN rate_limited INTEGER NOT NULL DEFAULT 0",
+        "DROP INDEX outbox_due",
+        # Partial: the unsent rows only, which is all the claim query reads (each channel's head).
+        "CREATE INDEX outbox_unsent ON outbox(channel, id) WHERE state IN ('pending', 'sending')",
+        "CREATE INDEX outbox_state ON outbox(state, id)",
+        """CREATE TABLE post_buckets (
+               key TEXT PRIMARY KEY,
+               tokens REAL NOT NULL,
+               updated_at REAL NOT NULL,
+               paused_until REAL NOT NULL DEFAULT 0) WITHOUT ROWID""",
+    ),
+    (
+        # Connection slots (see store/slots.py): one row per open Socket Mode link, leased.
+        """CREATE TABLE slots (
+               holder TEXT PRIMARY KEY,
+               expires_at REAL NOT NULL) WITHOUT ROWID""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -118,6 +145,27 @@ _INSERT_OUTBOX = """INSERT INTO outbox(envelope_id, channel, text, blocks, threa
                                        next_attempt_at, created_at)
                     VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(idempotency_key) DO NOTHING"""
 
+_OUTBOX_COLS = ("id, channel, text, blocks, thread_ts, idempotency_key, state, attempts, next_attempt_at, "
+                "created_at, envelope_id, error, lease_owner, lease_until, sent_at, ts, rate_limited")
+# Each channel's oldest unsent row, when it is not already in flight: only it may be sent next.
+# A skip-scan over the partial index (channel after channel, then that channel's first id), so
+# the cost grows with the channels waiting, not with the rows queued behind them; INDEXED BY
+# because the planner would rather scan outbox_state.
+_UNSENT = "outbox INDEXED BY outbox_unsent WHERE state IN ('pending', 'sending')"
+_OUTBOX_HEADS = f"""WITH RECURSIVE chans(channel) AS (
+        SELECT MIN(channel) FROM {_UNSENT}
+        UNION ALL
+        SELECT (SELECT MIN(channel) FROM {_UNSENT} AND channel > chans.channel)
+        FROM chans WHERE chans.channel IS NOT NULL)
+    SELECT {', '.join('o.' + c.strip() for c in _OUTBOX_COLS.split(','))}
+    FROM chans JOIN outbox AS o ON o.id = (SELECT MIN(id) FROM {_UNSENT} AND channel = chans.channel)
+    WHERE o.state = 'pending' ORDER BY o.id"""
+_OUTBOX_TAKE = ("UPDATE outbox SET state = 'sending', lease_owner = ?, lease_until = ?, attempts = attempts + 1, "
+                "updated_at = ? WHERE id = ? AND state = 'pending'")
+_BUCKET_UPSERT = ("INSERT INTO post_buckets(key, tokens, updated_at, paused_until) VALUES (?, ?, ?, ?) "
+                  "ON CONFLICT(key) DO UPDATE SET tokens = excluded.tokens, updated_at = excluded.updated_at, "
+                  "paused_until = excluded.paused_until")
+
 _CORRUPT_HINTS = ("not a database", "malformed", "file is encrypted")
 _UNAVAILABLE_HINTS = ("readonly", "read-only", "disk", "full", "i/o", "unable to open")
 
@@ -129,30 +177,10 @@ class _Abort(Exception):
         self.value = value
 
 
-@dataclass(frozen=True)
-class _Owner:
-    host: str
-    pid: int | None
-
-    @classmethod
-    def parse(cls, owner: str) -> "_Owner":
-        host, _, pid = owner.rpartition(":")
-        return cls(host, int(pid) if pid.isdigit() else None)
-
-
-def pid_alive(pid: int) -> bool:
-    """Signal 0 probes without touching the process; EPERM means it exists."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class SqliteStore:
     """`EdgeStore` on a SQLite file, safe to share between processes."""
+
+    durable = True
 
     def __init__(self, path: str | Path, lease_s: float = 30.0, busy_timeout_s: float = 5.0,
                  host: str | None = None, checkpoint_interval_s: float | None = 0.5) -> None:
@@ -162,6 +190,7 @@ class SqliteStore:
         self.host = host or socket.gethostname()
         self._lock = _new_lock()
         self._closed = False
+        self._outbox_busy = False  # the last outbox_claim took rows: skip its read-only look next time
         self._conn = self._open()
         self._cur = self._conn.cursor()
         self._stop = _new_lock()
@@ -296,8 +325,7 @@ class SqliteStore:
         """
         now = time.time()
         state = "failed" if error else "done"
-        rows = [(envelope_id, r.channel, r.text,
-                 json.dumps(r.blocks, separators=(",", ":")) if r.blocks is not None else None,
+        rows = [(envelope_id, r.channel, r.text, _blocks_json(r.blocks),
                  r.thread_ts, f"{envelope_id}:{i}", now, now) for i, r in enumerate(replies)]
 
         def txn(cur: sqlite3.Cursor) -> None:
@@ -364,8 +392,7 @@ class SqliteStore:
         return self._run(txn, write=True)
 
     def _is_dead_local(self, owner: str) -> bool:
-        parsed = _Owner.parse(owner)
-        return parsed.host == self.host and parsed.pid is not None and not pid_alive(parsed.pid)
+        return is_dead_local(owner, self.host)
 
     # ---------------------------------------------------------- housekeeping
 
@@ -385,6 +412,9 @@ class SqliteStore:
                         "(SELECT envelope_id FROM inbox WHERE state = 'processing')", (cutoff,))
             dropped += cur.rowcount
             cur.execute("DELETE FROM outbox WHERE state = 'sent' AND created_at < ?", (cutoff,))
+            dropped += cur.rowcount
+            # A bucket untouched this long is full again: the same as no row at all.
+            cur.execute("DELETE FROM post_buckets WHERE updated_at < ? AND paused_until < ?", (cutoff, cutoff))
             dropped += cur.rowcount
             return dropped
 
@@ -412,6 +442,64 @@ class SqliteStore:
                                "WHERE updated_at >= ? ORDER BY updated_at DESC", (since,)).fetchall()
             return [{"owner": o, "pid": p, "host": h, "updated_at": u, "stats": json.loads(s),
                      "degraded": bool(d)} for o, p, h, u, s, d in rows]
+
+        return self._run(read, write=False)
+
+    # ------------------------------------------------------------ connection slots
+
+    def acquire_slot(self, holder: str, limit: int, ttl: float) -> bool:
+        """Lease one of `limit` connection slots to `holder` (renewed if it holds one already).
+
+        Expired leases and those of dead processes on this host are freed first.
+        """
+
+        def txn(cur: sqlite3.Cursor) -> bool:
+            now = time.time()
+            cur.execute("DELETE FROM slots WHERE expires_at < ?", (now,))
+            cur.execute("UPDATE slots SET expires_at = ? WHERE holder = ?", (now + ttl, holder))
+            if cur.rowcount == 1:
+                return True
+            held = [h for (h,) in cur.execute("SELECT holder FROM slots")]
+            if len(held) >= limit:
+                dead = [h for h in held if self._is_dead_local(holder_owner(h))]
+                cur.executemany("DELETE FROM slots WHERE holder = ?", [(h,) for h in dead])
+                if len(held) - len(dead) >= limit:
+                    return False
+            cur.execute("INSERT INTO slots(holder, expires_at) VALUES (?, ?)", (holder, now + ttl))
+            return True
+
+        return self._run(txn, write=True)
+
+    def renew_slots(self, holders: Sequence[str], limit: int, ttl: float) -> list[str]:
+        """Extend these leases (taking back a lapsed one if there is room); return the ones lost."""
+
+        def txn(cur: sqlite3.Cursor) -> list[str]:
+            now = time.time()
+            cur.execute("DELETE FROM slots WHERE expires_at < ?", (now,))
+            lost = []
+            for holder in holders:
+                cur.execute("UPDATE slots SET expires_at = ? WHERE holder = ?", (now + ttl, holder))
+                if cur.rowcount == 1:
+                    continue
+                if cur.execute("SELECT COUNT(*) FROM slots").fetchone()[0] < limit:
+                    cur.execute("INSERT INTO slots(holder, expires_at) VALUES (?, ?)", (holder, now + ttl))
+                else:
+                    lost.append(holder)
+            return lost
+
+        return self._run(txn, write=True)
+
+    def release_slot(self, holder: str) -> None:
+        self._run(lambda cur: cur.execute("DELETE FROM slots WHERE holder = ?", (holder,)), write=True)
+
+    def slots(self) -> list[dict[str, Any]]:
+        """Leases held now, for `status`: holder and seconds left."""
+
+        def read(cur: sqlite3.Cursor) -> list[dict[str, Any]]:
+            now = time.time()
+            rows = cur.execute("SELECT holder, expires_at FROM slots WHERE expires_at >= ? ORDER BY holder",
+                               (now,)).fetchall()
+            return [{"holder": h, "expires_in": round(e - now, 3)} for h, e in rows]
 
         return self._run(read, write=False)
 
@@ -483,6 +571,214 @@ class SqliteStore:
 
         return self._run(read, write=False)
 
+    # ------------------------------------------------------------ outbox
+
+    def outbox_enqueue(self, replies: Sequence[Reply], envelope_id: str = "",
+                       keys: Sequence[str] | None = None) -> list[int]:
+        """Queue messages sent outside a handler (`send_message`, `buidl-edge send`).
+
+        Without `keys` each row gets a random idempotency key; with them, a key
+        already queued is not queued again and its existing row id is returned.
+        """
+        now = time.time()
+        keys = list(keys) if keys is not None else [f"q:{uuid.uuid4().hex}" for _ in replies]
+        if len(keys) != len(replies):
+            raise ValueError("one idempotency key per reply")
+        rows = [(envelope_id, r.channel, r.text, _blocks_json(r.blocks), r.thread_ts, key, now, now)
+                for r, key in zip(replies, keys)]
+
+        def txn(cur: sqlite3.Cursor) -> list[int]:
+            ids = []
+            for row in rows:
+                cur.execute(_INSERT_OUTBOX, row)
+                ids.append(cur.execute("SELECT id FROM outbox WHERE idempotency_key = ?", (row[5],)).fetchone()[0])
+            return ids
+
+        return self._run(txn, write=True)
+
+    def outbox_claim(self, owner: str, limit: int, limits: PostLimits, lease_s: float | None = None) -> Claimed:
+        """Take the sendable channel heads (see `ratelimit.plan`) in one write transaction.
+
+        A read-only pass first: when nothing is sendable (the common case while
+        a channel waits for its token) no write lock is taken at all.
+        """
+        lease = self.lease_s if lease_s is None else lease_s
+        if limit <= 0:
+            return Claimed([], None)
+
+        def decide(cur: sqlite3.Cursor, now: float) -> tuple[list[OutboxRow], dict[str, Bucket], float | None]:
+            heads = [_outbox_row(r) for r in cur.execute(_OUTBOX_HEADS).fetchall()]
+            if not heads:
+                return [], {}, None
+            wanted = sorted({channel_key(h.channel) for h in heads} | {GLOBAL_KEY})
+            buckets: dict[str, Bucket] = {}
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i:i + 500]
+                for key, tokens, updated, paused in cur.execute(
+                        f"SELECT key, tokens, updated_at, paused_until FROM post_buckets "
+                        f"WHERE key IN ({','.join('?' * len(chunk))})", chunk):
+                    buckets[key] = Bucket(tokens, updated, paused)
+            decision = plan(heads, buckets, now, limits, limit)
+            return decision.chosen, decision.changed, decision.next_at
+
+        if not self._outbox_busy:  # idle or waiting on tokens: look before taking the write lock
+            peek, _, next_at = self._run(lambda cur: decide(cur, time.time()), write=False)
+            if not peek:
+                return Claimed([], next_at)
+
+        def txn(cur: sqlite3.Cursor) -> Claimed:
+            now = time.time()
+            chosen, changed, next_at = decide(cur, now)
+            taken = []
+            for row in chosen:
+                cur.execute(_OUTBOX_TAKE, (owner, now + lease, now, row.id))
+                if cur.rowcount == 1:
+                    taken.append(replace(row, state="sending", attempts=row.attempts + 1, lease_owner=owner,
+                                         lease_until=now + lease))
+            cur.executemany(_BUCKET_UPSERT, [(k, b.tokens, b.updated, b.paused_until) for k, b in changed.items()])
+            return Claimed(taken, next_at)
+
+        claimed = self._run(txn, write=True)
+        self._outbox_busy = bool(claimed.rows)
+        return claimed
+
+    def outbox_settle(self, row_id: int, owner: str, outcome: PostOutcome) -> OutboxRow | None:
+        """Record a post's end, only while the row is still ours and in flight."""
+
+        def txn(cur: sqlite3.Cursor) -> OutboxRow | None:
+            now = time.time()
+            cur.execute(f"SELECT {_OUTBOX_COLS} FROM outbox WHERE id = ? AND state = 'sending' AND lease_owner = ?",
+                        (row_id, owner))
+            found = cur.fetchone()
+            if found is None:
+                return None
+            row = _outbox_row(found)
+            if outcome.kind == "sent":
+                cur.execute("UPDATE outbox SET state = 'sent', sent_at = ?, ts = ?, lease_until = NULL, "
+                            "updated_at = ? WHERE id = ?", (now, outcome.ts, now, row_id))
+            elif outcome.kind == "failed":
+                cur.execute("UPDATE outbox SET state = 'failed', error = ?, lease_until = NULL, updated_at = ? "
+                            "WHERE id = ?", (outcome.error, now, row_id))
+            elif outcome.kind == "retry":
+                cur.execute("UPDATE outbox SET state = 'pending', error = ?, next_attempt_at = ?, lease_owner = NULL, "
+                            "lease_until = NULL, updated_at = ? WHERE id = ?",
+                            (outcome.error, outcome.retry_at, now, row_id))
+            else:  # ratelimited: not an attempt; pause the bucket Slack said was empty
+                cur.execute("UPDATE outbox SET state = 'pending', error = ?, next_attempt_at = ?, "
+                            "attempts = MAX(0, attempts - 1), rate_limited = rate_limited + 1, lease_owner = NULL, "
+                            "lease_until = NULL, updated_at = ? WHERE id = ?",
+                            (outcome.error, outcome.retry_at, now, row_id))
+                key = GLOBAL_KEY if outcome.pause == "global" else channel_key(row.channel)
+                old = cur.execute("SELECT tokens, updated_at, paused_until FROM post_buckets WHERE key = ?",
+                                  (key,)).fetchone()
+                paused = pause(Bucket(*old) if old else None, now, outcome.retry_at)
+                cur.execute(_BUCKET_UPSERT, (key, paused.tokens, paused.updated, paused.paused_until))
+            cur.execute(f"SELECT {_OUTBOX_COLS} FROM outbox WHERE id = ?", (row_id,))
+            return _outbox_row(cur.fetchone())
+
+        return self._run(txn, write=True)
+
+    def outbox_renew(self, owner: str, lease_s: float | None = None) -> int:
+        lease_until = time.time() + (self.lease_s if lease_s is None else lease_s)
+
+        def txn(cur: sqlite3.Cursor) -> int:
+            cur.execute("UPDATE outbox SET lease_until = ? WHERE state = 'sending' AND lease_owner = ?",
+                        (lease_until, owner))
+            return cur.rowcount
+
+        return self._run(txn, write=True)
+
+    def outbox_recover(self, owner: str) -> int:
+        """Rows left `sending` by a dead process (same host) or past their lease go back to pending.
+
+        Uses the sweep's liveness test. The attempt that was in flight still counts:
+        it may have reached Slack (the double-post window README describes).
+        """
+
+        def suspects(cur: sqlite3.Cursor) -> list[str]:
+            now = time.time()
+            rows = cur.execute("SELECT lease_owner, MIN(lease_until) FROM outbox WHERE state = 'sending' "
+                               "AND lease_owner != ? GROUP BY lease_owner", (owner,)).fetchall()
+            return [o for o, until in rows if (until is not None and until < now) or self._is_dead_local(o)]
+
+        if not self._run(suspects, write=False):
+            return 0
+
+        def txn(cur: sqlite3.Cursor) -> int:
+            now = time.time()
+            dead = [o for o in suspects(cur) if self._is_dead_local(o)]
+            marks = ",".join("?" * len(dead))
+            dead_clause = f" OR lease_owner IN ({marks})" if dead else ""
+            cur.execute("UPDATE outbox SET state = 'pending', error = 'in flight when its sender died', "
+                        "next_attempt_at = ?, lease_until = NULL, updated_at = ? "
+                        f"WHERE state = 'sending' AND lease_owner != ? AND (lease_until < ?{dead_clause})",
+                        (now, now, owner, now, *dead))
+            return cur.rowcount
+
+        return self._run(txn, write=True)
+
+    def outbox_stats(self) -> dict[str, Any]:
+        def read(cur: sqlite3.Cursor) -> dict[str, Any]:
+            now = time.time()
+            stats: dict[str, Any] = {"pending": 0, "sending": 0, "sent": 0, "failed": 0}
+            stats.update(cur.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall())
+            stats["depth"] = stats["pending"] + stats["sending"]
+            oldest = cur.execute("SELECT MIN(created_at) FROM outbox WHERE state IN ('pending', 'sending')").fetchone()[0]
+            stats["oldest_unsent_age_s"] = None if oldest is None else round(max(0.0, now - oldest), 3)
+            stats["rate_limited"] = cur.execute("SELECT COALESCE(SUM(rate_limited), 0) FROM outbox").fetchone()[0]
+            stats["channels_waiting"] = cur.execute(
+                "SELECT COUNT(DISTINCT channel) FROM outbox WHERE state IN ('pending', 'sending')").fetchone()[0]
+            stats["paused"] = [{"bucket": k, "for_s": round(p - now, 3)} for k, p in cur.execute(
+                "SELECT key, paused_until FROM post_buckets WHERE paused_until > ? ORDER BY key", (now,))]
+            return stats
+
+        return self._run(read, write=False)
+
+    def outbox_list(self, state: str | None = None, channel: str | None = None,
+                    limit: int = 50) -> list[OutboxRow]:
+        clauses, args = [], []
+        if state:
+            clauses.append("state = ?")
+            args.append(state)
+        if channel:
+            clauses.append("channel = ?")
+            args.append(channel)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+
+        def read(cur: sqlite3.Cursor) -> list[OutboxRow]:
+            rows = cur.execute(f"SELECT {_OUTBOX_COLS} FROM outbox {where} ORDER BY id DESC LIMIT ?",
+                               (*args, limit)).fetchall()
+            return [_outbox_row(r) for r in rows]
+
+        return self._run(read, write=False)
+
+    def outbox_row(self, row_id: int) -> OutboxRow | None:
+        def read(cur: sqlite3.Cursor) -> OutboxRow | None:
+            found = cur.execute(f"SELECT {_OUTBOX_COLS} FROM outbox WHERE id = ?", (row_id,)).fetchone()
+            return None if found is None else _outbox_row(found)
+
+        return self._run(read, write=False)
+
+    def outbox_retry(self, row_id: int) -> bool:
+        now = time.time()
+
+        def txn(cur: sqlite3.Cursor) -> bool:
+            cur.execute("UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?, lease_owner = NULL, "
+                        "lease_until = NULL, updated_at = ? WHERE id = ? AND state = 'failed'", (now, now, row_id))
+            return cur.rowcount == 1
+
+        return self._run(txn, write=True)
+
+    def outbox_purge(self, state: str = "failed") -> int:
+        if state not in ("failed", "sent"):
+            raise ValueError(f"only failed or sent rows can be purged, not {state!r}")
+
+        def txn(cur: sqlite3.Cursor) -> int:
+            cur.execute("DELETE FROM outbox WHERE state = ?", (state,))
+            return cur.rowcount
+
+        return self._run(txn, write=True)
+
     def _checkpoint_loop(self, interval_s: float) -> None:
         """Native thread, own connection: PASSIVE checkpoints never block writers."""
         try:
@@ -515,6 +811,17 @@ class SqliteStore:
             except sqlite3.Error:
                 pass
             self._conn.close()
+
+
+def _blocks_json(blocks: list[dict[str, Any]] | None) -> str | None:
+    return None if blocks is None else json.dumps(blocks, separators=(",", ":"))
+
+
+def _outbox_row(row: Sequence[Any]) -> OutboxRow:
+    (id_, channel, text, blocks, thread_ts, key, state, attempts, next_at, created, envelope_id, error,
+     lease_owner, lease_until, sent_at, ts, rate_limited) = row
+    return OutboxRow(id_, channel, text, json.loads(blocks) if blocks else None, thread_ts, key, state, attempts,
+                     next_at, created, envelope_id, error, lease_owner, lease_until, sent_at, ts, rate_limited or 0)
 
 
 def _is_locked(exc: sqlite3.Error) -> bool:
