@@ -153,11 +153,17 @@ def status(as_json: bool) -> None:
             click.echo(f"supervisor: {report['supervisor']}")
         _print_table(report["processes"], ["process", "state", "pid", "uptime", "connections",
                                            "acked", "duplicates", "handler_errors", "reconnects",
-                                           "last_ack_ms", "sent", "429s", "post_failed", "degraded"])
+                                           "last_ack_ms", "sent", "429s", "post_failed", "degraded",
+                                           "slot_wait"])
         box = report.get("outbox")
         if box:
             click.echo(f"outbox: depth {box['depth']} (pending {box['pending']}, sending {box['sending']}), "
                        f"sent {box['sent']}, failed {box['failed']}, 429s {box['rate_limited']}")
+        slots = report.get("slots")
+        if slots:
+            waiting = sum(row.get("slot_wait", 0) for row in report["processes"])
+            click.echo(f"connection slots: {slots['held']}/{slots['limit']} held"
+                       + (f", {waiting} connection(s) waiting for one" if waiting else ""))
     if report["supervisor"] != "running":
         sys.exit(1)
 
@@ -296,6 +302,16 @@ def check() -> None:
         raise click.ClickException(str(exc)) from None
     click.echo(f"would run {settings.processes} process(es) x {settings.connections} connection(s) "
                f"= {settings.processes * settings.connections} of Slack's 10")
+    if (settings.store_url or "").startswith(("redis://", "rediss://")):
+        from buidl_edge.store.errors import StoreError
+
+        store = _admin_store(settings)
+        try:
+            store.ping()
+        except StoreError as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(f"store ok: {store.where} answers; the app may hold {settings.max_app_connections} "
+                   "connection(s) over every dyno")
 
 
 @cli.command()
@@ -410,4 +426,10 @@ def outbox_purge(failed: bool) -> None:
 
 
 def main() -> None:
-    cli(prog_name="buidl-edge")
+    from buidl_edge.store.errors import StoreError
+
+    try:
+        cli(prog_name="buidl-edge")
+    except StoreError as exc:  # a store that fails mid-command (Redis away): one line, no traceback
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)

@@ -75,6 +75,16 @@ def check_transport_url(url: str, secure_scheme: str, plain_scheme: str, what: s
     raise ConfigError(f"{what} must be a {secure_scheme}:// URL, got scheme {parts.scheme or 'none'!r}")
 
 
+def mask_url_password(url: str) -> str:
+    """`redis://user:secret@host` -> `redis://user:***@host`: URLs print without their password."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{user}***@{host}").geturl()
+
+
 @dataclass(frozen=True)
 class Settings:
     app_token: Secret
@@ -83,6 +93,8 @@ class Settings:
     api_url: str = DEFAULT_API_URL
     connections: int = 1
     processes: int = 2
+    # Socket Mode connections the whole app may hold, over every dyno (store/slots.py).
+    max_app_connections: int = SLACK_MAX_CONNECTIONS
     app_spec: str = DEFAULT_APP
     websocket_debug: bool = False
     state_dir: Path = field(default_factory=lambda: Path(".buidl"))
@@ -112,6 +124,8 @@ class Settings:
             out[f.name] = value.masked() if isinstance(value, Secret) else (
                 str(value) if isinstance(value, Path) else value
             )
+        if self.store_url:  # a Redis URL carries its password
+            out["store_url"] = mask_url_password(self.store_url)
         return out
 
 
@@ -119,6 +133,7 @@ class Settings:
 _NUMBERS: dict[str, tuple[str, type]] = {
     "BUIDL_CONNECTIONS": ("connections", int),
     "BUIDL_PROCESSES": ("processes", int),
+    "BUIDL_MAX_APP_CONNECTIONS": ("max_app_connections", int),
     "BUIDL_ACK_DEADLINE": ("ack_payload_deadline", float),
     "BUIDL_PING_INTERVAL": ("ping_interval", float),
     "BUIDL_STALE_TIMEOUT": ("stale_timeout", float),
@@ -143,7 +158,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         "app_spec": env.get("BUIDL_APP") or DEFAULT_APP,
         "websocket_debug": env.get("WEBSOCKET_DEBUG", "").strip().lower() in ("1", "true", "yes", "on"),
         "state_dir": Path(env.get("BUIDL_STATE_DIR") or ".buidl"),
-        "store_url": env.get("BUIDL_STORE_URL") or None,
+        "store_url": _store_url(env),
         "db_path": Path(env["BUIDL_DB"]) if env.get("BUIDL_DB") else None,
     }
     for name, (attr, parse) in _NUMBERS.items():
@@ -159,12 +174,29 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
     return settings
 
 
+def _store_url(env: Mapping[str, str]) -> str | None:
+    """BUIDL_STORE_URL; `$NAME[?options]` reads the URL from variable NAME (Heroku keeps REDIS_URL
+    current) and appends the options, e.g. `$REDIS_URL?ssl_cert_reqs=none`."""
+    raw = (env.get("BUIDL_STORE_URL") or "").strip()
+    if not raw.startswith("$"):
+        return raw or None
+    name, _, options = raw[1:].partition("?")
+    name = name.strip("{}")
+    if not env.get(name):
+        raise ConfigError(f"BUIDL_STORE_URL is ${name}, but {name} is not set")
+    url = env[name].strip()
+    return f"{url}{'&' if '?' in url else '?'}{options}" if options else url
+
+
 def validate(settings: Settings) -> None:
     if not 1 <= settings.connections <= SLACK_MAX_CONNECTIONS:
         raise ConfigError(
             f"BUIDL_CONNECTIONS must be 1..{SLACK_MAX_CONNECTIONS} (Slack's limit per app), "
             f"got {settings.connections}"
         )
+    if not 1 <= settings.max_app_connections <= SLACK_MAX_CONNECTIONS:
+        raise ConfigError(f"BUIDL_MAX_APP_CONNECTIONS must be 1..{SLACK_MAX_CONNECTIONS} (Slack's limit per app), "
+                          f"got {settings.max_app_connections}")
     if settings.processes < 1:
         raise ConfigError(f"BUIDL_PROCESSES must be at least 1, got {settings.processes}")
     for attr in ("ack_payload_deadline", "ping_interval", "stale_timeout", "backoff_base",

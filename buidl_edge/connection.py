@@ -23,6 +23,7 @@ import websocket
 from buidl_edge import protocol
 from buidl_edge.config import ConfigError, Settings, proxy_for
 from buidl_edge.observability import report_protocol_error, trace_frame
+from buidl_edge.store.slots import OVERLAP_SUFFIX, SlotGate
 from buidl_edge.webapi import FatalAuthError, RateLimited, SlackApiError, WebApi
 
 log = logging.getLogger("buidl_edge.connection")
@@ -208,8 +209,10 @@ class ConnectionSlot:
     """Keeps one logical Socket Mode connection alive for the worker."""
 
     def __init__(self, name: str, settings: Settings, webapi: WebApi, sink: EnvelopeSink,
-                 overlap: gevent.lock.Semaphore | None = None) -> None:
+                 overlap: gevent.lock.Semaphore | None = None, gate: SlotGate | None = None) -> None:
         self.name = name
+        # App-wide connection slots (store/slots.py): one lease per link, one more for a refresh overlap.
+        self.gate = gate
         # One refresh overlap at a time per process, so P x K + P bounds the links open per app.
         self.overlap = overlap or gevent.lock.Semaphore(1)
         self.settings = settings
@@ -230,11 +233,20 @@ class ConnectionSlot:
     def close(self) -> None:
         for link in list(self.links):
             link.close()
+        if self.gate is not None:  # the links are closed: the slot may go to another connection
+            self.gate.release(self.name)
+
+    def slot_lost(self) -> None:
+        """The store gave this slot's lease to another connection: close, then wait for a slot."""
+        for link in list(self.links):
+            link._settle("slot_lost")
 
     def run(self) -> None:
         """Open, serve, refresh, reconnect until stopped. Raises FatalStop."""
         attempt = 0
         while not self._stopping.is_set():
+            if self.gate is not None and not self.gate.acquire(self.name, self._stopping):
+                break  # stopped while waiting for a slot
             try:
                 link = self._open_link()
             except FatalAuthError as exc:
@@ -324,7 +336,10 @@ class ConnectionSlot:
             expiry.kill(block=False)
         if outcome == "refresh" and not self._stopping.is_set():
             self.overlap.acquire()  # the old link reads on meanwhile
-            gevent.spawn(self._retire, link, reader, pinger, True)
+            # The overlap needs a slot of its own; if none frees up before the old link closes,
+            # the new link simply follows it on this slot's lease.
+            extra = self.gate is not None and self.gate.acquire(self.name + OVERLAP_SUFFIX, link.closed)
+            gevent.spawn(self._retire, link, reader, pinger, True, extra)
             return outcome
         if outcome == "stop":
             gevent.spawn(self._retire, link, reader, pinger, False)
@@ -342,7 +357,8 @@ class ConnectionSlot:
         lead = min(self.settings.refresh_lead, life / 2)
         return gevent.spawn_later(max(1.0, life - lead), link._settle, "refresh")
 
-    def _retire(self, link: Link, reader: gevent.Greenlet, pinger: gevent.Greenlet, holds_overlap: bool) -> None:
+    def _retire(self, link: Link, reader: gevent.Greenlet, pinger: gevent.Greenlet, holds_overlap: bool,
+                holds_slot: bool = False) -> None:
         """Keep reading and acking on the old link until Slack closes it (or we give up waiting)."""
         try:
             reader.join(timeout=RETIRE_TIMEOUT_S)
@@ -354,6 +370,8 @@ class ConnectionSlot:
         finally:
             if holds_overlap:
                 self.overlap.release()
+            if holds_slot and self.gate is not None:
+                self.gate.release(self.name + OVERLAP_SUFFIX)
 
     def _forget(self, link: Link) -> None:
         if link in self.links:

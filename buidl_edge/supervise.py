@@ -87,7 +87,8 @@ def run_stack(settings: Settings) -> int:
     check_connection_budget(settings)
     conf = render_config(settings)
     fatal_marker(settings.state_dir).unlink(missing_ok=True)
-    env = dict(os.environ, BUIDL_STATE_DIR=str(settings.state_dir.resolve()))
+    env = dict(os.environ, BUIDL_STATE_DIR=str(settings.state_dir.resolve()),
+               BUIDL_PROCESSES=str(settings.processes), BUIDL_CONNECTIONS=str(settings.connections))
     child = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)], env=env)
 
     def forward(signum: int, _frame: Any) -> None:
@@ -116,7 +117,9 @@ def fatal_watch() -> None:
         stop = headers.get("eventname") == "PROCESS_STATE_FATAL" and fields.get("groupname") == "worker"
         if stop and not read_fatal(state_dir):
             record_fatal(state_dir, f"{fields.get('processname')} could not stay up (see its log)")
-        if stop or (headers.get("eventname") == "PROCESS_STATE_EXITED" and read_fatal(state_dir)):
+        # A fatal exit inside startsecs counts as a failed start (BACKOFF), not EXITED.
+        ended = headers.get("eventname") in ("PROCESS_STATE_EXITED", "PROCESS_STATE_BACKOFF")
+        if stop or (ended and read_fatal(state_dir)):
             os.kill(os.getppid(), signal.SIGTERM)
         childutils.listener.ok(sys.stdout)
 

@@ -25,7 +25,7 @@ import gevent.event  # noqa: E402
 import gevent.lock  # noqa: E402
 
 from buidl_edge.app import EdgeApp, load_app  # noqa: E402
-from buidl_edge.config import ConfigError, Settings  # noqa: E402
+from buidl_edge.config import SLACK_MAX_CONNECTIONS, ConfigError, Settings  # noqa: E402
 from buidl_edge.connection import ConnectionSlot, FatalStop, backoff_delay  # noqa: E402
 from buidl_edge.dispatch import Dispatcher  # noqa: E402
 from buidl_edge.observability import (  # noqa: E402
@@ -42,7 +42,8 @@ from buidl_edge.store.base import EdgeStore  # noqa: E402
 from buidl_edge.store import open_store  # noqa: E402
 from buidl_edge.store.errors import StoreError  # noqa: E402
 from buidl_edge.store.memory import MemoryStore  # noqa: E402
-from buidl_edge.supervise import record_fatal  # noqa: E402
+from buidl_edge.store.slots import SlotGate  # noqa: E402
+from buidl_edge.supervise import read_fatal, record_fatal  # noqa: E402
 from buidl_edge.webapi import FatalAuthError, SlackApiError, WebApi  # noqa: E402
 
 log = logging.getLogger("buidl_edge.worker")
@@ -76,6 +77,9 @@ class Worker:
         self.dispatcher: Dispatcher | None = None
         self.outbox: Outbox | None = None
         self.outbox_config = outbox_config
+        # App-wide connection slots (BUIDL_MAX_APP_CONNECTIONS), leased from the shared store.
+        self.gate = SlotGate(self.store, self.owner, settings.max_app_connections) \
+            if hasattr(self.store, "acquire_slot") else None
 
     def request_stop(self, signum: int | None = None) -> None:
         """Signal handler: only record; the main greenlet drains."""
@@ -86,6 +90,11 @@ class Worker:
         # First, so that a SIGTERM during start-up drains instead of killing the process.
         for sig in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(sig, self.request_stop, sig)
+        stopped_for_good = read_fatal(self.settings.state_dir) if os.environ.get("SUPERVISOR_ENABLED") else None
+        if stopped_for_good:
+            # A sibling already stopped the stack for good; a respawn racing the stop must not call Slack.
+            print(f"buidl-edge worker: not starting: {stopped_for_good.get('reason')}", file=sys.stderr, flush=True)
+            return EXIT_FATAL
         try:
             bot_user_id = self._resolve_bot_user_id()
         except FatalStop as exc:
@@ -100,15 +109,16 @@ class Worker:
         self.app.bind(self.outbox.send_reply)
         self.dispatcher = Dispatcher(self.app, self.store, self.outbox, self.owner,
                                      self.settings.ack_payload_deadline, bot_user_id)
-        overlap = gevent.lock.Semaphore(1)
-        self.slots = [ConnectionSlot(f"c{i}", self.settings, self.webapi, self.dispatcher, overlap)
+        overlap = gevent.lock.Semaphore(refresh_overlaps(self.settings))
+        self.slots = [ConnectionSlot(f"c{i}", self.settings, self.webapi, self.dispatcher, overlap, self.gate)
                       for i in range(self.settings.connections)]
         runners = [gevent.spawn(self._run_slot, slot) for slot in self.slots]
         for runner in runners:
             runner.link_exception(self._on_slot_crash)
         chores = [gevent.spawn(self._every, HEARTBEAT_INTERVAL_S, self._heartbeat),
                   gevent.spawn(self._every, SWEEP_INTERVAL_S, self._sweep),
-                  gevent.spawn(self._every, PRUNE_INTERVAL_S, self._prune)]
+                  gevent.spawn(self._every, PRUNE_INTERVAL_S, self._prune),
+                  gevent.spawn(self._every, HEARTBEAT_INTERVAL_S, self._renew_slots)]
         log.info("worker up: %d connection(s), app %s", len(self.slots), self.app.name)
         self.stop_requested.wait()
         gevent.killall(chores, block=False)
@@ -190,6 +200,14 @@ class Worker:
         self.store.renew(self.owner)
         self._publish_stats()
 
+    def _renew_slots(self) -> None:
+        if self.gate is None:
+            return
+        lost = set(self.gate.renew())
+        for slot in self.slots:
+            if slot.name in lost:
+                slot.slot_lost()
+
     def _sweep(self) -> None:
         assert self.dispatcher is not None
         for envelope in self.store.sweep(self.owner):
@@ -220,7 +238,18 @@ class Worker:
             "connections": self.get_connection_stats(),
             "dispatch": self.dispatcher.stats.as_dict() if self.dispatcher else {},
             "outbox": self.outbox.stats.as_dict() if self.outbox else {},
+            "slots": self.gate.status() if self.gate else {},
         }
+
+
+def refresh_overlaps(settings: Settings) -> int:
+    """How many of this process's connections may refresh at once (each briefly holds two links).
+
+    Slack's 10 per app, less P x K steady links, shared by the P processes; at least one,
+    which `run` guarantees by refusing P x K + P > 10.
+    """
+    spare = SLACK_MAX_CONNECTIONS - settings.processes * settings.connections
+    return max(1, min(settings.connections, spare // settings.processes))
 
 
 def run_worker(settings: Settings) -> int:

@@ -11,4 +11,4 @@ fi
 spec="."
 [ -n "${1:-}" ] && spec=".[$1]"
 .venv/bin/python -m pip install --disable-pip-version-check -q -e "$spec" 2>&1 | grep -v '^WARNING: Location' >&2 || true
-.venv/bin/python -c 'import buidl_edge, gevent, websocket' || { echo "install failed" >&2; exit 1; }
+.venv/bin/python -c 'import buidl_edge, gevent, websocket, redis' || { echo "install failed" >&2; exit 1; }

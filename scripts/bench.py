@@ -3,7 +3,7 @@
 
     .venv/bin/pip install -e '.[bench]'          # the peers: slack_sdk, slack_bolt
     .venv/bin/python scripts/bench.py --quick    # 1 run of everything, small N (~2 min)
-    .venv/bin/python scripts/bench.py            # full: medians of 3 runs (~13 min on 2 cores)
+    .venv/bin/python scripts/bench.py            # full: medians of 3 runs (~17 min on 2 cores)
 
 Every client runs in its own process against a fresh simulator process, one
 client at a time, and the runs are interleaved (run 1 of every client, then
@@ -15,9 +15,12 @@ run 2, …). The simulator makes the load and takes every measurement itself
 - latency: `--rates` events/s for `--seconds` each; ack latency p50/p99/max
   from the frame being queued on the link to its ack being read;
 - refresh gap: `--refresh-rate` events/s while `--faults` `warning` and as many
-  `refresh_requested` disconnects go, alternately, to the oldest link not
-  already told to go, every `--fault-spacing` s; then the deliveries that missed
-  the 3 s ack deadline and the longest time with no open connection;
+  `refresh_requested` disconnects go, alternately, one due every
+  `--fault-spacing` s, each to the oldest link not already told to go (when
+  there is none yet, the fault waits for one, up to `--refresh-cap` s); warned
+  links close after `--warning-close` s (Slack: ~10 s; 2 s here to fit the
+  time). Then the deliveries that missed the 3 s ack deadline and the longest
+  time with no open connection. The raw floor skips it: it ignores disconnects;
 - memory: VmRSS from /proc, idle (connected, before any load) and the peak
   while serving 1,000/s; for `buidl-edge run` the sum over its whole process
   tree (run + supervisord + workers + the fatal-watch listener).

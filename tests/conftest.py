@@ -30,3 +30,21 @@ def fresh_simulator(shared_simulator: SimulatorProcess) -> Iterator[SimulatorPro
     sim.client.configure(**sim.default_knobs)  # type: ignore[attr-defined]
     sim.client.reset()
     yield sim
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator["RedisServer"]:
+    """A real redis-server of our own on a free loopback port (no persistence), stopped at the end.
+
+    Fails (does not skip) without redis-server: scripts/test installs Debian's package.
+    """
+    from redis_support import RedisServer
+
+    try:
+        server = RedisServer().start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield server
+    finally:
+        server.cleanup()

@@ -45,6 +45,9 @@ def test_debug_run_logs_frames_but_no_token(simulator: SimulatorProcess, tmp_pat
         # Someone pastes both tokens into a channel: the trace shows that frame, masked.
         pasted = f"oops: {tokens['SLACK_APP_TOKEN']} and {tokens['SLACK_BOT_TOKEN']}"
         injected += sim.inject("message", channel="C0PASTE", text=pasted)
+        # Acked before the drop: Slack does not redeliver a slash command lost with its link.
+        sim.wait_for(lambda s: all(s["events"][e["key"]]["acked"] for e in injected), 15, "events acked",
+                     source="state")
         sim.fault("bad_frame", text="{not json", target="oldest")
         sim.fault("disconnect", reason="warning", target="oldest")  # a new link: a new ticket URL
         sim.fault("drop", target="newest")

@@ -11,7 +11,8 @@ Keys (all under the prefix, `buidl:` unless the URL says `?prefix=`):
                         the claiming worker (consumer = owner `host:pid`) in the claim script; XACKed
                         by `finish`; entries of a dead or silent consumer are taken over by `sweep`
                         (XAUTOCLAIM past the lease); trimmed with MAXLEN ~
-    in:<envelope_id>    hash: the inbox row (envelope, state, owner, attempts); TTL once handled
+    in:<envelope_id>    hash: the inbox row (state, owner, attempts, stream id); TTL once handled
+    ine:<envelope_id>   the envelope's JSON (a string beside the small hash: cheaper); same TTL
     inbox               zset envelope_id -> received_at (listing and prune)
     ob:*                the outbox: rows (hashes), one zset per state, one queue per channel,
                         `ob:ready` (channels whose head may go, by the earliest time), token buckets
@@ -64,7 +65,7 @@ SOCKET_TIMEOUT_S = 2.0
 CONNECT_TIMEOUT_S = 1.0
 POOL_SIZE = 8  # per process: Heroku Redis mini allows 20 clients in all
 BACKOFF_BASE_S = 0.25
-BACKOFF_CAP_S = 5.0
+BACKOFF_CAP_S = 2.0  # a probe every 2 s at most: degraded mode ends soon after Redis is back
 # How many ready channels one send decision looks at (the rest: next round, at once).
 CLAIM_SCAN = 200
 CHUNK = 500

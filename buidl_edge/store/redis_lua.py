@@ -136,9 +136,12 @@ end
 for i = 1, #KEYS do redis.call('SET', KEYS[i], eid, 'EX', ttl) end
 local sid = add_entry(P .. 'inbox:stream', group, owner, eid, maxlen)
 local rk = P .. 'in:' .. eid
-redis.call('DEL', rk)
-redis.call('HSET', rk, 'kind', kind, 'envelope', env, 'state', 'processing', 'owner', owner, 'sid', sid,
+-- The row stays a small hash (listpack); the envelope, ~1 KB, is a string of its own: cheaper.
+redis.call('HSET', rk, 'kind', kind, 'state', 'processing', 'owner', owner, 'sid', sid,
            'attempts', 1, 'received_at', now, 'updated_at', now)
+redis.call('HDEL', rk, 'error')  -- a row left from a claim long ago (its keys expired) starts over
+redis.call('PERSIST', rk)
+redis.call('SET', P .. 'ine:' .. eid, env)
 redis.call('ZADD', P .. 'inbox', now, eid)
 return 1
 """
@@ -152,6 +155,7 @@ if redis.call('EXISTS', rk) == 1 then
   redis.call('HSET', rk, 'state', state, 'updated_at', now)
   if has_error == '1' then redis.call('HSET', rk, 'error', err) else redis.call('HDEL', rk, 'error') end
   redis.call('EXPIRE', rk, ttl)
+  redis.call('EXPIRE', P .. 'ine:' .. eid, ttl)
   if sid then redis.pcall('XACK', P .. 'inbox:stream', group, sid) end
 end
 local ids = {}
@@ -208,12 +212,13 @@ for _, e in ipairs(taken) do
   if type(e) == 'table' then  -- Redis 6.2 lists entries trimmed away as nil
     local sid, fields = e[1], e[2]
     local eid = type(fields) == 'table' and fields[2]
-    local row = eid and redis.call('HMGET', P .. 'in:' .. eid, 'state', 'envelope', 'sid')
-    if row and row[1] == 'processing' and row[3] == sid then
+    local row = eid and redis.call('HMGET', P .. 'in:' .. eid, 'state', 'sid')
+    local body = row and row[1] == 'processing' and row[2] == sid and redis.call('GET', P .. 'ine:' .. eid)
+    if body then
       redis.call('HSET', P .. 'in:' .. eid, 'owner', me, 'updated_at', now)
       redis.call('HINCRBY', P .. 'in:' .. eid, 'attempts', 1)
       out[#out + 1] = eid
-      out[#out + 1] = row[2]
+      out[#out + 1] = body
     else
       redis.call('XACK', stream, group, sid)  -- handled or forgotten: nothing left to run
     end
@@ -235,6 +240,7 @@ redis.call('XCLAIM', stream, group, 'retry', 0, sid, 'IDLE', 86400000, 'JUSTID')
 redis.call('HSET', rk, 'state', 'processing', 'owner', '', 'sid', sid, 'updated_at', now)
 redis.call('HDEL', rk, 'error')
 redis.call('PERSIST', rk)
+redis.call('PERSIST', P .. 'ine:' .. eid)
 return 1
 """
 
@@ -248,9 +254,10 @@ for _, eid in ipairs(ids) do
   local row = redis.call('HMGET', rk, 'state', 'updated_at')
   if not row[1] then
     redis.call('ZREM', P .. 'inbox', eid)  -- expired on its own (TTL = retention)
+    redis.call('DEL', P .. 'ine:' .. eid)
     dropped = dropped + 1
   elseif row[1] ~= 'processing' and (tonumber(row[2]) or 0) < cutoff then
-    redis.call('DEL', rk)
+    redis.call('DEL', rk, P .. 'ine:' .. eid)
     redis.call('ZREM', P .. 'inbox', eid)
     dropped = dropped + 1
   else
