@@ -13,8 +13,12 @@ replies enter in the same transaction that marks their envelope done, and
   the channel's bucket (and the global one), so N processes together send at
   most `BUIDL_POST_RATE` per channel;
 - rows left `sending` by a process that died (same host) or whose lease ran
-  out go back to `pending`; that re-send is the one window for a double post
-  (Slack accepted the message, the process died before marking the row sent).
+  out go back to `pending`. Every post carries the row's idempotency key as
+  message metadata, and any second try of a row first reads the channel
+  (`conversations.history`, or `.replies` in a thread) for that key, so a post
+  that Slack accepted before its sender died or timed out is not made twice.
+  Without the history scopes the check is skipped, and the re-send is the
+  window for a double post.
 
 Outcomes: 429 → wait `Retry-After` on that channel (or on the whole workspace
 with `BUIDL_POST_429_SCOPE=global`) without counting an attempt; 5xx, network
@@ -54,6 +58,8 @@ RETRYABLE_ERRORS = frozenset({"internal_error", "service_unavailable", "request_
 # Settling a post's outcome is retried this often before it is kept for the next chore round.
 SETTLE_DELAYS_S = (0.0, 0.1, 0.5)
 CHORE_INTERVAL_S = 1.0
+# How far before a row's enqueue time a check for its earlier post looks (Slack's clock vs ours).
+CLOCK_SKEW_S = 60.0
 
 FailedHook = Callable[[OutboxRow], None]
 
@@ -107,6 +113,7 @@ class OutboxStats:
     rate_limited: int = 0
     retried: int = 0
     recovered: int = 0
+    found_posted: int = 0  # re-sent rows that had reached Slack already: not posted twice
     lease_lost: int = 0
     in_flight: int = 0
     store_errors: int = 0
@@ -143,6 +150,7 @@ class Outbox:
         # still go out, from here, under this process's own buckets.
         self.local = MemoryStore()
         self.stats = OutboxStats()
+        self._history_refusals: set[str] = set()  # said once each
         self._posts = gevent.pool.Pool(self.config.concurrency)
         self._wake = gevent.event.Event()
         self._claiming = False
@@ -270,7 +278,15 @@ class Outbox:
 
     def _attempt(self, row: OutboxRow) -> PostOutcome:
         try:
-            body = self.webapi.post_message(self.bot_token, row.channel, row.text, row.blocks, row.thread_ts)
+            if row.attempts > 1:  # an earlier try may have reached Slack before it failed or its sender died
+                landed = self._find_landed(row)
+                if landed:
+                    self.stats.found_posted += 1
+                    log.info("row %d to %s had reached Slack already (ts %s); not posting it again",
+                             row.id, row.channel, landed)
+                    return PostOutcome("sent", ts=landed)
+            body = self.webapi.post_message(self.bot_token, row.channel, row.text, row.blocks, row.thread_ts,
+                                            reply_key=row.idempotency_key)
         except RateLimited as exc:
             self.stats.rate_limited += 1
             scope = getattr(exc, "scope", None) or self.config.ratelimit_scope
@@ -288,6 +304,20 @@ class Outbox:
             return self._retry_or_fail(row, f"exception:{type(exc).__name__}")
         ts = body.get("ts")
         return PostOutcome("sent", ts=ts if isinstance(ts, str) else None)
+
+    def _find_landed(self, row: OutboxRow) -> str | None:
+        """The ts of this row's message if an earlier try posted it; None when unknown (post again)."""
+        try:
+            return self.webapi.find_reply(self.bot_token, row.channel, row.idempotency_key,
+                                          oldest=row.created_at - CLOCK_SKEW_S, thread_ts=row.thread_ts)
+        except (RateLimited, TransientApiError):
+            raise
+        except SlackApiError as exc:  # e.g. missing_scope: without history, a double beats a loss
+            if exc.error not in self._history_refusals:
+                self._history_refusals.add(exc.error)
+                log.warning("cannot read %s to check for an earlier post (%s); re-sent rows may post twice",
+                            exc.method, exc.error)
+            return None
 
     def _retry_or_fail(self, row: OutboxRow, error: str) -> PostOutcome:
         if row.attempts >= self.config.max_attempts:

@@ -16,6 +16,10 @@ FATAL_AUTH_ERRORS = frozenset(
 )
 
 
+REPLY_EVENT_TYPE = "buidl_edge_reply"
+FIND_REPLY_PAGES = 5  # up to 1,000 messages since the lost post
+
+
 class SlackApiError(Exception):
     """Slack answered `ok: false`. `error` is Slack's code."""
 
@@ -94,7 +98,7 @@ class WebApi:
 
     def post_message(self, bot_token: Secret, channel: str, text: str | None = None,
                      blocks: list[dict[str, Any]] | None = None,
-                     thread_ts: str | None = None) -> dict[str, Any]:
+                     thread_ts: str | None = None, reply_key: str | None = None) -> dict[str, Any]:
         data: dict[str, Any] = {"channel": channel}
         if text is not None:
             data["text"] = text
@@ -102,7 +106,34 @@ class WebApi:
             data["blocks"] = json.dumps(blocks)
         if thread_ts:
             data["thread_ts"] = thread_ts
+        if reply_key:
+            # Message metadata: lets find_reply tell later whether this post reached the channel.
+            data["metadata"] = json.dumps({"event_type": REPLY_EVENT_TYPE, "event_payload": {"key": reply_key}})
         return self.call("chat.postMessage", bot_token, data)
+
+    def find_reply(self, bot_token: Secret, channel: str, reply_key: str, oldest: float,
+                   thread_ts: str | None = None) -> str | None:
+        """The ts of our message tagged `reply_key` posted since `oldest`, or None if there is none.
+
+        Reads the channel (or the thread) with its metadata; needs the bot's history scopes.
+        """
+        method = "conversations.replies" if thread_ts else "conversations.history"
+        data: dict[str, Any] = {"channel": channel, "oldest": f"{max(0.0, oldest):.6f}", "limit": 200,
+                                "include_all_metadata": True}
+        if thread_ts:
+            data["ts"] = thread_ts
+        for _ in range(FIND_REPLY_PAGES):
+            body = self.call(method, bot_token, data)
+            for message in body.get("messages") or []:
+                metadata = message.get("metadata") or {}
+                if metadata.get("event_type") == REPLY_EVENT_TYPE and \
+                        (metadata.get("event_payload") or {}).get("key") == reply_key:
+                    return str(message.get("ts") or "") or None
+            cursor = (body.get("response_metadata") or {}).get("next_cursor")
+            if not body.get("has_more") or not cursor:
+                return None
+            data["cursor"] = cursor
+        return None  # not in the newest pages: posting again risks a double, not a loss
 
 
 def _retry_after(value: str | None) -> float:

@@ -66,6 +66,33 @@ def test_post_message_sends_text_blocks_and_thread(api: WebApi, tokens: dict[str
         ("C0WEB", "hi there", blocks, "1.000001")
 
 
+def test_find_reply_reads_the_channel_or_thread_metadata_for_the_key(api: WebApi, tokens: dict[str, Secret],
+                                                                     fresh_simulator: SimulatorProcess) -> None:
+    fresh_simulator.client.configure(post_rate=1000.0, post_burst=1000)
+    since = time.time() - 1
+    first = api.post_message(tokens["bot"], "C0FIND", "the lost one", reply_key="E1:0")["ts"]
+    for n in range(250):  # the tagged message ends up on the second page of history
+        api.post_message(tokens["bot"], "C0FIND", f"chatter {n}", reply_key=f"E2:{n}")
+    in_thread = api.post_message(tokens["bot"], "C0FIND", "threaded", thread_ts=first, reply_key="E3:0")["ts"]
+    api.post_message(tokens["bot"], "C0OTHER", "same key, other channel", reply_key="E4:0")
+    [posted] = [m for m in fresh_simulator.client.state()["messages"] if m["text"] == "the lost one"]
+    assert posted["metadata"] == {"event_type": "buidl_edge_reply", "event_payload": {"key": "E1:0"}}
+
+    assert api.find_reply(tokens["bot"], "C0FIND", "E1:0", oldest=since) == first
+    assert api.find_reply(tokens["bot"], "C0FIND", "E3:0", oldest=since, thread_ts=first) == in_thread
+    assert api.find_reply(tokens["bot"], "C0FIND", "E3:0", oldest=since) is None  # replies stay in their thread
+    assert api.find_reply(tokens["bot"], "C0FIND", "E4:0", oldest=since) is None
+    assert api.find_reply(tokens["bot"], "C0FIND", "E1:0", oldest=float(first)) is None  # only after `oldest`
+
+
+def test_find_reply_without_history_scope_raises_slacks_error(api: WebApi, tokens: dict[str, Secret],
+                                                              fresh_simulator: SimulatorProcess) -> None:
+    fresh_simulator.client.configure(history_error="missing_scope")
+    with pytest.raises(SlackApiError) as caught:
+        api.find_reply(tokens["bot"], "C0FIND", "E1:0", oldest=0)
+    assert caught.value.error == "missing_scope" and caught.value.method == "conversations.history"
+
+
 # -- errors ---------------------------------------------------------------------------------
 
 

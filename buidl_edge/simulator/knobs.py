@@ -27,6 +27,8 @@ class Knobs:
     # {"count": N, "retry_after": S}; `count` goes down as 429s are served.
     open_ratelimit: dict[str, Any] | None = None
     auth_error: str | None = None
+    # Slack's answer to conversations.history/.replies, e.g. "missing_scope"; None reads the channel.
+    history_error: str | None = None
     ticket_ttl: float = 60.0
 
     def update(self, changes: dict[str, Any]) -> None:

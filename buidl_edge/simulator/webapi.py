@@ -6,7 +6,7 @@ import math
 import secrets
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 from . import events
 from .http import Request, Response, slack_error
@@ -29,6 +29,8 @@ class WebApi:
             "apps.connections.open": self.connections_open,
             "auth.test": self.auth_test,
             "chat.postMessage": self.post_message,
+            "conversations.history": self.history,
+            "conversations.replies": self.replies,
         }.get(method)
         if handler is None:
             return slack_error("unknown_method", 404)
@@ -96,9 +98,17 @@ class WebApi:
         if wait > 0:
             self.counters["post_429s"] += 1
             return slack_error("ratelimited", 429, [("Retry-After", str(max(1, math.ceil(wait))))])
+        metadata = params.get("metadata")
+        if isinstance(metadata, str) and metadata:
+            try:
+                metadata = json.loads(metadata)
+            except ValueError:
+                return slack_error("invalid_metadata_format")
+        if metadata is not None and not (isinstance(metadata, dict) and metadata.get("event_type")):
+            return slack_error("invalid_metadata_format")
         ts = self.ts.next()
         thread_ts = params.get("thread_ts") or None
-        self.messages.append({"channel": channel, "text": text, "blocks": blocks,
+        self.messages.append({"channel": channel, "text": text, "blocks": blocks, "metadata": metadata,
                               "thread_ts": thread_ts, "ts": ts, "received_at": time.time()})
         self.counters["messages_posted"] += 1
         message: dict[str, Any] = {"type": "message", "text": text, "user": events.BOT_USER_ID,
@@ -108,6 +118,56 @@ class WebApi:
         if thread_ts:
             message["thread_ts"] = thread_ts
         return Response(200, {"ok": True, "channel": channel, "ts": ts, "message": message})
+
+    def history(self, req: Request) -> Response:
+        """The channel's top-level messages after `oldest`, newest first, paged by `cursor`."""
+        return self._read(req, lambda m: m["thread_ts"] in (None, m["ts"]), newest_first=True)
+
+    def replies(self, req: Request) -> Response:
+        """The thread `ts`: its parent and replies after `oldest`, oldest first."""
+        thread = str(req.params.get("ts") or "")
+        if not thread:
+            return slack_error("invalid_arguments")
+        return self._read(req, lambda m: thread in (m["ts"], m["thread_ts"]), newest_first=False)
+
+    def _read(self, req: Request, wanted: Callable[[dict[str, Any]], bool], newest_first: bool) -> Response:
+        token = req.bearer
+        if not token:
+            return slack_error("not_authed")
+        if not token.startswith("xoxb-"):
+            return slack_error("not_allowed_token_type")
+        if self.knobs.history_error:
+            return slack_error(self.knobs.history_error)
+        params = req.params
+        channel = str(params.get("channel") or "")
+        if not channel:
+            return slack_error("channel_not_found")
+        if channel in self.knobs.post_errors:
+            return slack_error(self.knobs.post_errors[channel])
+        try:
+            oldest = float(params.get("oldest") or 0)
+            limit = max(1, min(1000, int(params.get("limit") or 100)))
+            start = int(params.get("cursor") or 0)
+        except (TypeError, ValueError):
+            return slack_error("invalid_arguments")
+        with_metadata = str(params.get("include_all_metadata")).lower() in ("true", "1")
+        found = [m for m in self.messages if m["channel"] == channel and float(m["ts"]) > oldest
+                 and wanted(m)]
+        if newest_first:
+            found.reverse()
+        page = found[start:start + limit]
+        more = start + limit < len(found)
+        messages = []
+        for m in page:
+            message: dict[str, Any] = {"type": "message", "user": events.BOT_USER_ID, "bot_id": events.BOT_ID,
+                                       "text": m["text"], "ts": m["ts"]}
+            if m["thread_ts"]:
+                message["thread_ts"] = m["thread_ts"]
+            if with_metadata and m.get("metadata"):
+                message["metadata"] = m["metadata"]
+            messages.append(message)
+        return Response(200, {"ok": True, "messages": messages, "has_more": more,
+                              "response_metadata": {"next_cursor": str(start + limit) if more else ""}})
 
     def _bucket(self, channel: str) -> TokenBucket:
         bucket = self.buckets.get(channel)
