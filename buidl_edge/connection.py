@@ -213,8 +213,10 @@ class ConnectionSlot:
         self.name = name
         # App-wide connection slots (store/slots.py): one lease per link, one more for a refresh overlap.
         self.gate = gate
-        # One refresh overlap at a time per process, so P x K + P bounds the links open per app.
+        # Refresh overlaps open at once in this process (worker.refresh_overlaps): P x K + P x this
+        # bounds the links open per app.
         self.overlap = overlap or gevent.lock.Semaphore(1)
+        self._overlaps = 0
         self.settings = settings
         self.webapi = webapi
         self.sink = sink
@@ -336,10 +338,12 @@ class ConnectionSlot:
             expiry.kill(block=False)
         if outcome == "refresh" and not self._stopping.is_set():
             self.overlap.acquire()  # the old link reads on meanwhile
-            # The overlap needs a slot of its own; if none frees up before the old link closes,
-            # the new link simply follows it on this slot's lease.
-            extra = self.gate is not None and self.gate.acquire(self.name + OVERLAP_SUFFIX, link.closed)
-            gevent.spawn(self._retire, link, reader, pinger, True, extra)
+            # The overlap needs a slot of its own (links retiring one after another each hold one);
+            # if none frees up before the old link closes, the new link follows it on this slot's lease.
+            self._overlaps += 1
+            extra = f"{self.name}{OVERLAP_SUFFIX}{self._overlaps}"
+            held = self.gate is not None and self.gate.acquire(extra, link.closed)
+            gevent.spawn(self._retire, link, reader, pinger, True, extra if held else None)
             return outcome
         if outcome == "stop":
             gevent.spawn(self._retire, link, reader, pinger, False)
@@ -358,7 +362,7 @@ class ConnectionSlot:
         return gevent.spawn_later(max(1.0, life - lead), link._settle, "refresh")
 
     def _retire(self, link: Link, reader: gevent.Greenlet, pinger: gevent.Greenlet, holds_overlap: bool,
-                holds_slot: bool = False) -> None:
+                overlap_slot: str | None = None) -> None:
         """Keep reading and acking on the old link until Slack closes it (or we give up waiting)."""
         try:
             reader.join(timeout=RETIRE_TIMEOUT_S)
@@ -370,8 +374,8 @@ class ConnectionSlot:
         finally:
             if holds_overlap:
                 self.overlap.release()
-            if holds_slot and self.gate is not None:
-                self.gate.release(self.name + OVERLAP_SUFFIX)
+            if overlap_slot and self.gate is not None:
+                self.gate.release(overlap_slot)
 
     def _forget(self, link: Link) -> None:
         if link in self.links:

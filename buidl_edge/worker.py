@@ -243,13 +243,14 @@ class Worker:
 
 
 def refresh_overlaps(settings: Settings) -> int:
-    """How many of this process's connections may refresh at once (each briefly holds two links).
+    """How many extra links this process may hold while its connections refresh.
 
     Slack's 10 per app, less P x K steady links, shared by the P processes; at least one,
-    which `run` guarantees by refusing P x K + P > 10.
+    which `run` guarantees by refusing P x K + P > 10. Not capped at K: when Slack warns a
+    replacement link while its predecessor is still closing, a connection briefly needs two.
     """
     spare = SLACK_MAX_CONNECTIONS - settings.processes * settings.connections
-    return max(1, min(settings.connections, spare // settings.processes))
+    return max(1, spare // settings.processes)
 
 
 def run_worker(settings: Settings) -> int:

@@ -3,7 +3,7 @@
 Slack lets an app hold 10 connections at once, counted over every process of
 every dyno. Each `ConnectionSlot` leases a slot from the shared store before it
 calls `apps.connections.open` (holder `host:pid/c0`), and a refresh overlap
-leases a temporary one (`host:pid/c0+`) for the few seconds both links are open.
+leases a temporary one (`host:pid/c0+1`, `c0+2`, …) for the few seconds both links are open.
 A slot that cannot be had is waited for, with a growing retry interval, and shows
 in the worker's heartbeat (`status`). Leases are renewed by the worker's chores
 and lapse `ttl` seconds after a dyno dies (at once for a dead process on this host).
@@ -54,7 +54,7 @@ class SlotGate:
         self.ttl = ttl
         self.retry_base = retry_base
         self.retry_cap = retry_cap
-        self.held: set[str] = set()  # slot names (c0, c0+) with a lease
+        self.held: set[str] = set()  # slot names (c0, c0+1) with a lease
         self.waiting: dict[str, float] = {}  # slot name -> since (time.time())
         self.waits = 0  # episodes of waiting, for status
 
