@@ -130,7 +130,7 @@ class Dispatcher:
         except StoreError as exc:
             self._store_failed("claim", exc)
             return self.fallback.claim(envelope, self.owner)
-        self.stats.degraded = False
+        self.store_ok()
         return new
 
     def _claim_key(self, key: str) -> bool:
@@ -147,6 +147,12 @@ class Dispatcher:
             self._store_failed("finish", exc)
             return False
         return True
+
+    def store_ok(self) -> None:
+        """A store call worked (a claim, or the worker's heartbeat): a degraded episode is over."""
+        if self.stats.degraded:
+            log.warning("store works again; degraded mode over")
+        self.stats.degraded = False
 
     def _store_failed(self, operation: str, exc: StoreError) -> None:
         self.stats.store_errors += 1

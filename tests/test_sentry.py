@@ -264,8 +264,11 @@ dispatcher = Dispatcher(EdgeApp(), store, None, "test-owner", 2.5, None)
 envelope = lambda i: Envelope("events_api", f"env{i}", {"event_id": f"Ev{i}", "event": {"type": "message"}})
 for i in range(3):
     dispatcher._claim(envelope(i))      # one episode of failures
+assert dispatcher.stats.degraded
 store.failing = False
-dispatcher._claim(envelope(10))         # the store is back
+dispatcher.store_ok()                   # the worker's heartbeat got through: the episode is over
+assert not dispatcher.stats.degraded
+dispatcher._claim(envelope(10))
 store.failing = True
 for i in range(20, 23):
     dispatcher._claim(envelope(i))      # a second episode
