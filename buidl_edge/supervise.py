@@ -25,6 +25,8 @@ FATAL_EXIT = 3
 # Heroku kills the dyno 30 s after SIGTERM; workers drain in 10 s, so 20 s leaves room.
 STOP_WAIT_S = 20
 FATAL_MARKER = "fatal.json"
+SOCKET_NAME = "supervisor.sock"
+MAX_SOCKET_PATH = 107 - 8  # sun_path less supervisord's ".<pid>" while it binds
 
 
 def check_connection_budget(settings: Settings) -> None:
@@ -48,8 +50,20 @@ def template_path() -> Path:
     raise ConfigError(f"cannot find deploy/{TEMPLATE_NAME}; run from the buidl-edge checkout")
 
 
+def check_socket_path(state_dir: Path) -> None:
+    """supervisord's control socket lives in the state dir; Linux caps a unix socket path at 107
+    bytes, and supervisord first binds `<socket>.<pid>`, so leave room for that suffix."""
+    socket_path = state_dir / SOCKET_NAME
+    if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
+        raise ConfigError(
+            f"BUIDL_STATE_DIR is too long for supervisord's control socket ({socket_path} is "
+            f"{len(os.fsencode(socket_path))} bytes, at most {MAX_SOCKET_PATH}): use a shorter path"
+        )
+
+
 def render_config(settings: Settings) -> Path:
     state_dir = settings.state_dir.resolve()
+    check_socket_path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     text = Template(template_path().read_text()).substitute(
         state_dir=str(state_dir), python=sys.executable, processes=settings.processes,
@@ -138,7 +152,7 @@ class SupervisorDown(Exception):
 
 
 def socket_path(state_dir: Path) -> Path:
-    return state_dir.resolve() / "supervisor.sock"
+    return state_dir.resolve() / SOCKET_NAME
 
 
 def supervisor_processes(state_dir: Path) -> list[ProcessInfo]:

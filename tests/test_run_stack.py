@@ -309,3 +309,14 @@ def test_worker_refuses_11_connections(tmp_path: Path) -> None:
     from_env = cli({**env, "BUIDL_CONNECTIONS": "11"}, "worker", cwd=tmp_path)
     assert from_env.returncode != 0
     assert "BUIDL_CONNECTIONS must be 1..10" in from_env.stderr
+
+
+def test_run_refuses_a_state_dir_too_long_for_the_control_socket(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    env = tokens_env(deep, "http://127.0.0.1:9/api/")
+    result = cli(env, "run", cwd=tmp_path)
+    assert result.returncode != 0
+    message = result.stderr.strip()
+    assert "BUIDL_STATE_DIR is too long" in message and "use a shorter path" in message
+    assert len(message.splitlines()) == 1
+    assert not deep.exists()  # refused before anything was made or started
