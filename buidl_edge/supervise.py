@@ -53,12 +53,11 @@ def template_path() -> Path:
 def check_socket_path(state_dir: Path) -> None:
     """supervisord's control socket lives in the state dir; Linux caps a unix socket path at 107
     bytes, and supervisord first binds `<socket>.<pid>`, so leave room for that suffix."""
-    socket_path = state_dir / SOCKET_NAME
-    if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
-        raise ConfigError(
-            f"BUIDL_STATE_DIR is too long for supervisord's control socket ({socket_path} is "
-            f"{len(os.fsencode(socket_path))} bytes, at most {MAX_SOCKET_PATH}): use a shorter path"
-        )
+    path = socket_path(state_dir)
+    size = len(os.fsencode(path))
+    if size > MAX_SOCKET_PATH:
+        raise ConfigError(f"BUIDL_STATE_DIR is too long for supervisord's control socket ({path} is "
+                          f"{size} bytes, at most {MAX_SOCKET_PATH}): use a shorter path")
 
 
 def render_config(settings: Settings) -> Path:

@@ -128,7 +128,7 @@ class WebApi:
                 metadata = message.get("metadata") or {}
                 if metadata.get("event_type") == REPLY_EVENT_TYPE and \
                         (metadata.get("event_payload") or {}).get("key") == reply_key:
-                    return str(message.get("ts") or "") or None
+                    return message.get("ts") or None
             cursor = (body.get("response_metadata") or {}).get("next_cursor")
             if not body.get("has_more") or not cursor:
                 return None

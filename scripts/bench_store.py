@@ -78,6 +78,7 @@ def child(mode: str, db: str, count: int, offset: int, start_at: float, payload_
     import gevent
     from gevent.pool import Pool
 
+    from buidl_edge.stallprobe import TICK_S, HubTicker
     from buidl_edge.store.threaded import ThreadedStore
 
     sys.setswitchinterval(0.001)  # as buidl_edge.worker sets it
@@ -86,28 +87,16 @@ def child(mode: str, db: str, count: int, offset: int, start_at: float, payload_
     if mode.startswith("redis"):  # the pool's connections open and the script loads before timing
         Pool(8).map(lambda i: store.claim(Envelope("events_api", f"warm{owner}-{i}", {"event": {}}), owner),
                     range(16))
-    worst = [0.0]
-    running = [True]
-
-    def ticker() -> None:
-        last = time.perf_counter()
-        while running[0]:
-            gevent.sleep(0.001)
-            now = time.perf_counter()
-            worst[0] = max(worst[0], now - last)
-            last = now
-
     while time.time() < start_at:
         gevent.sleep(0.0005)
-    tick = gevent.spawn(ticker)
+    probe = HubTicker().start()
     t0 = time.time()
     wins = sum(Pool(CONCURRENCY).imap_unordered(lambda e: store.claim(e, owner), envelopes))
     t1 = time.time()
-    running[0] = False
-    tick.join()
+    probe.stop()
     store.close()
     # The 1 ms sleep itself is not a stall: report the gap beyond it.
-    print(json.dumps({"wins": wins, "t0": t0, "t1": t1, "stall_ms": (worst[0] - 0.001) * 1000}))
+    print(json.dumps({"wins": wins, "t0": t0, "t1": t1, "stall_ms": (probe.max_gap - TICK_S) * 1000}))
 
 
 def open_bench_store(mode: str, target: str) -> Any:

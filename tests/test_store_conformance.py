@@ -401,24 +401,20 @@ def test_redis_claims_are_cooperative_under_gevent_without_a_thread_pool(redis_s
     url = f"{redis_server.url}?prefix=coop{os.getpid()}:"
     code = textwrap.dedent(f"""
         from gevent import monkey; monkey.patch_all()
-        import json, threading, time, gevent, gevent.pool
+        import json, threading, gevent, gevent.pool
         from buidl_edge.config import load_settings
         from buidl_edge.protocol import Envelope
+        from buidl_edge.stallprobe import HubTicker
         from buidl_edge.store import open_store
         settings = load_settings({{"SLACK_APP_TOKEN": "xapp-1-A-1-{'a' * 20}", "SLACK_BOT_TOKEN": "xoxb-1-{'b' * 20}",
                                    "BUIDL_STORE_URL": {url!r}, "BUIDL_STATE_DIR": {str(tmp_path)!r}}})
         store = open_store(settings, threaded=True)
-        ticks = []
-        def ticker():
-            while True:
-                ticks.append(time.perf_counter()); gevent.sleep(0.001)
-        t = gevent.spawn(ticker)
+        probe = HubTicker().start()
         def claim(i):
             return store.claim(Envelope("events_api", f"E{{i % 200}}", {{"event": {{"type": "m"}}}}), "h:1")
         wins = sum(gevent.pool.Pool(16).map(claim, range(800)))
-        t.kill()
-        gaps = [b - a for a, b in zip(ticks, ticks[1:])]
-        print(json.dumps({{"wins": wins, "ticks": len(ticks), "max_gap": max(gaps), "kind": type(store).__name__,
+        probe.stop()
+        print(json.dumps({{"wins": wins, "ticks": probe.ticks, "max_gap": probe.max_gap, "kind": type(store).__name__,
                            "threads": threading.active_count(), "conns": len(store._pool._connections)}}))
         store.close()
     """)

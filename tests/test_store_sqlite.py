@@ -156,23 +156,19 @@ def test_closed_store_raises_store_unavailable(db: Path) -> None:
 def test_threaded_store_in_gevent_patched_process_keeps_hub_running(db: Path) -> None:
     result = run_py(f"""
         from gevent import monkey; monkey.patch_all()
-        import json, threading, time, gevent
+        import json, threading, gevent, gevent.pool
         from buidl_edge.protocol import Envelope
+        from buidl_edge.stallprobe import HubTicker
         from buidl_edge.store.sqlite import SqliteStore
         from buidl_edge.store.threaded import ThreadedStore
         store = ThreadedStore(SqliteStore({str(db)!r}))
-        ticks = []
-        def ticker():
-            while True:
-                ticks.append(time.perf_counter()); gevent.sleep(0.001)
-        t = gevent.spawn(ticker)
+        probe = HubTicker().start()
         def claim(i):
             return store.claim(Envelope("events_api", f"E{{i % 100}}", {{"event": {{"type": "m"}}}}), "h:1")
         wins = sum(gevent.pool.Pool(8).map(claim, range(200)))
         workers_before = store.workers()
-        t.kill(); store.close()
-        gaps = [b - a for a, b in zip(ticks, ticks[1:])]
-        print(json.dumps({{"wins": wins, "ticks": len(ticks), "max_gap": max(gaps),
+        probe.stop(); store.close()
+        print(json.dumps({{"wins": wins, "ticks": probe.ticks, "max_gap": probe.max_gap,
                           "threads": threading.active_count(), "lease": store.lease_s}}))
     """)
     assert result.returncode == 0, result.stderr

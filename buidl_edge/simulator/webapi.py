@@ -38,11 +38,9 @@ class WebApi:
 
     def connections_open(self, req: Request) -> Response:
         self.counters["connections_open_calls"] += 1
-        token = req.bearer
-        if not token:
-            return slack_error("not_authed")
-        if not token.startswith("xapp-"):
-            return slack_error("not_allowed_token_type")
+        refused = _token_refused(req, "xapp-")
+        if refused:
+            return refused
         limit = self.knobs.open_ratelimit
         if limit and limit.get("count", 0) > 0:
             limit["count"] -= 1
@@ -69,22 +67,18 @@ class WebApi:
         })
 
     def post_message(self, req: Request) -> Response:
-        token = req.bearer
-        if not token:
-            return slack_error("not_authed")
-        if not token.startswith("xoxb-"):
-            return slack_error("not_allowed_token_type")
+        refused = _token_refused(req, "xoxb-")
+        if refused:
+            return refused
         if req.body_error:
             return slack_error("invalid_arguments")
         params = req.params
         channel = str(params.get("channel") or "")
         text = params.get("text") or ""
-        blocks = params.get("blocks")
-        if isinstance(blocks, str) and blocks:
-            try:
-                blocks = json.loads(blocks)
-            except ValueError:
-                return slack_error("invalid_blocks")
+        try:
+            blocks = _json_param(params.get("blocks"))
+        except ValueError:
+            return slack_error("invalid_blocks")
         if blocks is not None and not isinstance(blocks, list):
             return slack_error("invalid_blocks")
         if not channel:
@@ -98,12 +92,10 @@ class WebApi:
         if wait > 0:
             self.counters["post_429s"] += 1
             return slack_error("ratelimited", 429, [("Retry-After", str(max(1, math.ceil(wait))))])
-        metadata = params.get("metadata")
-        if isinstance(metadata, str) and metadata:
-            try:
-                metadata = json.loads(metadata)
-            except ValueError:
-                return slack_error("invalid_metadata_format")
+        try:
+            metadata = _json_param(params.get("metadata"))
+        except ValueError:
+            return slack_error("invalid_metadata_format")
         if metadata is not None and not (isinstance(metadata, dict) and metadata.get("event_type")):
             return slack_error("invalid_metadata_format")
         ts = self.ts.next()
@@ -131,11 +123,9 @@ class WebApi:
         return self._read(req, lambda m: thread in (m["ts"], m["thread_ts"]), newest_first=False)
 
     def _read(self, req: Request, wanted: Callable[[dict[str, Any]], bool], newest_first: bool) -> Response:
-        token = req.bearer
-        if not token:
-            return slack_error("not_authed")
-        if not token.startswith("xoxb-"):
-            return slack_error("not_allowed_token_type")
+        refused = _token_refused(req, "xoxb-")
+        if refused:
+            return refused
         if self.knobs.history_error:
             return slack_error(self.knobs.history_error)
         params = req.params
@@ -178,3 +168,18 @@ class WebApi:
     def reset(self) -> None:
         self.messages.clear()
         self.buckets.clear()
+
+
+def _token_refused(req: Request, prefix: str) -> Response | None:
+    """Slack's answer to a call without a token, or with a token of the wrong type; None if fine."""
+    token = req.bearer
+    if not token:
+        return slack_error("not_authed")
+    if not token.startswith(prefix):
+        return slack_error("not_allowed_token_type")
+    return None
+
+
+def _json_param(value: Any) -> Any:
+    """A JSON argument (`blocks`, `metadata`): a string in a form post, a value in a JSON body."""
+    return json.loads(value) if isinstance(value, str) and value else value

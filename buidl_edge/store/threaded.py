@@ -8,7 +8,7 @@ queue; each one blocks only itself.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import gevent
 import gevent.event
@@ -16,28 +16,27 @@ from gevent.threadpool import ThreadPool
 
 from buidl_edge.store.errors import StoreError
 
+if TYPE_CHECKING:
+    from buidl_edge.store.sqlite import SqliteStore
+
 # Enough to amortise a commit over a burst, small enough to keep one transaction short.
 MAX_BATCH = 64
 
 
 class ThreadedStore:
-    """Forward every public method of `inner` through a one-thread gevent pool."""
+    """Forward every public method of a SqliteStore through a one-thread gevent pool; claims and
+    finishes, the calls of every envelope, go through a group commit."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: SqliteStore) -> None:
         self.inner = inner
         self._pool = ThreadPool(1)
         self._closed = False
-        self._batcher = GroupCommit(self._pool, inner.run_batch) if hasattr(inner, "run_batch") else None
+        self._batcher = GroupCommit(self._pool, inner.run_batch)
 
     def claim(self, envelope: Any, owner: str) -> bool:
-        if self._batcher is None:
-            return self._pool.apply(self.inner.claim, (envelope, owner))
         return self._batcher.submit(self.inner.claim_txn(envelope, owner))  # type: ignore[no-any-return]
 
     def finish(self, envelope_id: str, replies: Any, error: str | None = None) -> None:
-        if self._batcher is None:
-            self._pool.apply(self.inner.finish, (envelope_id, replies, error))
-            return
         self._batcher.submit(self.inner.finish_txn(envelope_id, replies, error))
 
     def __getattr__(self, name: str) -> Any:
@@ -65,8 +64,7 @@ class ThreadedStore:
         if self._closed:
             return
         self._closed = True
-        if self._batcher is not None:
-            self._batcher.stop()
+        self._batcher.stop()
         try:
             self._pool.apply(self.inner.close)
         finally:
@@ -92,7 +90,7 @@ class GroupCommit:
         self._pending.append((txn, result))
         self._wakeup.set()
         value = result.get()
-        if isinstance(value, StoreError):
+        if isinstance(value, StoreError):  # this item failed on its own; the rest of its batch stands
             raise value
         return value
 
@@ -109,11 +107,7 @@ class GroupCommit:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                 try:
                     values = self._pool.apply(self._run_batch, ([txn for txn, _ in batch],))
-                except StoreError as exc:
-                    for _, result in batch:
-                        result.set(exc)
-                    continue
-                except BaseException as exc:  # a bug: hand it to every caller, keep serving
+                except Exception as exc:  # the whole batch failed (or a bug): every caller raises it
                     for _, result in batch:
                         result.set_exception(exc)
                     continue
