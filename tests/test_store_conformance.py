@@ -228,6 +228,17 @@ def test_an_envelope_with_a_lone_surrogate_is_swept_back_exactly_as_received(sto
     assert taken.payload["event"]["text"] == f"x{LONE}y" and taken.raw_text == frame
 
 
+def test_a_claim_the_store_cannot_take_fails_alone_as_a_store_error_and_the_store_goes_on(store: Any) -> None:
+    from buidl_edge.store.errors import StoreRejected
+
+    unstorable = Envelope("events_api", "E-set", {"event_id": "Ev-set", "event": {"type": "m", "text": {1, 2}}})
+    with pytest.raises(StoreRejected) as caught:  # a bug's kind of failure (a set is no JSON), not an outage
+        store.claim(unstorable, ME)
+    assert caught.value.kind == "TypeError" and isinstance(caught.value, StoreError)
+    assert store.inbox_row("E-set") is None
+    assert store.claim(env("E1", "Ev-set"), ME) is True  # its keys were not left behind
+
+
 def test_a_reply_text_with_a_lone_surrogate_is_stored_and_read_back_as_it_was(store: Any) -> None:
     # message.py replaces lone surrogates in what handlers say; the store still keeps what it is given.
     store.claim(env("E1"), ME)
