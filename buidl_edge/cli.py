@@ -122,11 +122,12 @@ def _state_settings() -> Settings:
 
 
 def _admin_store(settings: Settings):  # type: ignore[no-untyped-def]
+    """The store the workers use; never a new one (a missing store is one line, exit 1)."""
     from buidl_edge.store import open_store
     from buidl_edge.store.errors import StoreError
 
     try:
-        return open_store(settings, threaded=False)
+        return open_store(settings, threaded=False, create=False)
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -15,7 +15,7 @@ from buidl_edge.observability import log_context, report_handler_error, report_s
 from buidl_edge.outbox import Outbox
 from buidl_edge.protocol import Envelope
 from buidl_edge.store.base import EdgeStore, Reply
-from buidl_edge.store.errors import StoreError
+from buidl_edge.store.errors import StoreError, StoreRejected
 from buidl_edge.store.memory import MemoryStore
 
 log = logging.getLogger("buidl_edge.dispatch")
@@ -30,6 +30,8 @@ class DispatchStats:
     unhandled_kinds: int = 0
     recovered: int = 0
     store_errors: int = 0
+    # Calls the store failed alone (StoreRejected): acked and handled on local dedup, not degraded.
+    store_rejected: int = 0
     degraded: bool = False
 
     def as_dict(self) -> dict[str, int]:
@@ -127,6 +129,9 @@ class Dispatcher:
     def _claim(self, envelope: Envelope) -> bool:
         try:
             new = self.store.claim(envelope, self.owner)
+        except StoreRejected as exc:  # this envelope alone: ack and handle it on local dedup
+            self._store_rejected("claim", exc)
+            return self.fallback.claim(envelope, self.owner)
         except StoreError as exc:
             self._store_failed("claim", exc)
             return self.fallback.claim(envelope, self.owner)
@@ -136,6 +141,9 @@ class Dispatcher:
     def _claim_key(self, key: str) -> bool:
         try:
             return self.store.claim_key(key)
+        except StoreRejected as exc:
+            self._store_rejected("claim_key", exc)
+            return self.fallback.claim_key(key)
         except StoreError as exc:
             self._store_failed("claim_key", exc)
             return self.fallback.claim_key(key)
@@ -143,10 +151,19 @@ class Dispatcher:
     def _finish(self, envelope_id: str, replies: list[Reply], error: str | None) -> bool:
         try:
             self.store.finish(envelope_id, replies, error)
+        except StoreRejected as exc:  # the replies go out from this process instead
+            self._store_rejected("finish", exc)
+            return False
         except StoreError as exc:
             self._store_failed("finish", exc)
             return False
         return True
+
+    def _store_rejected(self, operation: str, exc: StoreRejected) -> None:
+        """Counted every time; the store logged the first of its kind, which also goes to Sentry."""
+        self.stats.store_rejected += 1
+        if exc.first:
+            report_store_failure(f"{operation}:{exc.kind}", exc)
 
     def store_ok(self) -> None:
         """A store call worked (a claim, or the worker's heartbeat): a degraded episode is over."""

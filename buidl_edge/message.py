@@ -14,11 +14,18 @@ Choices, where Slack leaves room:
 - blocks: a list of at most 50 objects, each with a string `type`. Deeper
   Block Kit rules (text lengths per block type, …) are Slack's to check; a
   refusal then comes back as `invalid_blocks` and the row is marked failed.
+- lone surrogates: a handler echoing user text may pass on a lone UTF-16
+  surrogate (valid JSON from Slack, a broken emoji) that UTF-8, and so the
+  Web API, cannot carry. Each one becomes U+FFFD (a surrogate pair becomes the
+  character it encodes) rather than refusing: the user's text was fine to
+  receive, so the answer to it should go out, with the one broken character
+  shown as broken.
 """
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from typing import Any
 
 from buidl_edge.store.base import Reply
@@ -34,7 +41,7 @@ class MessageError(ValueError):
 
 
 def validate_reply(reply: Reply) -> Reply:
-    """Return `reply` unchanged when Slack would take it, else raise MessageError."""
+    """Return `reply` when Slack would take it (lone surrogates replaced), else raise MessageError."""
     channel = reply.channel
     if not isinstance(channel, str) or not CHANNEL_ID.fullmatch(channel):
         hint = " (use the channel id, not its name)" if isinstance(channel, str) and channel.lstrip("#").islower() else ""
@@ -53,7 +60,39 @@ def validate_reply(reply: Reply) -> Reply:
     ts = reply.thread_ts
     if ts is not None and (not isinstance(ts, str) or not THREAD_TS.fullmatch(ts)):
         raise MessageError(f"thread_ts {str(ts)[:40]!r} is not a Slack message ts like 1700000000.000100")
-    return reply
+    clean_text = text if text is None else utf8_text(text)
+    clean_blocks = blocks if blocks is None else _utf8_json(blocks)
+    if clean_text is text and clean_blocks is blocks:
+        return reply
+    return replace(reply, text=clean_text, blocks=clean_blocks)
+
+
+def utf8_text(text: str) -> str:
+    """`text` as UTF-8 can carry it: each lone surrogate U+FFFD, a surrogate pair its character.
+
+    The very same object when there is nothing to change (the common case costs one scan).
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
+
+
+def _utf8_json(value: Any) -> Any:
+    """`utf8_text` on every string (keys too) of nested lists and dicts; unchanged parts stay the same objects."""
+    if isinstance(value, str):
+        return utf8_text(value)
+    if isinstance(value, list):
+        items = [_utf8_json(v) for v in value]
+        return value if all(a is b for a, b in zip(items, value)) else items
+    if isinstance(value, dict):
+        pairs = [(_utf8_json(k), _utf8_json(v)) for k, v in value.items()]
+        same = all(k is k0 and v is v0 for (k, v), (k0, v0) in zip(pairs, value.items()))
+        return value if same else dict(pairs)
+    return value
 
 
 def check_blocks(blocks: Any) -> list[dict[str, Any]]:

@@ -8,6 +8,12 @@ the log handler, the stdout/stderr wrappers and Sentry's `before_send` /
 
 Sentry is optional: with SENTRY_DSN unset every `report_*` function is a cheap
 no-op, and `sentry_sdk` is never imported.
+
+Redaction runs on the hub, on text users control (a 40,000-character message in a
+handler's exception, a traced frame), so it is linear in the text whatever it holds:
+each pattern masks a possessive run that starts right after a fixed-width look-behind,
+so no position is tried twice and nothing backtracks (scripts/bench_redact.py).
+A log line, and each string of a Sentry event, is cut at MAX_LINE_CHARS, marked as cut.
 """
 from __future__ import annotations
 
@@ -20,49 +26,109 @@ import re
 import sys
 import threading
 import time
+import traceback
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, TextIO
 
-TOKEN_PATTERN = re.compile(r"(xapp|xox[a-z])-[A-Za-z0-9-]+")
-TICKET_PATTERN = re.compile(r"(ticket=)[^&\s\"'\\]+")
-# user[:password]@ in any URL: a DSN's key, a proxy's credentials.
-USERINFO_PATTERN = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s\"'\\]+@")
+# What each pattern matches is the secret alone; the prefix that says what it is stays.
+TOKEN_PATTERN = re.compile(r"(?<=xapp-|xox[a-z]-)[A-Za-z0-9-]++")
+TICKET_PATTERN = re.compile(r"(?<=ticket=)[^&\s\"'\\]++")
+# user[:password] between a URL's "://" and "@": a DSN's key, a proxy's credentials. (Any scheme
+# character before "://" will do; a scheme needs a letter, but masking a little more is safe.)
+USERINFO_PATTERN = re.compile(r"(?<=[a-zA-Z0-9+.-]://)[^/@\s\"'\\]++(?=@)")
 MASK = "[redacted]"
+# A log line, or one string of a Sentry event, longer than this is cut (and says so).
+MAX_LINE_CHARS = 8192
+# Context fields (connection, envelope id) come from frames too: a hostile one stays short.
+MAX_FIELD_CHARS = 200
+# One part of a traceback (a frame, the exception's own line): a long message cannot push the frames out.
+MAX_TRACEBACK_PART_CHARS = 1024
 
 log = logging.getLogger("buidl_edge.observability")
 
-# Secrets known only at run time (the DSN key): masked wherever they appear.
-_extra_secrets: set[str] = set()
+# Secrets known only at run time (the Slack tokens, the DSN key): masked wherever they appear,
+# longest first, so a secret that holds another is masked whole.
+_extra_secrets: tuple[str, ...] = ()
 
 
 def register_secret(value: str | None) -> None:
     """Mask `value` in everything redacted from now on (too short a value would mask noise)."""
-    if value and len(value) >= 8:
-        _extra_secrets.add(value)
+    global _extra_secrets
+    if value and len(value) >= 8 and value not in _extra_secrets:
+        _extra_secrets = tuple(sorted({*_extra_secrets, value}, key=len, reverse=True))
+
+
+def register_tokens(*tokens: str | None) -> None:
+    """Slack tokens, whole and without their prefix (`xoxb-`): code that strips the prefix
+    holds the body alone, and the token pattern would not see it (a local in a Sentry frame)."""
+    for token in tokens:
+        if token:
+            register_secret(token)
+            register_secret(token.partition("-")[2])
 
 
 def redact(text: str) -> str:
-    """Mask Slack tokens, Socket Mode tickets, URL credentials and registered secrets."""
-    text = TOKEN_PATTERN.sub(lambda m: f"{m.group(1)}-{MASK}", text)
-    text = TICKET_PATTERN.sub(lambda m: f"{m.group(1)}{MASK}", text)
-    text = USERINFO_PATTERN.sub(lambda m: f"{m.group(1)}{MASK}@", text)
+    """Mask Slack tokens, Socket Mode tickets, URL credentials and registered secrets, in linear time."""
+    if "xapp-" in text or "xox" in text:  # substring checks first: most text holds none
+        text = TOKEN_PATTERN.sub(MASK, text)
+    if "ticket=" in text:
+        text = TICKET_PATTERN.sub(MASK, text)
+    if "://" in text:
+        text = USERINFO_PATTERN.sub(MASK, text)
     for secret in _extra_secrets:
         if secret in text:
             text = text.replace(secret, MASK)
     return text
 
 
-def scrub(value: Any, _depth: int = 0) -> Any:
-    """`redact` every string inside nested dicts and lists (keys too); other values pass."""
+def clip(text: str, limit: int = MAX_LINE_CHARS) -> str:
+    """`text` cut to `limit` characters, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...[cut {len(text) - limit} chars]"
+
+
+def clip_middle(text: str, limit: int = MAX_LINE_CHARS) -> str:
+    """`text` cut to `limit` characters out of its middle: a traceback keeps its start and its end."""
+    if len(text) <= limit:
+        return text
+    head = limit // 4
+    return f"{text[:head]}...[cut {len(text) - limit} chars]...{text[len(text) - (limit - head):]}"
+
+
+def printable(text: str) -> str:
+    """What a UTF-8 stream can write: a lone surrogate (from a hostile frame) as its `\\udc00` escape."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def format_exception(exc_info: Any) -> str:
+    """A traceback, redacted, with each part (a frame, the exception line) cut on its own."""
+    parts = traceback.format_exception(*exc_info)
+    return "".join(clip(redact(part), MAX_TRACEBACK_PART_CHARS) for part in parts).rstrip("\n")
+
+
+def scrub(value: Any, _depth: int = 0, limit: int | None = None) -> Any:
+    """`redact` every string inside nested dicts and lists (keys too); other values pass.
+
+    With `limit`, each string is cut to it after redaction (never before: a cut secret
+    would escape the masking).
+    """
     if isinstance(value, str):
-        return redact(value)
+        masked = redact(value)
+        return masked if limit is None else clip(masked, limit)
     if _depth > 64:
         return value
     if isinstance(value, dict):
-        return {(redact(k) if isinstance(k, str) else k): scrub(v, _depth + 1) for k, v in value.items()}
+        return {(redact(k) if isinstance(k, str) else k): scrub(v, _depth + 1, limit) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [scrub(v, _depth + 1) for v in value]
+        return [scrub(v, _depth + 1, limit) for v in value]
     return value
 
 
@@ -110,7 +176,7 @@ class RedactingFilter(logging.Filter):
             message = f"{record.msg!r} {record.args!r}"
         record.msg, record.args = redact(message), None
         if record.exc_info and not record.exc_text:
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_text = format_exception(record.exc_info)
         elif record.exc_text:
             record.exc_text = redact(record.exc_text)
         if record.stack_info:
@@ -136,16 +202,27 @@ class LogfmtFormatter(logging.Formatter):
         for key in CONTEXT_FIELDS:
             value = getattr(record, key, None)
             if value:
-                fields[key] = value
-        fields["msg"] = record.getMessage()
+                fields[key] = clip(redact(str(value)), MAX_FIELD_CHARS)
+        # Redacted whole before any cut, so a cut can never leave half a secret unmasked.
+        message = redact(record.getMessage())
+        exc = None
         if record.exc_info or record.exc_text:
-            exc = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
+            exc = redact(record.exc_text) if record.exc_text else format_exception(record.exc_info)
+        budget = MAX_LINE_CHARS
+        while True:  # escaping can lengthen the text: halve the budget until the line fits
+            line = self._render(fields, clip(message, budget // 2 if exc else budget - 512),
+                                None if exc is None else clip_middle(exc, budget // 2))
+            if len(line) <= MAX_LINE_CHARS or budget < 1024:
+                return printable(redact(line))
+            budget //= 2
+
+    def _render(self, fields: dict[str, Any], message: str, exc: str | None) -> str:
+        fields = {**fields, "msg": message}
+        if exc is not None:
             fields["exc"] = exc.replace("\n", " | ")
         if self.json_lines:
-            line = json.dumps(fields, default=str)
-        else:
-            line = " ".join(f"{k}={_logfmt_value(v)}" for k, v in fields.items())
-        return redact(line)
+            return json.dumps(fields, default=str)
+        return " ".join(f"{k}={_logfmt_value(v)}" for k, v in fields.items())
 
 
 def _logfmt_value(value: Any) -> str:
@@ -166,7 +243,7 @@ class RedactingStream:
         return self._stream
 
     def write(self, text: str) -> int:
-        self._stream.write(redact(text))
+        self._stream.write(printable(redact(text)))
         return len(text)
 
     def writelines(self, lines: Any) -> None:
@@ -331,13 +408,13 @@ def flush_sentry(timeout: float = 2.0) -> None:
 
 
 def _before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
-    return scrub(event)
+    return scrub(event, limit=MAX_LINE_CHARS)
 
 
 def _before_breadcrumb(crumb: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] | None:
     if crumb.get("category") == frame_log.name:
         return None
-    return scrub(crumb)
+    return scrub(crumb, limit=MAX_LINE_CHARS)
 
 
 def _first_time(key: str, claim: Callable[[str], bool] | None) -> bool:

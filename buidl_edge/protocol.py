@@ -60,6 +60,8 @@ class Envelope:
     accepts_response_payload: bool = False
     retry_attempt: int = 0
     retry_reason: str = ""
+    # The frame exactly as received (None when built in code): what the store keeps, losslessly.
+    raw_text: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def event_id(self) -> str | None:
@@ -119,7 +121,7 @@ def parse_frame(text: str | bytes) -> Frame:
             raise ProtocolError("bad_disconnect", "missing reason")
         return Disconnect(reason=reason, raw=data)
     if frame_type in ENVELOPE_TYPES:
-        return _parse_envelope(data)
+        return _parse_envelope(data, text if isinstance(text, str) else None)
     raise ProtocolError("unknown_type", repr(frame_type)[:40])
 
 
@@ -136,7 +138,7 @@ def _parse_hello(data: dict[str, Any]) -> Hello:
     )
 
 
-def _parse_envelope(data: dict[str, Any]) -> Envelope:
+def _parse_envelope(data: dict[str, Any], raw_text: str | None = None) -> Envelope:
     envelope_id = data.get("envelope_id")
     if not isinstance(envelope_id, str) or not envelope_id:
         raise ProtocolError("missing_envelope_id", str(data.get("type")))
@@ -150,6 +152,7 @@ def _parse_envelope(data: dict[str, Any]) -> Envelope:
         accepts_response_payload=bool(data.get("accepts_response_payload", False)),
         retry_attempt=_int(data.get("retry_attempt"), 0),
         retry_reason=str(data.get("retry_reason") or ""),
+        raw_text=raw_text,
     )
 
 

@@ -31,6 +31,7 @@ from buidl_edge.dispatch import Dispatcher  # noqa: E402
 from buidl_edge.observability import (  # noqa: E402
     flush_sentry,
     init_sentry,
+    register_tokens,
     report_exception,
     report_fatal,
     report_outbox_failure,
@@ -257,6 +258,7 @@ def refresh_overlaps(settings: Settings) -> int:
 
 def run_worker(settings: Settings) -> int:
     setup_logging()
+    register_tokens(settings.app_token.reveal(), settings.bot_token.reveal())  # before anything can log them
     init_sentry()  # after gevent's patching (this module's first lines), before any connection
     app = load_app(settings.app_spec)
     try:

@@ -73,6 +73,7 @@ def test_status_with_running_supervisor_lists_each_worker_with_its_connections(s
 
 def test_status_without_supervisor_says_it_is_stopped_and_exits_nonzero(tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
+    SqliteStore(state_dir / "edge.sqlite3", checkpoint_interval_s=None).close()  # workers ran here once
     env = operator_env(state_dir)
 
     table = cli(env, "status", cwd=tmp_path)
@@ -93,6 +94,28 @@ def test_status_without_supervisor_says_it_is_stopped_and_exits_nonzero(tmp_path
     left_over = cli(env, "status", cwd=tmp_path)
     assert left_over.returncode == 1
     assert "supervisor: stopped" in left_over.stdout and "does not answer" in left_over.stdout
+
+
+ADMIN_COMMANDS = [("status",), ("status", "--json"), ("send", "C0123ABCD", "hello"),
+                  ("outbox", "stats"), ("outbox", "list"), ("outbox", "retry", "1"), ("outbox", "purge", "--failed"),
+                  ("inbox", "stats"), ("inbox", "list"), ("inbox", "retry", "env-1"), ("inbox", "prune")]
+
+
+@pytest.mark.parametrize("args", ADMIN_COMMANDS, ids=" ".join)
+def test_an_admin_command_pointed_at_no_store_says_so_and_creates_nothing(tmp_path: Path, args: tuple[str, ...]) -> None:
+    state_dir = tmp_path / "typo" / "state"
+    result = cli(operator_env(state_dir), *args, cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    expected = f"Error: no store at {state_dir / 'edge.sqlite3'}: check that BUIDL_STATE_DIR (or BUIDL_DB)"
+    assert result.stderr.startswith(expected) and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert list(tmp_path.iterdir()) == [], "an admin command created files"
+
+
+def test_an_admin_command_with_buidl_db_naming_a_missing_file_says_so_and_creates_nothing(tmp_path: Path) -> None:
+    db = tmp_path / "edge-copy.sqlite3"
+    result = cli(operator_env(tmp_path / "state", BUIDL_DB=db), "inbox", "stats", cwd=tmp_path)
+    assert result.returncode == 1 and f"no store at {db}" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and list(tmp_path.iterdir()) == []
 
 
 # ---------------------------------------------------------------------------- inbox

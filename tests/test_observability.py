@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
@@ -13,7 +14,8 @@ from typing import Any
 import pytest
 
 from buidl_edge.harness import WorkerProcess, fake_tokens, wait_until, worker_env
-from buidl_edge.observability import MASK, ProtocolErrorWindow, redact, register_secret, scrub
+from buidl_edge.observability import (MASK, MAX_LINE_CHARS, LogfmtFormatter, ProtocolErrorWindow, redact,
+                                      register_secret, scrub)
 from buidl_edge.simulator.client import SimulatorProcess
 
 pytestmark = pytest.mark.timeout(60)
@@ -58,6 +60,67 @@ def test_redact_masks_tokens_tickets_url_credentials_and_registered_secrets() ->
     assert redact(f"key {dsn_key} here") == f"key {MASK} here"
     register_secret("short")  # too short to mask safely: ignored
     assert redact("short") == "short"
+
+
+# Inputs that make a backtracking pattern try every start against every end: the old patterns
+# took minutes on a megabyte of them (the URL pattern 3.5 s on 40,000 "a"s). The timeout is what
+# fails here; the assertions are about the masking. Figures: scripts/bench_redact.py.
+MEGA = 1_000_000
+
+
+def _adversarial_cases() -> list[tuple[str, str, str]]:
+    n = MEGA
+    return [
+        ("letters", "a" * n, "a" * n),
+        ("letters and colons", "a:" * (n // 2), "a:" * (n // 2)),
+        ("schemes without userinfo", "x://" * (n // 4), "x://" * (n // 4)),
+        ("schemes with userinfo", "x://u@" * (n // 6), f"x://{MASK}@" * (n // 6)),
+        ("one endless userinfo, no @", "a://" + "b" * n, "a://" + "b" * n),
+        ("one endless userinfo, then @", "a://" + "b" * n + "@host", f"a://{MASK}@host"),
+        ("token prefixes glued", "xoxb-" * (n // 5), f"xoxb-{MASK}"),
+        ("tokens apart", "xoxb-a " * (n // 7), f"xoxb-{MASK} " * (n // 7)),
+        ("token prefixes without dash", "xoxbxapp" * (n // 8), "xoxbxapp" * (n // 8)),
+        ("tickets glued", "ticket=" * (n // 7), f"ticket={MASK}"),
+        ("tickets apart", "ticket=a&" * (n // 9), f"ticket={MASK}&" * (n // 9)),
+        ("everything at once", "xapp-1 ticket=t&u http://me:pw@h " * (n // 33),
+         f"xapp-{MASK} ticket={MASK}&u http://{MASK}@h " * (n // 33)),
+    ]
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("name, text, expected", _adversarial_cases(), ids=[c[0] for c in _adversarial_cases()])
+def test_redaction_of_a_megabyte_of_adversarial_text_masks_it_right(name: str, text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
+@pytest.mark.timeout(20)
+def test_a_registered_secret_repeated_a_megabyte_long_is_masked_every_time() -> None:
+    secret = secrets.token_hex(16)
+    register_secret(secret)
+    register_secret(secret[:12])  # a secret inside another: the longer one is masked whole first
+    assert redact(secret * (MEGA // 32) + secret[:12]) == MASK * (MEGA // 32) + MASK
+
+
+def test_a_long_log_record_is_one_line_cut_to_8_kb_and_says_so() -> None:
+    secret = secrets.token_hex(16)
+    register_secret(secret)
+    user_text = "a" * 40_000
+    try:
+        raise ValueError("cannot handle " + user_text)
+    except ValueError:
+        exc_info = sys.exc_info()
+    # A secret right where a cut would fall: it is masked whole before anything is cut.
+    message = "x" * (MAX_LINE_CHARS // 2 - 10) + secret + user_text
+    record = logging.LogRecord("buidl_edge.test", logging.ERROR, __file__, 1, message, None, exc_info)
+    record.envelope_id = "E\udc00" + "E" * 10_000  # from a hostile frame: long, and not UTF-8
+    for formatter in (LogfmtFormatter(), LogfmtFormatter(json_lines=True)):
+        line = formatter.format(record)
+        assert "\n" not in line and len(line) <= MAX_LINE_CHARS, len(line)
+        line.encode("utf-8")  # writable to stdout
+        fields = json.loads(line) if formatter.json_lines else parse_logfmt(line)
+        assert "...[cut " in fields["msg"] and "...[cut " in fields["exc"] and "...[cut " in fields["envelope_id"]
+        assert fields["exc"].startswith("Traceback") and "ValueError: cannot handle aaa" in fields["exc"]
+        assert secret[:8] not in line and secret[-8:] not in line
 
 
 def test_scrub_walks_nested_event_data() -> None:
@@ -194,3 +257,50 @@ def test_worker_lines_carry_context_and_message_text_only_in_the_frame_trace(
     else:
         assert with_text == []
         assert not any(r["logger"] == "buidl_edge.frames" for r in records)
+
+
+# -- a real worker: a handler failing on a 40,000-character text must not stall the acks -------------
+
+ECHO_FAILING_APP = '''
+from buidl_edge.app import EdgeApp
+
+app = EdgeApp("fails-on-long-text")
+
+
+@app.event("message")
+def long_text(event, ctx):
+    text = event.get("text", "")
+    if text.startswith("fail"):
+        raise ValueError("cannot handle " + text)  # careless, and common: the user text in the error
+'''
+
+
+def test_a_handler_failing_on_a_40k_text_is_logged_and_reported_cut_without_stalling_acks(
+        simulator: SimulatorProcess, tmp_path: Path) -> None:
+    """The text is the worst case for the old URL pattern (3.5 s per pass over it); it is logged with
+    the traceback, traced with WEBSOCKET_DEBUG and sent to Sentry, all on the hub of the process that
+    must ack the next 40 envelopes within Slack's 3 s."""
+    (tmp_path / "long_text_app.py").write_text(ECHO_FAILING_APP)
+    env = worker_env(simulator.api_url, BUIDL_APP="long_text_app:app", WEBSOCKET_DEBUG="1",
+                     SENTRY_DSN=simulator.sentry_dsn(), BUIDL_STATE_DIR=tmp_path / "s",
+                     PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    sim = simulator.client
+    with WorkerProcess(env, log_path=tmp_path / "worker.log") as worker:
+        sim.wait_for(lambda s: s["open_connections"] == 1, 15, "the worker's connection")
+        keys = [e["key"] for e in sim.inject("message", channel="C0LONG", text="fail " + "a" * 39_995)]
+        keys += [e["key"] for e in sim.inject("message", channel="C0LONG", text="fine", count=40)]
+        sim.wait_for(lambda s: all(s["events"][k]["acked"] for k in keys), 10, "every ack", source="state")
+        summary = sim.summary()
+        assert summary["missed_deadlines"] == 0 and summary["late_acks"] == 0, summary
+        sim.wait_for(lambda s: s["sentry_events"] >= 1, 10, "the handler error in Sentry")
+        assert worker.stop() == 0
+    lines = worker.output().splitlines()
+    assert lines and max(len(line) for line in lines) <= MAX_LINE_CHARS
+    (failure,) = [line for line in lines if "handler long_text failed" in line]
+    assert "ValueError: cannot handle fail aaa" in failure and "...[cut " in failure
+    traced = [line for line in lines if "buidl_edge.frames" in line and "fail aaa" in line]
+    assert traced and all("...[cut " in line for line in traced)
+    (event,) = [e["event"] for e in sim.sentry(raw=True)["events"] if e["tags"].get("report") == "handler_error"]
+    value = event["exception"]["values"][-1]["value"]
+    assert value.startswith("cannot handle fail aaa") and "...[cut " in value
+    assert len(value) <= MAX_LINE_CHARS + 40

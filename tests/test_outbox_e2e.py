@@ -324,6 +324,7 @@ def test_send_queues_blocks_from_a_file_and_a_worker_posts_them(fleet: Fleet, tm
     blocks_file.write_text(json.dumps({"blocks": blocks}))  # Block Kit Builder's export shape
     runner = CliRunner()
     env = {"BUIDL_STATE_DIR": str(fleet.state_dir), "SLACK_APP_TOKEN": None, "SLACK_BOT_TOKEN": None}
+    fleet.store().close()  # the workers' store, as a deployed stack has it: `send` never makes one
     queued = runner.invoke(cli, ["send", "C0BLK", "fallback text", "--blocks-file", str(blocks_file),
                                  "--thread-ts", "1700000000.000100", "--json"], env=env)
     assert queued.exit_code == 0, queued.output

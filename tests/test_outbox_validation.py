@@ -110,6 +110,7 @@ def test_send_refuses_to_queue_into_a_memory_store_no_worker_can_see(tmp_path: P
 
 def test_send_reads_text_from_stdin_and_queues_it(tmp_path: Path) -> None:
     state = tmp_path / "state"
+    SqliteStore(state / "edge.sqlite3", checkpoint_interval_s=None).close()  # `send` queues into the workers' store
     result = CliRunner().invoke(cli, ["send", "C0OK", "-", "--json"], input="from stdin\n",
                                 env={"BUIDL_STATE_DIR": str(state)})
     assert result.exit_code == 0, result.output

@@ -49,6 +49,8 @@ def careless(event, ctx):
         return
     app_token = os.environ["SLACK_APP_TOKEN"]
     bot_token = os.environ["SLACK_BOT_TOKEN"]
+    app_body = app_token.split("-", 1)[1]  # a token without its prefix: no pattern can know it
+    bot_body = bot_token.removeprefix("xoxb-")
     ctx.logger.info("calling the API with %s", bot_token)
     sentry_sdk.add_breadcrumb(category="leaky", message="auth " + app_token,
                               data={"url": "https://api.example/?token=" + bot_token})
@@ -59,10 +61,10 @@ def careless(event, ctx):
 
 
 def secret_fragments(tokens: dict[str, str]) -> list[str]:
-    """Each whole token and its longest random part (what a partial leak would show)."""
+    """Each whole token, its body without the prefix, and its longest random part (what a partial leak would show)."""
     out = []
     for token in tokens.values():
-        out += [token, max(token.split("-"), key=len)]
+        out += [token, token.split("-", 1)[1], max(token.split("-"), key=len)]
     return out
 
 
@@ -145,6 +147,7 @@ def test_seeded_tokens_never_reach_sentry_or_the_logs(simulator: SimulatorProces
     assert "could not use xapp-[redacted] or xoxb-[redacted]" in event["exception"]["values"][-1]["value"]
     frame = next(f for f in event["exception"]["values"][-1]["stacktrace"]["frames"] if f["function"] == "careless")
     assert "[redacted]" in frame["vars"]["app_token"] and "[redacted]" in frame["vars"]["bot_token"]
+    assert frame["vars"]["app_body"].strip("'") == "[redacted]" == frame["vars"]["bot_body"].strip("'")
     crumbs = event["breadcrumbs"]["values"]
     assert any(c.get("message") == "auth xapp-[redacted]" and "[redacted]" in c["data"]["url"] for c in crumbs)
     assert any("calling the API with xoxb-[redacted]" in (c.get("message") or "") for c in crumbs)

@@ -190,6 +190,62 @@ def test_finish_with_an_error_marks_failed_and_stats_count_it(store: Any) -> Non
     assert 0 <= stats["oldest_processing_age_s"] < 5
 
 
+# ---------------------------------------------------------------- hostile text
+
+LONE = "\udc00"  # a lone surrogate: valid in JSON (and so from Slack), not encodable as UTF-8
+
+
+def test_ids_holding_a_lone_surrogate_are_kept_exactly_and_dedup_one_to_one(store: Any) -> None:
+    eid, event_id = f"E{LONE}1", f"Ev{LONE}1"
+    assert store.claim(env(eid, event_id, text=f"broken {LONE}"), ME) is True
+    assert store.claim(env(eid, event_id), ME) is False
+    assert store.claim(env("E-retry", event_id), ME) is False  # Slack's retry: same event id
+    # Near misses are other ids: another surrogate, its escape spelled out, its replacement.
+    for other in ("E\udc011", "E\\udc001", "E\ufffd1"):
+        assert store.claim(env(other, other.replace("E", "Ev", 1)), ME) is True
+    row = store.inbox_row(eid)
+    assert row is not None and row["envelope_id"] == eid and row["state"] == "processing"
+    assert eid in {r["envelope_id"] for r in store.inbox_list()}
+    assert store.claim_key(f"mention:C{LONE}:1.2") is True and store.claim_key(f"mention:C{LONE}:1.2") is False
+    store.finish(eid, [Reply("C1", "seen")], error=None)
+    assert store.inbox_row(eid)["state"] == "done"
+    (reply,) = [r for r in store.outbox_list() if r.envelope_id == eid]
+    assert reply.idempotency_key == f"{eid}:0" and reply.text == "seen"
+    store.finish(eid, [Reply("C1", "seen")])  # a re-run queues nothing twice: the key matched
+    assert len(store.outbox_list()) == 1
+
+
+def test_an_envelope_with_a_lone_surrogate_is_swept_back_exactly_as_received(store: Any) -> None:
+    frame = ('{"type":"events_api","envelope_id":"E\\udc00raw","accepts_response_payload":false,'
+             '"payload":{"event_id":"Ev\\udc00raw","event":{"type":"message","text":"x\\udc00y"},'
+             '"unmodelled":[1,2]},"retry_attempt":0,"retry_reason":""}')
+    from buidl_edge.protocol import parse_frame
+    envelope = parse_frame(frame)
+    assert envelope.envelope_id == f"E{LONE}raw"
+    store.claim(envelope, f"{HOST}:{dead_pid()}")
+    (taken,) = store.sweep(ME)
+    assert taken.envelope_id == f"E{LONE}raw" and taken.event_id == f"Ev{LONE}raw"
+    assert taken.payload["event"]["text"] == f"x{LONE}y" and taken.raw_text == frame
+
+
+def test_a_claim_the_store_cannot_take_fails_alone_as_a_store_error_and_the_store_goes_on(store: Any) -> None:
+    from buidl_edge.store.errors import StoreRejected
+
+    unstorable = Envelope("events_api", "E-set", {"event_id": "Ev-set", "event": {"type": "m", "text": {1, 2}}})
+    with pytest.raises(StoreRejected) as caught:  # a bug's kind of failure (a set is no JSON), not an outage
+        store.claim(unstorable, ME)
+    assert caught.value.kind == "TypeError" and isinstance(caught.value, StoreError)
+    assert store.inbox_row("E-set") is None
+    assert store.claim(env("E1", "Ev-set"), ME) is True  # its keys were not left behind
+
+
+def test_a_reply_text_with_a_lone_surrogate_is_stored_and_read_back_as_it_was(store: Any) -> None:
+    # message.py replaces lone surrogates in what handlers say; the store still keeps what it is given.
+    store.claim(env("E1"), ME)
+    store.finish("E1", [Reply("C1", f"raw {LONE}")])
+    assert [r.text for r in store.outbox_list()] == [f"raw {LONE}"]
+
+
 # ---------------------------------------------------------------- leases / sweep
 
 

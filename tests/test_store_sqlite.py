@@ -15,7 +15,7 @@ import pytest
 
 from buidl_edge.protocol import Envelope
 from buidl_edge.store.base import Reply
-from buidl_edge.store.errors import StoreCorrupt, StoreLocked, StoreUnavailable
+from buidl_edge.store.errors import StoreCorrupt, StoreLocked, StoreRejected, StoreUnavailable
 from buidl_edge.store.sqlite import SCHEMA_VERSION, SqliteStore
 
 HOST = socket.gethostname()
@@ -81,7 +81,7 @@ def test_finish_is_one_transaction(store: SqliteStore, db: Path) -> None:
                  "BEGIN SELECT RAISE(ABORT, 'outbox refused'); END")
     conn.commit()
     conn.close()
-    with pytest.raises(StoreUnavailable):
+    with pytest.raises(StoreRejected):  # this call's data was refused; the store itself works
         store.finish("E1", [Reply("C1", "ok"), Reply("C2", "boom")])
     assert store.inbox_row("E1")["state"] == "processing"
     assert store.outbox_rows("E1") == []
@@ -229,3 +229,146 @@ def test_group_commit_under_concurrent_greenlets_gives_one_winner_per_event(db: 
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "300"
+
+
+LONE = "\udc00"  # a lone surrogate: what json.loads makes of "\udc00", which UTF-8 cannot hold
+
+
+def test_run_batch_fails_only_the_item_that_raises_whatever_it_raises(store: SqliteStore) -> None:
+    def half_written_then_broken(cur: sqlite3.Cursor) -> None:
+        cur.execute("INSERT INTO keys(key, envelope_id, created_at) VALUES ('half', 'E?', 0)")
+        raise KeyError("a bug inside a transaction body")
+
+    def broken(cur: sqlite3.Cursor) -> None:
+        raise RuntimeError("not a sqlite3 error")
+
+    results = store.run_batch([store.claim_txn(env("E1", "Ev1"), ME),
+                               store.claim_txn(env(f"E{LONE}", f"Ev{LONE}", text=LONE), ME),
+                               half_written_then_broken,
+                               broken,
+                               store.finish_txn("E1", [Reply("C1", "hi")]),
+                               store.claim_txn(env("E2"), ME)])
+    assert results[:2] == [True, True] and results[4:] == [None, True]
+    for failed, kind in ((results[2], "KeyError"), (results[3], "RuntimeError")):
+        assert isinstance(failed, StoreRejected) and failed.kind == kind and str(store.path) in str(failed)
+    assert store.inbox_row("E1")["state"] == "done" and len(store.outbox_rows("E1")) == 1
+    assert store.inbox_row(f"E{LONE}")["state"] == "processing" and store.inbox_row("E2") is not None
+    assert store.claim_key("half")  # its item was rolled back: the key it wrote is not there
+
+
+def test_an_unclassified_failure_is_logged_once_per_kind_and_counted(store: SqliteStore,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    from buidl_edge.store.errors import rejected_counts
+
+    def broken(cur: sqlite3.Cursor) -> None:
+        raise LookupError("the same bug, again and again")
+
+    before = rejected_counts["LookupError"]
+    with caplog.at_level("ERROR", logger="buidl_edge.store"):
+        results = [store.run_batch([broken])[0] for _ in range(3)]
+    assert rejected_counts["LookupError"] == before + 3
+    assert [r.first for r in results] == [before == 0, False, False]
+    lines = [r for r in caplog.records if "LookupError" in r.getMessage()]
+    assert len(lines) == (1 if before == 0 else 0) and all(r.levelname == "ERROR" for r in lines)
+    with pytest.raises(StoreRejected):  # a call on its own, outside a batch: a value sqlite3 cannot bind
+        store.claim_key({"not": "a str"})  # type: ignore[arg-type]
+    assert store.claim(env("E1"), ME)  # and the store goes on working
+
+
+def test_group_commit_fails_only_the_caller_whose_item_fails(db: Path) -> None:
+    """A burst of concurrent claims through ThreadedStore (one group commit serves many): envelopes
+    with lone surrogates in their ids are claimed like any other, and one that cannot be stored at
+    all (a payload that is not JSON, so nothing to keep) fails its own caller with a StoreError only."""
+    result = run_py(f"""
+        from gevent import monkey; monkey.patch_all()
+        import json
+        import gevent.pool
+        from buidl_edge.protocol import Envelope
+        from buidl_edge.store.errors import StoreRejected
+        from buidl_edge.store.sqlite import SqliteStore
+        from buidl_edge.store.threaded import ThreadedStore
+        store = ThreadedStore(SqliteStore({str(db)!r}))
+        LONE = "\\udc00"
+        def claim(i):
+            eid = f"E{{LONE}}{{i}}" if i % 10 == 3 else f"E{{i}}"
+            payload = {{"event_id": f"Ev{{LONE if i % 10 == 7 else ''}}{{i}}", "event": {{"type": "m"}}}}
+            if i == 25:
+                payload["event"]["text"] = {{1, 2}}  # a set: no JSON for it
+            try:
+                return store.claim(Envelope("events_api", eid, payload), "h:1")
+            except StoreRejected as exc:
+                return exc.kind
+        results = gevent.pool.Pool(60).map(claim, range(60))
+        rows = store.inbox_list(limit=100)
+        store.close()
+        print(json.dumps({{"results": results, "rows": len(rows)}}))
+    """)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["results"] == [True] * 25 + ["TypeError"] + [True] * 34
+    assert data["rows"] == 59
+
+
+# ---------------------------------------------------------------- private files
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)  # the usual umask: what made the store world-readable
+    yield
+    os.umask(old)
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_a_new_store_is_private_from_the_start_dirs_0700_files_0600(tmp_path: Path, umask_022: None) -> None:
+    db = tmp_path / "deep" / "state" / "edge.db"
+    before = mode(tmp_path)
+    store = SqliteStore(db)
+    try:
+        store.claim(env("E1"), ME)  # a write: the WAL and its index exist now
+        assert mode(tmp_path / "deep") == 0o700 and mode(db.parent) == 0o700
+        for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+            assert path.exists() and mode(path) == 0o600, (path, oct(mode(path)))
+    finally:
+        store.close()
+    assert mode(tmp_path) == before  # not ours: left as it was
+
+
+def test_an_existing_store_left_world_readable_is_tightened_but_its_dir_is_left_alone(
+        tmp_path: Path, umask_022: None) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    db = state / "edge.db"
+    SqliteStore(db, checkpoint_interval_s=None).close()
+    old = sqlite3.connect(db)  # as an older version left it: 0644, WAL files beside it
+    old.execute("PRAGMA journal_mode=WAL")
+    old.execute("CREATE TABLE IF NOT EXISTS t(x)")
+    old.execute("INSERT INTO t VALUES (1)")
+    old.commit()
+    for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+        os.chmod(path, 0o644)
+    store = SqliteStore(db)
+    try:
+        assert mode(db) == 0o600 and mode(Path(f"{db}-wal")) == 0o600 and mode(Path(f"{db}-shm")) == 0o600
+        assert mode(state) == 0o755  # a directory we did not make is not ours to chmod
+    finally:
+        store.close()
+        old.close()
+
+
+def test_opening_without_create_never_makes_a_file_or_a_dir(tmp_path: Path) -> None:
+    from buidl_edge.store.errors import StoreMissing
+
+    db = tmp_path / "nowhere" / "edge.db"
+    with pytest.raises(StoreMissing, match=r"no store at .*nowhere/edge.db: check that BUIDL_STATE_DIR"):
+        SqliteStore(db, create=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StoreMissing):
+        SqliteStore(tmp_path / "empty" / "edge.db", create=False)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["empty"]
+    SqliteStore(db).close()  # a worker makes it...
+    again = SqliteStore(db, create=False)  # ...and then an admin command opens it
+    again.close()

@@ -12,6 +12,8 @@ APP_ID = "A0SIM"
 BOT_USER_ID = "U0BUIDL"
 BOT_ID = "B0BUIDL"
 KINDS = ("message", "app_mention", "file_shared", "slash_command", "block_action")
+# Fields of an injection that set an id instead of letting the simulator make one up.
+ID_OVERRIDES = ("envelope_id", "event_id")
 
 _ids = itertools.count(1)
 
@@ -90,7 +92,7 @@ def build(kind: str, fields: dict[str, Any], ts: str) -> Spec:
 
 
 def _events_api(event: dict[str, Any], fields: dict[str, Any]) -> Spec:
-    event_id = f"Ev{next(_ids):06d}{secrets.token_hex(3).upper()}"
+    event_id = str(fields.get("event_id") or f"Ev{next(_ids):06d}{secrets.token_hex(3).upper()}")
     payload = {
         "token": "sim-verification",
         "team_id": TEAM_ID,

@@ -97,10 +97,14 @@ class Hub:
     # -- delivery ----------------------------------------------------------
 
     def inject(self, kind: str, fields: dict[str, Any], count: int) -> list[dict[str, str]]:
+        """`envelope_id` and `event_id` in `fields` override the first event's ids only (ids are
+        unique), so a test can send a hostile id, e.g. a lone surrogate, among good ones."""
         out = []
-        for _ in range(count):
+        for i in range(count):
+            if i == 1:
+                fields = {k: v for k, v in fields.items() if k not in events.ID_OVERRIDES}
             spec = events.build(kind, fields, str(fields.get("ts") or self.ts.next()))
-            first_id = str(uuid.uuid4())
+            first_id = str(fields.get("envelope_id") or uuid.uuid4())
             key = spec.event_id or first_id
             event = TrackedEvent(key=key, kind=kind, spec=spec, first_envelope_id=first_id)
             self.tracker.add(event)

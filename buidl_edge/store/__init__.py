@@ -10,10 +10,12 @@ if TYPE_CHECKING:
 __all__ = ["EdgeStore", "MemoryStore", "Reply"]
 
 
-def open_store(settings: "Settings", threaded: bool = True) -> EdgeStore:
+def open_store(settings: "Settings", threaded: bool = True, create: bool | None = None) -> EdgeStore:
     """The store named by BUIDL_STORE_URL, else SQLite at BUIDL_DB (or in the state dir).
 
-    Workers want `threaded` (sqlite3 would block the gevent hub); admin commands do not.
+    Workers want `threaded` (sqlite3 would block the gevent hub); admin commands do not. A
+    SQLite store is created (private: dir 0700, file 0600) only when `create`, by default only
+    for a worker: an admin command pointed at nothing gets StoreMissing, and no file or dir.
     """
     from pathlib import Path
 
@@ -31,6 +33,7 @@ def open_store(settings: "Settings", threaded: bool = True) -> EdgeStore:
         from buidl_edge.store.sqlite import SqliteStore
         from buidl_edge.store.threaded import ThreadedStore
 
-        store = SqliteStore(Path(url[len("sqlite:///"):]), lease_s=settings.lease_s)
+        store = SqliteStore(Path(url[len("sqlite:///"):]), lease_s=settings.lease_s,
+                            create=threaded if create is None else create)
         return ThreadedStore(store) if threaded else store
     raise ConfigError(f"store {url.split(':', 1)[0]}:// is not available in this version")

@@ -6,6 +6,11 @@ Messages are one line and name the store file, never a secret.
 """
 from __future__ import annotations
 
+import logging
+from collections import Counter
+
+log = logging.getLogger("buidl_edge.store")
+
 
 class StoreError(Exception):
     """Any failure of the shared store."""
@@ -21,3 +26,38 @@ class StoreUnavailable(StoreError):
 
 class StoreCorrupt(StoreError):
     """The file is not a usable SQLite database (found at open, or malformed later)."""
+
+
+class StoreRejected(StoreError):
+    """One call (or one item of a group commit) failed in a way the store cannot classify: a bug,
+    or data the database cannot take. The store itself still works: only this call failed, so the
+    caller carries on for this item without going degraded.
+
+    `first` is True for the first failure of its kind (exception type) in this process: the one
+    that was logged, and the one worth an alert.
+    """
+
+    def __init__(self, message: str, kind: str, first: bool) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.first = first
+
+
+class StoreMissing(StoreError):
+    """An admin command found no store where the settings point: it never creates one."""
+
+
+# Unclassified failures per kind (exception type), this process: the count `status` can show.
+rejected_counts: Counter[str] = Counter()
+
+
+def rejected(where: str, exc: BaseException) -> StoreRejected:
+    """Turn a failure no rule classifies into a StoreRejected, counted, logged once per kind at ERROR."""
+    kind = type(exc).__name__
+    rejected_counts[kind] += 1
+    first = rejected_counts[kind] == 1
+    detail = " ".join(str(exc).split())[:300] or kind
+    message = f"{where}: unexpected {kind}: {detail}"
+    if first:  # with the traceback: an unclassified failure is a bug to find
+        log.error("%s (logged once per kind; the worker's stats count them all)", message, exc_info=exc)
+    return StoreRejected(message, kind, first)

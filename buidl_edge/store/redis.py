@@ -47,7 +47,7 @@ from buidl_edge.ratelimit import PostLimits
 from buidl_edge.store import redis_lua
 from buidl_edge.store.base import (DEFAULT_RETENTION_S, MIN_RETENTION_S, OUTBOX_STATES, Claimed, OutboxRow,
                                    PostOutcome, Reply)
-from buidl_edge.store.errors import StoreError, StoreUnavailable
+from buidl_edge.store.errors import StoreError, StoreUnavailable, rejected
 from buidl_edge.store.owners import Owner, holder_owner, is_dead_local, one_line
 
 log = logging.getLogger("buidl_edge.store.redis")
@@ -74,6 +74,10 @@ CHUNK = 500
 _DOWN_HINTS = ("LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "OOM")
 
 
+class _CallerError(ValueError):
+    """A call with arguments no store takes: the caller's mistake, raised as it is."""
+
+
 def _redis_op(method: Callable[..., T]) -> Callable[..., T]:
     """Fail fast while backing off, translate redis-py errors into StoreError, note recoveries."""
 
@@ -84,6 +88,10 @@ def _redis_op(method: Callable[..., T]) -> Callable[..., T]:
             result = method(self, *args, **kwargs)
         except redis.RedisError as exc:
             raise self._failed(exc) from exc
+        except (StoreError, _CallerError):
+            raise
+        except Exception as exc:  # not Redis failing: this call alone (a bug, data it cannot send)
+            raise rejected(f"store {self.where} {method.__name__.lstrip('_')}", exc) from exc
         self._succeeded()
         return result
 
@@ -114,6 +122,9 @@ class RedisStore:
             self._pool = redis.BlockingConnectionPool.from_url(
                 url, max_connections=pool_size, timeout=socket_timeout, socket_timeout=socket_timeout,
                 socket_connect_timeout=connect_timeout, health_check_interval=30, decode_responses=True,
+                # A lone surrogate (valid JSON from Slack, not UTF-8) travels as its surrogatepass
+                # bytes and comes back as the same str: ids and keys stay one-to-one.
+                encoding_errors="surrogatepass",
                 # one quick retry on a fresh connection covers a socket left dead by a Redis restart
                 retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)))
         except ValueError as exc:
@@ -192,8 +203,8 @@ class RedisStore:
         """Dedup keys (SET NX EX, both or neither) + stream entry + inbox row, in one script."""
         eid = envelope.envelope_id
         keys = [self._k(f"k:{key}") for key in envelope.dedup_keys]
-        new = self._script("CLAIM", [eid, self._ttl(), envelope.kind,
-                                     json.dumps(envelope.to_dict(), separators=(",", ":")), owner,
+        text = envelope.raw_text or json.dumps(envelope.to_dict(), separators=(",", ":"))
+        new = self._script("CLAIM", [eid, self._ttl(), envelope.kind, text, owner,
                                      repr(time.time()), STREAM_MAXLEN, GROUP], keys)
         if new:
             self._handling.setdefault(owner, set()).add(eid)
@@ -220,7 +231,7 @@ class RedisStore:
     def _finish(self, envelope_id: str, replies: Sequence[Reply], error: str | None) -> None:
         rows = [[r.channel, r.text, _blocks_json(r.blocks), r.thread_ts] for r in replies]
         self._script("FINISH", [GROUP, envelope_id, "failed" if error else "done", "1" if error else "0",
-                                error or "", repr(time.time()), self._ttl(), json.dumps(rows)])
+                                error or "", repr(time.time()), self._ttl(), _rows_json(rows)])
         self._unfinished.pop(envelope_id, None)
         for handling in self._handling.values():
             handling.discard(envelope_id)
@@ -415,11 +426,11 @@ class RedisStore:
         """Queue messages; a key queued before is not queued again (its row id is returned)."""
         keys = list(keys) if keys is not None else [f"q:{uuid.uuid4().hex}" for _ in replies]
         if len(keys) != len(replies):
-            raise ValueError("one idempotency key per reply")
+            raise _CallerError("one idempotency key per reply")
         rows = [[r.channel, r.text, _blocks_json(r.blocks), r.thread_ts, key] for r, key in zip(replies, keys)]
         if not rows:
             return []
-        return [int(i) for i in self._script("OUTBOX_ENQUEUE", [repr(time.time()), envelope_id, json.dumps(rows)])]
+        return [int(i) for i in self._script("OUTBOX_ENQUEUE", [repr(time.time()), envelope_id, _rows_json(rows)])]
 
     @_redis_op
     def outbox_claim(self, owner: str, limit: int, limits: PostLimits, lease_s: float | None = None) -> Claimed:
@@ -525,7 +536,7 @@ class RedisStore:
     @_redis_op
     def outbox_purge(self, state: str = "failed") -> int:
         if state not in ("failed", "sent"):
-            raise ValueError(f"only failed or sent rows can be purged, not {state!r}")
+            raise _CallerError(f"only failed or sent rows can be purged, not {state!r}")
         total = 0
         while True:
             gone = self._script("DROP_ROWS", [state, CHUNK, ""])
@@ -589,6 +600,11 @@ def _split_prefix(url: str) -> tuple[str, str]:
     prefix = next((v for k, v in query if k == "prefix"), DEFAULT_PREFIX)
     rest = urlencode([(k, v) for k, v in query if k != "prefix"])
     return urlunsplit(parts._replace(query=rest)), prefix
+
+
+def _rows_json(rows: list[list[Any]]) -> str:
+    # Not ASCII-escaped: Lua's cjson refuses a lone surrogate escape, but passes its bytes through.
+    return json.dumps(rows, ensure_ascii=False)
 
 
 def _blocks_json(blocks: list[dict[str, Any]] | None) -> str | None:

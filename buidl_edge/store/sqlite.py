@@ -8,6 +8,11 @@ power loss may drop the last commits, a process crash loses nothing).
 
 sqlite3 blocks the calling thread; in a gevent worker wrap this store in
 `ThreadedStore` so the hub keeps running.
+
+Text from Slack is valid JSON but not always valid UTF-8: a lone surrogate escape ("\\udc00")
+decodes to a str sqlite3 cannot encode. Such a str is bound as its surrogatepass bytes (a BLOB,
+never equal to any TEXT), so every id and key stays one-to-one, and is decoded back on reading.
+The file is private (0600, in a 0700 dir when we make it), as is what SQLite adds beside it.
 """
 from __future__ import annotations
 
@@ -26,7 +31,9 @@ from buidl_edge.protocol import Envelope
 from buidl_edge.ratelimit import GLOBAL_KEY, Bucket, PostLimits, channel_key, pause, plan
 from buidl_edge.store.base import (DEFAULT_RETENTION_S, MIN_RETENTION_S, Claimed, OutboxRow, PostOutcome,
                                    Reply)
-from buidl_edge.store.errors import StoreCorrupt, StoreError, StoreLocked, StoreUnavailable
+from buidl_edge.statefiles import private_dir, private_file, tighten
+from buidl_edge.store.errors import (StoreCorrupt, StoreError, StoreLocked, StoreMissing, StoreUnavailable,
+                                     rejected)
 from buidl_edge.store.owners import Owner as _Owner, holder_owner, is_dead_local, pid_alive  # noqa: F401
 
 try:  # in a monkey-patched process we still want real OS primitives here:
@@ -168,6 +175,10 @@ _BUCKET_UPSERT = ("INSERT INTO post_buckets(key, tokens, updated_at, paused_unti
 
 _CORRUPT_HINTS = ("not a database", "malformed", "file is encrypted")
 _UNAVAILABLE_HINTS = ("readonly", "read-only", "disk", "full", "i/o", "unable to open")
+# sqlite3 errors about one statement's data or use, not about the database: that call alone failed.
+_ITEM_ERRORS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError, sqlite3.DataError)
+# What SQLite writes beside the database file (WAL mode); it gives them the file's own mode.
+_SIDE_FILES = ("-wal", "-shm")
 
 
 class _Abort(Exception):
@@ -183,8 +194,12 @@ class SqliteStore:
     durable = True
 
     def __init__(self, path: str | Path, lease_s: float = 30.0, busy_timeout_s: float = 5.0,
-                 host: str | None = None, checkpoint_interval_s: float | None = 0.5) -> None:
+                 host: str | None = None, checkpoint_interval_s: float | None = 0.5,
+                 create: bool = True) -> None:
+        """`create=False` (admin commands) opens only a store that exists: StoreMissing otherwise,
+        and no file or directory is made."""
         self.path = Path(path)
+        self.create = create
         self.lease_s = lease_s
         self.busy_timeout_s = busy_timeout_s
         self.host = host or socket.gethostname()
@@ -204,10 +219,17 @@ class SqliteStore:
 
     def _open(self) -> sqlite3.Connection:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(str(self.path), timeout=self.busy_timeout_s,
-                                   check_same_thread=False, isolation_level=None)
+            if self.create:  # private from the start: created 0600 before sqlite3 opens it
+                private_dir(self.path.parent)
+                private_file(self.path)
+            elif not self.path.is_file():
+                raise self._missing()
+            for suffix in _SIDE_FILES:  # left wider by an older version
+                tighten(Path(f"{self.path}{suffix}"))
+            conn = self._connect()
         except (OSError, sqlite3.Error) as exc:
+            if not self.create and not self.path.is_file():
+                raise self._missing() from None
             raise StoreUnavailable(f"cannot open store {self.path}: {_one_line(exc)}") from None
         try:
             self._conn = conn  # _run needs it during setup
@@ -218,6 +240,16 @@ class SqliteStore:
             conn.close()
             raise
         return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        # mode=rw: SQLite itself never creates the file (the checkpointer's connection too).
+        uri = f"{self.path.resolve().as_uri()}?mode=rw"
+        return sqlite3.connect(uri, uri=True, timeout=self.busy_timeout_s, check_same_thread=False,
+                               isolation_level=None)
+
+    def _missing(self) -> StoreMissing:
+        return StoreMissing(f"no store at {self.path.resolve()}: check that BUIDL_STATE_DIR (or BUIDL_DB) "
+                            "names the state the workers use")
 
     def _setup_pragmas(self, cur: sqlite3.Cursor) -> None:
         cur.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
@@ -263,7 +295,13 @@ class SqliteStore:
                     if _is_locked(exc) and attempt + 1 < LOCK_ATTEMPTS:
                         _sleep(LOCK_BACKOFF_S[min(attempt, len(LOCK_BACKOFF_S) - 1)])
                         continue
-                    raise self._translate(exc) from exc
+                    raise self._translate(exc, fn) from exc
+                except StoreError:
+                    self._rollback_quietly()
+                    raise
+                except Exception as exc:  # not sqlite3's: this call failed, the store did not
+                    self._rollback_quietly()
+                    raise self._rejected(fn, exc) from exc
                 except BaseException:
                     self._rollback_quietly()
                     raise
@@ -273,7 +311,9 @@ class SqliteStore:
         """Group commit: many claims/finishes in one transaction, each in its own savepoint.
 
         One fsync-bound commit then serves a whole burst, while every item stays atomic
-        on its own. An item's result, or its StoreError, comes back in its place.
+        on its own. An item's result, or its StoreError, comes back in its place: whatever
+        an item raises (an unclassified failure is a StoreRejected), only its savepoint is
+        rolled back and the rest of the batch commits.
         """
         def batch(cur: sqlite3.Cursor) -> list[Any]:
             results: list[Any] = []
@@ -288,7 +328,13 @@ class SqliteStore:
                     if _is_locked(exc):
                         raise  # the whole batch retries
                     cur.execute("ROLLBACK TO item")
-                    results.append(self._translate(exc))
+                    results.append(self._translate(exc, txn))
+                except StoreError as exc:
+                    cur.execute("ROLLBACK TO item")
+                    results.append(exc)
+                except Exception as exc:
+                    cur.execute("ROLLBACK TO item")
+                    results.append(self._rejected(txn, exc))
                 cur.execute("RELEASE item")
             return results
 
@@ -301,8 +347,13 @@ class SqliteStore:
             except sqlite3.Error:
                 pass
 
-    def _translate(self, exc: sqlite3.Error) -> StoreError:
+    def _rejected(self, fn: Callable[..., Any], exc: BaseException) -> StoreError:
+        return rejected(f"store {self.path} {_operation(fn)}", exc)
+
+    def _translate(self, exc: sqlite3.Error, fn: Callable[..., Any] | None = None) -> StoreError:
         detail = _one_line(exc)
+        if isinstance(exc, _ITEM_ERRORS):  # this statement's data, e.g. a value it cannot bind
+            return self._rejected(fn or self._translate, exc)
         if _is_locked(exc):
             return StoreLocked(f"store {self.path} stayed locked after {LOCK_ATTEMPTS} tries "
                                f"of {self.busy_timeout_s:g}s: {detail}")
@@ -321,12 +372,13 @@ class SqliteStore:
     def claim_txn(self, envelope: Envelope, owner: str) -> Callable[[sqlite3.Cursor], bool]:
         """The claim as a transaction body, for `claim` alone or for `run_batch`."""
         now = time.time()
-        eid = envelope.envelope_id
-        keys = [(key, eid, now) for key in envelope.dedup_keys]
-        row = (eid, envelope.kind, json.dumps(envelope.to_dict(), separators=(",", ":")),
-               owner, now + self.lease_s, now, now)
 
         def txn(cur: sqlite3.Cursor) -> bool:
+            # Built here, not before: whatever fails in it fails this item inside its savepoint.
+            eid = _b(envelope.envelope_id)
+            keys = [(_b(key), eid, now) for key in envelope.dedup_keys]
+            text = envelope.raw_text or json.dumps(envelope.to_dict(), separators=(",", ":"))
+            row = (eid, _b(envelope.kind), _b(text), owner, now + self.lease_s, now, now)
             cur.executemany(_INSERT_KEY, keys)
             if cur.rowcount != len(keys):
                 raise _Abort(False)  # one key was taken: undo any we inserted
@@ -339,7 +391,7 @@ class SqliteStore:
         now = time.time()
 
         def txn(cur: sqlite3.Cursor) -> bool:
-            cur.execute(_INSERT_KEY, (key, "", now))
+            cur.execute(_INSERT_KEY, (_b(key), "", now))
             return cur.rowcount == 1
 
         return self._run(txn, write=True)
@@ -358,11 +410,11 @@ class SqliteStore:
         """
         now = time.time()
         state = "failed" if error else "done"
-        rows = [(envelope_id, r.channel, r.text, _blocks_json(r.blocks),
-                 r.thread_ts, f"{envelope_id}:{i}", now, now) for i, r in enumerate(replies)]
 
         def txn(cur: sqlite3.Cursor) -> None:
-            cur.execute(_FINISH, (state, error, now, envelope_id))
+            eid = _b(envelope_id)
+            rows = [_reply_row(envelope_id, r, f"{envelope_id}:{i}", now) for i, r in enumerate(replies)]
+            cur.execute(_FINISH, (state, _b(error), now, eid))
             if rows:
                 cur.executemany(_INSERT_OUTBOX, rows)
 
@@ -374,7 +426,7 @@ class SqliteStore:
 
         def txn(cur: sqlite3.Cursor) -> int:
             cur.execute("UPDATE outbox SET state = 'sent', sent_at = ? "
-                        "WHERE envelope_id = ? AND state != 'sent'", (now, envelope_id))
+                        "WHERE envelope_id = ? AND state != 'sent'", (now, _b(envelope_id)))
             return cur.rowcount
 
         return self._run(txn, write=True)
@@ -417,7 +469,7 @@ class SqliteStore:
                             "AND owner = ? AND lease_until IS ?",
                             (owner, lease_until, now, envelope_id, old_owner, old_lease))
                 if cur.rowcount == 1:
-                    frame = protocol.parse_frame(text)
+                    frame = protocol.parse_frame(_t(text))
                     if isinstance(frame, Envelope):
                         taken.append(frame)
             return taken
@@ -562,7 +614,7 @@ class SqliteStore:
             cols = ("envelope_id", "kind", "state", "owner", "attempts", "received_at", "error")
             rows = cur.execute(f"SELECT {', '.join(cols)} FROM inbox {where} "
                                "ORDER BY received_at DESC LIMIT ?", (*args, limit)).fetchall()
-            return [dict(zip(cols, row)) for row in rows]
+            return [_row_dict(cols, row) for row in rows]
 
         return self._run(read, write=False)
 
@@ -577,7 +629,7 @@ class SqliteStore:
         def txn(cur: sqlite3.Cursor) -> bool:
             cur.execute("UPDATE inbox SET state = 'processing', owner = '', lease_until = 0, "
                         "error = NULL, updated_at = ? WHERE envelope_id = ? "
-                        "AND state IN ('done', 'failed')", (now, envelope_id))
+                        "AND state IN ('done', 'failed')", (now, _b(envelope_id)))
             return cur.rowcount == 1
 
         return self._run(txn, write=True)
@@ -587,9 +639,9 @@ class SqliteStore:
 
         def read(cur: sqlite3.Cursor) -> dict[str, Any] | None:
             cur.execute("SELECT envelope_id, kind, state, owner, lease_until, attempts, received_at, "
-                        "updated_at, error FROM inbox WHERE envelope_id = ?", (envelope_id,))
+                        "updated_at, error FROM inbox WHERE envelope_id = ?", (_b(envelope_id),))
             row = cur.fetchone()
-            return None if row is None else dict(zip([d[0] for d in cur.description], row))
+            return None if row is None else _row_dict([d[0] for d in cur.description], row)
 
         return self._run(read, write=False)
 
@@ -598,9 +650,9 @@ class SqliteStore:
 
         def read(cur: sqlite3.Cursor) -> list[dict[str, Any]]:
             cur.execute("SELECT id, envelope_id, channel, text, blocks, thread_ts, idempotency_key, "
-                        "state, attempts FROM outbox WHERE envelope_id = ? ORDER BY id", (envelope_id,))
+                        "state, attempts FROM outbox WHERE envelope_id = ? ORDER BY id", (_b(envelope_id),))
             names = [d[0] for d in cur.description]
-            return [dict(zip(names, row)) for row in cur.fetchall()]
+            return [_row_dict(names, row) for row in cur.fetchall()]
 
         return self._run(read, write=False)
 
@@ -617,10 +669,9 @@ class SqliteStore:
         keys = list(keys) if keys is not None else [f"q:{uuid.uuid4().hex}" for _ in replies]
         if len(keys) != len(replies):
             raise ValueError("one idempotency key per reply")
-        rows = [(envelope_id, r.channel, r.text, _blocks_json(r.blocks), r.thread_ts, key, now, now)
-                for r, key in zip(replies, keys)]
 
         def txn(cur: sqlite3.Cursor) -> list[int]:
+            rows = [_reply_row(envelope_id, r, key, now) for r, key in zip(replies, keys)]
             ids = []
             for row in rows:
                 cur.execute(_INSERT_OUTBOX, row)
@@ -775,7 +826,7 @@ class SqliteStore:
             args.append(state)
         if channel:
             clauses.append("channel = ?")
-            args.append(channel)
+            args.append(_b(channel))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
 
         def read(cur: sqlite3.Cursor) -> list[OutboxRow]:
@@ -815,8 +866,7 @@ class SqliteStore:
     def _checkpoint_loop(self, interval_s: float) -> None:
         """Native thread, own connection: PASSIVE checkpoints never block writers."""
         try:
-            conn = sqlite3.connect(str(self.path), timeout=self.busy_timeout_s,
-                                   check_same_thread=False, isolation_level=None)
+            conn = self._connect()
         except sqlite3.Error:
             self._checkpointer_done.release()
             return
@@ -846,13 +896,46 @@ class SqliteStore:
             self._conn.close()
 
 
+def _b(value: Any) -> Any:
+    """A value sqlite3 can bind: a str holding a lone surrogate becomes its surrogatepass bytes.
+
+    Injective: every other str stays TEXT, and SQLite never finds a BLOB equal to a TEXT.
+    """
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogatepass")
+    return value
+
+
+def _t(value: Any) -> Any:
+    """What `_b` bound, read back: the str it came from."""
+    return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else value
+
+
+def _row_dict(names: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
+    return {name: _t(value) for name, value in zip(names, row)}
+
+
+def _reply_row(envelope_id: str, reply: Reply, key: str, now: float) -> tuple[Any, ...]:
+    return (_b(envelope_id), _b(reply.channel), _b(reply.text), _b(_blocks_json(reply.blocks)),
+            _b(reply.thread_ts), _b(key), now, now)
+
+
+def _operation(fn: Callable[..., Any]) -> str:
+    """`claim` for SqliteStore.claim_txn.<locals>.txn: what a failure log line names."""
+    parts = getattr(fn, "__qualname__", "").split(".")
+    return parts[1].removesuffix("_txn") if len(parts) > 2 and parts[0] == "SqliteStore" else "call"
+
+
 def _blocks_json(blocks: list[dict[str, Any]] | None) -> str | None:
     return None if blocks is None else json.dumps(blocks, separators=(",", ":"))
 
 
 def _outbox_row(row: Sequence[Any]) -> OutboxRow:
     (id_, channel, text, blocks, thread_ts, key, state, attempts, next_at, created, envelope_id, error,
-     lease_owner, lease_until, sent_at, ts, rate_limited) = row
+     lease_owner, lease_until, sent_at, ts, rate_limited) = map(_t, row)
     return OutboxRow(id_, channel, text, json.loads(blocks) if blocks else None, thread_ts, key, state, attempts,
                      next_at, created, envelope_id, error, lease_owner, lease_until, sent_at, ts, rate_limited or 0)
 

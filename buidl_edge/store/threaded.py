@@ -14,7 +14,7 @@ import gevent
 import gevent.event
 from gevent.threadpool import ThreadPool
 
-from buidl_edge.store.errors import StoreError
+from buidl_edge.store.errors import StoreError, rejected
 
 if TYPE_CHECKING:
     from buidl_edge.store.sqlite import SqliteStore
@@ -108,8 +108,9 @@ class GroupCommit:
                 try:
                     values = self._pool.apply(self._run_batch, ([txn for txn, _ in batch],))
                 except Exception as exc:  # the whole batch failed (or a bug): every caller raises it
+                    error = exc if isinstance(exc, StoreError) else rejected("group commit", exc)
                     for _, result in batch:
-                        result.set_exception(exc)
+                        result.set_exception(error)
                     continue
                 for (_, result), value in zip(batch, values):
                     result.set(value)
