@@ -3,7 +3,9 @@
 A `ConnectionSlot` is what the user counts as "a connection". It owns one live
 `Link` (one WebSocket) and, while a refresh overlaps, the retiring one too: the
 old link keeps reading and acking until Slack closes it, so no envelope falls
-into the gap.
+into the gap. A stale (half-open) link is replaced the same way, replacement first,
+except that nobody will ever close it for us: it is shut down once the replacement
+is open, and nothing here ever waits on the peer to close a link.
 """
 from __future__ import annotations
 

@@ -17,8 +17,8 @@ DISCONNECT_REASONS = frozenset(
 MAX_ACK_BYTES = 20_000
 # Generous ceiling for one inbound frame; Slack's own payloads are far below it.
 MAX_FRAME_BYTES = 1_000_000
-# Slack's payloads nest about a dozen levels. Far below Python's recursion limit, so that
-# whatever is accepted can be encoded again (the store does) and walked by handlers.
+# Slack's deepest payloads (rich text in a view's state) nest some 15 levels. Far below Python's
+# recursion limit, so that whatever is accepted can be encoded again (the store does) and walked.
 MAX_DEPTH = 100
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from buidl_edge.harness import WorkerProcess, worker_env
+from buidl_edge.harness import WorkerProcess, wait_until, worker_env
 from buidl_edge.simulator.client import SimulatorClient, SimulatorProcess
 from buidl_edge.store.sqlite import SqliteStore
 from stack_support import Stack, stacks  # noqa: F401 (fixture)
@@ -129,6 +129,35 @@ def test_worker_replaces_a_half_open_link_and_drains_while_slack_is_silent(
     assert "Traceback" not in output
 
 
+def test_silence_is_noticed_at_the_stale_timeout_not_at_a_later_ping(
+        fresh_simulator: SimulatorProcess, start_worker: Callable[..., WorkerProcess]) -> None:
+    sim = fresh_simulator.client
+    # Pings far apart, as with the defaults (10 s, stale at 30 s): a check only at each ping
+    # would notice the silence up to a ping interval late, past the stale timeout + 5 s.
+    ping, stale = 7.0, 7.5
+    start_worker(BUIDL_PING_INTERVAL=ping, BUIDL_STALE_TIMEOUT=stale)
+    [old] = open_links(sim)
+    sim.fault("blackhole", target=old["id"])
+    sim.wait_for(lambda s: s["connections_opened"] == 2, stale + 5, "a replacement link within the stale timeout + 5 s")
+
+
+def test_stale_link_at_the_slot_limit_goes_first_and_is_still_replaced(
+        fresh_simulator: SimulatorProcess, start_worker: Callable[..., WorkerProcess]) -> None:
+    sim = fresh_simulator.client
+    # One slot for the whole app: no overlap can be had, and Slack will never close the stale link
+    # to free one, so the worker must tear it down first rather than wait for it.
+    worker = start_worker(BUIDL_MAX_APP_CONNECTIONS=1)
+    [old] = open_links(sim)
+    sim.fault("blackhole", target=old["id"])
+    sim.wait_for(lambda s: s["connections_opened"] == 2, REPLACED_WITHIN_S,
+                 "a replacement link within the stale timeout + 5 s")
+    sim.wait_for(lambda s: s["open_connections"] == 1, 5, "the stale link torn down")
+    after = mentions(sim, "LIMIT", 2)
+    sim.wait_for(lambda s: all(s["events"][k]["acked"] for k in after.values()), 10, "events after acked",
+                 source="state")
+    assert "connection slots of the app are taken" in worker.output()
+
+
 def test_sigterm_while_the_only_link_is_blackholed_exits_0(
         fresh_simulator: SimulatorProcess, start_worker: Callable[..., WorkerProcess]) -> None:
     worker = start_worker(BUIDL_STALE_TIMEOUT=60)  # the drain, not the stale check, meets the silence
@@ -176,16 +205,15 @@ def test_deeply_nested_frame_is_rejected_and_counted_and_the_link_goes_on(
     sim = fresh_simulator.client
     worker = start_worker()
     sim.fault("bad_frame", text=deep_frame())
-    nested_object = '{"type": "events_api", "envelope_id": "deep", "payload": ' + '{"a": ' * DEEP + "1" + "}" * (DEEP + 1)
+    nested_object = ('{"type": "events_api", "envelope_id": "deep", "payload": '
+                     + '{"a": ' * DEEP + "1" + "}" * (DEEP + 1))
     sim.fault("bad_frame", text=nested_object)
     after = mentions(sim, "DEEP", 2)
     sim.wait_for(lambda s: all(s["events"][k]["acked"] for k in after.values()), 10, "events after the frames acked",
                  source="state")
     # Counted in the heartbeat (every 2 s) and logged, and the same link read on.
-    deadline = time.monotonic() + 10
-    while rejected_frames(tmp_path / "state") != 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert rejected_frames(tmp_path / "state") == 2
+    wait_until(lambda: rejected_frames(tmp_path / "state") == 2, 10, "2 rejected frames in the heartbeat",
+               interval=0.2)
     assert len([line for line in worker.output().splitlines() if "bad frame rejected" in line]) == 2
     summary = sim.summary()
     assert summary["connections_opened"] == 1 and summary["open_connections"] == 1
