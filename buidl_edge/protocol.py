@@ -144,19 +144,14 @@ def _brackets(text: str | bytes) -> int:
 
 
 def _nested_deeper_than(data: Any, limit: int) -> bool:
-    """Without recursion: a frame that is too deep must not be able to blow the stack here."""
-    if not isinstance(data, (dict, list)):
-        return False
-    stack = [(data, 1)]
-    while stack:
-        value, depth = stack.pop()
-        children = value.values() if isinstance(value, dict) else value
-        for child in children:
-            if isinstance(child, (dict, list)):
-                if depth >= limit:
-                    return True
-                stack.append((child, depth + 1))
-    return False
+    """Level by level, without recursion: a frame too deep must not be able to blow the stack here."""
+    level = [data] if isinstance(data, (dict, list)) else []
+    for _ in range(limit):
+        if not level:
+            return False
+        level = [child for value in level for child in (value.values() if isinstance(value, dict) else value)
+                 if isinstance(child, (dict, list))]
+    return bool(level)
 
 
 def _parse_hello(data: dict[str, Any]) -> Hello:
