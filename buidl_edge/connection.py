@@ -3,7 +3,9 @@
 A `ConnectionSlot` is what the user counts as "a connection". It owns one live
 `Link` (one WebSocket) and, while a refresh overlaps, the retiring one too: the
 old link keeps reading and acking until Slack closes it, so no envelope falls
-into the gap.
+into the gap. A stale (half-open) link is replaced the same way, replacement first,
+except that nobody will ever close it for us: it is shut down once the replacement
+is open, and nothing here ever waits on the peer to close a link.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import itertools
 import logging
 import os
 import random
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
@@ -22,8 +25,8 @@ import websocket
 
 from buidl_edge import protocol
 from buidl_edge.config import ConfigError, Settings, proxy_for
-from buidl_edge.observability import report_protocol_error, trace_frame
-from buidl_edge.store.slots import OVERLAP_SUFFIX, SlotGate
+from buidl_edge.observability import report_exception, report_protocol_error, trace_frame
+from buidl_edge.store.slots import OVERLAP_SUFFIX, SlotGate, Waitable
 from buidl_edge.webapi import FatalAuthError, RateLimited, SlackApiError, WebApi
 
 log = logging.getLogger("buidl_edge.connection")
@@ -31,6 +34,9 @@ log = logging.getLogger("buidl_edge.connection")
 HELLO_TIMEOUT_S = 10.0
 # A retiring link that Slack never closes is closed by us after this long.
 RETIRE_TIMEOUT_S = 30.0
+# How long a stale link's replacement waits for an overlap (this process's and an app-wide slot)
+# before the stale link is torn down first; Slack never closes a half-open link for us.
+STALE_OVERLAP_WAIT_S = 2.0
 _link_ids = itertools.count(1)
 
 
@@ -140,7 +146,12 @@ class Link:
         except (websocket.WebSocketException, OSError, AttributeError) as exc:
             # AttributeError: websocket-client's socket is None once closed under us.
             log.debug("link %s read ended: %s", self.id, type(exc).__name__, extra={"connection": self.id})
+        except Exception as exc:  # a bug; the link is replaced like any that ended
+            log.exception("link %s reader failed", self.id, extra={"connection": self.id})
+            report_exception(exc, report="link_reader", connection=self.id)
         finally:
+            # Nobody reads this link any more: close it, or Slack goes on routing envelopes to it.
+            self.close()
             self.closed.set()
             self._settle("closed")
 
@@ -177,17 +188,23 @@ class Link:
             self.outcome.set(outcome)
 
     def keepalive(self) -> None:
-        """Ping the server and replace the link when it stays silent too long."""
+        """Ping the server; the moment the link has been silent for the stale timeout, replace it."""
         settings = self.slot.settings
-        while not self.closed.is_set():
-            self.closed.wait(settings.ping_interval)
-            if self.closed.is_set():
+        next_ping = time.monotonic() + settings.ping_interval
+        while True:
+            # Wake for the next ping or when the silence reaches the stale timeout, whichever is first.
+            wake_at = min(next_ping, self.last_traffic + settings.stale_timeout)
+            if self.closed.wait(max(0.0, wake_at - time.monotonic())):
                 return
-            if time.monotonic() - self.last_traffic > settings.stale_timeout:
-                log.warning("link stale for %.1fs, replacing", time.monotonic() - self.last_traffic,
+            now = time.monotonic()
+            if now >= self.last_traffic + settings.stale_timeout:
+                log.warning("link stale for %.1fs, replacing", now - self.last_traffic,
                             extra={"connection": self.id})
                 self._settle("stale")
                 return
+            if now < next_ping:
+                continue
+            next_ping = now + settings.ping_interval
             trace_frame(settings.websocket_debug, self.id, "out", "<ping>")
             try:
                 self.ws.ping()
@@ -195,14 +212,8 @@ class Link:
                 pass
 
     def close(self) -> None:
-        try:
-            self.ws.close(timeout=1)
-        except (websocket.WebSocketException, OSError, AttributeError):
-            pass
-        try:
-            self.ws.shutdown()
-        except (websocket.WebSocketException, OSError, AttributeError):
-            pass
+        """Tear the link down now, whatever Slack does (see `teardown`); safe to call again."""
+        teardown(self.ws)
 
 
 class ConnectionSlot:
@@ -286,6 +297,12 @@ class ConnectionSlot:
             self._stopping.wait(delay)
 
     def _open_link(self) -> Link:
+        try:
+            return self._connect()
+        finally:
+            self._close_stale()  # its replacement is open, or could not be: a stale link has no use left
+
+    def _connect(self) -> Link:
         url = self.webapi.open_connection(self.settings.app_token)
         trace_frame(self.settings.websocket_debug, self.name, "connect", url)  # the ticket is masked
         ws = websocket.create_connection(url, timeout=HELLO_TIMEOUT_S, enable_multithread=True,
@@ -293,7 +310,7 @@ class ConnectionSlot:
         try:
             hello = self._await_hello(ws)
         except BaseException:
-            ws.close()
+            teardown(ws)
             raise
         ws.settimeout(None)
         link = Link(self, ws, hello)
@@ -336,15 +353,12 @@ class ConnectionSlot:
         outcome = link.outcome.get()
         if expiry is not None:
             expiry.kill(block=False)
-        if outcome == "refresh" and not self._stopping.is_set():
-            self.overlap.acquire()  # the old link reads on meanwhile
-            # The overlap needs a slot of its own (links retiring one after another each hold one);
-            # if none frees up before the old link closes, the new link follows it on this slot's lease.
-            self._overlaps += 1
-            extra = f"{self.name}{OVERLAP_SUFFIX}{self._overlaps}"
-            held = self.gate is not None and self.gate.acquire(extra, link.closed)
-            gevent.spawn(self._retire, link, reader, pinger, True, extra if held else None)
-            return outcome
+        if outcome in ("refresh", "stale") and not self._stopping.is_set():
+            # As on a refresh, the replacement opens first: a stale link retires until it is open.
+            extra = self._take_overlap(link, outcome)
+            if extra is not None:
+                gevent.spawn(self._retire, link, reader, pinger, True, extra or None)
+                return outcome
         if outcome == "stop":
             gevent.spawn(self._retire, link, reader, pinger, False)
             return outcome
@@ -353,6 +367,36 @@ class ConnectionSlot:
         pinger.kill(block=False)
         self._forget(link)
         return outcome
+
+    def _take_overlap(self, link: Link, outcome: str) -> str | None:
+        """Hold what a replacement opened next to `link` needs: an overlap of this process and a slot.
+
+        Returns the overlap slot's name ("" if the new link is to follow the old one on this slot's
+        lease), or None: no overlap for a stale link, which then goes first.
+        """
+        give_up: Waitable
+        if outcome == "refresh":
+            self.overlap.acquire()  # the old link reads on meanwhile
+            give_up = link.closed
+        else:  # stale: Slack will never close it, so an overlap is only worth a short wait
+            give_up = _Deadline(STALE_OVERLAP_WAIT_S)
+            if not self.overlap.acquire(timeout=STALE_OVERLAP_WAIT_S):
+                return None
+        # The overlap needs a slot of its own (links retiring one after another each hold one);
+        # if none frees up before the old link closes, the new link follows it on this slot's lease.
+        self._overlaps += 1
+        extra = f"{self.name}{OVERLAP_SUFFIX}{self._overlaps}"
+        if self.gate is None or self.gate.acquire(extra, give_up):
+            return extra if self.gate is not None else ""
+        if outcome == "stale":
+            self.overlap.release()
+            return None
+        return ""
+
+    def _close_stale(self) -> None:
+        for link in list(self.links):
+            if link.outcome.ready() and link.outcome.value == "stale":
+                link.close()
 
     def _schedule_expiry_refresh(self, link: Link) -> gevent.Greenlet | None:
         life = link.hello.approximate_connection_time
@@ -366,9 +410,8 @@ class ConnectionSlot:
         """Keep reading and acking on the old link until Slack closes it (or we give up waiting)."""
         try:
             reader.join(timeout=RETIRE_TIMEOUT_S)
-            if not reader.dead:
-                link.close()
-                reader.join(timeout=2)
+            link.close()  # whatever ended the reader, or if nothing did
+            reader.join(timeout=2)
             pinger.kill(block=False)
             self._forget(link)
         finally:
@@ -399,6 +442,46 @@ def websocket_options(url: str, env: Mapping[str, str] | None = None) -> dict[st
     if configured is not None:  # a proxy is set but NO_PROXY exempts this host: go direct
         return {"http_proxy_host": configured.host, "http_proxy_port": configured.port, "http_no_proxy": ["*"]}
     return {}
+
+
+def teardown(ws: websocket.WebSocket) -> None:
+    """Close a WebSocket without waiting on anything the peer must do.
+
+    websocket-client's own close() waits to read the close reply, on a read lock that the
+    reader greenlet holds while it blocks in recv; on a half-open link that is forever. And a
+    send can wait on the full buffer of a link the peer stopped reading. So the close frame goes
+    only if it can go at once, then the socket is shut down both ways, which wakes the blocked
+    reader (and any blocked send) with an error, and closed.
+    """
+    sock = ws.sock
+    if sock is None:
+        return
+    if ws.connected and not ws.lock.locked():  # a send holding the lock is stuck: no close frame
+        try:
+            sock.settimeout(0)  # into the send buffer now, or not at all
+            ws.send_close()
+        except (websocket.WebSocketException, OSError):
+            pass
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    ws.shutdown()
+
+
+class _Deadline:
+    """A `Waitable` that becomes set after `seconds`: a bounded wait for the slot gate."""
+
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+
+    def is_set(self) -> bool:
+        return time.monotonic() >= self.at
+
+    def wait(self, timeout: float | None = None) -> bool:
+        left = self.at - time.monotonic()
+        gevent.sleep(max(0.0, left if timeout is None else min(timeout, left)))
+        return self.is_set()
 
 
 class HelloMissing(Exception):

@@ -17,6 +17,9 @@ DISCONNECT_REASONS = frozenset(
 MAX_ACK_BYTES = 20_000
 # Generous ceiling for one inbound frame; Slack's own payloads are far below it.
 MAX_FRAME_BYTES = 1_000_000
+# Slack's deepest payloads (rich text in a view's state) nest some 15 levels. Far below Python's
+# recursion limit, so that whatever is accepted can be encoded again (the store does) and walked.
+MAX_DEPTH = 100
 
 
 class ProtocolError(ValueError):
@@ -106,10 +109,7 @@ def parse_frame(text: str | bytes) -> Frame:
     """Turn one text frame into a typed frame, or raise ProtocolError."""
     if len(text) > MAX_FRAME_BYTES:
         raise ProtocolError("oversized", f"{len(text)} bytes")
-    try:
-        data = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError("not_json", type(exc).__name__) from None
+    data = _loads(text, "frame")
     if not isinstance(data, dict):
         raise ProtocolError("not_object", type(data).__name__)
     frame_type = data.get("type")
@@ -123,6 +123,37 @@ def parse_frame(text: str | bytes) -> Frame:
     if frame_type in ENVELOPE_TYPES:
         return _parse_envelope(data, text if isinstance(text, str) else None)
     raise ProtocolError("unknown_type", repr(frame_type)[:40])
+
+
+def _loads(text: str | bytes, what: str) -> Any:
+    """json.loads, with every way it can fail (RecursionError too) as a ProtocolError."""
+    try:
+        data = json.loads(text)
+    except RecursionError:  # the C decoder gives up on deep nesting this way, not with ValueError
+        raise ProtocolError("too_deep", what) from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an over-long integer
+        raise ProtocolError("not_json", type(exc).__name__) from None
+    if _brackets(text) > MAX_DEPTH and _nested_deeper_than(data, MAX_DEPTH):  # the count is the cheap check
+        raise ProtocolError("too_deep", what)
+    return data
+
+
+def _brackets(text: str | bytes) -> int:
+    """An upper bound of the nesting depth (brackets inside strings count too)."""
+    if isinstance(text, bytes):
+        return text.count(b"{") + text.count(b"[")
+    return text.count("{") + text.count("[")
+
+
+def _nested_deeper_than(data: Any, limit: int) -> bool:
+    """Level by level, without recursion: a frame too deep must not be able to blow the stack here."""
+    level = [data] if isinstance(data, (dict, list)) else []
+    for _ in range(limit):
+        if not level:
+            return False
+        level = [child for value in level for child in (value.values() if isinstance(value, dict) else value)
+                 if isinstance(child, (dict, list))]
+    return bool(level)
 
 
 def _parse_hello(data: dict[str, Any]) -> Hello:
@@ -173,10 +204,7 @@ def build_ack(envelope_id: str, payload: dict[str, Any] | None = None) -> str:
 
 def parse_ack(text: str | bytes) -> tuple[str, dict[str, Any] | None]:
     """The simulator's side of an ack: (envelope_id, payload or None)."""
-    try:
-        data = json.loads(text)
-    except ValueError:
-        raise ProtocolError("not_json", "ack") from None
+    data = _loads(text, "ack")
     if not isinstance(data, dict) or not isinstance(data.get("envelope_id"), str):
         raise ProtocolError("missing_envelope_id", "ack")
     payload = data.get("payload")

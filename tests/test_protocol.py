@@ -9,6 +9,7 @@ import pytest
 from buidl_edge import protocol
 from buidl_edge.protocol import (
     MAX_ACK_BYTES,
+    MAX_DEPTH,
     MAX_FRAME_BYTES,
     Disconnect,
     Envelope,
@@ -112,6 +113,19 @@ def test_non_integer_retry_attempt_falls_back_to_zero() -> None:
 
 # -- bad frames: one exception type, a reason each ---------------------------------------
 
+
+def nested(depth: int, inner: str = "1") -> str:
+    """`depth` levels of objects and lists, alternating: {"a": [{"a": [ … ]}]}."""
+    opening = "".join('{"a": ' if level % 2 == 0 else "[" for level in range(depth))
+    closing = "".join("}" if level % 2 == 0 else "]" for level in reversed(range(depth)))
+    return opening + inner + closing
+
+
+def deep_envelope(depth: int) -> str:
+    """An events_api envelope whose payload holds `depth` more levels (the frame itself is one)."""
+    frame = json.dumps(events_api_frame(payload={"event": "HOLE"}))
+    return frame.replace('"HOLE"', nested(depth - 2))
+
 BAD_FRAMES = [
     ("not json {", "not_json"),
     (b"\xff\xfe\x00garbage", "not_json"),
@@ -129,6 +143,13 @@ BAD_FRAMES = [
     ('{"type": "events_api", "envelope_id": "e-3"}', "bad_payload"),
     ('{"type": "disconnect"}', "bad_disconnect"),
     ("x" * (MAX_FRAME_BYTES + 1), "oversized"),
+    # 100k levels is only 200 KB: json's C decoder raises RecursionError, not ValueError.
+    ("[" * 100_000 + "]" * 100_000, "too_deep"),
+    (b"{\"a\": " * 100_000 + b"1" + b"}" * 100_000, "too_deep"),
+    (deep_envelope(100_000), "too_deep"),
+    # Decodable, but too deep to encode again or walk safely downstream.
+    (deep_envelope(MAX_DEPTH + 1), "too_deep"),
+    ("1" * 5000, "not_json"),  # past Python's limit on integer digits: a ValueError of its own
     (json.dumps(events_api_frame(payload={"blob": "x" * MAX_FRAME_BYTES})), "oversized"),
 ]
 
@@ -140,6 +161,17 @@ def test_bad_frame_raises_protocol_error_with_reason(text: str | bytes, reason: 
     assert caught.value.reason == reason
     assert str(caught.value).startswith(reason)
     assert isinstance(caught.value, ValueError)
+
+
+def test_frame_as_deep_as_allowed_parses_and_encodes_again() -> None:
+    frame = parse_frame(deep_envelope(MAX_DEPTH))
+    assert isinstance(frame, Envelope)
+    json.dumps(frame.payload)  # what the store does with it
+
+
+def test_brackets_inside_strings_are_not_nesting() -> None:
+    frame = parse_frame(json.dumps(events_api_frame(payload={"text": "[{" * 5000})))
+    assert isinstance(frame, Envelope) and frame.payload["text"] == "[{" * 5000
 
 
 def test_oversized_check_comes_before_json_decoding() -> None:
@@ -201,7 +233,7 @@ def test_non_ascii_ack_payload_is_measured_as_sent() -> None:
         build_ack("e-1", {"text": "\u2603" * 3400})
 
 
-@pytest.mark.parametrize("text", ["nope", "[]", '{"payload": {}}', '{"envelope_id": 5}'])
+@pytest.mark.parametrize("text", ["nope", "[]", '{"payload": {}}', '{"envelope_id": 5}', "[" * 100_000])
 def test_parse_ack_refuses_frames_without_envelope_id(text: str) -> None:
     with pytest.raises(ProtocolError):
         parse_ack(text)

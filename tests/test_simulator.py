@@ -292,6 +292,53 @@ def test_silenced_link_holds_envelopes_until_it_resumes(simulator: SimulatorProc
     assert time.monotonic() - started >= 0.4
 
 
+def test_blackholed_link_neither_reads_nor_writes_nor_closes(simulator: SimulatorProcess) -> None:
+    simulator.client.configure(ping_interval=0.1)
+    ws, _ = connect(simulator)
+    simulator.client.inject("message")
+    envelope = recv_json(ws)
+    simulator.client.fault("blackhole")
+    simulator.client.inject("message")
+    ack(ws, envelope)
+    ws.ping(b"anyone?")
+    ws.settimeout(1.0)
+    # No server ping, no envelope, no pong, no close frame and no FIN: the read just times out.
+    with pytest.raises(websocket.WebSocketTimeoutException):
+        ws.recv_data(control_frame=True)
+    summary = simulator.client.summary()
+    # Slack does not know: the link counts as open, the envelope went "out" on it, the ack was never read.
+    assert summary["open_connections"] == 1 and summary["envelopes_sent"] == 2 and summary["acked"] == 0
+    [link] = simulator.client.state()["connections"]
+    assert link["blackholed"] and link["state"] == "open"
+    ws.sock.shutdown(socket.SHUT_RDWR)  # the client goes: the simulator notices without reading
+    simulator.client.wait_for(lambda s: s["open_connections"] == 0, 5, "the blackholed link to go")
+
+
+def test_blackhole_with_seconds_ends_in_a_drop(simulator: SimulatorProcess) -> None:
+    ws, _ = connect(simulator)
+    simulator.client.fault("blackhole", seconds=0.3)
+    ws.settimeout(5)
+    with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionError)):
+        ws.recv()  # EOF, without a close frame
+    simulator.client.wait_for(lambda s: s["open_connections"] == 0, 5, "the blackhole's end")
+
+
+def test_reset_ends_a_blackhole(simulator: SimulatorProcess) -> None:
+    ws, _ = connect(simulator)
+    simulator.client.fault("blackhole")
+    simulator.client.reset()
+    simulator.client.wait_for(lambda s: s["open_connections"] == 0, 5, "the blackholed link dropped")
+    with pytest.raises(SimulatorError):
+        simulator.client.fault("blackhole", seconds="soon")
+
+
+def test_bad_frame_fault_can_send_a_reserved_opcode(simulator: SimulatorProcess) -> None:
+    ws, _ = connect(simulator)
+    simulator.client.fault("bad_frame", opcode=3, text="x")
+    with pytest.raises(websocket.WebSocketProtocolException):
+        ws.recv()
+
+
 # -- chat.postMessage -------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from .tracking import Delivery, TrackedEvent, Tracker
 
 SWEEP_INTERVAL_S = 0.05
 DISCONNECT_REASONS = ("warning", "refresh_requested", "link_disabled", "too_many_websockets")
-FAULT_KINDS = ("disconnect", "drop", "silence", "bad_frame", "redeliver")
+FAULT_KINDS = ("disconnect", "drop", "silence", "blackhole", "bad_frame", "redeliver")
 
 
 class FaultError(ValueError):
@@ -186,6 +186,15 @@ class Hub:
             if reason not in DISCONNECT_REASONS:
                 raise FaultError(f"bad reason: {reason!r}")
             self.counters[f"fault:disconnect:{reason}"] += 1
+        if kind == "blackhole":
+            seconds = fields.get("seconds")
+            if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                                        or seconds < 0):
+                raise FaultError(f"bad seconds: {seconds!r}")
+        if kind == "bad_frame" and fields.get("opcode") is not None:
+            opcode = fields["opcode"]
+            if isinstance(opcode, bool) or not isinstance(opcode, int) or not 0 <= opcode <= 15:
+                raise FaultError(f"bad opcode: {opcode!r}")
         self.counters[f"fault:{kind}"] += 1
         for link in links:
             self._apply(kind, link, fields)
@@ -208,8 +217,17 @@ class Hub:
             seconds = float(fields.get("seconds") or 5.0)
             link.silenced_until = time.monotonic() + seconds
             gevent.spawn_later(seconds + 0.01, self.flush_pending)
+        elif kind == "blackhole":
+            # Half-open for good (or for `seconds`, then dropped). Slack does not know: the link
+            # stays open here and still gets envelopes, which go unacked and are redelivered.
+            seconds = fields.get("seconds")
+            link.blackhole(None if seconds is None else float(seconds))
         elif kind == "bad_frame":
-            link.put("text", str(fields.get("text", "not json {")))
+            text = str(fields.get("text", "not json {"))
+            if fields.get("opcode") is None:
+                link.put("text", text)
+            else:  # a WebSocket frame of any opcode, e.g. a reserved one no client may accept
+                link.put("frame", (fields["opcode"], text.encode()))
 
     def _redeliver(self, key: str, target: str | None) -> list[str]:
         """Send an event again as Slack does when an ack got lost: new envelope, retry +1."""
@@ -247,6 +265,8 @@ class Hub:
         return round(max(self.longest_gap_s, current), 3)
 
     def reset(self) -> None:
+        for link in self.open.values():  # a reset ends the faults it can
+            link.end_blackhole()
         self.load.stop()
         self.tracker.clear()
         self.pending.clear()

@@ -11,7 +11,7 @@ import gevent
 from geventwebsocket.exceptions import WebSocketError
 
 from .hub import Hub
-from .link import run_writer
+from .link import Link, run_writer
 
 SUPPORTED_VERSIONS = ("13", "8", "7")
 
@@ -66,27 +66,36 @@ def admission(environ: dict[str, Any], tickets: Tickets) -> tuple[int, str] | No
 
 
 def run_link(hub: Hub, ws: Any) -> None:
-    """Serve one accepted WebSocket until either side ends it."""
+    """Serve one accepted WebSocket until either side ends it, or it falls into a blackhole."""
     link = hub.admit(ws)
     writer = gevent.spawn(run_writer, link)
     if link.state == "closing":  # refused: the writer says why and closes
         writer.join(timeout=5)
         return
+    reader = gevent.spawn(_read_frames, hub, link, ws)
     try:
-        while link.is_open:
-            wait = link.silenced_until - time.monotonic()
-            if wait > 0:
-                gevent.sleep(wait)  # silence: stop reading, so pings go unanswered
-            try:
-                message = ws.receive()
-            except (WebSocketError, OSError):
-                break
-            if message is None:
-                break
-            wait = link.silenced_until - time.monotonic()
-            if wait > 0:
-                gevent.sleep(wait)
-            hub.record_frame(link, message)
+        gevent.wait([reader, link.hole], count=1)
+        if link.hole.is_set():
+            reader.kill()  # nothing more is read: the client's pings and acks pile up unread
+            link.hold_blackhole()
     finally:
+        reader.kill()
         hub.closed(link)
         writer.join(timeout=2)
+
+
+def _read_frames(hub: Hub, link: Link, ws: Any) -> None:
+    while link.is_open:
+        wait = link.silenced_until - time.monotonic()
+        if wait > 0:
+            gevent.sleep(wait)  # silence: stop reading, so pings go unanswered
+        try:
+            message = ws.receive()
+        except (WebSocketError, OSError):
+            return
+        if message is None:
+            return
+        wait = link.silenced_until - time.monotonic()
+        if wait > 0:
+            gevent.sleep(wait)
+        hub.record_frame(link, message)
