@@ -357,6 +357,14 @@ def test_run_refuses_more_connections_than_slack_allows_counting_refresh_overlap
     helped = cli(env, "run", "--help", cwd=tmp_path)
     assert "1<=x<=5" in helped.stdout and "1<=x<=9" in helped.stdout
     assert "processes x (connections + 1) <= 10" in " ".join(helped.stdout.split())
+    # The same rule where an operator reads it.
+    from stack_support import PROJECT_ROOT
+
+    app_json = json.loads((PROJECT_ROOT / "app.json").read_text())["env"]
+    assert "processes x (connections + 1) must be <= 10" in app_json["BUIDL_PROCESSES"]["description"]
+    assert "value" not in app_json["BUIDL_STATE_DIR"]  # the default is $BUIDL_HOME/state, not a relative path
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    assert "processes × (connections + 1) ≤ 10" in readme and "connections ≤ 10" not in readme
 
 
 def test_worker_refuses_10_connections_as_it_keeps_one_for_a_refresh(tmp_path: Path) -> None:
@@ -426,3 +434,24 @@ def test_a_worker_that_cannot_start_stops_run_for_good_with_its_reason(stacks, f
     assert not SUPERVISORD_LINE.search(out + err), stack.logs()
     assert stack.worker_pids() == set()
     assert fresh_simulator.client.summary()["connections_open_calls"] == 0
+
+
+def test_an_operator_template_in_deploy_wins_over_the_packaged_one(tmp_path: Path, monkeypatch) -> None:
+    from buidl_edge.supervise import template_text
+
+    packaged, source = template_text()
+    assert source.endswith("(packaged)") and "[program:worker]" in packaged
+    state_dir = Path(tempfile.mkdtemp(prefix="be-tmpl-"))
+    try:
+        settings = load_settings(tokens_env(state_dir, "http://127.0.0.1:9/api/"))
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / "deploy").mkdir()
+        (tmp_path / "deploy" / "supervisord.conf.tmpl").write_text("; an operator's own\n" + packaged)
+        assert render_config(settings).read_text().startswith("; an operator's own\n")
+        (tmp_path / "deploy" / "supervisord.conf.tmpl").write_text(packaged.replace("$processes", "$procs"))
+        with pytest.raises(ConfigError, match=r"deploy/supervisord.conf.tmpl: unknown or malformed placeholder"):
+            render_config(settings)
+        (tmp_path / "deploy" / "supervisord.conf.tmpl").unlink()
+        assert "an operator's own" not in render_config(settings).read_text()
+    finally:
+        shutil.rmtree(state_dir, ignore_errors=True)
