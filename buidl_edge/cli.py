@@ -264,7 +264,7 @@ def inbox_prune(retention: float | None) -> None:
     """Drop handled envelopes and dedup keys older than the retention."""
     settings = _state_settings()
     dropped = _admin_store(settings).prune(settings.retention_s if retention is None else retention)
-    click.echo(f"pruned {dropped} rows")
+    click.echo(f"pruned {plural(dropped, 'row')}")
 
 
 @cli.group()
@@ -344,6 +344,9 @@ def check(as_json: bool) -> None:
         if exc.details:  # an error inside the user's module: where it happened
             click.echo(exc.details.rstrip("\n"), err=True)
         raise
+    from buidl_edge.outbox import OutboxConfig
+
+    OutboxConfig.from_env()  # the reply sender's settings, which workers read at start
     report: dict[str, Any] = {"app": {"spec": settings.app_spec, "name": app.name}}
     lines = [f"app ok: {settings.app_spec} imports (EdgeApp {app.name!r})"]
     api = WebApi(settings.api_url, timeout=settings.http_timeout)
@@ -504,7 +507,7 @@ def outbox_purge(failed: bool) -> None:
     """Delete failed rows (see them first with `outbox list --state failed`)."""
     if not failed:
         raise click.UsageError("say what to purge: --failed")
-    click.echo(f"purged {_admin_store(_state_settings()).outbox_purge('failed')} failed rows")
+    click.echo(f"purged {plural(_admin_store(_state_settings()).outbox_purge('failed'), 'failed row')}")
 
 
 def main() -> None:

@@ -82,10 +82,6 @@ class MissingSecret(Secret):
     def reveal(self) -> str:
         raise ConfigError(self._problem)
 
-    @property
-    def kind(self) -> str:
-        return "missing"
-
     def masked(self) -> str:
         return "(not usable)"
 
@@ -93,12 +89,6 @@ class MissingSecret(Secret):
         return "MissingSecret()"
 
     __str__ = masked
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, MissingSecret) and other._problem == self._problem
-
-    def __hash__(self) -> int:
-        return hash(self._problem)
 
 
 def is_loopback_host(host: str | None) -> bool:

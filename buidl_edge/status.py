@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from buidl_edge.config import Settings
@@ -31,7 +32,7 @@ def alive_here(pid: int) -> bool:
     if not pid_alive(pid):
         return False
     try:
-        stat = open(f"/proc/{pid}/stat").read()
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return True  # no /proc: kill(pid, 0) is all we know
     return stat[stat.rindex(")") + 2:].split(" ", 1)[0] != "Z"
