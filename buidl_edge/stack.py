@@ -7,6 +7,7 @@ the workers' starts and exits, in the workers' own log format (supervisord itsel
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from buidl_edge.config import ConfigError, Settings
+from buidl_edge.observability import setup_logging
 from buidl_edge.supervise import (
     FATAL_EXIT,
     Credentials,
@@ -72,7 +74,8 @@ class StackWatch:
         name = now.name
         gone = before is not None and before.pid != 0 and (
             now.pid != before.pid or now.state in ("EXITED", "BACKOFF", "FATAL", "STOPPED"))
-        if gone and before is not None:
+        if gone:
+            assert before is not None
             verdict = self._exited(name, before, now)
             if verdict:
                 return verdict
@@ -100,7 +103,6 @@ class StackWatch:
             log.warning("%s exited while starting%s; supervisord tries again", name, status)
         return None
 
-
     def supervisor_exited(self, code: int) -> None:
         """supervisord is gone: it stopped every worker first, unless it was killed."""
         for info in self.last.values():
@@ -127,8 +129,6 @@ def run_stack(settings: Settings) -> int:
         pid = f" (supervisord pid {running})" if running else ""
         raise ConfigError(f"a stack is already running on {state_dir}{pid}: stop it first, "
                           "or give this one its own BUIDL_STATE_DIR")
-    from buidl_edge.observability import setup_logging
-
     setup_logging(settings.log_level, settings.log_format == "json")
     _append_to_stdout()
     credentials = Credentials.fresh()
@@ -160,8 +160,6 @@ def run_stack(settings: Settings) -> int:
 def _append_to_stdout() -> None:
     """Workers write to supervisord's stdout_logfile=/dev/stdout, which reopens our stdout: when that
     is a regular file (`run > file`), append mode keeps their lines and ours from overwriting each other."""
-    import fcntl
-
     try:
         if stat.S_ISREG(os.fstat(1).st_mode):
             fcntl.fcntl(1, fcntl.F_SETFL, fcntl.fcntl(1, fcntl.F_GETFL) | os.O_APPEND)
