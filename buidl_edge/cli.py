@@ -427,15 +427,20 @@ def send(channel: str, text: str | None, blocks_file: Any, thread_ts: str | None
         workers = live_workers(store)
     finally:
         store.close()
-    out = {"queued": True, "id": row_id, "channel": channel, "live_workers": len(workers)}
-    click.echo(json.dumps(out) if as_json else f"queued message {row_id} to {channel}"
-               + ("; a running worker posts it" if workers else ""))
+    out: dict[str, Any] = {"queued": True, "id": row_id, "channel": channel, "live_workers": len(workers)}
+    warning = None
     if not workers:
         from buidl_edge.config import mask_url_password
 
-        where = settings.store_url or settings.database_path
-        click.echo(f"warning: no worker is heartbeating on {mask_url_password(str(where))}: the message "
-                   "waits there until one runs with this store (BUIDL_STATE_DIR / BUIDL_STORE_URL)", err=True)
+        where = mask_url_password(str(settings.store_url or settings.database_path))
+        warning = (f"no worker is heartbeating on {where}: the message waits there until one runs with "
+                   "this store (BUIDL_STATE_DIR / BUIDL_STORE_URL)")
+    if as_json:  # one document on stdout, the warning in it
+        click.echo(json.dumps({**out, "warning": warning} if warning else out))
+        return
+    click.echo(f"queued message {row_id} to {channel}" + ("" if warning else "; a running worker posts it"))
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
 
 
 def _utf8(raw: bytes, source: str) -> str:

@@ -493,6 +493,8 @@ def test_admin_commands_from_any_directory_use_the_workers_store_and_send_warns_
     assert alone.stderr.splitlines() == [
         f"warning: no worker is heartbeating on {home / 'state' / 'edge.sqlite3'}: the message waits there "
         "until one runs with this store (BUIDL_STATE_DIR / BUIDL_STORE_URL)"]
+    as_json = json.loads(cli(env, "send", "C0HOME", "again", "--json", cwd=elsewhere).stdout)
+    assert as_json["live_workers"] == 0 and as_json["warning"].startswith("no worker is heartbeating on")
     for folder in (worker_dir, elsewhere):
         assert not (folder / ".buidl").exists()
     assert (home / "state" / "edge.sqlite3").exists()
