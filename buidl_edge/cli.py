@@ -3,22 +3,85 @@ so that `worker` can patch the standard library for gevent before anything else 
 from __future__ import annotations
 
 import json
+import re
 import sys
+import time
 from typing import Any
 
 import click
 
-from buidl_edge.config import ConfigError, Settings, load_settings
+from buidl_edge.config import (
+    MAX_CONNECTIONS_PER_PROCESS,
+    MAX_PROCESSES,
+    SLACK_MAX_CONNECTIONS,
+    ConfigError,
+    Settings,
+    load_settings,
+)
+
+SIZING_RULE = (f"each process holds its connections plus one spare for a refresh: "
+               f"processes x (connections + 1) <= {SLACK_MAX_CONNECTIONS}")
 
 
-def _settings(**overrides: Any) -> Settings:
-    try:
-        return load_settings(**overrides)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """What a user's input or environment can cause: said in one line, never as a traceback.
+    Imported only once one was raised, so that `worker` still patches gevent first."""
+    from buidl_edge.app import AppError
+    from buidl_edge.message import MessageError
+    from buidl_edge.store.errors import StoreError
+
+    return (ConfigError, StoreError, AppError, MessageError)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class EdgeGroup(click.Group):
+    """The CLI's one error boundary: an expected error from any command becomes `Error: <line>`."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            if isinstance(exc, _expected_errors()):
+                raise click.ClickException(" ".join(str(exc).split()) or type(exc).__name__) from None
+            raise
+
+
+def _state_settings() -> Settings:
+    """Settings for commands that never call Slack: a missing token is not an error there."""
+    return load_settings(require_tokens=False)
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    return f"{count} {word if count == 1 else (many or word + 's')}"
+
+
+# C0/C1 controls (terminal escapes among them) and the bidi overrides that reorder what is shown.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _cell(value: Any) -> str:
+    """A table cell: '-' for no value, control characters escaped (\\x1b, \\n …) so that text from
+    Slack or a store cannot drive the operator's terminal."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(value))
+
+
+def ago(timestamp: float | None) -> str | None:
+    """Seconds since `timestamp` as 42s / 12m / 5h / 3d."""
+    if timestamp is None:
+        return None
+    seconds = max(0.0, time.time() - timestamp)
+    for size, unit in ((86400, "d"), (3600, "h"), (120, "m")):
+        if seconds >= size * (2 if unit != "m" else 1):
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+@click.group(cls=EdgeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """buidl-edge: the Slack Socket Mode edge of Buidl.
 
@@ -28,23 +91,25 @@ def cli() -> None:
     """
 
 
+def _app_option(fn: Any) -> Any:
+    return click.option("--app", "app_spec", default=None, metavar="MODULE:ATTR",
+                        help="Handler app (default BUIDL_APP or the Buidl bot); the working directory "
+                             "is on the import path.")(fn)
+
+
 @cli.command()
-@click.option("--connections", "-c", type=click.IntRange(1, 10), default=None,
-              help="Socket Mode connections in this process (default BUIDL_CONNECTIONS or 1).")
-@click.option("--app", "app_spec", default=None, metavar="MODULE:ATTR",
-              help="Handler app to run (default BUIDL_APP or the Buidl bot).")
+@click.option("--connections", "-c", type=click.IntRange(1, MAX_CONNECTIONS_PER_PROCESS), default=None,
+              help="Socket Mode connections in this process (default BUIDL_CONNECTIONS or 1); "
+                   "it keeps one more for a refresh.")
+@_app_option
 def worker(connections: int | None, app_spec: str | None) -> None:
-    """Run one worker process: connections, handlers and reply sender, until SIGTERM."""
+    """Run one worker process: connections, handlers and reply sender, until SIGTERM.
+
+    A worker that cannot start (config, app import, store) says why in one line and exits 3.
+    """
     from buidl_edge import worker as worker_module  # patches for gevent first
 
-    settings = _settings(connections=connections, app_spec=app_spec)
-    from buidl_edge.app import AppError
-
-    try:
-        code = worker_module.run_worker(settings)
-    except AppError as exc:
-        raise click.ClickException(str(exc)) from None
-    sys.exit(code)
+    sys.exit(worker_module.start(connections=connections, app_spec=app_spec))
 
 
 @cli.command()
@@ -56,7 +121,10 @@ def simulate(host: str, port: int, ready_file: str | None) -> None:
     """Run the bundled fake Slack (Web API + Socket Mode + control API) alone."""
     from buidl_edge.simulator import serve
 
-    serve(host, port, ready_file)
+    try:
+        serve(host, port, ready_file)
+    except OSError as exc:  # the port is taken, the address is not ours, the ready file cannot be written
+        raise click.ClickException(f"simulator: {exc}") from None
 
 
 @cli.command()
@@ -70,55 +138,36 @@ def demo() -> None:
 @cli.command("config")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def show_config(as_json: bool) -> None:
-    """Print the resolved settings with tokens masked."""
-    values = _settings().redacted()
+    """Print the resolved settings: tokens masked (a missing one marked), URLs without userinfo."""
+    settings = _state_settings()
+    values = settings.redacted()
+    problems = settings.token_problems()
     if as_json:
-        click.echo(json.dumps(values, indent=2))
+        click.echo(json.dumps({**values, "token_problems": problems}, indent=2))
         return
     width = max(len(k) for k in values)
     for key, value in values.items():
-        click.echo(f"{key.ljust(width)}  {value}")
+        shown = f"NOT USABLE: {problems[key]}" if key in problems else _cell(value)
+        click.echo(f"{key.ljust(width)}  {shown}")
 
 
-@cli.command()
-@click.option("--processes", "-n", type=click.IntRange(1, 10), default=None,
+@cli.command(epilog=f"Sizing: {SIZING_RULE}.")
+@click.option("--processes", "-n", type=click.IntRange(1, MAX_PROCESSES), default=None,
               help="Worker processes (default BUIDL_PROCESSES or 2).")
-@click.option("--connections", "-c", type=click.IntRange(1, 10), default=None,
+@click.option("--connections", "-c", type=click.IntRange(1, MAX_CONNECTIONS_PER_PROCESS), default=None,
               help="Connections per process (default BUIDL_CONNECTIONS or 1).")
-def run(processes: int | None, connections: int | None) -> None:
+@_app_option
+def run(processes: int | None, connections: int | None, app_spec: str | None) -> None:
     """Run the whole stack under supervisord in the foreground (the Procfile command).
 
-    Renders deploy/supervisord.conf.tmpl into BUIDL_STATE_DIR and keeps
-    supervisord as a child. Exits non-zero with the reason when a worker stops
-    for good (link_disabled, a refused token).
+    Renders the supervisord template shipped in the package (or ./deploy/supervisord.conf.tmpl,
+    when there is one) into BUIDL_STATE_DIR and keeps supervisord as a child. Exits non-zero with
+    the worker's reason when one stops for good (a worker that cannot start, link_disabled, a
+    refused token).
     """
-    from buidl_edge.supervise import run_stack
+    from buidl_edge.stack import run_stack
 
-    settings = _settings(processes=processes, connections=connections)
-    try:
-        sys.exit(run_stack(settings))
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-@cli.command("fatal-watch", hidden=True)
-def fatal_watch() -> None:
-    """supervisord event listener that stops the stack after a fatal worker exit."""
-    from buidl_edge.supervise import fatal_watch as watch
-
-    watch()
-
-
-def _state_settings() -> Settings:
-    """Settings for admin commands that only read local state: tokens are not needed."""
-    import os
-
-    # Placeholders in the env itself: load_settings reads the token variables before overrides.
-    env = {**os.environ, "SLACK_APP_TOKEN": "xapp-unused", "SLACK_BOT_TOKEN": "xoxb-unused"}
-    try:
-        return load_settings(env)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    sys.exit(run_stack(load_settings(processes=processes, connections=connections, app_spec=app_spec)))
 
 
 def _admin_store(settings: Settings):  # type: ignore[no-untyped-def]
@@ -133,17 +182,18 @@ def _admin_store(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
-    widths = {c: max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in columns}
-    click.echo("  ".join(c.ljust(widths[c]) for c in columns))
-    for row in rows:
-        click.echo("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
+    cells = [{c: _cell(row.get(c)) for c in columns} for row in rows]
+    widths = {c: max([len(c)] + [len(r[c]) for r in cells]) for c in columns}
+    click.echo("  ".join(c.ljust(widths[c]) for c in columns).rstrip())
+    for row in cells:
+        click.echo("  ".join(row[c].ljust(widths[c]) for c in columns).rstrip())
 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def status(as_json: bool) -> None:
     """Show each worker process: supervisord's state joined with the worker's heartbeat."""
-    from buidl_edge.status import collect_status
+    from buidl_edge.status import TABLE_COLUMNS, collect_status
 
     settings = _state_settings()
     report = collect_status(settings, _admin_store(settings))
@@ -151,20 +201,18 @@ def status(as_json: bool) -> None:
         click.echo(json.dumps(report, indent=2, default=str))
     else:
         if report["supervisor"] != "running":
-            click.echo(f"supervisor: {report['supervisor']}")
-        _print_table(report["processes"], ["process", "state", "pid", "uptime", "connections",
-                                           "acked", "duplicates", "handler_errors", "reconnects",
-                                           "last_ack_ms", "sent", "429s", "post_failed", "degraded",
-                                           "slot_wait"])
+            click.echo(f"supervisor: {_cell(report['supervisor'])}")
+        _print_table([{header: cell(row) for header, cell in TABLE_COLUMNS.items()} for row in report["processes"]],
+                     list(TABLE_COLUMNS))
         box = report.get("outbox")
         if box:
             click.echo(f"outbox: depth {box['depth']} (pending {box['pending']}, sending {box['sending']}), "
                        f"sent {box['sent']}, failed {box['failed']}, 429s {box['rate_limited']}")
         slots = report.get("slots")
         if slots:
-            waiting = sum(row.get("slot_wait", 0) for row in report["processes"])
+            waiting = sum(row.get("slot_wait") or 0 for row in report["processes"])
             click.echo(f"connection slots: {slots['held']}/{slots['limit']} held"
-                       + (f", {waiting} connection(s) waiting for one" if waiting else ""))
+                       + (f", {plural(waiting, 'connection')} waiting for one" if waiting else ""))
     if report["supervisor"] != "running":
         sys.exit(1)
 
@@ -197,7 +245,8 @@ def inbox_list(state: str | None, limit: int, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
     else:
-        _print_table(rows, ["envelope_id", "kind", "state", "owner", "attempts", "received_at", "error"])
+        _print_table([{**row, "age": ago(row.get("received_at"))} for row in rows],
+                     ["envelope_id", "kind", "state", "owner", "attempts", "age", "error"])
 
 
 @inbox.command("retry")
@@ -216,7 +265,7 @@ def inbox_prune(retention: float | None) -> None:
     """Drop handled envelopes and dedup keys older than the retention."""
     settings = _state_settings()
     dropped = _admin_store(settings).prune(settings.retention_s if retention is None else retention)
-    click.echo(f"pruned {dropped} rows")
+    click.echo(f"pruned {plural(dropped, 'row')}")
 
 
 @cli.group()
@@ -250,7 +299,7 @@ def token_set(kind: str | None) -> None:
         raw = sys.stdin.readline()
     try:
         path = tokens.save(kind, raw)
-    except (ConfigError, OSError) as exc:
+    except OSError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"stored the {kind} token ({Secret(tokens.check(kind, raw)).masked()}) in {path} (mode 600)")
     if os.environ.get(name, "").strip():
@@ -281,44 +330,56 @@ def token_rm(kind: str | None) -> None:
 
 
 @cli.command()
-def check() -> None:
-    """Validate the config, test both tokens with Slack, and say what `run` would start."""
-    from buidl_edge.supervise import check_connection_budget
+@click.option("--json", "as_json", is_flag=True, help="Print what was checked as JSON.")
+def check(as_json: bool) -> None:
+    """Validate the config, import the app, test both tokens with Slack, and say what `run` would start."""
+    from buidl_edge.app import AppError, load_app
+    from buidl_edge.supervise import check_connection_budget, connection_need
     from buidl_edge.webapi import SlackApiError, WebApi
 
-    settings = _settings()
+    settings = load_settings()
+    check_connection_budget(settings)
     try:
-        check_connection_budget(settings)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        app = load_app(settings.app_spec)
+    except AppError as exc:
+        if exc.details:  # an error inside the user's module: where it happened
+            click.echo(exc.details.rstrip("\n"), err=True)
+        raise
+    from buidl_edge.outbox import OutboxConfig
+
+    OutboxConfig.from_env()  # the reply sender's settings, which workers read at start
+    report: dict[str, Any] = {"app": {"spec": settings.app_spec, "name": app.name}}
+    lines = [f"app ok: {settings.app_spec} imports (EdgeApp {app.name!r})"]
     api = WebApi(settings.api_url, timeout=settings.http_timeout)
     try:
         auth = api.auth_test(settings.bot_token)
-        click.echo(f"bot token ok: user {auth.user_id} in team {auth.team_id}")
+        report["bot_token"] = {"ok": True, "user_id": auth.user_id, "team_id": auth.team_id}
+        lines.append(f"bot token ok: user {auth.user_id} in team {auth.team_id}")
         api.open_connection(settings.app_token)
-        click.echo("app token ok: apps.connections.open returned a Socket Mode URL")
+        report["app_token"] = {"ok": True}
+        lines.append("app token ok: apps.connections.open returned a Socket Mode URL")
     except SlackApiError as exc:
         raise click.ClickException(f"Slack refused: {exc}") from None
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"would run {settings.processes} process(es) x {settings.connections} connection(s) "
-               f"= {settings.processes * settings.connections} of Slack's 10")
+    processes, connections = settings.processes, settings.connections
+    need = connection_need(processes, connections)
+    report["plan"] = {"processes": processes, "connections": connections, "links": processes * connections,
+                      "links_with_refresh_spares": need, "slack_limit": SLACK_MAX_CONNECTIONS}
+    lines.append(f"would run {plural(processes, 'process', 'processes')} x {plural(connections, 'connection')} "
+                 f"= {plural(processes * connections, 'link')}, {need} with one refresh spare per process, "
+                 f"of Slack's {SLACK_MAX_CONNECTIONS}")
     if (settings.store_url or "").startswith(("redis://", "rediss://")):
-        from buidl_edge.store.errors import StoreError
-
         store = _admin_store(settings)
-        try:
-            store.ping()
-        except StoreError as exc:
-            raise click.ClickException(str(exc)) from None
-        click.echo(f"store ok: {store.where} answers; the app may hold {settings.max_app_connections} "
-                   "connection(s) over every dyno")
+        store.ping()
+        report["store"] = {"ok": True, "where": store.where, "max_app_connections": settings.max_app_connections}
+        lines.append(f"store ok: {store.where} answers; the app may hold "
+                     f"{plural(settings.max_app_connections, 'connection')} over every dyno")
+    click.echo(json.dumps(report, indent=2) if as_json else "\n".join(lines))
 
 
 @cli.command()
 @click.argument("channel")
 @click.argument("text", required=False)
-@click.option("--blocks-file", type=click.File("r"), default=None,
+@click.option("--blocks-file", type=click.File("rb"), default=None,
               help="JSON blocks: a list, or Block Kit Builder's {\"blocks\": [...]}; '-' reads stdin.")
 @click.option("--thread-ts", default=None, help="Reply in the thread of this message ts.")
 @click.option("--now", is_flag=True, help="Post at once with chat.postMessage (needs SLACK_BOT_TOKEN) "
@@ -330,17 +391,24 @@ def send(channel: str, text: str | None, blocks_file: Any, thread_ts: str | None
     TEXT '-' reads the text from stdin. Bad input is refused before anything is queued or sent.
     """
     from buidl_edge.outbox import MessageError, build_reply, post_now, sender_webapi
+    from buidl_edge.status import live_workers
     from buidl_edge.webapi import RateLimited, SlackApiError
 
     if text == "-":
-        text = sys.stdin.read()
+        text = _utf8(sys.stdin.buffer.read(), "stdin")
+        # One trailing newline (the one `echo` adds) goes, as $(...) would drop it.
+        text = text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+    source = getattr(blocks_file, "name", "blocks file")
+    source = "stdin" if source == "<stdin>" else str(source)
+    blocks = _utf8(blocks_file.read(), source) if blocks_file else None
     try:
-        reply = build_reply(channel, text, blocks_file.read() if blocks_file else None, thread_ts,
-                            blocks_source=getattr(blocks_file, "name", "blocks file"))
+        reply = build_reply(channel, text, blocks, thread_ts, blocks_source=source)
     except MessageError as exc:
         raise click.ClickException(f"not sent: {exc}") from None
+    except RecursionError:
+        raise click.ClickException(f"not sent: {source} nests JSON too deeply to be Block Kit") from None
     if now:
-        settings = _settings()
+        settings = load_settings()
         try:
             result = post_now(sender_webapi(settings.api_url, settings.http_timeout, 1), settings.bot_token, reply)
         except RateLimited as exc:
@@ -350,16 +418,38 @@ def send(channel: str, text: str | None, blocks_file: Any, thread_ts: str | None
         out = {"sent": True, "channel": result.get("channel", channel), "ts": result.get("ts")}
         click.echo(json.dumps(out) if as_json else f"sent to {out['channel']} (ts {out['ts']})")
         return
-    store = _admin_store(_state_settings())
+    settings = _state_settings()
+    store = _admin_store(settings)
     try:
         if not store.durable:
             raise click.ClickException("not sent: the outbox lives in each worker's memory (BUIDL_STORE_URL="
                                        "memory://), so nothing here reaches it; use --now")
         row_id = store.outbox_enqueue([reply])[0]
+        workers = live_workers(store)
     finally:
         store.close()
-    out = {"queued": True, "id": row_id, "channel": channel}
-    click.echo(json.dumps(out) if as_json else f"queued message {row_id} to {channel}; a running worker posts it")
+    out: dict[str, Any] = {"queued": True, "id": row_id, "channel": channel, "live_workers": len(workers)}
+    warning = None
+    if not workers:
+        from buidl_edge.config import mask_url_password
+
+        where = mask_url_password(str(settings.store_url or settings.database_path))
+        warning = (f"no worker is heartbeating on {where}: the message waits there until one runs with "
+                   "this store (BUIDL_STATE_DIR / BUIDL_STORE_URL)")
+    if as_json:  # one document on stdout, the warning in it
+        click.echo(json.dumps({**out, "warning": warning} if warning else out))
+        return
+    click.echo(f"queued message {row_id} to {channel}" + ("" if warning else "; a running worker posts it"))
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
+
+
+def _utf8(raw: bytes, source: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise click.ClickException(f"not sent: {source} is not UTF-8 text (byte 0x{raw[exc.start]:02x} "
+                                   f"at offset {exc.start})") from None
 
 
 @cli.group()
@@ -371,12 +461,12 @@ _OUTBOX_COLUMNS = ["id", "channel", "state", "attempts", "rate_limited", "age", 
 
 
 def _outbox_line(row: Any) -> dict[str, Any]:
-    import time
-
-    text = row.text if row.text is not None else f"[{len(row.blocks or [])} blocks]"
+    text = row.text if row.text is not None else f"[{plural(len(row.blocks or []), 'block')}]"
+    # A row retried and then sent keeps its last error in the store; here it is history, not news.
+    error = None if row.state == "sent" else row.error
     return {"id": row.id, "channel": row.channel, "state": row.state, "attempts": row.attempts,
-            "rate_limited": row.rate_limited, "age": f"{time.time() - row.created_at:.0f}s",
-            "error": row.error or "", "text": text if len(text) <= 40 else text[:39] + "…"}
+            "rate_limited": row.rate_limited, "age": ago(row.created_at),
+            "error": error, "text": text if len(text) <= 40 else text[:39] + "…"}
 
 
 @outbox.command("stats")
@@ -409,7 +499,7 @@ def outbox_list(state: str | None, channel: str | None, limit: int, as_json: boo
 
 
 @outbox.command("retry")
-@click.argument("row_id", metavar="ID", type=int)
+@click.argument("row_id", metavar="ID", type=click.IntRange(1, 2**63 - 1))
 def outbox_retry(row_id: int) -> None:
     """Queue failed row ID again, with a fresh attempt count."""
     if not _admin_store(_state_settings()).outbox_retry(row_id):
@@ -423,14 +513,8 @@ def outbox_purge(failed: bool) -> None:
     """Delete failed rows (see them first with `outbox list --state failed`)."""
     if not failed:
         raise click.UsageError("say what to purge: --failed")
-    click.echo(f"purged {_admin_store(_state_settings()).outbox_purge('failed')} failed rows")
+    click.echo(f"purged {plural(_admin_store(_state_settings()).outbox_purge('failed'), 'failed row')}")
 
 
 def main() -> None:
-    from buidl_edge.store.errors import StoreError
-
-    try:
-        cli(prog_name="buidl-edge")
-    except StoreError as exc:  # a store that fails mid-command (Redis away): one line, no traceback
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
+    cli(prog_name="buidl-edge")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -13,6 +14,16 @@ DEFAULT_API_URL = "https://slack.com/api/"
 DEFAULT_APP = "buidl_edge.bot:app"
 # Slack's ceiling on open Socket Mode connections per app.
 SLACK_MAX_CONNECTIONS = 10
+# The sizing rule: each process holds its connections plus one spare for a refresh overlap
+# (the new link opens before the old one closes), so processes x (connections + 1) <= 10.
+REFRESH_SPARE = 1
+MAX_CONNECTIONS_PER_PROCESS = SLACK_MAX_CONNECTIONS - REFRESH_SPARE
+MAX_PROCESSES = SLACK_MAX_CONNECTIONS // (1 + REFRESH_SPARE)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("logfmt", "json")
+_LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL"}
+# module:attribute with an absolute, dotted module path (what importlib can import by name).
+_APP_SPEC = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 
 
 class ConfigError(ValueError):
@@ -48,6 +59,37 @@ class Secret:
     def __hash__(self) -> int:
         return hash(self._value)
 
+    @property
+    def problem(self) -> str | None:
+        """Why this token cannot be used, or None: it can."""
+        return None
+
+
+class MissingSecret(Secret):
+    """A token that is not set (or not usable), for commands that never call Slack (`config`,
+    `status`, `inbox` …): the settings load, and using the token raises its one-line reason."""
+
+    __slots__ = ("_problem",)
+
+    def __init__(self, problem: str) -> None:
+        super().__init__("")
+        self._problem = problem
+
+    @property
+    def problem(self) -> str:
+        return self._problem
+
+    def reveal(self) -> str:
+        raise ConfigError(self._problem)
+
+    def masked(self) -> str:
+        return "(not usable)"
+
+    def __repr__(self) -> str:
+        return "MissingSecret()"
+
+    __str__ = masked
+
 
 def is_loopback_host(host: str | None) -> bool:
     if not host:
@@ -75,14 +117,33 @@ def check_transport_url(url: str, secure_scheme: str, plain_scheme: str, what: s
     raise ConfigError(f"{what} must be a {secure_scheme}:// URL, got scheme {parts.scheme or 'none'!r}")
 
 
+_PASSWORD_QUERY = re.compile(r"(?i)((?:^|&)(?:password|passwd|pass|token|secret)=)[^&]*")
+
+
 def mask_url_password(url: str) -> str:
-    """`redis://user:secret@host` -> `redis://user:***@host`: URLs print without their password."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    user = f"{parts.username}:" if parts.username else ":"
-    host = parts.netloc.rsplit("@", 1)[1]
-    return parts._replace(netloc=f"{user}***@{host}").geturl()
+    """A URL as it may be printed: `redis://user:secret@host` -> `redis://user:***@host`;
+    a lone `token@host` userinfo (it may be a credential) -> `***@host`; password= in the query masked."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(unparsable URL)"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, has_password, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if has_password and user else f"***@{host}"
+    query = _PASSWORD_QUERY.sub(r"\1***", parts.query)
+    return parts._replace(netloc=netloc, query=query).geturl()
+
+
+def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
+    """$BUIDL_HOME/state (~/.buidl/state): the same for every command, wherever it is run."""
+    return absolute(buidl_home(env) / "state")
+
+
+def absolute(path: Path | str) -> Path:
+    """An absolute path (~ expanded) that does not depend on the working directory any more."""
+    return Path(os.path.abspath(os.path.expanduser(str(path))))
 
 
 @dataclass(frozen=True)
@@ -97,7 +158,9 @@ class Settings:
     max_app_connections: int = SLACK_MAX_CONNECTIONS
     app_spec: str = DEFAULT_APP
     websocket_debug: bool = False
-    state_dir: Path = field(default_factory=lambda: Path(".buidl"))
+    log_level: str = "INFO"
+    log_format: str = "logfmt"
+    state_dir: Path = field(default_factory=lambda: default_state_dir())
     store_url: str | None = None
     db_path: Path | None = None
     lease_s: float = 30.0
@@ -116,16 +179,26 @@ class Settings:
         """BUIDL_DB, else edge.sqlite3 in the state directory."""
         return self.db_path or self.state_dir / "edge.sqlite3"
 
+    def token_problems(self) -> dict[str, str]:
+        """field -> why that token cannot be used (only with `require_tokens=False`)."""
+        return {name: secret.problem for name in ("app_token", "bot_token")
+                if (secret := getattr(self, name)).problem}
+
     def redacted(self) -> dict[str, Any]:
-        """What `config` prints: every setting, with tokens masked."""
+        """What `config` prints: every setting, tokens masked (None when not usable), URLs without
+        their userinfo."""
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            out[f.name] = value.masked() if isinstance(value, Secret) else (
-                str(value) if isinstance(value, Path) else value
-            )
-        if self.store_url:  # a Redis URL carries its password
-            out["store_url"] = mask_url_password(self.store_url)
+            if isinstance(value, Secret):
+                out[f.name] = None if value.problem else value.masked()
+            elif isinstance(value, Path):
+                out[f.name] = str(value)
+            else:
+                out[f.name] = value
+        for name in ("api_url", "store_url"):  # a Redis URL carries its password, a proxy-ish URL may too
+            if out[name]:
+                out[name] = mask_url_password(out[name])
         return out
 
 
@@ -147,19 +220,26 @@ _NUMBERS: dict[str, tuple[str, type]] = {
 }
 
 
-def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-    """Build Settings from `env` (default os.environ); keyword overrides win (CLI flags)."""
+def load_settings(env: Mapping[str, str] | None = None, require_tokens: bool = True,
+                  **overrides: Any) -> Settings:
+    """Build Settings from `env` (default os.environ); keyword overrides win (CLI flags).
+
+    `require_tokens=False` is for commands that never call Slack: a missing or malformed token
+    loads as a MissingSecret carrying its reason instead of failing the whole load.
+    """
     env = os.environ if env is None else env
     values: dict[str, Any] = {
-        "app_token": _token(env, "SLACK_APP_TOKEN", "xapp-", "an app-level token"),
-        "bot_token": _token(env, "SLACK_BOT_TOKEN", "xoxb-", "a bot token"),
+        "app_token": _token_or_missing(env, "SLACK_APP_TOKEN", "xapp-", "an app-level token", require_tokens),
+        "bot_token": _token_or_missing(env, "SLACK_BOT_TOKEN", "xoxb-", "a bot token", require_tokens),
         "bot_user_id": env.get("BOT_USER_ID") or None,
         "api_url": env.get("SLACK_API_URL") or DEFAULT_API_URL,
-        "app_spec": env.get("BUIDL_APP") or DEFAULT_APP,
+        "app_spec": (env.get("BUIDL_APP") or "").strip() or DEFAULT_APP,
         "websocket_debug": env.get("WEBSOCKET_DEBUG", "").strip().lower() in ("1", "true", "yes", "on"),
-        "state_dir": Path(env.get("BUIDL_STATE_DIR") or ".buidl"),
+        "log_level": _LEVEL_ALIASES.get(level := (env.get("BUIDL_LOG_LEVEL") or "INFO").strip().upper(), level),
+        "log_format": (env.get("BUIDL_LOG_FORMAT") or "logfmt").strip().lower(),
+        "state_dir": absolute(env["BUIDL_STATE_DIR"]) if env.get("BUIDL_STATE_DIR") else default_state_dir(env),
         "store_url": _store_url(env),
-        "db_path": Path(env["BUIDL_DB"]) if env.get("BUIDL_DB") else None,
+        "db_path": absolute(env["BUIDL_DB"]) if env.get("BUIDL_DB") else None,
     }
     for name, (attr, parse) in _NUMBERS.items():
         raw = env.get(name)
@@ -168,10 +248,21 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
                 values[attr] = parse(raw)
             except ValueError:
                 raise ConfigError(f"{name} must be a number, got {raw[:20]!r}") from None
+            if not math.isfinite(values[attr]):
+                raise ConfigError(f"{name} must be a finite number, got {raw[:20]!r}")
     values.update({k: v for k, v in overrides.items() if v is not None})
     settings = Settings(**values)
     validate(settings)
     return settings
+
+
+def _token_or_missing(env: Mapping[str, str], name: str, prefix: str, what: str, required: bool) -> Secret:
+    try:
+        return _token(env, name, prefix, what)
+    except ConfigError as exc:
+        if required:
+            raise
+        return MissingSecret(str(exc))
 
 
 def _store_url(env: Mapping[str, str]) -> str | None:
@@ -179,7 +270,7 @@ def _store_url(env: Mapping[str, str]) -> str | None:
     current) and appends the options, e.g. `$REDIS_URL?ssl_cert_reqs=none`."""
     raw = (env.get("BUIDL_STORE_URL") or "").strip()
     if not raw.startswith("$"):
-        return raw or None
+        return _absolute_sqlite(raw) or None
     name, _, options = raw[1:].partition("?")
     name = name.strip("{}")
     if not env.get(name):
@@ -188,11 +279,58 @@ def _store_url(env: Mapping[str, str]) -> str | None:
     return f"{url}{'&' if '?' in url else '?'}{options}" if options else url
 
 
+def _absolute_sqlite(url: str) -> str:
+    """sqlite:///relative/path is taken from the working directory once, here, like the state dir."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and url[len(prefix):] and not url[len(prefix):].startswith("/"):
+        return prefix + str(absolute(url[len(prefix):]))
+    return url
+
+
+def check_store_url(url: str) -> None:
+    """The shape of BUIDL_STORE_URL, checked where it enters: a bad port or database number is
+    refused here in one line (the URL itself is never echoed: it may carry a password)."""
+    if not url.startswith(("sqlite:///", "memory://", "redis://", "rediss://")):
+        raise ConfigError("BUIDL_STORE_URL must be sqlite:///path, redis://… or memory://")
+    if url.startswith("sqlite:///"):
+        if not url[len("sqlite:///"):].strip():
+            raise ConfigError("BUIDL_STORE_URL sqlite:/// needs a file path, like sqlite:////app/edge.sqlite3")
+        return
+    if not url.startswith(("redis://", "rediss://")):
+        return
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (property: parses and range-checks the port)
+    except ValueError:
+        port = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1].rpartition(":")[2]
+        raise ConfigError(f"BUIDL_STORE_URL has a bad port {port[:12]!r}: it must be a number "
+                          "(1..65535), like redis://host:6379/0") from None
+    database = parts.path.lstrip("/")
+    if database and not database.isdigit():
+        raise ConfigError(f"BUIDL_STORE_URL's database must be a number, like redis://host:6379/0 "
+                          f"(got /{database[:12]})")
+
+
+def check_app_spec(spec: str) -> None:
+    """BUIDL_APP as `package.module:attribute`; a relative or empty module cannot be imported by name."""
+    if _APP_SPEC.fullmatch(spec):
+        return
+    module, sep, attr = spec.partition(":")
+    if module.startswith("."):
+        raise ConfigError(f"BUIDL_APP names a relative module ({module[:40]!r}): give the full dotted "
+                          f"path, like my_package{module}:{attr or 'app'}")
+    shown = spec[:60].encode("unicode_escape").decode()
+    if not sep or not module or not attr:
+        raise ConfigError(f"BUIDL_APP must look like module:attribute (e.g. my_bot:app), got {shown!r}")
+    raise ConfigError(f"BUIDL_APP must be a dotted module path and an attribute name made of letters, "
+                      f"digits and _ (e.g. my_bot.app:app), got {shown!r}")
+
+
 def validate(settings: Settings) -> None:
-    if not 1 <= settings.connections <= SLACK_MAX_CONNECTIONS:
+    if not 1 <= settings.connections <= MAX_CONNECTIONS_PER_PROCESS:
         raise ConfigError(
-            f"BUIDL_CONNECTIONS must be 1..{SLACK_MAX_CONNECTIONS} (Slack's limit per app), "
-            f"got {settings.connections}"
+            f"BUIDL_CONNECTIONS must be 1..{MAX_CONNECTIONS_PER_PROCESS} (Slack allows {SLACK_MAX_CONNECTIONS} "
+            f"per app, and each process keeps one spare for a refresh), got {settings.connections}"
         )
     if not 1 <= settings.max_app_connections <= SLACK_MAX_CONNECTIONS:
         raise ConfigError(f"BUIDL_MAX_APP_CONNECTIONS must be 1..{SLACK_MAX_CONNECTIONS} (Slack's limit per app), "
@@ -209,10 +347,14 @@ def validate(settings: Settings) -> None:
         raise ConfigError("BUIDL_STALE_TIMEOUT must be longer than BUIDL_PING_INTERVAL")
     if settings.retention_s < 600:
         raise ConfigError("BUIDL_RETENTION_S must be at least 600: Slack retries for about 5 minutes")
-    if settings.store_url and not settings.store_url.startswith(("sqlite:///", "memory://", "redis://", "rediss://")):
-        raise ConfigError("BUIDL_STORE_URL must be sqlite:///path, redis://… or memory://")
-    if ":" not in settings.app_spec:
-        raise ConfigError(f"BUIDL_APP must look like module:attribute, got {settings.app_spec!r}")
+    if settings.store_url:
+        check_store_url(settings.store_url)
+    check_app_spec(settings.app_spec)
+    if settings.log_level not in LOG_LEVELS:
+        raise ConfigError(f"BUIDL_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, "
+                          f"got {settings.log_level[:20]!r}")
+    if settings.log_format not in LOG_FORMATS:
+        raise ConfigError(f"BUIDL_LOG_FORMAT must be logfmt or json, got {settings.log_format[:20]!r}")
     check_transport_url(settings.api_url, "https", "http", "SLACK_API_URL")
     if not settings.api_url.endswith("/"):
         raise ConfigError("SLACK_API_URL must end with '/', like https://slack.com/api/")

@@ -1,81 +1,171 @@
-"""What `buidl-edge status` shows: supervisord's view joined with each worker's heartbeat."""
+"""What `buidl-edge status` shows: supervisord's view joined with each worker's heartbeat.
+
+A row is only as alive as the evidence: a worker whose pid is gone on this host is DEAD, one
+whose last heartbeat is older than a few intervals is STALE, and neither shows uptime,
+connections or counters it no longer has. Values are numbers or None (JSON null); the table
+turns them into text.
+"""
 from __future__ import annotations
 
 import socket
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from buidl_edge.config import Settings
 from buidl_edge.store.errors import StoreError
-from buidl_edge.store.owners import is_dead_local
-from buidl_edge.supervise import SupervisorDown, supervisor_processes
+from buidl_edge.store.owners import Owner, holder_owner, pid_alive
+from buidl_edge.supervise import ProcessInfo, SupervisorDown, supervisor_processes
 
-# A heartbeat older than this belongs to a process that is gone.
-STALE_HEARTBEAT_S = 15.0
+# Workers publish a heartbeat every 2 s (worker.HEARTBEAT_INTERVAL_S; not imported: it patches gevent).
+HEARTBEAT_INTERVAL_S = 2.0
+STALE_AFTER_S = 4 * HEARTBEAT_INTERVAL_S
+# A dead or stale worker stays listed this long after its last heartbeat, then drops out.
+SHOWN_FOR_S = 60.0
+
+Stats = dict[str, Any]
 
 
-def worker_row(name: str, state: str, pid: int, uptime_s: float, stats: dict[str, Any] | None) -> dict[str, Any]:
-    stats = stats or {}
-    connections = stats.get("connections", [])
-    dispatch = stats.get("dispatch", {})
-    outbox = stats.get("outbox", {})
-    latencies = [c["last_ack_latency_ms"] for c in connections if c.get("last_ack_latency_ms") is not None]
-    return {
-        "process": name,
-        "state": state,
-        "pid": pid,
-        "uptime": f"{uptime_s:.0f}s",
-        "connections": f"{sum(1 for c in connections if c.get('connected'))}/{len(connections)}",
-        "acked": sum(c.get("envelopes_acked", 0) for c in connections),
-        "duplicates": dispatch.get("duplicates", 0),
-        "handler_errors": dispatch.get("handler_errors", 0),
-        "reconnects": sum(c.get("reconnect_count", 0) for c in connections),
-        "last_ack_ms": min(latencies) if latencies else "",
-        "sent": outbox.get("sent", 0),
-        "429s": outbox.get("rate_limited", 0),
-        "post_failed": outbox.get("failed", 0),
-        "degraded": bool(stats.get("degraded")),
-        "slot_wait": len((stats.get("slots") or {}).get("waiting") or {}),
-    }
+def alive_here(pid: int) -> bool:
+    """A process of this host that still runs: one killed but not yet reaped (a zombie, as a
+    SIGKILLed tree leaves until init collects it) is dead."""
+    if not pid_alive(pid):
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: kill(pid, 0) is all we know
+    return stat[stat.rindex(")") + 2:].split(" ", 1)[0] != "Z"
+
+
+def dead_here(owner: str, here: str) -> bool:
+    """True only for an owner (`host:pid`) on this host whose process is gone."""
+    parsed = Owner.parse(owner)
+    return parsed.host == here and parsed.pid is not None and not alive_here(parsed.pid)
+
+
+def _connections(stats: Stats) -> list[dict[str, Any]]:
+    return stats.get("connections") or []
+
+
+def _last_ack_ms(stats: Stats) -> float | None:
+    latencies = [c["last_ack_latency_ms"] for c in _connections(stats) if c.get("last_ack_latency_ms") is not None]
+    return min(latencies) if latencies else None
+
+
+# What each column reads from a heartbeat's stats; a row without a live heartbeat has None in all.
+# A new column is one entry here (and one in TABLE_COLUMNS to show it in the table).
+HEARTBEAT_FIELDS: dict[str, Callable[[Stats], Any]] = {
+    "connections_open": lambda s: sum(1 for c in _connections(s) if c.get("connected")),
+    "connections": lambda s: len(_connections(s)),
+    "acked": lambda s: sum(c.get("envelopes_acked", 0) for c in _connections(s)),
+    "duplicates": lambda s: (s.get("dispatch") or {}).get("duplicates", 0),
+    "handler_errors": lambda s: (s.get("dispatch") or {}).get("handler_errors", 0),
+    "reconnects": lambda s: sum(c.get("reconnect_count", 0) for c in _connections(s)),
+    "last_ack_ms": _last_ack_ms,
+    "sent": lambda s: (s.get("outbox") or {}).get("sent", 0),
+    "429s": lambda s: (s.get("outbox") or {}).get("rate_limited", 0),
+    "post_failed": lambda s: (s.get("outbox") or {}).get("failed", 0),
+    "degraded": lambda s: bool(s.get("degraded")),
+    "slot_wait": lambda s: len((s.get("slots") or {}).get("waiting") or {}),
+}
+
+
+def worker_row(name: str, state: str, pid: int | None, uptime_s: float | None, stats: Stats | None,
+               heartbeat_age_s: float | None = None) -> dict[str, Any]:
+    row: dict[str, Any] = {"process": name, "state": state, "pid": pid or None,
+                           "uptime_s": None if uptime_s is None else round(uptime_s, 1),
+                           "heartbeat_age_s": None if heartbeat_age_s is None else round(heartbeat_age_s, 1)}
+    for column, read in HEARTBEAT_FIELDS.items():
+        row[column] = read(stats) if stats is not None else None
+    return row
+
+
+# The table: header -> how a cell is made from a row.
+def _uptime(row: dict[str, Any]) -> Any:
+    return None if row["uptime_s"] is None else f"{row['uptime_s']:.0f}s"
+
+
+def _links(row: dict[str, Any]) -> Any:
+    return None if row["connections"] is None else f"{row['connections_open']}/{row['connections']}"
+
+
+TABLE_COLUMNS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "process": lambda r: r["process"], "state": lambda r: r["state"], "pid": lambda r: r["pid"],
+    "uptime": _uptime, "connections": _links,
+    **{name: (lambda r, key=name: r[key]) for name in ("acked", "duplicates", "handler_errors", "reconnects",
+                                                       "last_ack_ms", "sent", "429s", "post_failed",
+                                                       "degraded", "slot_wait")},
+}
+
+
+def _supervised_row(process: ProcessInfo, beat: dict[str, Any] | None, now: float) -> dict[str, Any]:
+    if process.state != "RUNNING":
+        return worker_row(process.name, process.state, process.pid, None, None)
+    age = None if beat is None else now - beat["updated_at"]
+    if age is not None and age > STALE_AFTER_S:  # alive per supervisord, silent in the store
+        return worker_row(process.name, "STALE", process.pid, process.uptime_s, None, age)
+    return worker_row(process.name, "RUNNING", process.pid, process.uptime_s,
+                      beat["stats"] if beat else None, age)
+
+
+def _heartbeat_row(beat: dict[str, Any], here: str, supervised: bool, now: float) -> dict[str, Any]:
+    host, pid, stats = beat.get("host") or here, beat["pid"], beat.get("stats") or {}
+    local = host == here
+    name = (stats.get("process") or f"pid {pid}") + ("" if local else f"@{host}")
+    age = now - beat["updated_at"]
+    if local and not alive_here(pid):
+        return worker_row(name, "DEAD", pid, None, None, age)
+    where = "elsewhere" if supervised or not local else "unsupervised"
+    if age > STALE_AFTER_S:
+        return worker_row(name, f"STALE ({where})", pid, None, None, age)
+    return worker_row(name, f"RUNNING ({where})", pid, now - stats.get("started_at", now), stats, age)
 
 
 def collect_status(settings: Settings, store: Any) -> dict[str, Any]:
+    now = time.time()
+    here = socket.gethostname()
     try:
-        beats = store.workers(max_age_s=STALE_HEARTBEAT_S)
+        beats = store.workers(max_age_s=SHOWN_FOR_S)
     except StoreError:
         beats = []
     # A shared (Redis) store holds the heartbeats of every dyno: pids only identify a worker per host.
-    here = socket.gethostname()
-    heartbeats = {w["pid"]: w for w in beats if w.get("host", here) == here}
+    local = {w["pid"]: w for w in beats if (w.get("host") or here) == here}
     try:
         processes = supervisor_processes(settings.state_dir)
         supervisor = "running"
     except SupervisorDown as exc:
         processes = []
         supervisor = f"stopped ({exc})"
-    rows = [worker_row(p.name, p.state, p.pid, p.uptime_s, heartbeats.get(p.pid, {}).get("stats"))
-            for p in processes]
-    if not processes:  # workers started by hand, outside supervisord
-        now = time.time()
-        rows = [worker_row(w["stats"].get("process") or f"pid {w['pid']}", "RUNNING (unsupervised)", w["pid"],
-                           now - w["stats"].get("started_at", now), w["stats"]) for w in heartbeats.values()]
-    # Workers of other dynos (or other stacks on this host) sharing the store.
-    ours = {(here, p.pid) for p in processes} | {(here, pid) for pid in heartbeats if not processes}
-    now = time.time()
-    for w in beats:
-        if (w.get("host", here), w["pid"]) in ours or is_dead_local(w.get("owner", ""), here):
-            continue  # shown above, or the last beat of a process that is gone
-        name = w["stats"].get("process") or f"pid {w['pid']}"
-        rows.append(worker_row(f"{name}@{w.get('host', here)}", "RUNNING (elsewhere)", w["pid"],
-                               now - w["stats"].get("started_at", now), w["stats"]))
+    rows = [_supervised_row(p, local.get(p.pid), now) for p in processes]
+    ours = {(here, p.pid) for p in processes if p.pid}
+    for beat in beats:
+        key = ((beat.get("host") or here), beat["pid"])
+        if key in ours:
+            continue
+        if processes and key[0] == here and not alive_here(beat["pid"]):
+            continue  # supervisord speaks for this host's workers; this one was replaced
+        rows.append(_heartbeat_row(beat, here, bool(processes), now))
     return {"supervisor": supervisor, "processes": rows, "outbox": outbox_summary(store),
             "slots": slot_summary(settings, store)}
 
 
-def slot_summary(settings: Settings, store: Any) -> dict[str, Any] | None:
-    """The app's connection slots held right now, over every process sharing the store."""
+def live_workers(store: Any) -> list[dict[str, Any]]:
+    """Workers heartbeating on this store now (a dead pid on this host does not count)."""
+    here = socket.gethostname()
     try:
-        held = store.slots()
+        beats = store.workers(max_age_s=STALE_AFTER_S)
+    except (StoreError, AttributeError):
+        return []
+    return [w for w in beats if not dead_here(w.get("owner", ""), here)]
+
+
+def slot_summary(settings: Settings, store: Any) -> dict[str, Any] | None:
+    """The app's connection slots held right now, over every process sharing the store; a slot
+    whose holder's pid is gone on this host is free, whatever its lease says."""
+    here = socket.gethostname()
+    try:
+        held = [h for h in store.slots() if not dead_here(holder_owner(h["holder"]), here)]
     except (StoreError, AttributeError):
         return None
     return {"limit": settings.max_app_connections, "held": len(held), "holders": [h["holder"] for h in held]}

@@ -1,53 +1,64 @@
-"""supervisord for the worker processes: config rendering, start, fatal-stop watch, status.
+"""supervisord for the worker processes: the template, its rendering, the fatal marker, XML-RPC.
 
-`buidl-edge run` keeps supervisord as its child rather than exec-ing it, so that
-after a fatal stop (link_disabled, a refused token) it can exit non-zero with
-the reason: supervisord itself always exits 0.
+`buidl-edge run` (stack.py) keeps supervisord as its child and watches it through
+the client here; `buidl-edge status` reads the same client.
 """
 from __future__ import annotations
 
+import configparser
 import json
 import os
-import signal
-import subprocess
+import secrets
+import socket
 import sys
 import time
 import xmlrpc.client
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from string import Template
 from typing import Any
 
-from buidl_edge.config import SLACK_MAX_CONNECTIONS, ConfigError, Settings
+from buidl_edge.config import REFRESH_SPARE, SLACK_MAX_CONNECTIONS, ConfigError, Settings
+from buidl_edge.statefiles import private_dir, write_private
 
 TEMPLATE_NAME = "supervisord.conf.tmpl"
+# An operator's copy, relative to the directory `run` starts in, wins over the packaged one.
+OPERATOR_TEMPLATE = Path("deploy") / TEMPLATE_NAME
+CONF_NAME = "supervisord.conf"
 FATAL_EXIT = 3
 # Heroku kills the dyno 30 s after SIGTERM; workers drain in 10 s, so 20 s leaves room.
 STOP_WAIT_S = 20
 FATAL_MARKER = "fatal.json"
 SOCKET_NAME = "supervisor.sock"
+PID_NAME = "supervisord.pid"
 MAX_SOCKET_PATH = 107 - 8  # sun_path less supervisord's ".<pid>" while it binds
+RPC_TIMEOUT_S = 5.0
+
+
+def connection_need(processes: int, connections: int) -> int:
+    """Links a dyno may hold at once: each process its connections plus one spare for a refresh."""
+    return processes * (connections + REFRESH_SPARE)
 
 
 def check_connection_budget(settings: Settings) -> None:
-    """P x K connections plus one refresh overlap per process must fit Slack's 10 per app."""
-    steady = settings.processes * settings.connections
-    peak = steady + settings.processes
-    if peak > SLACK_MAX_CONNECTIONS:
+    """The one sizing rule: processes x (connections + 1) <= Slack's 10 per app."""
+    need = connection_need(settings.processes, settings.connections)
+    if need > SLACK_MAX_CONNECTIONS:
         raise ConfigError(
-            f"{settings.processes} processes x {settings.connections} connections = {steady}, "
-            f"{peak} while each process refreshes one; Slack allows {SLACK_MAX_CONNECTIONS} per app"
+            f"{settings.processes} processes x ({settings.connections} connections + 1 spare for a refresh) "
+            f"= {need}; Slack allows {SLACK_MAX_CONNECTIONS} per app"
         )
 
 
-def template_path() -> Path:
-    """deploy/ beside the package (a checkout or editable install), else in the working dir."""
-    candidates = [Path(__file__).resolve().parent.parent / "deploy" / TEMPLATE_NAME,
-                  Path.cwd() / "deploy" / TEMPLATE_NAME]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(f"cannot find deploy/{TEMPLATE_NAME}; run from the buidl-edge checkout")
+def template_text() -> tuple[str, str]:
+    """The supervisord template and where it came from: ./deploy/ when an operator put one there,
+    else the copy shipped inside the package."""
+    operator = Path.cwd() / OPERATOR_TEMPLATE
+    if operator.is_file():
+        return operator.read_text(), str(operator)
+    shipped = resources.files("buidl_edge").joinpath("deploy", TEMPLATE_NAME)
+    return shipped.read_text(), f"buidl_edge/deploy/{TEMPLATE_NAME} (packaged)"
 
 
 def check_socket_path(state_dir: Path) -> None:
@@ -60,17 +71,50 @@ def check_socket_path(state_dir: Path) -> None:
                           f"{size} bytes, at most {MAX_SOCKET_PATH}): use a shorter path")
 
 
-def render_config(settings: Settings) -> Path:
+@dataclass(frozen=True)
+class Credentials:
+    """The control socket's username and password: fresh for every start, kept in the 0600 config."""
+
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def fresh(cls) -> "Credentials":
+        return cls(f"run{secrets.token_hex(4)}", secrets.token_urlsafe(24))
+
+
+def render_config(settings: Settings, credentials: Credentials | None = None) -> Path:
+    """Write state_dir/supervisord.conf (0600, in a 0700 dir) from the template."""
     state_dir = settings.state_dir.resolve()
     check_socket_path(state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    text = Template(template_path().read_text()).substitute(
-        state_dir=str(state_dir), python=sys.executable, processes=settings.processes,
-        fatal_exit=FATAL_EXIT, stopwaitsecs=STOP_WAIT_S,
-    )
-    target = state_dir / "supervisord.conf"
-    target.write_text(text)
-    return target
+    private_dir(state_dir)
+    credentials = credentials or Credentials.fresh()
+    template, source = template_text()
+    try:
+        text = Template(template).substitute(
+            state_dir=str(state_dir), python=sys.executable, processes=settings.processes,
+            fatal_exit=FATAL_EXIT, stopwaitsecs=STOP_WAIT_S, uid=os.getuid(),
+            username=credentials.username, password=credentials.password,
+        )
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"{source}: unknown or malformed placeholder {exc}") from None
+    return write_private(state_dir / CONF_NAME, text)
+
+
+def read_credentials(state_dir: Path) -> Credentials:
+    """The pair in the rendered config; none when there is no config (nothing runs there)."""
+    parser = configparser.RawConfigParser(strict=False)
+    try:
+        parser.read(state_dir.resolve() / CONF_NAME)
+    except configparser.Error:
+        return Credentials()
+    if not parser.has_section("unix_http_server"):
+        return Credentials()
+    section = parser["unix_http_server"]
+    return Credentials(section.get("username"), section.get("password"))
+
+
+# -- the fatal marker: why a worker stopped the stack for good -----------------------------------
 
 
 def fatal_marker(state_dir: Path) -> Path:
@@ -80,12 +124,10 @@ def fatal_marker(state_dir: Path) -> Path:
 def record_fatal(state_dir: Path, reason: str) -> None:
     """Called by a worker before its fatal exit, so `run` can say why the stack stopped."""
     marker = fatal_marker(state_dir)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"reason": reason, "pid": os.getpid(),
-                               "process": os.environ.get("SUPERVISOR_PROCESS_NAME", ""),
-                               "at": time.time()}))
-    tmp.replace(marker)
+    private_dir(marker.parent)
+    write_private(marker, json.dumps({"reason": reason, "pid": os.getpid(),
+                                      "process": os.environ.get("SUPERVISOR_PROCESS_NAME", ""),
+                                      "at": time.time()}))
 
 
 def read_fatal(state_dir: Path) -> dict[str, Any] | None:
@@ -95,46 +137,7 @@ def read_fatal(state_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def run_stack(settings: Settings) -> int:
-    """Start supervisord in the foreground; forward signals; exit non-zero after a fatal stop."""
-    check_connection_budget(settings)
-    conf = render_config(settings)
-    fatal_marker(settings.state_dir).unlink(missing_ok=True)
-    env = dict(os.environ, BUIDL_STATE_DIR=str(settings.state_dir.resolve()),
-               BUIDL_PROCESSES=str(settings.processes), BUIDL_CONNECTIONS=str(settings.connections))
-    child = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)], env=env)
-
-    def forward(signum: int, _frame: Any) -> None:
-        if child.poll() is None:
-            child.send_signal(signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
-    code = child.wait()
-    fatal = read_fatal(settings.state_dir)
-    if fatal:
-        print(f"buidl-edge run: stopped for good: {fatal.get('reason')} "
-              f"({fatal.get('process') or 'a worker'})", file=sys.stderr, flush=True)
-        return FATAL_EXIT
-    return code
-
-
-def fatal_watch() -> None:
-    """supervisord event listener: on a worker's fatal stop, shut the whole stack down."""
-    from supervisor import childutils
-
-    state_dir = Path(os.environ.get("BUIDL_STATE_DIR", ".buidl"))
-    while True:
-        headers, payload = childutils.listener.wait(sys.stdin, sys.stdout)
-        fields = dict(part.split(":", 1) for part in payload.split() if ":" in part)
-        stop = headers.get("eventname") == "PROCESS_STATE_FATAL" and fields.get("groupname") == "worker"
-        if stop and not read_fatal(state_dir):
-            record_fatal(state_dir, f"{fields.get('processname')} could not stay up (see its log)")
-        # A fatal exit inside startsecs counts as a failed start (BACKOFF), not EXITED.
-        ended = headers.get("eventname") in ("PROCESS_STATE_EXITED", "PROCESS_STATE_BACKOFF")
-        if stop or (ended and read_fatal(state_dir)):
-            os.kill(os.getppid(), signal.SIGTERM)
-        childutils.listener.ok(sys.stdout)
+# -- talking to a running supervisord ------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -154,24 +157,75 @@ def socket_path(state_dir: Path) -> Path:
     return state_dir.resolve() / SOCKET_NAME
 
 
-def supervisor_processes(state_dir: Path) -> list[ProcessInfo]:
-    from supervisor.xmlrpc import SupervisorTransport
-
+def live_supervisor(state_dir: Path) -> int | None:
+    """The pid of a supervisord that answers on this state dir's socket (0 if its pidfile is
+    unreadable), or None: nothing listens there (no socket, or one left by a killed stack)."""
     sock = socket_path(state_dir)
-    if not sock.exists():
-        raise SupervisorDown(f"no supervisor is running for {state_dir} (no {sock.name})")
-    transport = SupervisorTransport(None, None, serverurl=f"unix://{sock}")
-    proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2.0)
     try:
-        infos = proxy.supervisor.getAllProcessInfo()
-    except (OSError, xmlrpc.client.Fault) as exc:
-        raise SupervisorDown(f"supervisor for {state_dir} does not answer: {type(exc).__name__}") from None
-    out = []
-    for info in infos:
-        if info.get("group") != "worker":
-            continue
-        running = info["statename"] == "RUNNING"
-        out.append(ProcessInfo(name=info["name"], state=info["statename"], pid=info["pid"],
-                               uptime_s=float(info["now"] - info["start"]) if running else 0.0,
-                               exit_status=info.get("exitstatus", 0)))
-    return out
+        probe.connect(str(sock))
+    except OSError:
+        return None
+    finally:
+        probe.close()
+    try:
+        return int((state_dir.resolve() / PID_NAME).read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+def _transport(sock: Path, credentials: Credentials) -> xmlrpc.client.Transport:
+    """supervisor's own unix-socket transport, with a timeout so a stuck supervisord never hangs us."""
+    from supervisor.xmlrpc import SupervisorTransport, UnixStreamHTTPConnection
+
+    class Connection(UnixStreamHTTPConnection):  # type: ignore[misc]
+        def connect(self) -> None:
+            super().connect()
+            self.sock.settimeout(RPC_TIMEOUT_S)
+
+    def connect() -> Connection:
+        connection = Connection("localhost")
+        connection.socketfile = str(sock)
+        return connection
+
+    transport = SupervisorTransport(credentials.username, credentials.password, serverurl=f"unix://{sock}")
+    transport._get_connection = connect
+    return transport
+
+
+class Supervisor:
+    """XML-RPC to the supervisord of one state dir."""
+
+    def __init__(self, state_dir: Path, credentials: Credentials | None = None) -> None:
+        self.state_dir = state_dir
+        self.sock = socket_path(state_dir)
+        self.credentials = credentials if credentials is not None else read_credentials(state_dir)
+        self._transport = _transport(self.sock, self.credentials)
+        self._proxy = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=self._transport)
+
+    def processes(self) -> list[ProcessInfo]:
+        if not self.sock.exists():
+            raise SupervisorDown(f"no supervisor is running for {self.state_dir} (no {self.sock.name})")
+        try:
+            infos = self._proxy.supervisor.getAllProcessInfo()
+        except (OSError, xmlrpc.client.Error) as exc:
+            self._transport.close()  # a broken keep-alive connection is not reused
+            raise SupervisorDown(f"supervisor for {self.state_dir} does not answer: "
+                                 f"{type(exc).__name__}") from None
+        out = []
+        for info in infos:
+            if info.get("group") != "worker":
+                continue
+            running = info["statename"] == "RUNNING"
+            out.append(ProcessInfo(name=info["name"], state=info["statename"], pid=info["pid"],
+                                   uptime_s=float(info["now"] - info["start"]) if running else 0.0,
+                                   exit_status=info.get("exitstatus", 0)))
+        return out
+
+    def close(self) -> None:
+        self._transport.close()
+
+
+def supervisor_processes(state_dir: Path) -> list[ProcessInfo]:
+    return Supervisor(state_dir).processes()

@@ -24,8 +24,9 @@ import gevent  # noqa: E402
 import gevent.event  # noqa: E402
 import gevent.lock  # noqa: E402
 
-from buidl_edge.app import EdgeApp, load_app  # noqa: E402
-from buidl_edge.config import SLACK_MAX_CONNECTIONS, ConfigError, Settings  # noqa: E402
+from buidl_edge.app import AppError, EdgeApp, load_app  # noqa: E402
+from buidl_edge.config import SLACK_MAX_CONNECTIONS, ConfigError, Settings, absolute, default_state_dir  # noqa: E402
+from buidl_edge.config import load_settings  # noqa: E402
 from buidl_edge.connection import ConnectionSlot, FatalStop, backoff_delay  # noqa: E402
 from buidl_edge.dispatch import Dispatcher  # noqa: E402
 from buidl_edge.observability import (  # noqa: E402
@@ -51,8 +52,8 @@ log = logging.getLogger("buidl_edge.worker")
 
 EXIT_OK = 0
 EXIT_CRASH = 1
-EXIT_CONFIG = 2
-# A stop that restarting cannot fix (link_disabled, a refused token): supervisord must not respawn.
+# A stop that restarting cannot fix (link_disabled, a refused token, and any failure before the
+# worker is up: config, app import, store): supervisord must not respawn, `run` stops the stack.
 EXIT_FATAL = 3
 HEARTBEAT_INTERVAL_S = 2.0
 SWEEP_INTERVAL_S = 1.0
@@ -70,6 +71,7 @@ class Worker:
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.started_at = time.time()
         self.stop_requested = gevent.event.Event()
+        self.up = False  # past start-up: a failure from here on is a crash, and restarted
         self.fatal_reason: str | None = None
         self.fatal_connection: str | None = None
         self.crash_reason: str | None = None
@@ -120,7 +122,9 @@ class Worker:
                   gevent.spawn(self._every, SWEEP_INTERVAL_S, self._sweep),
                   gevent.spawn(self._every, PRUNE_INTERVAL_S, self._prune),
                   gevent.spawn(self._every, HEARTBEAT_INTERVAL_S, self._renew_slots)]
-        log.info("worker up: %d connection(s), app %s", len(self.slots), self.app.name)
+        self.up = True
+        log.info("worker up: %d connection%s, app %s", len(self.slots), "" if len(self.slots) == 1 else "s",
+                 self.app.name)
         self.stop_requested.wait()
         gevent.killall(chores, block=False)
         clean = self._drain(runners)
@@ -185,7 +189,7 @@ class Worker:
             slot.close()
         handlers_done = self.dispatcher.handlers.join(timeout=max(0.1, deadline - time.monotonic()))
         sent = self.outbox.stop(timeout=max(0.1, deadline - time.monotonic()))
-        self._publish_stats()
+        self._forget_heartbeat()
         self.store.close()
         return bool(acks_done) and bool(handlers_done) and bool(sent)
 
@@ -227,6 +231,13 @@ class Worker:
         except StoreError as exc:  # stats are best effort; acking goes on
             log.warning("heartbeat failed: %s", exc)
 
+    def _forget_heartbeat(self) -> None:
+        """A worker that stops takes its row out of `status` (a killed one is judged by its pid)."""
+        try:
+            self.store.forget_worker(self.owner)
+        except StoreError as exc:
+            log.warning("could not remove this worker's heartbeat: %s", exc)
+
     def get_connection_stats(self) -> list[dict[str, Any]]:
         """Per connection, as the Buidl API named them."""
         return [{"name": slot.name, **slot.stats.as_dict()} for slot in self.slots]
@@ -256,22 +267,60 @@ def refresh_overlaps(settings: Settings) -> int:
     return max(1, spare // settings.processes)
 
 
+def start(**overrides: Any) -> int:
+    """The `worker` command: settings from the environment (flags win), then `run_worker`."""
+    try:
+        settings = load_settings(**overrides)
+    except ConfigError as exc:
+        return cannot_start(str(exc))
+    return run_worker(settings)
+
+
 def run_worker(settings: Settings) -> int:
-    setup_logging()
+    """Start one worker and run it until it stops. Anything that fails before the worker is up
+    exits EXIT_FATAL with a one-line reason (and the fatal marker under supervisord): restarting
+    would fail the same way, so `run` stops the stack instead of crash-looping."""
+    setup_logging(settings.log_level, settings.log_format == "json")
     register_tokens(settings.app_token.reveal(), settings.bot_token.reveal())  # before anything can log them
     init_sentry()  # after gevent's patching (this module's first lines), before any connection
-    app = load_app(settings.app_spec)
     try:
+        app = load_app(settings.app_spec)
         outbox_config = OutboxConfig.from_env()
-    except ConfigError as exc:
-        print(f"buidl-edge worker: {exc}", file=sys.stderr, flush=True)
-        return EXIT_CONFIG
+    except (AppError, ConfigError) as exc:
+        return cannot_start(str(exc), getattr(exc, "details", None), settings.state_dir)
     try:
         store = open_store(settings)
-    except StoreError as exc:
-        log.error("cannot open the store: %s", exc)
+    except (StoreError, ConfigError) as exc:
         report_store_failure("open", exc)
-        flush_sentry()
-        print(f"buidl-edge worker: {exc}", file=sys.stderr, flush=True)
-        return EXIT_CONFIG
-    return Worker(settings, app, store=store, outbox_config=outbox_config).run()
+        return cannot_start(f"cannot open the store: {exc}", state_dir=settings.state_dir)
+    worker = Worker(settings, app, store=store, outbox_config=outbox_config)
+    try:
+        return worker.run()
+    except Exception as exc:
+        if worker.up:
+            raise  # a crash: exit 1, and supervisord starts the worker again
+        import traceback
+
+        report_exception(exc, report="start_up")
+        return cannot_start(f"start-up failed: {type(exc).__name__}: {exc}", traceback.format_exc(),
+                            settings.state_dir)
+
+
+def cannot_start(reason: str, details: str | None = None, state_dir: Any = None) -> int:
+    """Say why in one line (after the user's traceback, if any), leave the marker `run` reads."""
+    reason = " ".join(reason.split())
+    if details:
+        sys.stderr.write(details if details.endswith("\n") else details + "\n")
+    print(f"buidl-edge worker: cannot start: {reason}", file=sys.stderr, flush=True)
+    report_fatal(reason)
+    flush_sentry()
+    if os.environ.get("SUPERVISOR_ENABLED"):
+        if state_dir is None:
+            raw = os.environ.get("BUIDL_STATE_DIR")
+            state_dir = absolute(raw) if raw else default_state_dir()
+        try:
+            record_fatal(state_dir, reason)
+        except OSError as exc:  # the exit code alone still stops `run`
+            print(f"buidl-edge worker: could not record the reason in {state_dir}: {exc.strerror}",
+                  file=sys.stderr, flush=True)
+    return EXIT_FATAL

@@ -84,8 +84,13 @@ class Stack:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> "Stack":
-        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "buidl_edge", "run"], env=self.env,
+        return self.start_with()
+
+    def start_with(self, *args: str) -> "Stack":
+        """`run ARGS`. Output files in append mode, as a platform's log pipe behaves: the workers
+        write to the same file through supervisord's reopened /dev/stdout."""
+        with open(self.out_path, "ab") as out, open(self.err_path, "ab") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "buidl_edge", "run", *args], env=self.env,
                                          cwd=self.state_dir, stdout=out, stderr=err,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
         return self
@@ -101,6 +106,10 @@ class Stack:
                            interval=0.1)
         self.sim.client.wait_for(lambda s: s["open_connections"] == processes * connections, timeout,
                                  f"{processes * connections} open connections")
+        # `run` watches supervisord every 0.5 s: let it see them too, so that what a test does next
+        # (a kill, a stop) is judged against a stack it knows is up.
+        wait_until(lambda: all(f"{p.name} running (pid {p.pid})" in self.out_path.read_text(errors="replace")
+                               for p in infos), timeout, "run to log every worker running", interval=0.1)
         return infos
 
     def _all_running(self, processes: int) -> list[ProcessInfo] | None:

@@ -8,6 +8,8 @@ import os
 import shutil
 import socket
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -46,7 +48,7 @@ def test_status_with_running_supervisor_lists_each_worker_with_its_connections(s
         assert result.returncode == 0, result.stdout + result.stderr
         data = json.loads(result.stdout)
         rows = data["processes"]
-        ready = len(rows) == 2 and all(r["connections"] == "2/2" for r in rows) \
+        ready = len(rows) == 2 and all((r["connections_open"], r["connections"]) == (2, 2) for r in rows) \
             and sum(r["acked"] for r in rows) == 1
         return data if ready else None
 
@@ -57,9 +59,14 @@ def test_status_with_running_supervisor_lists_each_worker_with_its_connections(s
     for name, row in rows.items():
         assert row["state"] == "RUNNING"
         assert row["pid"] == pids[name]
-        assert row["connections"] == "2/2"
+        assert (row["connections_open"], row["connections"]) == (2, 2)
         assert row["degraded"] is False
         assert (row["duplicates"], row["handler_errors"], row["reconnects"]) == (0, 0, 0)
+        # Numbers, and null where there is no value (the worker that did not ack has no latency).
+        assert isinstance(row["uptime_s"], (int, float)) and row["uptime_s"] >= 0
+        assert isinstance(row["heartbeat_age_s"], (int, float))
+        assert row["last_ack_ms"] is None or isinstance(row["last_ack_ms"], (int, float))
+    assert sorted(r["last_ack_ms"] is None for r in rows.values()) == [False, True]
 
     table = cli(operator, "status", cwd=stack.state_dir)
     assert table.returncode == 0, table.stderr
@@ -68,7 +75,68 @@ def test_status_with_running_supervisor_lists_each_worker_with_its_connections(s
     cells = sorted(line.split() for line in lines if line.startswith("worker_"))
     assert [(c[0], c[1], int(c[2]), c[4]) for c in cells] == [
         ("worker_00", "RUNNING", pids["worker_00"], "2/2"), ("worker_01", "RUNNING", pids["worker_01"], "2/2")]
+    assert "None" not in table.stdout and "-" in [c[9] for c in cells]  # last_ack_ms of the idle worker
+    assert "connection slots: 4/10 held" in table.stdout
     assert_no_token(stack.env, table.stdout, table.stderr, json.dumps(data))
+
+
+def test_status_after_every_process_is_killed_shows_dead_workers_and_frees_their_slots(stacks) -> None:
+    stack = stacks(BUIDL_PROCESSES=2, BUIDL_CONNECTIONS=1).start()
+    pids = {p.name: p.pid for p in stack.wait_up(processes=2, connections=1)}
+    operator = operator_env(stack.state_dir)
+    wait_until(lambda: len(stack.status_json()["processes"]) == 2 and stack.status_json()["slots"]["held"] == 2,
+               10, "both heartbeats and slots")
+
+    stack.kill_everything()  # SIGKILL to the whole tree: nobody cleans up
+    result = cli(operator, "status", "--json", cwd=stack.state_dir)
+    assert result.returncode == 1  # no supervisor
+    report = json.loads(result.stdout)
+    assert report["supervisor"].startswith("stopped")
+    rows = {r["process"]: r for r in report["processes"]}
+    assert set(rows) == {"worker_00", "worker_01"}
+    for name, row in rows.items():
+        assert (row["state"], row["pid"]) == ("DEAD", pids[name])
+        assert row["uptime_s"] is None and row["connections"] is None and row["acked"] is None
+        assert row["heartbeat_age_s"] is not None
+    assert report["slots"]["held"] == 0  # their leases have not run out, but their pids are gone
+
+    table = cli(operator, "status", cwd=stack.state_dir)
+    lines = [line.split() for line in table.stdout.splitlines() if line.startswith("worker_")]
+    assert sorted((c[0], c[1], c[3], c[4]) for c in lines) == [("worker_00", "DEAD", "-", "-"),
+                                                                ("worker_01", "DEAD", "-", "-")]
+    assert "connection slots: 0/10 held" in table.stdout and "None" not in table.stdout
+
+
+def test_status_marks_stale_heartbeats_and_escapes_what_it_prints(tmp_path: Path) -> None:
+    """Heartbeats in a real SQLite file, as workers write them: one from a live process that went
+    quiet (this test's own pid), one from a live one with a hostile process name."""
+    state_dir = tmp_path / "state"
+    store = SqliteStore(state_dir / "edge.sqlite3", checkpoint_interval_s=None)
+    here = socket.gethostname()
+    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        store.heartbeat(f"{here}:{os.getpid()}", {"process": "quiet", "started_at": time.time() - 100,
+                                                  "connections": [{"connected": True}]})
+        store.heartbeat(f"{here}:{helper.pid}", {"process": "evil\x1b[2J\x1b]0;owned\x07", "started_at": time.time(),
+                                                 "connections": [{"connected": True, "envelopes_acked": 3}]})
+        db = sqlite3.connect(state_dir / "edge.sqlite3")
+        with db:
+            db.execute("UPDATE workers SET updated_at = updated_at - 30 WHERE pid = ?", (os.getpid(),))
+        db.close()
+        env = operator_env(state_dir)
+        report = json.loads(cli(env, "status", "--json", cwd=tmp_path).stdout)
+        rows = {r["pid"]: r for r in report["processes"]}
+        assert rows[os.getpid()]["state"] == "STALE (unsupervised)"
+        assert rows[os.getpid()]["connections"] is None and rows[os.getpid()]["uptime_s"] is None
+        assert rows[helper.pid]["state"] == "RUNNING (unsupervised)" and rows[helper.pid]["acked"] == 3
+
+        table = cli(env, "status", cwd=tmp_path)
+        assert "\x1b" not in table.stdout and "\x07" not in table.stdout
+        assert "evil\\x1b[2J\\x1b]0;owned\\x07" in table.stdout
+    finally:
+        helper.kill()
+        helper.wait()
+        store.close()
 
 
 def test_status_without_supervisor_says_it_is_stopped_and_exits_nonzero(tmp_path: Path) -> None:
@@ -271,8 +339,10 @@ def test_check_with_good_tokens_says_what_would_run(fresh_simulator, tmp_path: P
     result = cli(env, "check", cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
+    assert "app ok: buidl_edge.bot:app imports (EdgeApp 'buidl')" in result.stdout
     assert "bot token ok" in result.stdout and "app token ok" in result.stdout
-    assert "would run 3 process(es) x 2 connection(s) = 6 of Slack's 10" in result.stdout
+    assert ("would run 3 processes x 2 connections = 6 links, 9 with one refresh spare per process, "
+            "of Slack's 10") in result.stdout
     summary = fresh_simulator.client.summary()
     assert summary["connections_open_calls"] == 1
     assert summary["open_connections"] == 0  # it asked for a URL, it did not connect
@@ -319,3 +389,210 @@ def test_config_prints_settings_with_tokens_masked(tmp_path: Path) -> None:
     table = cli(env, "config", cwd=tmp_path)
     assert table.returncode == 0 and "processes" in table.stdout
     assert_no_token(env, as_json.stdout, table.stdout, as_json.stderr, table.stderr)
+
+
+def test_check_json_reports_the_app_the_tokens_and_the_plan(fresh_simulator, tmp_path: Path) -> None:
+    env = tokens_env(tmp_path / "state", fresh_simulator.api_url, BUIDL_PROCESSES=1, BUIDL_CONNECTIONS=1)
+    result = cli(env, "check", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["app"] == {"spec": "buidl_edge.bot:app", "name": "buidl"}
+    assert report["bot_token"]["ok"] is True and report["bot_token"]["user_id"]
+    assert report["app_token"] == {"ok": True}
+    assert report["plan"] == {"processes": 1, "connections": 1, "links": 1, "links_with_refresh_spares": 2,
+                              "slack_limit": 10}
+    text = cli(env, "check", cwd=tmp_path)
+    assert "would run 1 process x 1 connection = 1 link, 2 with one refresh spare" in text.stdout
+
+
+# ---------------------------------------------------------------------------- loading BUIDL_APP
+
+
+APP_FILES = {
+    "my_bot.py": "from buidl_edge import EdgeApp\napp = EdgeApp('my-bot')\nhelper = 42\n\n"
+                 "@app.event('app_mention')\ndef hi(event, ctx):\n    ctx.say('hi from my_bot')\n",
+    "bad_dep.py": "from buidl_edge import EdgeApp\nimport buidl_no_such_dependency\napp = EdgeApp('x')\n",
+    "bad_syntax.py": "app = (\n",
+}
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    for name, text in APP_FILES.items():
+        (folder / name).write_text(text)
+    return folder
+
+
+@pytest.mark.parametrize("spec, expected, traceback", [
+    ("my_bot:app", None, None),
+    ("my_bot:ap", "app module 'my_bot' has no attribute 'ap'; did you mean my_bot:app?", None),
+    ("my_bot:helper", "my_bot:helper is not an EdgeApp (it is 'int'); make it `helper = EdgeApp(...)`", None),
+    ("my_bto:app", "cannot import app module 'my_bto': no module named 'my_bto'", None),
+    ("bad_dep:app", "importing app module 'bad_dep' failed: ModuleNotFoundError: "
+                    "No module named 'buidl_no_such_dependency'", 'bad_dep.py", line 2, in <module>'),
+    ("bad_syntax:app", "importing app module 'bad_syntax' failed: SyntaxError: '(' was never closed",
+     'bad_syntax.py", line 1'),
+])
+def test_check_imports_the_app_from_the_working_directory_and_names_what_is_wrong(
+        fresh_simulator, app_dir: Path, spec: str, expected: str | None, traceback: str | None) -> None:
+    env = tokens_env(app_dir / "state", fresh_simulator.api_url, BUIDL_APP=spec)
+    env.pop("PYTHONPATH")  # the app is found because it is in the working directory, as with gunicorn
+    result = subprocess.run([console_script(), "check"], env=env, cwd=app_dir, capture_output=True, text=True,
+                            timeout=30, stdin=subprocess.DEVNULL)
+    if expected is None:
+        assert result.returncode == 0, result.stderr
+        assert "app ok: my_bot:app imports (EdgeApp 'my-bot')" in result.stdout
+        return
+    assert result.returncode == 1
+    *shown, last = result.stderr.strip().splitlines()
+    assert last.startswith(f"Error: {expected}"), result.stderr
+    if traceback:  # an error in the user's own code: where, without importlib's frames
+        assert traceback in "\n".join(shown) and "importlib" not in result.stderr
+    else:
+        assert shown == []
+    assert fresh_simulator.client.summary()["connections_open_calls"] == 0  # refused before calling Slack
+
+
+def console_script() -> str:
+    """The `buidl-edge` entry point of this venv: unlike `python -m`, it puts no directory on sys.path."""
+    script = Path(sys.executable).parent / "buidl-edge"
+    assert script.exists(), "buidl-edge is not installed in this venv (scripts/_venv.sh installs it)"
+    return str(script)
+
+
+def test_worker_started_from_the_apps_directory_imports_it_and_answers(fresh_simulator, app_dir: Path) -> None:
+    env = tokens_env(app_dir / "state", fresh_simulator.api_url, BUIDL_APP="my_bot:app", BUIDL_BACKOFF_BASE=0.2)
+    env.pop("PYTHONPATH")
+    log_path = app_dir / "worker.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([console_script(), "worker"], env=env, cwd=app_dir, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        fresh_simulator.client.wait_for(lambda s: s["open_connections"] == 1, 20, "the worker to connect")
+        fresh_simulator.client.inject("app_mention", channel="CAPPDIR", text="<@U0BUIDL> hello")
+        fresh_simulator.client.wait_for(lambda s: s["messages_posted"] == 1, 10, "my_bot's reply")
+        assert [m["text"] for m in fresh_simulator.client.state()["messages"]] == ["hi from my_bot"]
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0, log_path.read_text()
+
+
+# ---------------------------------------------------------------------------- one state dir, wherever
+
+
+def test_admin_commands_from_any_directory_use_the_workers_store_and_send_warns_without_one(
+        fresh_simulator, tmp_path: Path) -> None:
+    """No BUIDL_STATE_DIR: the worker and the operator's commands, started in different
+    directories, meet in $BUIDL_HOME/state."""
+    home, worker_dir, elsewhere = tmp_path / "home", tmp_path / "app", tmp_path / "elsewhere"
+    worker_dir.mkdir()
+    elsewhere.mkdir()
+    env = tokens_env(tmp_path / "unused", fresh_simulator.api_url, BUIDL_HOME=home, BUIDL_BACKOFF_BASE=0.2)
+    env.pop("BUIDL_STATE_DIR")
+    with open(tmp_path / "worker.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "buidl_edge", "worker"], env=env, cwd=worker_dir,
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        fresh_simulator.client.wait_for(lambda s: s["open_connections"] == 1, 20, "the worker to connect")
+        wait_until(lambda: cli(env, "status", "--json", cwd=elsewhere).stdout.count('"RUNNING (unsupervised)"') == 1,
+                   10, "the worker's heartbeat, seen from another directory")
+        # TEXT '-' reads stdin; the newline `echo` adds is not part of the message.
+        sent = subprocess.run([sys.executable, "-m", "buidl_edge", "send", "C0HOME", "-"], env=env, cwd=elsewhere,
+                              input="posted from elsewhere\n", capture_output=True, text=True, timeout=30)
+        assert sent.returncode == 0, sent.stderr
+        assert sent.stdout.startswith("queued message") and "a running worker posts it" in sent.stdout
+        assert sent.stderr == ""
+        fresh_simulator.client.wait_for(lambda s: s["messages_posted"] == 1, 10, "the worker to post it")
+        assert [(m["channel"], m["text"]) for m in fresh_simulator.client.state()["messages"]] == [
+            ("C0HOME", "posted from elsewhere")]
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0, (tmp_path / "worker.log").read_text()
+
+    alone = cli(env, "send", "C0HOME", "nobody reads this", cwd=elsewhere)
+    assert alone.returncode == 0 and "a running worker posts it" not in alone.stdout
+    assert alone.stderr.splitlines() == [
+        f"warning: no worker is heartbeating on {home / 'state' / 'edge.sqlite3'}: the message waits there "
+        "until one runs with this store (BUIDL_STATE_DIR / BUIDL_STORE_URL)"]
+    as_json = json.loads(cli(env, "send", "C0HOME", "again", "--json", cwd=elsewhere).stdout)
+    assert as_json["live_workers"] == 0 and as_json["warning"].startswith("no worker is heartbeating on")
+    for folder in (worker_dir, elsewhere):
+        assert not (folder / ".buidl").exists()
+    assert (home / "state" / "edge.sqlite3").exists()
+
+
+# ---------------------------------------------------------------------------- bad input: one line
+
+
+def test_bad_input_to_send_and_outbox_is_one_line_never_a_traceback(seeded, tmp_path: Path) -> None:
+    state_dir, env = seeded
+    latin1 = b'[{"type": "section", "text": "caf\xe9"}]'
+    (tmp_path / "latin1.json").write_bytes(latin1)
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    cases = [
+        (("send", "C0BAD", "--blocks-file", str(tmp_path / "latin1.json")),
+         f"Error: not sent: {tmp_path / 'latin1.json'} is not UTF-8 text (byte 0xe9 at offset "
+         f"{latin1.index(0xe9)})"),
+        (("send", "C0BAD", "--blocks-file", str(tmp_path / "deep.json")),
+         f"Error: not sent: {tmp_path / 'deep.json'} nests JSON too deeply to be Block Kit"),
+        (("outbox", "retry", "99999999999999999999999"), None),
+    ]
+    for args, expected in cases:
+        result = cli(env, *args, cwd=tmp_path)
+        assert result.returncode in (1, 2), (args, result.stderr)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert "Traceback" not in result.stderr, result.stderr
+        if expected:
+            assert lines == [expected], result.stderr
+        else:  # click's usage error: the value is out of range, said where it entered
+            assert "99999999999999999999999 is not in the range 1<=x<=9223372036854775807" in lines[-1]
+    assert json.loads(cli(env, "outbox", "stats", "--json", cwd=tmp_path).stdout)["pending"] == 1  # nothing queued
+
+
+def test_tables_escape_control_characters_show_ages_and_no_stale_errors(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    store = SqliteStore(state_dir / "edge.sqlite3", checkpoint_interval_s=None)
+    hostile = "\x1b]0;pwned\x07\x1b[2J\u202ereversed"
+    try:
+        payload = {"type": "event_callback", "event_id": "EvESC1",
+                   "event": {"type": "app_mention", "channel": "CESC", "text": hostile, "ts": "1.000100"}}
+        assert store.claim(Envelope("events_api", f"env-{hostile}", payload), "otherhost:4242")
+        store.finish(f"env-{hostile}", [], error=f"RuntimeError: {hostile}")
+        sent_id, hostile_id = store.outbox_enqueue([Reply(channel="CESC", text="retried then sent"),
+                                                   Reply(channel="CESC2", text=hostile)])
+        # The first row fails once (a 5xx), is retried, and then goes out.
+        from buidl_edge.ratelimit import PostLimits
+        from buidl_edge.store.base import PostOutcome
+
+        (row,) = [r for r in store.outbox_claim("me:1", 10, PostLimits(), 30.0).rows if r.id == sent_id] or [None]
+        assert row is not None
+        store.outbox_settle(sent_id, "me:1", PostOutcome("retry", error="HTTP 503", retry_at=0.0))
+        (row,) = [r for r in store.outbox_claim("me:1", 10, PostLimits(), 30.0).rows if r.id == sent_id]
+        store.outbox_settle(sent_id, "me:1", PostOutcome("sent", ts="2.000100"))
+    finally:
+        store.close()
+    env = operator_env(state_dir)
+
+    inbox = cli(env, "inbox", "list", cwd=tmp_path)
+    outbox = cli(env, "outbox", "list", cwd=tmp_path)
+    for table in (inbox, outbox):
+        assert table.returncode == 0, table.stderr
+        assert not any(c in table.stdout for c in "\x1b\x07\u202e"), table.stdout
+        assert "\\x1b]0;pwned\\x07\\x1b[2J\\u202ereversed" in table.stdout
+        assert "None" not in table.stdout
+    header, row = inbox.stdout.splitlines()
+    assert header.split() == ["envelope_id", "kind", "state", "owner", "attempts", "age", "error"]
+    assert row.split()[5] == "0s"  # an age, as `outbox list` shows, not epoch seconds
+    rows = {line.split()[0]: line.split() for line in outbox.stdout.splitlines()[1:]}
+    sent_row = rows[str(sent_id)]
+    assert sent_row[2] == "sent" and "503" not in " ".join(sent_row) and sent_row[6] == "-"
+
+
+def test_simulate_on_a_busy_port_says_so_in_one_line(shared_simulator, tmp_path: Path) -> None:
+    result = cli(operator_env(tmp_path), "simulate", "--port", str(shared_simulator.port), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"Error: simulator: cannot listen on 127.0.0.1:{shared_simulator.port}: Address already in use; is "
+        "another simulator running there? pick another with --port (0 takes a free one)"]

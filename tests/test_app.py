@@ -202,7 +202,7 @@ def test_load_app_finds_the_default_bot() -> None:
 
 @pytest.mark.parametrize("spec,problem", [("no_such_module_xyz:app", "cannot import"),
                                           ("buidl_edge.bot:GREETING", "not an EdgeApp"),
-                                          ("buidl_edge.bot:missing", "not an EdgeApp")])
+                                          ("buidl_edge.bot:missing", "has no attribute 'missing'")])
 def test_load_app_errors(spec: str, problem: str) -> None:
     with pytest.raises(AppError, match=problem):
         load_app(spec)

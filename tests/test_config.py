@@ -1,6 +1,7 @@
 """Settings from the environment: defaults, validation, one-line errors that never echo a token."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -60,13 +61,13 @@ def test_defaults_from_tokens_alone(tokens: dict[str, str]) -> None:
 
 def test_every_variable_is_read(tokens: dict[str, str]) -> None:
     settings = load_settings(env_with(
-        tokens, BOT_USER_ID="U0BOT", SLACK_API_URL="http://127.0.0.1:9/api/", BUIDL_CONNECTIONS="10",
+        tokens, BOT_USER_ID="U0BOT", SLACK_API_URL="http://127.0.0.1:9/api/", BUIDL_CONNECTIONS="9",
         BUIDL_APP="my.pkg:app", WEBSOCKET_DEBUG="1", BUIDL_PING_INTERVAL="0.2", BUIDL_STALE_TIMEOUT="0.7",
         BUIDL_BACKOFF_BASE="0.5", BUIDL_BACKOFF_CAP="4", BUIDL_ACK_DEADLINE="1.5",
     ))
     assert settings.bot_user_id == "U0BOT"
     assert settings.api_url == "http://127.0.0.1:9/api/"
-    assert settings.connections == 10
+    assert settings.connections == 9
     assert settings.app_spec == "my.pkg:app"
     assert settings.websocket_debug is True
     assert (settings.ping_interval, settings.stale_timeout) == (0.2, 0.7)
@@ -97,7 +98,7 @@ def test_loopback_http_and_any_https_api_url_are_allowed(tokens: dict[str, str],
     assert load_settings(env_with(tokens, SLACK_API_URL=url)).api_url == url
 
 
-@pytest.mark.parametrize("n", ["1", "10"])
+@pytest.mark.parametrize("n", ["1", "9"])
 def test_connections_limits_are_inclusive(tokens: dict[str, str], n: str) -> None:
     assert load_settings(env_with(tokens, BUIDL_CONNECTIONS=n)).connections == int(n)
 
@@ -160,10 +161,12 @@ def test_api_url_must_end_with_slash(tokens: dict[str, str]) -> None:
     assert "end with '/'" in message
 
 
-@pytest.mark.parametrize("value", ["0", "11", "-1", "100"])
+@pytest.mark.parametrize("value", ["0", "10", "-1", "100"])
 def test_connections_out_of_range(tokens: dict[str, str], value: str) -> None:
+    # 10 is Slack's limit per app, and a process keeps one link spare for a refresh overlap.
     message = config_error(env_with(tokens, BUIDL_CONNECTIONS=value))
-    assert "BUIDL_CONNECTIONS" in message and "1..10" in message and f"got {value}" in message
+    assert "BUIDL_CONNECTIONS" in message and "1..9" in message and f"got {value}" in message
+    assert "one spare for a refresh" in message
     assert_safe_one_liner(message, tokens)
 
 
@@ -230,12 +233,11 @@ def test_settings_repr_and_redacted_hide_tokens(tokens: dict[str, str]) -> None:
     assert isinstance(settings, Settings)
 
 
-@pytest.mark.parametrize("command", ["config", "worker"])
+@pytest.mark.parametrize("command", ["check", "worker", "run"])
 def test_cli_config_error_is_one_line_without_token(tokens: dict[str, str], tmp_path: Path, command: str) -> None:
     env = {"PATH": "/usr/bin:/bin", "SLACK_APP_TOKEN": tokens["SLACK_BOT_TOKEN"],
            "SLACK_BOT_TOKEN": tokens["SLACK_BOT_TOKEN"], "BUIDL_STATE_DIR": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-m", "buidl_edge", command], env=env, capture_output=True,
-                            text=True, timeout=30, cwd=tmp_path)
+    result = run_cli(env, tmp_path, command)
     assert result.returncode != 0
     output = result.stdout + result.stderr
     lines = [line for line in output.splitlines() if line.strip()]
@@ -243,3 +245,129 @@ def test_cli_config_error_is_one_line_without_token(tokens: dict[str, str], tmp_
     assert "SLACK_APP_TOKEN must start with xapp-" in lines[0]
     for token in tokens.values():
         assert token not in output
+
+
+def run_cli(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "buidl_edge", *args], env=env, capture_output=True,
+                          text=True, timeout=30, cwd=cwd, stdin=subprocess.DEVNULL)
+
+
+# -- the state dir: one place, whatever the working directory ---------------------------------
+
+
+def test_state_dir_defaults_to_buidl_home_and_is_absolute_for_every_command(tokens: dict[str, str],
+                                                                             tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    settings = load_settings(env_with(tokens, BUIDL_HOME=str(home)))
+    assert settings.state_dir == home / "state" and settings.state_dir.is_absolute()
+    assert settings.database_path == home / "state" / "edge.sqlite3"
+    # BUIDL_STATE_DIR wins, and a relative one is taken from the working directory once, here.
+    relative = load_settings(env_with(tokens, BUIDL_HOME=str(home), BUIDL_STATE_DIR="rel/state",
+                                      BUIDL_STORE_URL="sqlite:///rel/edge.sqlite3"))
+    assert relative.state_dir == Path.cwd() / "rel" / "state"
+    assert relative.store_url == f"sqlite:///{Path.cwd() / 'rel' / 'edge.sqlite3'}"
+
+    # Two commands started in two directories agree on where the store is.
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "user"), "BUIDL_HOME": str(home)}
+    seen = []
+    for cwd in (tmp_path, tmp_path / "elsewhere"):
+        cwd.mkdir(exist_ok=True)
+        result = run_cli(env, cwd, "config", "--json")
+        assert result.returncode == 0, result.stderr
+        seen.append(json.loads(result.stdout)["state_dir"])
+        assert not (cwd / ".buidl").exists()
+    assert seen == [str(home / "state")] * 2
+
+
+# -- config output: every setting, a missing token marked, URLs without userinfo ----------------
+
+
+def test_config_prints_every_setting_with_a_missing_token_marked_and_passwords_masked(
+        tokens: dict[str, str], tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "BUIDL_STATE_DIR": str(tmp_path / "state"),
+           "SLACK_APP_TOKEN": tokens["SLACK_APP_TOKEN"],  # no bot token, in the env or in a file
+           "SLACK_API_URL": "http://apiuser:api-pass-w0rd@127.0.0.1:9/api/",
+           "BUIDL_STORE_URL": "redis://default:redis-pass-w0rd@127.0.0.1:6390/0?password=query-pass-w0rd"}
+    table = run_cli(env, tmp_path, "config")
+    assert table.returncode == 0, table.stderr
+    rows = dict(line.split(None, 1) for line in table.stdout.splitlines())
+    assert rows["app_token"] == Secret(tokens["SLACK_APP_TOKEN"]).masked()
+    assert rows["bot_token"].startswith("NOT USABLE: SLACK_BOT_TOKEN is not set")
+    assert rows["processes"] == "2" and rows["state_dir"] == str(tmp_path / "state")
+    assert rows["api_url"] == "http://apiuser:***@127.0.0.1:9/api/"
+    assert rows["store_url"] == "redis://default:***@127.0.0.1:6390/0?password=***"
+
+    as_json = run_cli(env, tmp_path, "config", "--json")
+    values = json.loads(as_json.stdout)
+    assert values["bot_token"] is None and "SLACK_BOT_TOKEN is not set" in values["token_problems"]["bot_token"]
+    assert values["app_token"] == rows["app_token"]
+    for output in (table.stdout, as_json.stdout):
+        assert "pass-w0rd" not in output and tokens["SLACK_APP_TOKEN"] not in output
+
+
+def test_settings_load_without_tokens_only_when_asked_and_a_missing_token_cannot_be_used(tmp_path: Path) -> None:
+    env = {"HOME": str(tmp_path)}
+    with pytest.raises(ConfigError, match="SLACK_APP_TOKEN is not set"):
+        load_settings(env)
+    settings = load_settings(env, require_tokens=False)
+    assert set(settings.token_problems()) == {"app_token", "bot_token"}
+    with pytest.raises(ConfigError, match="SLACK_BOT_TOKEN is not set"):
+        settings.bot_token.reveal()
+    assert "unused" not in repr(settings)  # no placeholder token stands in for the missing one
+
+
+# -- values refused where they enter ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("level", ["LOUD", "verbose", "5"])
+def test_unknown_log_level_is_refused(tokens: dict[str, str], level: str) -> None:
+    message = config_error(env_with(tokens, BUIDL_LOG_LEVEL=level))
+    assert "BUIDL_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL" in message
+    assert load_settings(env_with(tokens, BUIDL_LOG_LEVEL="warn")).log_level == "WARNING"
+    assert "BUIDL_LOG_FORMAT" in config_error(env_with(tokens, BUIDL_LOG_FORMAT="xml"))
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("redis://127.0.0.1:abc/0", "BUIDL_STORE_URL has a bad port 'abc'"),
+    ("redis://user:s3cret-pw@127.0.0.1:99999/0", "BUIDL_STORE_URL has a bad port '99999'"),
+    ("redis://127.0.0.1:6379/zero", "BUIDL_STORE_URL's database must be a number"),
+    ("sqlite:///", "BUIDL_STORE_URL sqlite:/// needs a file path"),
+    ("postgres://db/edge", "BUIDL_STORE_URL must be sqlite:///path, redis://… or memory://"),
+])
+def test_store_url_is_checked_where_it_enters(tokens: dict[str, str], url: str, expected: str) -> None:
+    message = config_error(env_with(tokens, BUIDL_STORE_URL=url))
+    assert message.startswith(expected), message
+    assert "s3cret-pw" not in message
+    assert_safe_one_liner(message, tokens)
+
+
+@pytest.mark.parametrize("spec, expected", [
+    (":x", "BUIDL_APP must look like module:attribute"),
+    (".rel:x", "BUIDL_APP names a relative module ('.rel')"),
+    ("my bot:app", "BUIDL_APP must be a dotted module path"),
+    ("buidl_edge.bot", "BUIDL_APP must look like module:attribute"),
+])
+def test_app_spec_is_checked_where_it_enters(tokens: dict[str, str], spec: str, expected: str) -> None:
+    assert config_error(env_with(tokens, BUIDL_APP=spec)).startswith(expected)
+
+
+@pytest.mark.parametrize("env_extra, expected", [
+    ({"BUIDL_APP": ":x"}, "Error: BUIDL_APP must look like module:attribute (e.g. my_bot:app), got ':x'"),
+    ({"BUIDL_APP": ".rel:x"}, "Error: BUIDL_APP names a relative module ('.rel'): give the full dotted "
+                              "path, like my_package.rel:x"),
+    ({"BUIDL_STORE_URL": "redis://127.0.0.1:abc/0"}, "Error: BUIDL_STORE_URL has a bad port 'abc': it must be "
+                                                     "a number (1..65535), like redis://host:6379/0"),
+    ({"BUIDL_LOG_LEVEL": "LOUD"}, "Error: BUIDL_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, "
+                                  "CRITICAL, got 'LOUD'"),
+])
+def test_bad_settings_are_one_line_in_every_command(tmp_path: Path, env_extra: dict[str, str], expected: str) -> None:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "BUIDL_STATE_DIR": str(tmp_path / "state"),
+           **fake_tokens(), **env_extra}
+    for args in (("config",), ("status",), ("check",), ("send", "C0ONE", "hi")):
+        result = run_cli(env, tmp_path, *args)
+        assert result.returncode == 1, (args, result.stdout, result.stderr)
+        assert result.stderr.splitlines() == [expected], (args, result.stderr)
+    worker = run_cli(env, tmp_path, "worker")
+    assert worker.returncode == 3
+    assert worker.stderr.splitlines() == [expected.replace("Error: ", "buidl-edge worker: cannot start: ")]
+    assert not (tmp_path / "state").exists()

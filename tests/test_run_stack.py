@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import stat
 import shutil
 import signal
 import subprocess
@@ -23,9 +25,15 @@ import pytest
 from buidl_edge.bot import GREETING
 from buidl_edge.config import ConfigError, load_settings
 from buidl_edge.harness import WorkerProcess, wait_until
-from buidl_edge.supervise import check_connection_budget, render_config
+from buidl_edge.supervise import (Credentials, Supervisor, SupervisorDown, check_connection_budget,
+                                  render_config)
 from stack_support import (cli, mention_each_in_own_channel, messages_by_channel, session_pids,  # noqa: F401
                            stacks, tokens_env)
+
+# What supervisord's own log lines look like (`2026-01-01 10:00:00,123 WARN exited: …`), and
+# anything a clean run must never print.
+SUPERVISORD_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ ", re.M)
+ALARMING = re.compile(r"level=(warning|error|critical)|\b(CRIT|WARN|ERROR)\b|not expected|Traceback", re.I)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -56,13 +64,27 @@ def test_rendered_config_is_accepted_by_supervisord(fresh_simulator, tmp_path: P
         assert program.stdout_logfile == "/dev/stdout" and program.stdout_logfile_maxbytes == 0
         assert program.command.endswith("-m buidl_edge worker")
     assert options.nodaemon is True
-    assert options.server_configs[0]["file"] == str(state_dir.resolve() / "supervisor.sock")
+    assert options.silent is True  # `run` logs the workers' starts and exits itself
+    server = options.server_configs[0]
+    assert server["file"] == str(state_dir.resolve() / "supervisor.sock")
+    assert server["username"] and server["password"]  # the control socket asks who is calling
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o600  # and the pair is readable by its owner only
 
-    daemon = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)], env=env,
+    # supervisord's own log, made visible for once: a start says nothing alarming (no CRIT about
+    # running as root, none about a socket without authentication).
+    own_log = state_dir / "supervisord.log"
+    daemon = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c", str(conf),
+                               "-l", str(own_log), "-e", "info"], env=env,
                               cwd=state_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     try:
         fresh_simulator.client.wait_for(lambda s: s["open_connections"] == 2, 30, "2 workers connected")
+        logged = own_log.read_text()
+        assert "spawned" in logged, logged  # the log is really written
+        assert not re.search(r"\b(CRIT|ERRO|WARN)\b", logged), logged
+        with pytest.raises(SupervisorDown, match="does not answer"):
+            Supervisor(state_dir, Credentials()).processes()  # no password, no answer
+        assert {p.name for p in Supervisor(state_dir).processes()} == {"worker_00", "worker_01"}
 
         def ctl_status() -> list[tuple[str, str]] | None:
             ctl = subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf), "status"],
@@ -139,6 +161,12 @@ def test_sigkilled_worker_is_restarted_by_supervisord_and_no_event_is_lost(stack
 
     after = wait_until(restarted, 20, "supervisord to restart worker_00", interval=0.1)
     assert after["worker_01"] == before["worker_01"]  # the other one was left alone
+    # `run` says so, in the workers' own log format, once.
+    said = wait_until(lambda: [line for line in stack.out_path.read_text().splitlines()
+                               if "worker_00 exited unexpectedly" in line], 5, "run's warning")
+    assert len(said) == 1 and "level=warning" in said[0] and "supervisord restarts it" in said[0], said
+    wait_until(lambda: f"worker_00 running (pid {after['worker_00']})" in stack.out_path.read_text(), 5,
+               "run to log the new worker_00")
     sim.client.wait_for(lambda s: s["open_connections"] == 2, 20, "the restarted worker to reconnect")
 
     later = mention_each_in_own_channel(sim, "POST", 6)
@@ -192,6 +220,18 @@ def test_sigterm_to_every_process_twice_drains_and_exits_0_without_respawn(stack
     workers_before = stack.worker_pids()
     assert len(workers_before) == 2
 
+    # A second `run` on the same state dir finds the first before touching anything.
+    conf = stack.state_dir / "supervisord.conf"
+    conf_before = conf.read_bytes()
+    second = stack.cli("run")
+    assert second.returncode == 1
+    assert second.stderr.strip().splitlines() == [
+        f"Error: a stack is already running on {stack.state_dir} (supervisord pid "
+        f"{(stack.state_dir / 'supervisord.pid').read_text().strip()}): stop it first, "
+        "or give this one its own BUIDL_STATE_DIR"]
+    assert conf.read_bytes() == conf_before
+    assert {p.state for p in stack.processes()} == {"RUNNING"} and stack.worker_pids() == workers_before
+
     sent = mention_each_in_own_channel(sim, "TERM", 6, text="slow 1.5")
     sim.client.wait_for(lambda s: s["acked"] == 6, 10, "6 envelopes acked (handlers now running)")
     assert sim.client.summary()["messages_posted"] == 0
@@ -213,7 +253,17 @@ def test_sigterm_to_every_process_twice_drains_and_exits_0_without_respawn(stack
     assert seen_workers == workers_before, "a worker was respawned during shutdown"
     assert stack.worker_pids() == set()
     assert sim.client.summary()["connections_opened"] == opened_before
-    assert "Traceback" not in stack.logs()
+    # A clean start and a clean stop: nothing that looks like an error, and no supervisord lines;
+    # `run` said each worker's start and stop in the workers' own format.
+    out, err = stack.out_path.read_text(), stack.err_path.read_text()
+    assert not ALARMING.search(out + err), stack.logs()
+    assert not SUPERVISORD_LINE.search(out + err), stack.logs()
+    for name in ("worker_00", "worker_01"):
+        assert re.search(rf"level=info logger=buidl_edge.run .*msg=\"{name} running \(pid \d+\)\"", out), out
+        assert re.search(rf"level=info logger=buidl_edge.run .*msg=\"{name} stopped", out), out
+    # The stopped workers took their heartbeats with them: status shows nothing alive.
+    after = stack.cli("status", "--json")
+    assert after.returncode == 1 and json.loads(after.stdout)["processes"] == [], after.stdout
 
     # The handlers in flight finished: every envelope is done, with exactly one reply queued
     # in the shared outbox, and nothing was posted twice.
@@ -286,13 +336,13 @@ def test_run_refuses_more_connections_than_slack_allows_counting_refresh_overlap
     result = cli(env, "run", cwd=tmp_path)
 
     assert result.returncode != 0
-    message = result.stderr.strip()
-    assert "4 processes x 2 connections" in message and "12" in message and "10" in message
-    assert len(message.splitlines()) == 1
+    assert result.stderr.strip() == ("Error: 4 processes x (2 connections + 1 spare for a refresh) = 12; "
+                                     "Slack allows 10 per app")
     assert not (tmp_path / "state" / "supervisor.sock").exists()  # nothing was started
 
-    # The rule itself, at its edges: P x K + P <= 10.
-    for processes, connections, fits in ((5, 1, True), (3, 2, True), (2, 4, True), (3, 3, False), (1, 10, False)):
+    # The one rule, at its edges: processes x (connections + 1) <= 10.
+    for processes, connections, fits in ((5, 1, True), (3, 2, True), (2, 4, True), (1, 9, True),
+                                         (3, 3, False), (2, 5, False), (6, 1, False)):
         settings = load_settings({**env, "BUIDL_PROCESSES": str(processes), "BUIDL_CONNECTIONS": str(connections)})
         if fits:
             check_connection_budget(settings)
@@ -300,15 +350,33 @@ def test_run_refuses_more_connections_than_slack_allows_counting_refresh_overlap
             with pytest.raises(ConfigError, match="Slack allows 10 per app"):
                 check_connection_budget(settings)
 
+    # The flags advertise only what can pass, and the help states the rule.
+    for flag, value, allowed in (("-n", "6", "1<=x<=5"), ("-c", "10", "1<=x<=9")):
+        refused = cli(env, "run", flag, value, cwd=tmp_path)
+        assert refused.returncode == 2 and f"{value} is not in the range {allowed}" in refused.stderr
+    helped = cli(env, "run", "--help", cwd=tmp_path)
+    assert "1<=x<=5" in helped.stdout and "1<=x<=9" in helped.stdout
+    assert "processes x (connections + 1) <= 10" in " ".join(helped.stdout.split())
+    # The same rule where an operator reads it.
+    from stack_support import PROJECT_ROOT
 
-def test_worker_refuses_11_connections(tmp_path: Path) -> None:
+    app_json = json.loads((PROJECT_ROOT / "app.json").read_text())["env"]
+    assert "processes x (connections + 1) must be <= 10" in app_json["BUIDL_PROCESSES"]["description"]
+    assert "value" not in app_json["BUIDL_STATE_DIR"]  # the default is $BUIDL_HOME/state, not a relative path
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    assert "processes × (connections + 1) ≤ 10" in readme and "connections ≤ 10" not in readme
+
+
+def test_worker_refuses_10_connections_as_it_keeps_one_for_a_refresh(tmp_path: Path) -> None:
     env = tokens_env(tmp_path / "state", "http://127.0.0.1:9/api/")
-    flag = cli(env, "worker", "--connections", "11", cwd=tmp_path)
-    assert flag.returncode == 2 and "11 is not in the range 1<=x<=10" in flag.stderr
+    flag = cli(env, "worker", "--connections", "10", cwd=tmp_path)
+    assert flag.returncode == 2 and "10 is not in the range 1<=x<=9" in flag.stderr
 
-    from_env = cli({**env, "BUIDL_CONNECTIONS": "11"}, "worker", cwd=tmp_path)
-    assert from_env.returncode != 0
-    assert "BUIDL_CONNECTIONS must be 1..10" in from_env.stderr
+    from_env = cli({**env, "BUIDL_CONNECTIONS": "10"}, "worker", cwd=tmp_path)
+    assert from_env.returncode == 3
+    assert from_env.stderr.strip().splitlines() == [
+        "buidl-edge worker: cannot start: BUIDL_CONNECTIONS must be 1..9 (Slack allows 10 per app, "
+        "and each process keeps one spare for a refresh), got 10"]
 
 
 def test_run_refuses_a_state_dir_too_long_for_the_control_socket(tmp_path: Path) -> None:
@@ -320,3 +388,70 @@ def test_run_refuses_a_state_dir_too_long_for_the_control_socket(tmp_path: Path)
     assert "BUIDL_STATE_DIR is too long" in message and "use a shorter path" in message
     assert len(message.splitlines()) == 1
     assert not deep.exists()  # refused before anything was made or started
+
+
+BROKEN_APP = """from buidl_edge import EdgeApp
+import buidl_nonexistent_dependency  # the typo is in here, not in BUIDL_APP
+app = EdgeApp("broken")
+"""
+
+
+@pytest.mark.parametrize("case", ["missing module", "error inside the module", "worker config", "store"])
+def test_a_worker_that_cannot_start_stops_run_for_good_with_its_reason(stacks, fresh_simulator, case) -> None:
+    """Any start-up failure: `run` stops within a few seconds (not a restart loop), exits 3 and
+    prints the worker's own one-line reason; a traceback only for an error in the user's code."""
+    extra: dict[str, object] = {"BUIDL_PROCESSES": 2}
+    args: tuple[str, ...] = ()
+    if case == "missing module":
+        args, reason = ("--app", "myap:app"), "cannot import app module 'myap': no module named 'myap'"
+    elif case == "error inside the module":
+        extra["BUIDL_APP"] = "broken_app:app"  # in the directory `run` starts in
+        reason = ("importing app module 'broken_app' failed: ModuleNotFoundError: "
+                  "No module named 'buidl_nonexistent_dependency'")
+    elif case == "worker config":
+        extra["BUIDL_POST_RATE"] = "fast"
+        reason = "BUIDL_POST_RATE must be a number, got 'fast'"
+    else:
+        extra["BUIDL_DB"] = "/proc/buidl-nowhere/edge.sqlite3"
+        reason = "cannot open the store: cannot open store /proc/buidl-nowhere/edge.sqlite3"
+    stack = stacks(**extra)
+    (stack.state_dir / "broken_app.py").write_text(BROKEN_APP)
+    stack.start_with(*args)
+    assert stack.proc is not None
+    code = stack.proc.wait(timeout=30)
+
+    out, err = stack.out_path.read_text(), stack.err_path.read_text()
+    assert code == 3, stack.logs()
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"buidl-edge run: stopped for good: {reason}"), stack.logs()
+    assert re.search(r"\(worker_0[01]\)$", last), last
+    said = [line for line in out.splitlines() if line.startswith("buidl-edge worker: cannot start: ")]
+    assert said and all(reason in line for line in said), stack.logs()
+    assert len(said) <= 4, "a restart loop"  # each of the 2 workers, and at most one respawn each
+    assert ("Traceback" in out) is (case == "error inside the module"), out
+    if case == "error inside the module":
+        assert 'broken_app.py", line 2, in <module>' in out and "importlib" not in out
+    assert not SUPERVISORD_LINE.search(out + err), stack.logs()
+    assert stack.worker_pids() == set()
+    assert fresh_simulator.client.summary()["connections_open_calls"] == 0
+
+
+def test_an_operator_template_in_deploy_wins_over_the_packaged_one(tmp_path: Path, monkeypatch) -> None:
+    from buidl_edge.supervise import template_text
+
+    packaged, source = template_text()
+    assert source.endswith("(packaged)") and "[program:worker]" in packaged
+    state_dir = Path(tempfile.mkdtemp(prefix="be-tmpl-"))
+    try:
+        settings = load_settings(tokens_env(state_dir, "http://127.0.0.1:9/api/"))
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / "deploy").mkdir()
+        (tmp_path / "deploy" / "supervisord.conf.tmpl").write_text("; an operator's own\n" + packaged)
+        assert render_config(settings).read_text().startswith("; an operator's own\n")
+        (tmp_path / "deploy" / "supervisord.conf.tmpl").write_text(packaged.replace("$processes", "$procs"))
+        with pytest.raises(ConfigError, match=r"deploy/supervisord.conf.tmpl: unknown or malformed placeholder"):
+            render_config(settings)
+        (tmp_path / "deploy" / "supervisord.conf.tmpl").unlink()
+        assert "an operator's own" not in render_config(settings).read_text()
+    finally:
+        shutil.rmtree(state_dir, ignore_errors=True)

@@ -14,7 +14,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--ready-file", default=None, help="write the bound port here once listening")
     args = parser.parse_args()
-    serve(args.host, args.port, args.ready_file)
+    try:
+        serve(args.host, args.port, args.ready_file)
+    except OSError as exc:
+        parser.exit(1, f"{parser.prog}: {exc}\n")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Run the fake Slack until SIGTERM/SIGINT. gevent must be patched before this import."""
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import tempfile
@@ -12,10 +13,20 @@ from gevent.pywsgi import WSGIServer
 from .app import SimApp, SimHandler
 
 
+class ListenError(OSError):
+    """The simulator cannot listen where it was asked to: one line, for `simulate` to print."""
+
+
 def run(host: str, port: int, ready_file: str | None = None) -> None:
     app = SimApp()
     server = WSGIServer((host, port), app, handler_class=SimHandler, log=None)
-    server.start()
+    try:
+        server.start()
+    except OSError as exc:
+        hint = "; is another simulator running there? pick another with --port (0 takes a free one)" \
+            if exc.errno == errno.EADDRINUSE else ""
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ListenError(f"cannot listen on {host}:{port}: {reason}{hint}") from None
     sweeper = gevent.spawn(app.hub.sweep_forever)
     bound = server.address[1]
     print(f"simulator listening on http://{host}:{bound}", flush=True)

@@ -95,6 +95,9 @@ class EdgeStore(Protocol):
     def heartbeat(self, owner: str, stats: dict[str, Any]) -> None:
         """Publish this worker's stats for `status`."""
 
+    def forget_worker(self, owner: str) -> None:
+        """Drop this worker's stats: it stopped, `status` must not show it alive."""
+
     def prune(self, retention_s: float = DEFAULT_RETENTION_S) -> int:
         """Forget handled envelopes and keys older than the retention; return rows dropped."""
 

@@ -60,6 +60,9 @@ class MemoryStore:
     def heartbeat(self, owner: str, stats: dict[str, Any]) -> None:
         self.stats[owner] = stats
 
+    def forget_worker(self, owner: str) -> None:
+        self.stats.pop(owner, None)
+
     def prune(self, retention_s: float = DEFAULT_RETENTION_S) -> int:
         cutoff = time.time() - max(retention_s, MIN_RETENTION_S)
         old_keys = [k for k, (_, at) in self._claims.items() if at < cutoff]

@@ -336,6 +336,14 @@ class RedisStore:
         pipe.execute()
 
     @_redis_op
+    def forget_worker(self, owner: str) -> None:
+        """A worker that stopped cleanly takes its heartbeat out of `status`."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(self._k(f"w:{owner}"))
+        pipe.zrem(self._k("workers"), owner)
+        pipe.execute()
+
+    @_redis_op
     def workers(self, max_age_s: float | None = None) -> list[dict[str, Any]]:
         """Workers of every dyno that reported, newest first; `max_age_s` hides ones gone quiet."""
         since = "-inf" if max_age_s is None else repr(time.time() - max_age_s)

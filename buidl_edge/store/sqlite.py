@@ -518,6 +518,10 @@ class SqliteStore:
 
         self._run(txn, write=True)
 
+    def forget_worker(self, owner: str) -> None:
+        """A worker that stopped cleanly takes its heartbeat out of `status`."""
+        self._run(lambda cur: cur.execute("DELETE FROM workers WHERE owner = ?", (owner,)), write=True)
+
     def workers(self, max_age_s: float | None = None) -> list[dict[str, Any]]:
         """Workers that reported, newest first; `max_age_s` hides ones gone quiet."""
         since = -1.0 if max_age_s is None else time.time() - max_age_s
