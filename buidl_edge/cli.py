@@ -152,8 +152,8 @@ def status(as_json: bool) -> None:
         if report["supervisor"] != "running":
             click.echo(f"supervisor: {report['supervisor']}")
         _print_table(report["processes"], ["process", "state", "pid", "uptime", "connections",
-                                           "acked", "duplicates", "handler_errors", "reconnects",
-                                           "last_ack_ms", "sent", "429s", "post_failed", "degraded",
+                                           "acked", "duplicates", "handler_errors", "running", "queued",
+                                           "reconnects", "last_ack_ms", "sent", "429s", "post_failed", "degraded",
                                            "slot_wait"])
         box = report.get("outbox")
         if box:

@@ -29,6 +29,8 @@ def worker_row(name: str, state: str, pid: int, uptime_s: float, stats: dict[str
         "acked": sum(c.get("envelopes_acked", 0) for c in connections),
         "duplicates": dispatch.get("duplicates", 0),
         "handler_errors": dispatch.get("handler_errors", 0),
+        "running": dispatch.get("handlers_running", 0),  # handlers now, and the backlog behind them
+        "queued": dispatch.get("handlers_queued", 0),
         "reconnects": sum(c.get("reconnect_count", 0) for c in connections),
         "last_ack_ms": min(latencies) if latencies else "",
         "sent": outbox.get("sent", 0),
