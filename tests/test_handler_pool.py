@@ -203,8 +203,8 @@ def test_cpu_bound_handler_is_reported_once_by_name_and_envelope(sim: SimulatorC
     [spinner] = sim.inject("message", channel="C0SPIN", text="spin 3")
     sim.wait_for(lambda s: "seen: spin 3" in [m["text"] for m in s["messages"]], 15, "the spinner's reply",
                  source="state")
-    [warned] = log_lines(worker, r"hub blocked")
-    assert "level=warning" in warned and "on_message" in warned
+    [warned] = log_lines(worker, r"hub blocked.*handler on_message")  # one line for the whole episode
+    assert "level=warning" in warned
     assert f"envelope_id={spinner['envelope_id']}" in warned
 
 
@@ -378,19 +378,20 @@ def test_hub_watch_names_a_blocking_greenlet_once_per_episode(caplog: pytest.Log
     watch.start()
     try:
         gevent.sleep(0.3)  # a quiet hub: nothing to say
-        assert watch.episodes == 0
+        assert not caplog.records
         gevent.spawn(busy_loop, 1.0, "an envelope's text").join()
         gevent.sleep(0.5)  # the hub runs again: the episode ends
         gevent.spawn(busy_loop, 0.7, "an envelope's text").join()
         gevent.sleep(0.5)
     finally:
         watch.stop()
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert watch.episodes == 2 and len(warnings) == 2
-    assert all("hub blocked for over 0.2s by greenlet " in w and "busy_loop" in w and "in busy_loop" in w
-               for w in warnings)
-    assert not any("an envelope's text" in w for w in warnings)  # a greenlet's arguments stay out of the log
-    assert len([r for r in caplog.records if "hub free again" in r.getMessage()]) == 2
+    # Only the busy loops count: on a loaded machine the OS may also stall this process in between.
+    messages = [r.getMessage() for r in caplog.records]
+    warnings = [m for m in messages if m.startswith("hub blocked") and "busy_loop" in m]
+    assert len(warnings) == 2, messages
+    assert all("hub blocked for over 0.2s by greenlet " in w and "in busy_loop" in w for w in warnings)
+    assert not any("an envelope's text" in m for m in messages)  # a greenlet's arguments stay out of the log
+    assert len([m for m in messages if m.startswith("hub free again") and "busy_loop" in m]) == 2
 
 
 @pytest.mark.parametrize("name,value,problem", [
