@@ -76,36 +76,54 @@ class Context:
         return reply
 
 
+@dataclass(frozen=True)
+class Registration:
+    """A handler and how it runs: on the hub (a greenlet) or, `threaded`, on a native thread."""
+
+    fn: Handler
+    threaded: bool = False
+
+    @property
+    def name(self) -> str:
+        return getattr(self.fn, "__name__", repr(self.fn))
+
+
 class EdgeApp:
-    """Register handlers by event type, slash command or interaction type."""
+    """Register handlers by event type, slash command or interaction type.
+
+    `threaded=True` runs a handler on the worker's native thread pool instead of a
+    greenlet: for CPU-bound work or blocking C calls, which would otherwise hold every
+    ack of the process until they return.
+    """
 
     def __init__(self, name: str = "buidl-edge") -> None:
         self.name = name
-        self._events: dict[str, list[Handler]] = {}
-        self._commands: dict[str, list[Handler]] = {}
-        self._interactive: dict[str, list[Handler]] = {}
+        self._events: dict[str, list[Registration]] = {}
+        self._commands: dict[str, list[Registration]] = {}
+        self._interactive: dict[str, list[Registration]] = {}
         self._sink: ReplySink | None = None
 
-    def _register(self, table: dict[str, list[Handler]], key: str) -> Callable[[Handler], Handler]:
+    def _register(self, table: dict[str, list[Registration]], key: str,
+                  threaded: bool) -> Callable[[Handler], Handler]:
         def decorator(fn: Handler) -> Handler:
-            table.setdefault(key, []).append(fn)
+            table.setdefault(key, []).append(Registration(fn, threaded))
             return fn
         return decorator
 
-    def event(self, event_type: str) -> Callable[[Handler], Handler]:
-        return self._register(self._events, event_type)
+    def event(self, event_type: str, threaded: bool = False) -> Callable[[Handler], Handler]:
+        return self._register(self._events, event_type, threaded)
 
-    def command(self, command: str) -> Callable[[Handler], Handler]:
+    def command(self, command: str, threaded: bool = False) -> Callable[[Handler], Handler]:
         if not command.startswith("/"):
             raise AppError(f"a slash command starts with '/', got {command!r}")
-        return self._register(self._commands, command)
+        return self._register(self._commands, command, threaded)
 
-    def interactive(self, interaction_type: str) -> Callable[[Handler], Handler]:
-        return self._register(self._interactive, interaction_type)
+    def interactive(self, interaction_type: str, threaded: bool = False) -> Callable[[Handler], Handler]:
+        return self._register(self._interactive, interaction_type, threaded)
 
-    def register_handler(self, event_type: str, fn: Handler) -> Handler:
+    def register_handler(self, event_type: str, fn: Handler, threaded: bool = False) -> Handler:
         """The Buidl API's name for `event`."""
-        return self.event(event_type)(fn)
+        return self.event(event_type, threaded)(fn)
 
     def include(self, other: "EdgeApp") -> "EdgeApp":
         """Add every handler of `other` (after this app's own); returns self for chaining."""
@@ -115,10 +133,13 @@ class EdgeApp:
                 mine.setdefault(key, []).extend(handlers)
         return self
 
-    def handlers_for(self, envelope: Envelope) -> list[Handler]:
+    def registrations_for(self, envelope: Envelope) -> list[Registration]:
         table = {"events_api": self._events, "slash_commands": self._commands,
                  "interactive": self._interactive}.get(envelope.type, {})
         return list(table.get(envelope.kind, ()))
+
+    def handlers_for(self, envelope: Envelope) -> list[Handler]:
+        return [registration.fn for registration in self.registrations_for(envelope)]
 
     def handler_argument(self, envelope: Envelope) -> dict[str, Any]:
         """Events get the inner event; commands and interactions get the whole payload."""

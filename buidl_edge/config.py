@@ -173,6 +173,12 @@ class Settings:
     refresh_lead: float = 30.0
     drain_timeout: float = 10.0
     http_timeout: float = 10.0
+    # Handlers running at once per process (more queue, in arrival order), and the native
+    # threads that `threaded=True` handlers share.
+    handler_concurrency: int = 200
+    handler_threads: int = 8
+    # Warn when one greenlet holds the gevent hub longer than this (0 turns the monitor off).
+    hub_block_warn_s: float = 0.5
 
     @property
     def database_path(self) -> Path:
@@ -217,6 +223,9 @@ _NUMBERS: dict[str, tuple[str, type]] = {
     "BUIDL_HTTP_TIMEOUT": ("http_timeout", float),
     "BUIDL_LEASE_S": ("lease_s", float),
     "BUIDL_RETENTION_S": ("retention_s", float),
+    "BUIDL_HANDLER_CONCURRENCY": ("handler_concurrency", int),
+    "BUIDL_HANDLER_THREADS": ("handler_threads", int),
+    "BUIDL_HUB_BLOCK_WARN_S": ("hub_block_warn_s", float),
 }
 
 
@@ -337,6 +346,12 @@ def validate(settings: Settings) -> None:
                           f"got {settings.max_app_connections}")
     if settings.processes < 1:
         raise ConfigError(f"BUIDL_PROCESSES must be at least 1, got {settings.processes}")
+    for env_name, attr in (("BUIDL_HANDLER_CONCURRENCY", "handler_concurrency"),
+                           ("BUIDL_HANDLER_THREADS", "handler_threads")):
+        if getattr(settings, attr) < 1:
+            raise ConfigError(f"{env_name} must be at least 1, got {getattr(settings, attr)}")
+    if settings.hub_block_warn_s < 0:
+        raise ConfigError(f"BUIDL_HUB_BLOCK_WARN_S must be 0 (off) or more, got {settings.hub_block_warn_s}")
     for attr in ("ack_payload_deadline", "ping_interval", "stale_timeout", "backoff_base",
                  "backoff_cap", "drain_timeout", "http_timeout", "lease_s"):
         if getattr(settings, attr) <= 0:

@@ -11,6 +11,8 @@ import gevent.pool
 
 from buidl_edge.app import Context, EdgeApp
 from buidl_edge.connection import Link
+from buidl_edge.handler_pool import HandlerPool
+from buidl_edge.handler_threads import HandlerThreads, HubCall, HubLogger
 from buidl_edge.observability import log_context, report_handler_error, report_store_failure
 from buidl_edge.outbox import Outbox
 from buidl_edge.protocol import Envelope
@@ -19,6 +21,11 @@ from buidl_edge.store.errors import StoreError, StoreRejected
 from buidl_edge.store.memory import MemoryStore
 
 log = logging.getLogger("buidl_edge.dispatch")
+
+# Distinct unknown slash command names warned about; Slack only sends the app's own commands.
+MAX_UNKNOWN_COMMANDS = 1000
+# Envelope ids named in one "drain timed out" line.
+MAX_IDS_LOGGED = 100
 
 
 @dataclass
@@ -32,6 +39,8 @@ class DispatchStats:
     store_errors: int = 0
     # Calls the store failed alone (StoreRejected): acked and handled on local dedup, not degraded.
     store_rejected: int = 0
+    # Acks sent at once, without the payload the handler might have returned, as the pool was full.
+    acks_pool_full: int = 0
     degraded: bool = False
 
     def as_dict(self) -> dict[str, int]:
@@ -39,11 +48,12 @@ class DispatchStats:
 
 
 class Dispatcher:
-    """Acks go through `inflight` (never capped, so a busy handler pool cannot delay an ack)."""
+    """Acks go through `inflight`, never capped; handlers through `pool`, whose submit never
+    waits: no ack ever waits for handler capacity."""
 
     def __init__(self, app: EdgeApp, store: EdgeStore, outbox: Outbox, owner: str,
                  ack_payload_deadline: float, bot_user_id: str | None,
-                 handler_pool_size: int = 200) -> None:
+                 handler_pool_size: int = 200, handler_threads: int = 8) -> None:
         self.app = app
         self.store = store
         self.outbox = outbox
@@ -55,7 +65,15 @@ class Dispatcher:
         # at least never answers twice.
         self.fallback = MemoryStore()
         self.inflight = gevent.pool.Group()
-        self.handlers = gevent.pool.Pool(handler_pool_size)
+        self.pool = HandlerPool(handler_pool_size)
+        self.threads = HandlerThreads(handler_threads)
+        # ctx.once and ctx.logger from a threaded handler: the store and logging's hooks are
+        # called on the hub, never from the thread.
+        self.hub_call = HubCall()
+        self._claim_key_any_thread = self.hub_call.wrap(self._claim_key)
+        # Which handler each handler greenlet is in, and for which envelope (for HubWatch).
+        self._busy: dict[Any, tuple[str, str]] = {}
+        self._unknown_commands: set[str] = set()
 
     def accept(self, envelope: Envelope, link: Link, received_at: float) -> None:
         self.inflight.spawn(self._process, envelope, link, received_at)
@@ -69,17 +87,23 @@ class Dispatcher:
             return
         self.stats.envelopes_new += 1
         if envelope.accepts_response_payload and self.app.handlers_for(envelope):
-            job = self.handlers.spawn(self.handle, envelope, link.id)
+            job = self.pool.submit(envelope.envelope_id, self.handle, envelope, link.id)
+            if not job.started:  # waiting for a place could take minutes: ack now, answer later
+                self.stats.acks_pool_full += 1
+                log.warning("handler pool full (%d running, %d queued): acked without payload; the handler "
+                            "is queued and must answer through response_url", self.pool.running,
+                            self.pool.queued, extra=extra)
+                link.ack(envelope.envelope_id, None, received_at)
+                return
             remaining = self.ack_payload_deadline - (time.monotonic() - received_at)
-            job.join(timeout=max(0.0, remaining))
-            payload = job.value if job.successful() else None
-            if not job.ready():
+            finished = job.done.wait(timeout=max(0.0, remaining))
+            if not finished:
                 log.warning("handler missed the %.1fs ack deadline; acked without payload",
                             self.ack_payload_deadline, extra=extra)
-            link.ack(envelope.envelope_id, payload, received_at)
+            link.ack(envelope.envelope_id, job.value if finished else None, received_at)
             return
         link.ack(envelope.envelope_id, None, received_at)
-        self.handlers.spawn(self.handle, envelope, link.id)
+        self.pool.submit(envelope.envelope_id, self.handle, envelope, link.id)
 
     def handle(self, envelope: Envelope, connection: str | None = None) -> dict[str, Any] | None:
         """Run every matching handler; return the first dict one returned (the ack payload)."""
@@ -89,26 +113,34 @@ class Dispatcher:
 
     def _handle(self, envelope: Envelope, connection: str | None) -> dict[str, Any] | None:
         ctx = Context(envelope=envelope,
-                      logger=logging.LoggerAdapter(logging.getLogger("buidl_edge.handler"),
-                                                   {"envelope_id": envelope.envelope_id,
-                                                    "connection": connection}),
-                      bot_user_id=self.bot_user_id, claim_once=self._claim_key)
-        handlers = self.app.handlers_for(envelope)
-        if not handlers:
+                      logger=HubLogger(logging.getLogger("buidl_edge.handler"),
+                                       {"envelope_id": envelope.envelope_id, "connection": connection},
+                                       self.hub_call),
+                      bot_user_id=self.bot_user_id, claim_once=self._claim_key_any_thread)
+        registrations = self.app.registrations_for(envelope)
+        if not registrations:
             self.stats.unhandled_kinds += 1
+            if envelope.type == "slash_commands":
+                self._warn_unknown_command(envelope.kind)
         payload: dict[str, Any] | None = None
         error: str | None = None
         argument = self.app.handler_argument(envelope)
-        for handler in handlers:
+        me = gevent.getcurrent()
+        for registration in registrations:
+            self._busy[me] = (registration.name, envelope.envelope_id)
             try:
-                result = handler(argument, ctx)
+                if registration.threaded:
+                    result = self.threads.run(registration.fn, argument, ctx)
+                else:
+                    result = registration.fn(argument, ctx)
             except Exception as exc:  # a handler bug must not take the connection down
                 self.stats.handler_errors += 1
                 error = type(exc).__name__
-                name = getattr(handler, "__name__", repr(handler))
-                log.exception("handler %s failed", name, extra={"envelope_id": envelope.envelope_id})
-                report_handler_error(exc, envelope, name, connection, claim=self._claim_key)
+                log.exception("handler %s failed", registration.name, extra={"envelope_id": envelope.envelope_id})
+                report_handler_error(exc, envelope, registration.name, connection, claim=self._claim_key)
                 continue
+            finally:
+                self._busy.pop(me, None)
             if payload is None and isinstance(result, dict):
                 payload = result
         finished = self._finish(envelope.envelope_id, ctx.replies, error)
@@ -124,7 +156,27 @@ class Dispatcher:
         """Handle an envelope taken over from a dead worker (it was acked long ago)."""
         self.stats.recovered += 1
         log.info("re-running %s left by a dead worker", envelope.kind, extra={"envelope_id": envelope.envelope_id})
-        self.handlers.spawn(self.handle, envelope)
+        self.pool.submit(envelope.envelope_id, self.handle, envelope)
+
+    def _warn_unknown_command(self, command: str) -> None:
+        """Slack shows the user nothing for a command acked with no answer: say so, once per name."""
+        command = command[:100]
+        if command in self._unknown_commands or len(self._unknown_commands) >= MAX_UNKNOWN_COMMANDS:
+            return
+        self._unknown_commands.add(command)
+        log.warning("no handler for slash command %s: acked with no answer (register @app.command(%r)); "
+                    "said once per command", command, command)
+
+    def describe(self, greenlet: Any) -> tuple[str, dict[str, Any]] | None:
+        """What a greenlet is running, if it is one of our handlers (HubWatch names it)."""
+        busy = self._busy.get(greenlet)
+        if busy is None:
+            return None
+        name, envelope_id = busy
+        return f"handler {name} (envelope {envelope_id})", {"envelope_id": envelope_id}
+
+    def stats_dict(self) -> dict[str, Any]:
+        return {**self.stats.as_dict(), **self.pool.stats()}
 
     def _claim(self, envelope: Envelope) -> bool:
         try:
@@ -178,10 +230,23 @@ class Dispatcher:
             report_store_failure(operation, exc)  # once per episode, like the log line
         self.stats.degraded = True
 
+    def finish_handlers(self, timeout: float) -> bool:
+        """Let running and queued handlers finish; on timeout, say at WARNING which were left."""
+        if self.pool.join(timeout=timeout):
+            return True
+        running, queued = self.pool.left()
+        ids = running + queued
+        shown = " ".join(ids[:MAX_IDS_LOGGED]) + (f" … and {len(ids) - MAX_IDS_LOGGED} more"
+                                                   if len(ids) > MAX_IDS_LOGGED else "")
+        fate = ("lost with this process (memory store)" if isinstance(self.store, MemoryStore) else
+                "stay processing in the inbox; a live worker's sweeper, or the next start, re-runs them")
+        log.warning("drain timed out with %d handler(s) unfinished (%d running, %d queued): %s; envelopes %s",
+                    len(ids), len(running), len(queued), fate, shown)
+        return False
+
     def drain(self, timeout: float) -> bool:
         """Wait for acks in flight, then handlers; False if something was still running."""
         deadline = time.monotonic() + timeout
         acks_done = self.inflight.join(timeout=timeout)
-        handlers_done = self.handlers.join(timeout=max(0.0, deadline - time.monotonic()))
-        return bool(acks_done) and bool(handlers_done)
-
+        handlers_done = self.finish_handlers(max(0.0, deadline - time.monotonic()))
+        return bool(acks_done) and handlers_done

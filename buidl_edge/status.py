@@ -61,6 +61,10 @@ HEARTBEAT_FIELDS: dict[str, Callable[[Stats], Any]] = {
     "acked": lambda s: sum(c.get("envelopes_acked", 0) for c in _connections(s)),
     "duplicates": lambda s: (s.get("dispatch") or {}).get("duplicates", 0),
     "handler_errors": lambda s: (s.get("dispatch") or {}).get("handler_errors", 0),
+    # Handlers running now, and the backlog behind them.
+    "running": lambda s: (s.get("dispatch") or {}).get("handlers_running", 0),
+    "queued": lambda s: (s.get("dispatch") or {}).get("handlers_queued", 0),
+    "store_rejected": lambda s: (s.get("dispatch") or {}).get("store_rejected", 0),
     "reconnects": lambda s: sum(c.get("reconnect_count", 0) for c in _connections(s)),
     "last_ack_ms": _last_ack_ms,
     "sent": lambda s: (s.get("outbox") or {}).get("sent", 0),
@@ -93,7 +97,8 @@ def _links(row: dict[str, Any]) -> Any:
 TABLE_COLUMNS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "process": lambda r: r["process"], "state": lambda r: r["state"], "pid": lambda r: r["pid"],
     "uptime": _uptime, "connections": _links,
-    **{name: (lambda r, key=name: r[key]) for name in ("acked", "duplicates", "handler_errors", "reconnects",
+    **{name: (lambda r, key=name: r[key]) for name in ("acked", "duplicates", "handler_errors", "running", "queued",
+                                                       "reconnects",
                                                        "last_ack_ms", "sent", "429s", "post_failed",
                                                        "degraded", "slot_wait")},
 }

@@ -29,6 +29,8 @@ from buidl_edge.config import SLACK_MAX_CONNECTIONS, ConfigError, Settings, abso
 from buidl_edge.config import load_settings  # noqa: E402
 from buidl_edge.connection import ConnectionSlot, FatalStop, backoff_delay  # noqa: E402
 from buidl_edge.dispatch import Dispatcher  # noqa: E402
+from buidl_edge.handler_threads import HubCall, share_logging_with_threads  # noqa: E402
+from buidl_edge.hubwatch import HubWatch  # noqa: E402
 from buidl_edge.observability import (  # noqa: E402
     flush_sentry,
     init_sentry,
@@ -80,6 +82,7 @@ class Worker:
         self.dispatcher: Dispatcher | None = None
         self.outbox: Outbox | None = None
         self.outbox_config = outbox_config
+        self.hubwatch: HubWatch | None = None
         # App-wide connection slots (BUIDL_MAX_APP_CONNECTIONS), leased from the shared store.
         self.gate = SlotGate(self.store, self.owner, settings.max_app_connections) \
             if hasattr(self.store, "acquire_slot") else None
@@ -109,9 +112,11 @@ class Worker:
                              self.settings.bot_token, self.owner, config, self.settings.backoff_base,
                              self.settings.backoff_cap, self.settings.lease_s,
                              on_failed=report_outbox_failure).start()
-        self.app.bind(self.outbox.send_reply)
+        # send_message may be called from a threaded handler: the outbox is reached on the hub.
+        self.app.bind(HubCall().wrap(self.outbox.send_reply))
         self.dispatcher = Dispatcher(self.app, self.store, self.outbox, self.owner,
-                                     self.settings.ack_payload_deadline, bot_user_id)
+                                     self.settings.ack_payload_deadline, bot_user_id,
+                                     self.settings.handler_concurrency, self.settings.handler_threads)
         overlap = gevent.lock.Semaphore(refresh_overlaps(self.settings))
         self.slots = [ConnectionSlot(f"c{i}", self.settings, self.webapi, self.dispatcher, overlap, self.gate)
                       for i in range(self.settings.connections)]
@@ -122,19 +127,26 @@ class Worker:
                   gevent.spawn(self._every, SWEEP_INTERVAL_S, self._sweep),
                   gevent.spawn(self._every, PRUNE_INTERVAL_S, self._prune),
                   gevent.spawn(self._every, HEARTBEAT_INTERVAL_S, self._renew_slots)]
+        share_logging_with_threads()  # the monitor thread and threaded handlers log too
+        # After start-up (imports, set-up), which would look like blocking to gevent's monitor.
+        self.hubwatch = hubwatch = HubWatch(self.settings.hub_block_warn_s, self.dispatcher.describe).start()
         self.up = True
         log.info("worker up: %d connection%s, app %s", len(self.slots), "" if len(self.slots) == 1 else "s",
                  self.app.name)
         self.stop_requested.wait()
         gevent.killall(chores, block=False)
         clean = self._drain(runners)
+        hubwatch.stop()
         if self.fatal_reason:
             return self._fatal(self.fatal_reason)
         flush_sentry()  # what handlers reported while draining goes out before exit
         if self.crash_reason:
             log.error("%s; exiting for a restart", self.crash_reason)
             return EXIT_CRASH
-        log.info("worker stopped%s", "" if clean else " (drain timed out)")
+        if clean:
+            log.info("worker stopped")
+        else:  # what was left is named by the drain's own warnings
+            log.warning("worker stopped (drain timed out)")
         return EXIT_OK
 
     def _run_slot(self, slot: ConnectionSlot) -> None:
@@ -187,7 +199,7 @@ class Worker:
         acks_done = self.dispatcher.inflight.join(timeout=max(0.1, deadline - time.monotonic()))
         for slot in self.slots:
             slot.close()
-        handlers_done = self.dispatcher.handlers.join(timeout=max(0.1, deadline - time.monotonic()))
+        handlers_done = self.dispatcher.finish_handlers(timeout=max(0.1, deadline - time.monotonic()))
         sent = self.outbox.stop(timeout=max(0.1, deadline - time.monotonic()))
         self._forget_heartbeat()
         self.store.close()
@@ -250,7 +262,7 @@ class Worker:
             "owner": self.owner,
             "started_at": self.started_at,
             "connections": self.get_connection_stats(),
-            "dispatch": self.dispatcher.stats.as_dict() if self.dispatcher else {},
+            "dispatch": self.dispatcher.stats_dict() if self.dispatcher else {},
             "outbox": self.outbox.stats.as_dict() if self.outbox else {},
             "slots": self.gate.status() if self.gate else {},
         }

@@ -279,3 +279,29 @@ def test_buidl_command_answers_with_ephemeral_help() -> None:
     ctx = make_ctx(envelope)
     assert run(bot.app, envelope, ctx) == [{"response_type": "ephemeral", "text": bot.HELP_TEXT}]
     assert ctx.replies == []
+
+
+def test_threaded_handlers_are_registered_as_such_and_kept_by_include() -> None:
+    app = EdgeApp()
+
+    def plain(event: dict[str, Any], ctx: Context) -> None:
+        return None
+
+    def heavy(event: dict[str, Any], ctx: Context) -> None:
+        return None
+
+    app.event("message")(plain)
+    app.event("message", threaded=True)(heavy)
+    app.command("/crunch", threaded=True)(heavy)
+    app.interactive("block_actions", threaded=True)(heavy)
+    app.register_handler("file_shared", heavy, threaded=True)
+    envelope = event_envelope(message("x"))
+    assert app.handlers_for(envelope) == [plain, heavy]
+    assert [(r.fn, r.threaded, r.name) for r in app.registrations_for(envelope)] == [
+        (plain, False, "plain"), (heavy, True, "heavy")]
+    assert [r.threaded for r in app.registrations_for(command_envelope("/crunch"))] == [True]
+    assert [r.threaded for r in app.registrations_for(action_envelope())] == [True]
+    combined = EdgeApp().include(app)
+    assert [r.threaded for r in combined.registrations_for(envelope)] == [False, True]
+    assert [r.threaded for r in combined.registrations_for(
+        event_envelope({"type": "file_shared", "channel_id": "C1"}))] == [True]

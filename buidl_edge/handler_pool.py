@@ -1,0 +1,87 @@
+"""The handler pool: at most N handlers at once, a queue behind them, and a submit that never waits.
+
+An ack must never wait for handler capacity (Slack redelivers events and drops slash
+commands that are not acked within 3 s), so `submit` always returns at once: the
+job starts now if a place is free, else it joins the queue and starts, in arrival
+order, as running handlers finish.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable
+
+import gevent
+import gevent.event
+import gevent.pool
+
+
+class HandlerJob:
+    """One envelope's handlers: whether they started, and when done what they returned."""
+
+    __slots__ = ("envelope_id", "_call", "started", "done", "value")
+
+    def __init__(self, envelope_id: str, call: Callable[[], Any]) -> None:
+        self.envelope_id = envelope_id
+        self._call = call
+        self.started = False
+        self.done = gevent.event.Event()
+        self.value: Any = None  # set when the call returned; None if it raised
+
+    def run(self) -> None:
+        try:
+            self.value = self._call()
+        finally:
+            self.done.set()
+
+
+class HandlerPool:
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.queue: deque[HandlerJob] = deque()
+        self.max_queued = 0
+        self._running: dict[HandlerJob, None] = {}  # insertion-ordered: oldest first
+        self._group = gevent.pool.Group()
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def queued(self) -> int:
+        return len(self.queue)
+
+    def submit(self, envelope_id: str, fn: Callable[..., Any], *args: Any) -> HandlerJob:
+        """Start `fn(*args)` now if there is room, else queue it; never blocks."""
+        job = HandlerJob(envelope_id, lambda: fn(*args))
+        if len(self._running) < self.size and not self.queue:
+            self._start(job)
+        else:
+            self.queue.append(job)
+            self.max_queued = max(self.max_queued, len(self.queue))
+        return job
+
+    def _start(self, job: HandlerJob) -> None:
+        job.started = True
+        self._running[job] = None
+        self._group.spawn(self._run, job)
+
+    def _run(self, job: HandlerJob) -> None:
+        try:
+            job.run()
+        finally:
+            del self._running[job]
+            # The next one starts before this greenlet leaves the group, so `join` sees no gap.
+            if self.queue:
+                self._start(self.queue.popleft())
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until nothing runs or waits; False on timeout."""
+        return bool(self._group.join(timeout=timeout))
+
+    def left(self) -> tuple[list[str], list[str]]:
+        """Envelope ids of the handlers running and of those still queued, oldest first."""
+        return [job.envelope_id for job in self._running], [job.envelope_id for job in self.queue]
+
+    def stats(self) -> dict[str, int]:
+        return {"handlers_running": self.running, "handlers_queued": self.queued,
+                "handlers_queued_max": self.max_queued}
