@@ -1,0 +1,131 @@
+"""Prometheus metrics built from worker snapshots, through prometheus_client.
+
+One collector serves both cases: a standalone worker passes its own live
+snapshot; `buidl-edge run` passes the snapshots every worker of the dyno
+already publishes to the store with its heartbeat. Counters are the workers'
+own running totals, labelled by process (and connection), so a restarted
+worker starts its series again from zero, as Prometheus expects of a counter.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+Snapshot = Mapping[str, Any]
+NAMESPACE = "buidl"
+
+
+def process_label(snapshot: Snapshot) -> str:
+    return str(snapshot.get("process") or f"pid{snapshot.get('pid', '?')}")
+
+
+class SnapshotCollector(Collector):
+    """Yields every buidl-edge metric from `snapshots()` (called once per scrape)."""
+
+    def __init__(self, snapshots: Callable[[], Iterable[Snapshot]],
+                 outbox: Callable[[], Mapping[str, Any] | None] | None = None) -> None:
+        self._snapshots = snapshots
+        self._outbox = outbox
+
+    def collect(self) -> Iterator[Metric]:
+        snaps = list(self._snapshots())
+        yield from _connection_metrics(snaps)
+        yield from _process_metrics(snaps)
+        if self._outbox is not None:
+            yield from _outbox_depth(self._outbox())
+
+
+def _family(kind: type, name: str, doc: str, labels: list[str]) -> Any:
+    return kind(f"{NAMESPACE}_{name}", doc, labels=labels)
+
+
+def _connection_metrics(snaps: list[Snapshot]) -> Iterator[Metric]:
+    labels = ["process", "connection"]
+    counters = {
+        "envelopes_received": (_family(CounterMetricFamily, "envelopes_received",
+                                       "Envelopes read from Slack.", labels)),
+        "envelopes_acked": _family(CounterMetricFamily, "envelopes_acked", "Envelopes acked to Slack.", labels),
+        "envelopes_rejected": _family(CounterMetricFamily, "envelopes_rejected",
+                                      "Frames rejected as malformed (never acked).", labels),
+    }
+    up = _family(GaugeMetricFamily, "connection_up", "1 while the connection has an open link.", labels)
+    reconnects = _family(CounterMetricFamily, "reconnects", "Links ended, by why they ended.",
+                         labels + ["reason"])
+    latency = _family(HistogramMetricFamily, "ack_latency_seconds",
+                      "From reading an envelope to writing its ack.", labels)
+    for snap in snaps:
+        process = process_label(snap)
+        for conn in snap.get("connections") or []:
+            values = [process, str(conn.get("name", "?"))]
+            for key, family in counters.items():
+                family.add_metric(values, float(conn.get(key) or 0))
+            up.add_metric(values, 1.0 if conn.get("connected") else 0.0)
+            for reason, count in sorted((conn.get("link_ends") or {}).items()):
+                reconnects.add_metric(values + [str(reason)], float(count))
+            hist = conn.get("ack_latency")
+            if hist and hist.get("buckets"):
+                latency.add_metric(values, _cumulative(hist), sum_value=float(hist.get("sum") or 0.0))
+    yield from counters.values()
+    yield from (up, reconnects, latency)
+
+
+def _cumulative(hist: Mapping[str, Any]) -> list[tuple[str, float]]:
+    bounds = [str(b) for b in hist["buckets"]] + ["+Inf"]
+    running, out = 0, []
+    for bound, count in zip(bounds, hist.get("counts") or []):
+        running += count
+        out.append((bound, float(running)))
+    return out
+
+
+# (snapshot section, key, metric name, help)
+_PROCESS_COUNTERS = (
+    ("dispatch", "envelopes_new", "envelopes_new", "Envelopes claimed for the first time (handled here)."),
+    ("dispatch", "duplicates", "envelopes_duplicate", "Envelopes acked and dropped as already seen."),
+    ("dispatch", "handler_errors", "handler_errors", "Handler runs that raised."),
+    ("dispatch", "recovered", "envelopes_recovered", "Envelopes re-run after their worker died."),
+    ("outbox", "sent", "outbox_sent", "Replies posted to Slack."),
+    ("outbox", "failed", "outbox_failed", "Replies that failed for good."),
+    ("outbox", "rate_limited", "outbox_ratelimited", "chat.postMessage answers of HTTP 429."),
+)
+_PROCESS_GAUGES = (
+    ("dispatch", "handlers_running", "handlers_running", "Handlers running now."),
+    ("dispatch", "handlers_queued", "handlers_queued", "Handlers waiting for a free slot in the pool."),
+)
+
+
+def _process_metrics(snaps: list[Snapshot]) -> Iterator[Metric]:
+    labels = ["process"]
+    families = [(section, key, _family(CounterMetricFamily, name, doc, labels))
+                for section, key, name, doc in _PROCESS_COUNTERS]
+    families += [(section, key, _family(GaugeMetricFamily, name, doc, labels))
+                 for section, key, name, doc in _PROCESS_GAUGES]
+    degraded = _family(GaugeMetricFamily, "store_degraded",
+                       "1 while the shared store fails and the worker acks on with local dedup.", labels)
+    for snap in snaps:
+        process = [process_label(snap)]
+        for section, key, family in families:
+            value = (snap.get(section) or {}).get(key)
+            if value is not None:
+                family.add_metric(process, float(value))
+        degraded.add_metric(process, 1.0 if snap.get("degraded") else 0.0)
+    yield from (family for _, _, family in families)
+    yield degraded
+
+
+def _outbox_depth(stats: Mapping[str, Any] | None) -> Iterator[Metric]:
+    if not stats:
+        return
+    depth = GaugeMetricFamily(f"{NAMESPACE}_outbox_depth", "Replies queued and not yet sent (shared store).")
+    depth.add_metric([], float(stats.get("depth") or 0))
+    yield depth
+
+
+def registry_for(collector: SnapshotCollector) -> CollectorRegistry:
+    """A registry of our own: the default one would add this process's own Python metrics,
+    which under `run` describe the parent, not the workers."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
