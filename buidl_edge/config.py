@@ -179,6 +179,9 @@ class Settings:
     handler_threads: int = 8
     # Warn when one greenlet holds the gevent hub longer than this (0 turns the monitor off).
     hub_block_warn_s: float = 0.5
+    # /healthz /readyz /metrics (health.py): off unless a port is given; `run` serves one for the dyno.
+    http_port: int | None = None
+    http_host: str = "0.0.0.0"
 
     @property
     def database_path(self) -> Path:
@@ -226,6 +229,7 @@ _NUMBERS: dict[str, tuple[str, type]] = {
     "BUIDL_HANDLER_CONCURRENCY": ("handler_concurrency", int),
     "BUIDL_HANDLER_THREADS": ("handler_threads", int),
     "BUIDL_HUB_BLOCK_WARN_S": ("hub_block_warn_s", float),
+    "BUIDL_HTTP_PORT": ("http_port", int),
 }
 
 
@@ -249,6 +253,7 @@ def load_settings(env: Mapping[str, str] | None = None, require_tokens: bool = T
         "state_dir": absolute(env["BUIDL_STATE_DIR"]) if env.get("BUIDL_STATE_DIR") else default_state_dir(env),
         "store_url": _store_url(env),
         "db_path": absolute(env["BUIDL_DB"]) if env.get("BUIDL_DB") else None,
+        "http_host": (env.get("BUIDL_HTTP_HOST") or "").strip() or "0.0.0.0",
     }
     for name, (attr, parse) in _NUMBERS.items():
         raw = env.get(name)
@@ -350,6 +355,9 @@ def validate(settings: Settings) -> None:
                            ("BUIDL_HANDLER_THREADS", "handler_threads")):
         if getattr(settings, attr) < 1:
             raise ConfigError(f"{env_name} must be at least 1, got {getattr(settings, attr)}")
+    if settings.http_port is not None and not 0 <= settings.http_port <= 65535:
+        raise ConfigError(f"BUIDL_HTTP_PORT must be a TCP port (1..65535, or 0 for any free one), "
+                          f"got {settings.http_port}")
     if settings.hub_block_warn_s < 0:
         raise ConfigError(f"BUIDL_HUB_BLOCK_WARN_S must be 0 (off) or more, got {settings.hub_block_warn_s}")
     for attr in ("ack_payload_deadline", "ping_interval", "stale_timeout", "backoff_base",

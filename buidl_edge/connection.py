@@ -25,6 +25,7 @@ import websocket
 
 from buidl_edge import protocol
 from buidl_edge.config import ConfigError, Settings, proxy_for
+from buidl_edge.latency import LatencyHistogram
 from buidl_edge.observability import report_exception, report_protocol_error, trace_frame
 from buidl_edge.store.slots import OVERLAP_SUFFIX, SlotGate, Waitable
 from buidl_edge.webapi import FatalAuthError, RateLimited, SlackApiError, WebApi
@@ -68,10 +69,15 @@ class ConnectionStats:
     envelopes_rejected: int = 0
     last_ack_latency_ms: float | None = None
     disconnects: dict[str, int] = field(default_factory=dict)
+    # Why each link ended (refresh, stale, closed, …): the metrics' reconnects by reason.
+    link_ends: dict[str, int] = field(default_factory=dict)
+    ack_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
     def as_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.__dict__.items() if k != "disconnects"}
+        data = {k: v for k, v in self.__dict__.items() if k not in ("disconnects", "link_ends", "ack_latency")}
         data["disconnects"] = dict(self.disconnects)
+        data["link_ends"] = dict(self.link_ends)
+        data["ack_latency"] = self.ack_latency.as_dict()
         data["uptime"] = round(time.time() - self.connected_since, 3) if self.connected and self.connected_since else 0.0
         return data
 
@@ -122,7 +128,9 @@ class Link:
         if not self.send_text(frame):
             return False
         self.stats.envelopes_acked += 1
-        self.stats.last_ack_latency_ms = round((time.monotonic() - received_at) * 1000, 3)
+        latency = time.monotonic() - received_at
+        self.stats.last_ack_latency_ms = round(latency * 1000, 3)
+        self.stats.ack_latency.observe(latency)
         return True
 
     def read_loop(self) -> None:
@@ -351,6 +359,7 @@ class ConnectionSlot:
         pinger = gevent.spawn(link.keepalive)
         expiry = self._schedule_expiry_refresh(link)
         outcome = link.outcome.get()
+        self.stats.link_ends[outcome] = self.stats.link_ends.get(outcome, 0) + 1
         if expiry is not None:
             expiry.kill(block=False)
         if outcome in ("refresh", "stale") and not self._stopping.is_set():

@@ -34,7 +34,11 @@ class SnapshotCollector(Collector):
         yield from _connection_metrics(snaps)
         yield from _process_metrics(snaps)
         if self._outbox is not None:
-            yield from _outbox_depth(self._outbox())
+            try:
+                stats = self._outbox()
+            except Exception:  # a failing store shows as store_degraded; the scrape still answers
+                stats = None
+            yield from _outbox_depth(stats)
 
 
 def _family(kind: type, name: str, doc: str, labels: list[str]) -> Any:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from buidl_edge import dyno_health
 from buidl_edge.config import ConfigError, Settings
 from buidl_edge.observability import setup_logging
 from buidl_edge.supervise import (
@@ -129,6 +130,9 @@ def run_stack(settings: Settings) -> int:
         pid = f" (supervisord pid {running})" if running else ""
         raise ConfigError(f"a stack is already running on {state_dir}{pid}: stop it first, "
                           "or give this one its own BUIDL_STATE_DIR")
+    if settings.http_port is not None and (settings.store_url or "").startswith("memory://"):
+        raise ConfigError("BUIDL_HTTP_PORT under `run` reads the workers' heartbeats from the shared store; "
+                          "with BUIDL_STORE_URL=memory:// there is none (run `worker` alone to serve its own)")
     setup_logging(settings.log_level, settings.log_format == "json")
     _append_to_stdout()
     credentials = Credentials.fresh()
@@ -136,6 +140,11 @@ def run_stack(settings: Settings) -> int:
     fatal_marker(state_dir).unlink(missing_ok=True)
     env = dict(os.environ, BUIDL_STATE_DIR=str(state_dir), BUIDL_APP=settings.app_spec,
                BUIDL_PROCESSES=str(settings.processes), BUIDL_CONNECTIONS=str(settings.connections))
+    env.pop("BUIDL_HTTP_PORT", None)  # one endpoint for the dyno, here, rather than one per worker
+    try:
+        health = dyno_health.serve(settings)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on BUIDL_HTTP_PORT {settings.http_port}: {exc.strerror or exc}") from None
     child = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)], env=env)
     watch = StackWatch(Supervisor(state_dir, credentials), state_dir)
 
@@ -149,6 +158,10 @@ def run_stack(settings: Settings) -> int:
         signal.signal(sig, on_signal)
     fatal = _watch(child, watch)
     watch.supervisor.close()
+    if health is not None:
+        server, view = health
+        server.shutdown()
+        view.close()
     fatal = read_fatal(state_dir) or fatal
     if fatal:
         print(f"buidl-edge run: stopped for good: {fatal.get('reason')} "

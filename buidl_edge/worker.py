@@ -127,6 +127,11 @@ class Worker:
                   gevent.spawn(self._every, SWEEP_INTERVAL_S, self._sweep),
                   gevent.spawn(self._every, PRUNE_INTERVAL_S, self._prune),
                   gevent.spawn(self._every, HEARTBEAT_INTERVAL_S, self._renew_slots)]
+        try:
+            http = self._serve_health()
+        except OSError as exc:
+            return cannot_start(f"cannot listen on BUIDL_HTTP_PORT {self.settings.http_port}: "
+                                f"{exc.strerror or exc}", state_dir=self.settings.state_dir)
         share_logging_with_threads()  # the monitor thread and threaded handlers log too
         # After start-up (imports, set-up), which would look like blocking to gevent's monitor.
         self.hubwatch = hubwatch = HubWatch(self.settings.hub_block_warn_s, self.dispatcher.describe).start()
@@ -137,6 +142,8 @@ class Worker:
         gevent.killall(chores, block=False)
         clean = self._drain(runners)
         hubwatch.stop()
+        if http is not None:
+            http.stop(timeout=1)
         if self.fatal_reason:
             return self._fatal(self.fatal_reason)
         flush_sentry()  # what handlers reported while draining goes out before exit
@@ -249,6 +256,24 @@ class Worker:
             self.store.forget_worker(self.owner)
         except StoreError as exc:
             log.warning("could not remove this worker's heartbeat: %s", exc)
+
+    def _serve_health(self) -> Any:
+        """/healthz /readyz /metrics of this process, when BUIDL_HTTP_PORT is set (under `run`
+        the parent serves one endpoint for the whole dyno instead)."""
+        if self.settings.http_port is None:
+            return None
+        from buidl_edge.health import build_app, serve_on_hub
+
+        app = build_app(self.readiness, lambda: [self.snapshot()], self.store.outbox_stats)
+        return serve_on_hub(self.settings.http_host, self.settings.http_port, app)
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready: a Slack link is open and the store answers (not degraded)."""
+        if not any(slot.stats.connected for slot in self.slots):
+            return False, "no Slack link open"
+        if self.dispatcher is not None and self.dispatcher.stats.degraded:
+            return False, "the store is failing (degraded: acking with local dedup only)"
+        return True, f"{sum(slot.stats.connected for slot in self.slots)} of {len(self.slots)} connection(s) open"
 
     def get_connection_stats(self) -> list[dict[str, Any]]:
         """Per connection, as the Buidl API named them."""

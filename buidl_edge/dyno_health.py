@@ -1,0 +1,74 @@
+"""The health endpoint of a whole dyno, served by `buidl-edge run` from the workers' heartbeats.
+
+The workers already publish a snapshot to the store every heartbeat; the parent reads those of
+this host (a memory:// store has none to read: each worker would have to serve its own). The
+store is opened lazily and never created: until the first worker has made it, nothing is ready.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Any
+
+from buidl_edge.config import Settings
+from buidl_edge.status import STALE_AFTER_S, live_workers
+from buidl_edge.store.errors import StoreError
+
+
+class DynoView:
+    """Thread-safe reads for the endpoint's threads: this host's live workers and the outbox."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.host = socket.gethostname()
+        self._store: Any = None
+        self._lock = threading.Lock()
+
+    def _open(self) -> Any:
+        with self._lock:
+            if self._store is None:
+                from buidl_edge.store import open_store
+
+                self._store = open_store(self.settings, threaded=False, create=False)
+            return self._store
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        try:
+            beats = live_workers(self._open())
+        except StoreError:
+            return []
+        return [w["stats"] for w in beats if (w.get("host") or self.host) == self.host]
+
+    def outbox(self) -> dict[str, Any] | None:
+        return self._open().outbox_stats()  # type: ignore[no-any-return]
+
+    def readiness(self) -> tuple[bool, str]:
+        try:
+            beats = live_workers(self._open())
+            self._open().outbox_stats()  # the store answers a read, not only our cache of it
+        except StoreError as exc:
+            return False, f"store not reachable: {exc}"
+        local = [w["stats"] for w in beats if (w.get("host") or self.host) == self.host]
+        if not local:
+            return False, f"no worker has heartbeated in the last {STALE_AFTER_S:.0f}s"
+        links = sum(1 for s in local for c in s.get("connections") or [] if c.get("connected"))
+        if not links:
+            return False, f"{len(local)} worker(s) up, but no Slack link is open"
+        return True, f"{len(local)} worker(s), {links} Slack link(s) open"
+
+    def close(self) -> None:
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+
+def serve(settings: Settings) -> tuple[Any, DynoView] | None:
+    """Start the endpoint on a thread when BUIDL_HTTP_PORT is set; None otherwise."""
+    if settings.http_port is None:
+        return None
+    from buidl_edge.health import build_app, serve_on_thread
+
+    view = DynoView(settings)
+    app = build_app(view.readiness, view.snapshots, view.outbox)
+    return serve_on_thread(settings.http_host, settings.http_port, app), view
