@@ -370,8 +370,9 @@ def check(as_json: bool) -> None:
     if (settings.store_url or "").startswith(("redis://", "rediss://")):
         store = _admin_store(settings)
         store.ping()
-        report["store"] = {"ok": True, "where": store.where, "max_app_connections": settings.max_app_connections}
-        lines.append(f"store ok: {store.where} answers; the app may hold "
+        where = store.describe()
+        report["store"] = {"ok": True, "where": where, "max_app_connections": settings.max_app_connections}
+        lines.append(f"store ok: {where} answers; the app may hold "
                      f"{plural(settings.max_app_connections, 'connection')} over every dyno")
     click.echo(json.dumps(report, indent=2) if as_json else "\n".join(lines))
 

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import socket
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from buidl_edge.config import Settings
 from buidl_edge.status import STALE_AFTER_S, live_workers
+from buidl_edge.store.base import EdgeStore
 from buidl_edge.store.errors import StoreError
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 
 class DynoView:
@@ -21,10 +25,10 @@ class DynoView:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.host = socket.gethostname()
-        self._store: Any = None
+        self._store: EdgeStore | None = None
         self._lock = threading.Lock()
 
-    def _open(self) -> Any:
+    def _open(self) -> EdgeStore:
         with self._lock:
             if self._store is None:
                 from buidl_edge.store import open_store
@@ -40,7 +44,7 @@ class DynoView:
         return [w["stats"] for w in beats if (w.get("host") or self.host) == self.host]
 
     def outbox(self) -> dict[str, Any] | None:
-        return self._open().outbox_stats()  # type: ignore[no-any-return]
+        return self._open().outbox_stats()
 
     def readiness(self) -> tuple[bool, str]:
         try:
@@ -63,7 +67,7 @@ class DynoView:
                 self._store = None
 
 
-def serve(settings: Settings) -> tuple[Any, DynoView] | None:
+def serve(settings: Settings) -> tuple[WSGIServer, DynoView] | None:
     """Start the endpoint on a thread when BUIDL_HTTP_PORT is set; None otherwise."""
     if settings.http_port is None:
         return None

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from buidl_edge.config import Settings
+from buidl_edge.store.base import AdminStore, EdgeStore, OutboxStore
 from buidl_edge.store.errors import StoreError
 from buidl_edge.store.owners import Owner, holder_owner, pid_alive
 from buidl_edge.supervise import ProcessInfo, SupervisorDown, supervisor_processes
@@ -127,7 +128,7 @@ def _heartbeat_row(beat: dict[str, Any], here: str, supervised: bool, now: float
     return worker_row(name, f"RUNNING ({where})", pid, now - stats.get("started_at", now), stats, age)
 
 
-def collect_status(settings: Settings, store: Any) -> dict[str, Any]:
+def collect_status(settings: Settings, store: EdgeStore) -> dict[str, Any]:
     now = time.time()
     here = socket.gethostname()
     try:
@@ -155,32 +156,32 @@ def collect_status(settings: Settings, store: Any) -> dict[str, Any]:
             "slots": slot_summary(settings, store)}
 
 
-def live_workers(store: Any) -> list[dict[str, Any]]:
+def live_workers(store: AdminStore) -> list[dict[str, Any]]:
     """Workers heartbeating on this store now (a dead pid on this host does not count)."""
     here = socket.gethostname()
     try:
         beats = store.workers(max_age_s=STALE_AFTER_S)
-    except (StoreError, AttributeError):
+    except StoreError:
         return []
     return [w for w in beats if not dead_here(w.get("owner", ""), here)]
 
 
-def slot_summary(settings: Settings, store: Any) -> dict[str, Any] | None:
+def slot_summary(settings: Settings, store: AdminStore) -> dict[str, Any] | None:
     """The app's connection slots held right now, over every process sharing the store; a slot
     whose holder's pid is gone on this host is free, whatever its lease says."""
     here = socket.gethostname()
     try:
         held = [h for h in store.slots() if not dead_here(holder_owner(h["holder"]), here)]
-    except (StoreError, AttributeError):
+    except StoreError:
         return None
     return {"limit": settings.max_app_connections, "held": len(held), "holders": [h["holder"] for h in held]}
 
 
-def outbox_summary(store: Any) -> dict[str, Any] | None:
+def outbox_summary(store: OutboxStore) -> dict[str, Any] | None:
     """The shared outbox: depth (pending + sending), sent (within retention), failed, 429s seen."""
     try:
         stats = store.outbox_stats()
-    except (StoreError, AttributeError):
+    except StoreError:
         return None
     return {key: stats.get(key) for key in ("depth", "pending", "sending", "sent", "failed", "rate_limited",
                                             "oldest_unsent_age_s")}

@@ -84,8 +84,7 @@ class Worker:
         self.outbox_config = outbox_config
         self.hubwatch: HubWatch | None = None
         # App-wide connection slots (BUIDL_MAX_APP_CONNECTIONS), leased from the shared store.
-        self.gate = SlotGate(self.store, self.owner, settings.max_app_connections) \
-            if hasattr(self.store, "acquire_slot") else None
+        self.gate = SlotGate(self.store, self.owner, settings.max_app_connections)
 
     def request_stop(self, signum: int | None = None) -> None:
         """Signal handler: only record; the main greenlet drains."""

@@ -165,6 +165,24 @@ def test_status_without_supervisor_says_it_is_stopped_and_exits_nonzero(tmp_path
     assert "supervisor: stopped" in left_over.stdout and "does not answer" in left_over.stdout
 
 
+def test_admin_reads_of_a_memory_store_show_it_empty_rather_than_a_traceback(tmp_path: Path) -> None:
+    """A memory:// store lives in each worker: an admin command in another process finds it empty."""
+    env = operator_env(tmp_path / "state", BUIDL_STORE_URL="memory://")
+
+    status = cli(env, "status", "--json", cwd=tmp_path)
+    assert "Traceback" not in status.stderr and status.returncode == 1  # no supervisor here
+    report = json.loads(status.stdout)
+    assert report["processes"] == [] and report["outbox"]["depth"] == 0 and report["slots"]["held"] == 0
+
+    stats = cli(env, "inbox", "stats", "--json", cwd=tmp_path)
+    assert "Traceback" not in stats.stderr and stats.returncode == 0
+    assert {k: v for k, v in json.loads(stats.stdout).items() if k != "oldest_processing_age_s"} == {
+        "processing": 0, "done": 0, "failed": 0, "keys": 0, "outbox_pending": 0, "outbox_sent": 0}
+
+    listed = cli(env, "inbox", "list", "--json", cwd=tmp_path)
+    assert "Traceback" not in listed.stderr and listed.returncode == 0 and json.loads(listed.stdout) == []
+
+
 ADMIN_COMMANDS = [("status",), ("status", "--json"), ("send", "C0123ABCD", "hello"),
                   ("outbox", "stats"), ("outbox", "list"), ("outbox", "retry", "1"), ("outbox", "purge", "--failed"),
                   ("inbox", "stats"), ("inbox", "list"), ("inbox", "retry", "env-1"), ("inbox", "prune")]

@@ -16,7 +16,8 @@ import pytest
 from buidl_edge.protocol import Envelope
 from buidl_edge.store.base import Reply
 from buidl_edge.store.errors import StoreCorrupt, StoreLocked, StoreRejected, StoreUnavailable
-from buidl_edge.store.sqlite import SCHEMA_VERSION, SqliteStore
+from buidl_edge.store.sqlite import SqliteStore
+from buidl_edge.store.sqlite.schema import SCHEMA_VERSION
 
 HOST = socket.gethostname()
 ME = f"{HOST}:{os.getpid()}"

@@ -1,4 +1,8 @@
-"""The shared store: dedup claims, the inbox, and worker stats behind one interface."""
+"""The shared store: dedup claims, the inbox, the outbox, connection slots and worker stats.
+
+`base` has the four protocols every backend implements (InboxStore, OutboxStore, SlotStore,
+AdminStore); `memory`, `sqlite/` and `redis/` are the backends, `open_store` picks one.
+"""
 from typing import TYPE_CHECKING
 
 from buidl_edge.store.base import EdgeStore, Reply

@@ -1,11 +1,19 @@
-"""The store interface every backend (memory, SQLite, later Redis) implements."""
+"""What every store backend (memory, SQLite, Redis) holds, and the four protocols callers use.
+
+`InboxStore` is what the dispatcher and the worker's chores need, `OutboxStore` the sender's,
+`SlotStore` the connection gate's, `AdminStore` what `status`, `check`, the admin commands and
+the dyno's health endpoint read. Every backend implements all four; `EdgeStore` is the whole.
+"""
 from __future__ import annotations
 
+import json
+import uuid
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol, Sequence
 
 from buidl_edge.protocol import Envelope
 from buidl_edge.ratelimit import PostLimits
+from buidl_edge.store.errors import BadCall
 
 # Slack retries for about 5 minutes; dedup keys must outlive that with room to spare.
 MIN_RETENTION_S = 600.0
@@ -23,6 +31,7 @@ class Reply:
 
 
 OUTBOX_STATES = ("pending", "sending", "sent", "failed")
+PURGEABLE_STATES = ("failed", "sent")
 
 
 @dataclass(frozen=True)
@@ -76,7 +85,38 @@ class PostOutcome:
     pause: Literal["channel", "global"] = "channel"
 
 
-class EdgeStore(Protocol):
+# -- rules every backend applies the same way
+
+
+def blocks_json(blocks: list[dict[str, Any]] | None) -> str | None:
+    """A reply's blocks as a stored backend writes them: compact JSON, or nothing."""
+    return None if blocks is None else json.dumps(blocks, separators=(",", ":"))
+
+
+def idempotency_keys(replies: Sequence[Reply], keys: Sequence[str] | None) -> list[str]:
+    """The key of each reply to enqueue: the caller's, or a random one each (queued every time)."""
+    chosen = list(keys) if keys is not None else [f"q:{uuid.uuid4().hex}" for _ in replies]
+    if len(chosen) != len(replies):
+        raise BadCall("one idempotency key per reply")
+    return chosen
+
+
+def check_purgeable(state: str) -> None:
+    if state not in PURGEABLE_STATES:
+        raise BadCall(f"only failed or sent rows can be purged, not {state!r}")
+
+
+def retention_cutoff(now: float, retention_s: float) -> float:
+    """Older than this is forgotten by `prune`; never less than Slack's retry window allows."""
+    return now - max(retention_s, MIN_RETENTION_S)
+
+
+# -- the protocols
+
+
+class InboxStore(Protocol):
+    """Dedup claims and the inbox: what the dispatcher and the worker's chores call."""
+
     def claim(self, envelope: Envelope, owner: str) -> bool:
         """Record the envelope and its dedup keys atomically; True when it is new."""
 
@@ -92,16 +132,12 @@ class EdgeStore(Protocol):
     def sweep(self, owner: str, limit: int = 100) -> list[Envelope]:
         """Take over envelopes whose owner died or whose lease ran out; return them to re-run."""
 
-    def heartbeat(self, owner: str, stats: dict[str, Any]) -> None:
-        """Publish this worker's stats for `status`."""
+    def prune(self, retention_s: float = DEFAULT_RETENTION_S, now: float | None = None) -> int:
+        """Forget handled envelopes, keys and sent replies older than the retention; return rows dropped."""
 
-    def forget_worker(self, owner: str) -> None:
-        """Drop this worker's stats: it stopped, `status` must not show it alive."""
 
-    def prune(self, retention_s: float = DEFAULT_RETENTION_S) -> int:
-        """Forget handled envelopes and keys older than the retention; return rows dropped."""
-
-    # -- outbox: see buidl_edge/outbox.py for the sender that drives these
+class OutboxStore(Protocol):
+    """The durable outbox: what the sender (buidl_edge/outbox.py) drives."""
 
     durable: bool  # False: rows die with the process (the sender flushes them before exit)
 
@@ -109,14 +145,14 @@ class EdgeStore(Protocol):
                        keys: Sequence[str] | None = None) -> list[int]:
         """Queue replies (a key seen before is not queued again); return their row ids."""
 
-    def outbox_claim(self, owner: str, limit: int, limits: PostLimits, lease_s: float) -> Claimed:
+    def outbox_claim(self, owner: str, limit: int, limits: PostLimits, lease_s: float | None = None) -> Claimed:
         """In one transaction: take each channel's oldest unsent row if it is due and the
         channel's (and the global) bucket has a token; mark it sending under `owner`'s lease."""
 
     def outbox_settle(self, row_id: int, owner: str, outcome: PostOutcome) -> OutboxRow | None:
         """Record how a post ended; None when the row is no longer ours (lease lost)."""
 
-    def outbox_renew(self, owner: str, lease_s: float) -> int:
+    def outbox_renew(self, owner: str, lease_s: float | None = None) -> int:
         """Extend the lease of this owner's rows in flight."""
 
     def outbox_recover(self, owner: str) -> int:
@@ -124,6 +160,54 @@ class EdgeStore(Protocol):
 
     def outbox_stats(self) -> dict[str, Any]:
         """Rows per state, depth, oldest pending age, 429s seen, paused buckets."""
+
+
+class SlotStore(Protocol):
+    """Connection slots: Slack allows 10 Socket Mode connections per app, across every dyno.
+
+    A holder is `owner/slot` (see store/slots.py); a lease lapses after `ttl` seconds unrenewed.
+    """
+
+    def acquire_slot(self, holder: str, limit: int, ttl: float) -> bool:
+        """Lease a slot to `holder` if fewer than `limit` are held (True if it holds one already)."""
+
+    def renew_slots(self, holders: Sequence[str], limit: int, ttl: float) -> list[str]:
+        """Extend these holders' leases, re-taking lapsed ones while there is room; return those lost."""
+
+    def release_slot(self, holder: str) -> None: ...
+
+
+class AdminStore(Protocol):
+    """The workers' heartbeats and the reads and repairs behind `status`, `check`, `inbox`, `outbox`."""
+
+    def describe(self) -> str:
+        """Where the store is, for an operator (never a password)."""
+
+    def ping(self) -> bool:
+        """True when the store answers; StoreError when it does not."""
+
+    def heartbeat(self, owner: str, stats: dict[str, Any]) -> None:
+        """Publish this worker's stats for `status`."""
+
+    def forget_worker(self, owner: str) -> None:
+        """Drop this worker's stats: it stopped, `status` must not show it alive."""
+
+    def workers(self, max_age_s: float | None = None) -> list[dict[str, Any]]:
+        """Workers that reported, newest first; `max_age_s` hides ones gone quiet."""
+
+    def slots(self) -> list[dict[str, Any]]:
+        """Connection slot leases held now: holder and seconds left."""
+
+    def inbox_stats(self) -> dict[str, Any]:
+        """Inbox rows per state, the oldest one processing, keys held, outbox pending and sent."""
+
+    def inbox_list(self, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Most recent inbox rows, optionally of one state."""
+
+    def inbox_row(self, envelope_id: str) -> dict[str, Any] | None: ...
+
+    def retry(self, envelope_id: str) -> bool:
+        """Hand a done or failed envelope back to the sweepers, to run again."""
 
     def outbox_list(self, state: str | None = None, channel: str | None = None,
                     limit: int = 50) -> list[OutboxRow]:
@@ -137,15 +221,8 @@ class EdgeStore(Protocol):
     def outbox_purge(self, state: str = "failed") -> int:
         """Delete every row in `state` (failed, or sent); return how many."""
 
-    # -- connection slots: Slack allows 10 Socket Mode connections per app, across every dyno.
-    # A holder is `owner/slot` (see store/slots.py); a lease lapses after `ttl` seconds unrenewed.
-
-    def acquire_slot(self, holder: str, limit: int, ttl: float) -> bool:
-        """Lease a slot to `holder` if fewer than `limit` are held (True if it holds one already)."""
-
-    def renew_slots(self, holders: Sequence[str], limit: int, ttl: float) -> list[str]:
-        """Extend these holders' leases, re-taking lapsed ones while there is room; return those lost."""
-
-    def release_slot(self, holder: str) -> None: ...
-
     def close(self) -> None: ...
+
+
+class EdgeStore(InboxStore, OutboxStore, SlotStore, AdminStore, Protocol):
+    """All four: what `open_store` returns and a worker holds."""

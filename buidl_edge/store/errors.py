@@ -47,6 +47,15 @@ class StoreMissing(StoreError):
     """An admin command found no store where the settings point: it never creates one."""
 
 
+class BadCall(ValueError):
+    """A call with arguments no store takes: the caller's mistake, raised as it is (not a StoreError)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line of text (store errors are one line, like config errors)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 # Unclassified failures per kind (exception type), this process: the count `status` can show.
 rejected_counts: Counter[str] = Counter()
 
@@ -56,7 +65,7 @@ def rejected(where: str, exc: BaseException) -> StoreRejected:
     kind = type(exc).__name__
     rejected_counts[kind] += 1
     first = rejected_counts[kind] == 1
-    detail = " ".join(str(exc).split())[:300] or kind
+    detail = one_line(exc)[:300]
     message = f"{where}: unexpected {kind}: {detail}"
     if first:  # with the traceback: an unclassified failure is a bug to find
         log.error("%s (logged once per kind; the worker's stats count them all)", message, exc_info=exc)

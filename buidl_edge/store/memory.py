@@ -1,16 +1,22 @@
-"""In-process store: dedup across one worker's connections. Lost on exit, by design."""
+"""In-process store: dedup across one worker's connections. Lost on exit, by design.
+
+All four store protocols, for one process: nothing outlives it, so there is nothing to sweep,
+recover or renew, and nobody else to share connection slots with.
+"""
 from __future__ import annotations
 
 import itertools
 import time
-import uuid
 from dataclasses import replace
 from typing import Any, Sequence
 
 from buidl_edge.protocol import Envelope
 from buidl_edge.ratelimit import GLOBAL_KEY, Bucket, PostLimits, channel_key, pause, plan
-from buidl_edge.store.base import (DEFAULT_RETENTION_S, MIN_RETENTION_S, Claimed, OutboxRow, PostOutcome,
-                                   Reply)
+from buidl_edge.store.base import (DEFAULT_RETENTION_S, Claimed, OutboxRow, PostOutcome, Reply, check_purgeable,
+                                   idempotency_keys, retention_cutoff)
+from buidl_edge.store.owners import Owner
+
+DEFAULT_LEASE_S = 30.0
 
 
 class MemoryStore:
@@ -20,7 +26,8 @@ class MemoryStore:
     def __init__(self) -> None:
         self._claims: dict[str, tuple[str, float]] = {}
         self._inbox: dict[str, dict[str, Any]] = {}
-        self.stats: dict[str, dict[str, Any]] = {}
+        self._beats: dict[str, dict[str, Any]] = {}
+        self._slots: dict[str, float] = {}  # holder -> lease expiry (listed, never refused)
         self._outbox: dict[int, OutboxRow] = {}  # insertion order is id order
         self._outbox_keys: dict[str, int] = {}
         self._buckets: dict[str, Bucket] = {}
@@ -34,7 +41,7 @@ class MemoryStore:
         for key in keys:
             self._claims[key] = (envelope.envelope_id, now)
         self._inbox[envelope.envelope_id] = {"state": "processing", "owner": owner, "at": now,
-                                             "envelope": envelope}
+                                             "received_at": now, "envelope": envelope, "error": None}
         return True
 
     def claim_key(self, key: str) -> bool:
@@ -57,14 +64,8 @@ class MemoryStore:
     def sweep(self, owner: str, limit: int = 100) -> list[Envelope]:
         return []  # nothing outlives this process, so nothing is left to take over
 
-    def heartbeat(self, owner: str, stats: dict[str, Any]) -> None:
-        self.stats[owner] = stats
-
-    def forget_worker(self, owner: str) -> None:
-        self.stats.pop(owner, None)
-
-    def prune(self, retention_s: float = DEFAULT_RETENTION_S) -> int:
-        cutoff = time.time() - max(retention_s, MIN_RETENTION_S)
+    def prune(self, retention_s: float = DEFAULT_RETENTION_S, now: float | None = None) -> int:
+        cutoff = retention_cutoff(time.time() if now is None else now, retention_s)
         old_keys = [k for k, (_, at) in self._claims.items() if at < cutoff]
         for key in old_keys:
             del self._claims[key]
@@ -81,9 +82,7 @@ class MemoryStore:
     def outbox_enqueue(self, replies: Sequence[Reply], envelope_id: str = "",
                        keys: Sequence[str] | None = None) -> list[int]:
         now = time.time()
-        keys = list(keys) if keys is not None else [f"q:{uuid.uuid4().hex}" for _ in replies]
-        if len(keys) != len(replies):
-            raise ValueError("one idempotency key per reply")
+        keys = idempotency_keys(replies, keys)
         ids = []
         for reply, key in zip(replies, keys):
             if key not in self._outbox_keys:
@@ -94,7 +93,8 @@ class MemoryStore:
             ids.append(self._outbox_keys[key])
         return ids
 
-    def outbox_claim(self, owner: str, limit: int, limits: PostLimits, lease_s: float = 30.0) -> Claimed:
+    def outbox_claim(self, owner: str, limit: int, limits: PostLimits, lease_s: float | None = None) -> Claimed:
+        lease = DEFAULT_LEASE_S if lease_s is None else lease_s
         if limit <= 0:
             return Claimed([], None)
         now = time.time()
@@ -107,7 +107,7 @@ class MemoryStore:
         taken = []
         for row in decision.chosen:
             row = self._outbox[row.id] = replace(row, state="sending", attempts=row.attempts + 1,
-                                                 lease_owner=owner, lease_until=now + lease_s)
+                                                 lease_owner=owner, lease_until=now + lease)
             taken.append(row)
         return Claimed(taken, decision.next_at)
 
@@ -132,7 +132,7 @@ class MemoryStore:
         self._outbox[row_id] = row
         return row
 
-    def outbox_renew(self, owner: str, lease_s: float = 30.0) -> int:
+    def outbox_renew(self, owner: str, lease_s: float | None = None) -> int:
         return 0  # nothing outlives this process, so no one else could take a row over
 
     def outbox_recover(self, owner: str) -> int:
@@ -170,8 +170,7 @@ class MemoryStore:
         return True
 
     def outbox_purge(self, state: str = "failed") -> int:
-        if state not in ("failed", "sent"):
-            raise ValueError(f"only failed or sent rows can be purged, not {state!r}")
+        check_purgeable(state)
         doomed = [r for r in self._outbox.values() if r.state == state]
         for row in doomed:
             self._drop(row)
@@ -183,15 +182,74 @@ class MemoryStore:
 
     # -- connection slots: a pass-through. One process alone cannot see the app's other
     # connections; BUIDL_CONNECTIONS and Slack's own too_many_websockets are the limit here.
+    # Leases are only recorded, for `slots()`.
 
     def acquire_slot(self, holder: str, limit: int, ttl: float) -> bool:
+        self._slots[holder] = time.time() + ttl
         return True
 
     def renew_slots(self, holders: Sequence[str], limit: int, ttl: float) -> list[str]:
+        for holder in holders:
+            self._slots[holder] = time.time() + ttl
         return []
 
     def release_slot(self, holder: str) -> None:
-        pass
+        self._slots.pop(holder, None)
+
+    # -- admin: what this process holds (an admin command in another process sees an empty store)
+
+    def describe(self) -> str:
+        return "memory (this process only)"
+
+    def ping(self) -> bool:
+        return True
+
+    def heartbeat(self, owner: str, stats: dict[str, Any]) -> None:
+        parsed = Owner.parse(owner)
+        self._beats[owner] = {"owner": owner, "pid": parsed.pid or 0, "host": parsed.host, "updated_at": time.time(),
+                              "stats": stats, "degraded": bool(stats.get("degraded"))}
+
+    def forget_worker(self, owner: str) -> None:
+        self._beats.pop(owner, None)
+
+    def workers(self, max_age_s: float | None = None) -> list[dict[str, Any]]:
+        since = -1.0 if max_age_s is None else time.time() - max_age_s
+        beats = [b for b in self._beats.values() if b["updated_at"] >= since]
+        return sorted(beats, key=lambda b: b["updated_at"], reverse=True)
+
+    def slots(self) -> list[dict[str, Any]]:
+        now = time.time()
+        return [{"holder": h, "expires_in": round(until - now, 3)}
+                for h, until in sorted(self._slots.items()) if until >= now]
+
+    def inbox_stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = {"processing": 0, "done": 0, "failed": 0}
+        for row in self._inbox.values():
+            stats[row["state"]] += 1
+        processing = [row["received_at"] for row in self._inbox.values() if row["state"] == "processing"]
+        stats["oldest_processing_age_s"] = max(0.0, time.time() - min(processing)) if processing else None
+        stats["keys"] = len(self._claims)
+        stats["outbox_pending"] = sum(1 for r in self._outbox.values() if r.state == "pending")
+        stats["outbox_sent"] = sum(1 for r in self._outbox.values() if r.state == "sent")
+        return stats
+
+    def inbox_list(self, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        rows = sorted(self._inbox, key=lambda e: self._inbox[e]["received_at"], reverse=True)
+        listed = [self.inbox_row(e) for e in rows if state is None or self._inbox[e]["state"] == state]
+        return [{k: row[k] for k in ("envelope_id", "kind", "state", "owner", "attempts", "received_at", "error")}
+                for row in listed[:limit] if row is not None]
+
+    def inbox_row(self, envelope_id: str) -> dict[str, Any] | None:
+        row = self._inbox.get(envelope_id)
+        if row is None:
+            return None
+        return {"envelope_id": envelope_id, "kind": row["envelope"].kind, "state": row["state"],
+                "owner": row["owner"], "lease_until": None, "attempts": 1, "received_at": row["received_at"],
+                "updated_at": row["at"], "error": row.get("error")}
+
+    def retry(self, envelope_id: str) -> bool:
+        """Always False: no sweeper here would take the row over (nothing outlives this process)."""
+        return False
 
     def close(self) -> None:
         pass

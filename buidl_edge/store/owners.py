@@ -39,11 +39,6 @@ def is_dead_local(owner: str, host: str) -> bool:
     return parsed.host == host and parsed.pid is not None and not pid_alive(parsed.pid)
 
 
-def one_line(exc: BaseException) -> str:
-    """An exception as one line of text (store errors are one line, like config errors)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def holder_owner(holder: str) -> str:
     """The owner part of a connection slot holder, `host:pid/c0` → `host:pid`."""
     return holder.split("/", 1)[0]

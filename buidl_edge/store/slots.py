@@ -17,8 +17,9 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
+from buidl_edge.store.base import SlotStore
 from buidl_edge.store.errors import StoreError
 
 log = logging.getLogger("buidl_edge.slots")
@@ -33,14 +34,6 @@ class Waitable(Protocol):
     def is_set(self) -> bool: ...
 
     def wait(self, timeout: float | None = None) -> Any: ...
-
-
-class SlotStore(Protocol):
-    def acquire_slot(self, holder: str, limit: int, ttl: float) -> bool: ...
-
-    def renew_slots(self, holders: Sequence[str], limit: int, ttl: float) -> list[str]: ...
-
-    def release_slot(self, holder: str) -> None: ...
 
 
 class SlotGate:

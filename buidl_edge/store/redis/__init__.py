@@ -1,0 +1,31 @@
+"""The shared store on Redis, for scale-out: several dynos coordinate through one Redis.
+
+The same contract as store/sqlite/, for processes that cannot share a file, and the same files,
+one a topic: `db` (connection, errors, fail-fast backoff), `schema` (key layout), `inbox`,
+`outbox` (with `outbox_lua`), `slots`, `admin`. Each topic's Lua scripts sit beside it. Each
+topic is a subclass of `RedisDb`; `RedisStore` is all of them on one connection pool.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from buidl_edge.store.redis.admin import RedisAdmin
+from buidl_edge.store.redis.inbox import RedisInbox
+from buidl_edge.store.redis.outbox import RedisOutbox
+from buidl_edge.store.redis.slots import RedisSlots
+
+if TYPE_CHECKING:
+    from buidl_edge.config import Settings
+
+
+class RedisStore(RedisInbox, RedisOutbox, RedisSlots, RedisAdmin):
+    """`EdgeStore` on Redis 6.2+ (XAUTOCLAIM), shared by every worker of every dyno."""
+
+    durable = True
+
+    @classmethod
+    def from_settings(cls, url: str, settings: Settings) -> RedisStore:
+        return cls(url, lease_s=settings.lease_s, retention_s=settings.retention_s)
+
+
+__all__ = ["RedisStore"]

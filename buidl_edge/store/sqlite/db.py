@@ -1,0 +1,305 @@
+"""The SQLite store's connection: open (private, WAL), transactions with bounded lock retries,
+group commit, the background checkpointer, and sqlite3 errors as StoreError.
+
+Every topic of the store (inbox, outbox, slots, admin) is a subclass of `SqliteDb` and writes
+through `_run`, so one lock, one connection and one error translation serve them all.
+"""
+from __future__ import annotations
+
+import socket
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence, TypeVar
+
+from buidl_edge.statefiles import private_dir, private_file, tighten
+from buidl_edge.store.errors import (StoreCorrupt, StoreError, StoreLocked, StoreMissing, StoreUnavailable,
+                                     one_line, rejected)
+from buidl_edge.store.owners import is_dead_local
+from buidl_edge.store.sqlite.schema import migrate
+
+try:  # in a monkey-patched process we still want real OS primitives here:
+    from gevent.monkey import get_original  # calls arrive on a native pool thread
+
+    _sleep: Callable[[float], None] = get_original("time", "sleep")
+    _new_lock: Callable[[], Any] = get_original("_thread", "allocate_lock")
+    _start_thread: Callable[..., Any] = get_original("_thread", "start_new_thread")
+except ImportError:  # pragma: no cover - gevent is a dependency, but stay importable
+    import _thread
+
+    _sleep = time.sleep
+    _new_lock = threading.Lock
+    _start_thread = _thread.start_new_thread
+
+T = TypeVar("T")
+Txn = Callable[[sqlite3.Cursor], Any]
+
+# "database is locked" after busy_timeout: retry a few times, then StoreLocked.
+LOCK_ATTEMPTS = 3
+LOCK_BACKOFF_S = (0.01, 0.05)
+
+# Checkpoints copy the WAL back into the file and fsync it: by far the most
+# expensive step of a write. A background thread does them, so claims only
+# append to the WAL; autocheckpoint stays on as a backstop if that thread dies.
+WAL_AUTOCHECKPOINT_PAGES = 20_000  # ~80 MB of WAL at 4 KB pages
+WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
+
+_CORRUPT_HINTS = ("not a database", "malformed", "file is encrypted")
+_UNAVAILABLE_HINTS = ("readonly", "read-only", "disk", "full", "i/o", "unable to open")
+# sqlite3 errors about one statement's data or use, not about the database: that call alone failed.
+_ITEM_ERRORS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError, sqlite3.DataError)
+# What SQLite writes beside the database file (WAL mode); it gives them the file's own mode.
+_SIDE_FILES = ("-wal", "-shm")
+
+
+class Abort(Exception):
+    """Raised inside a write to roll it back and return `value` instead."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+class SqliteDb:
+    """One SQLite file, safe to share between processes: the plumbing under every topic."""
+
+    def __init__(self, path: str | Path, lease_s: float = 30.0, busy_timeout_s: float = 5.0,
+                 host: str | None = None, checkpoint_interval_s: float | None = 0.5,
+                 create: bool = True) -> None:
+        """`create=False` (admin commands) opens only a store that exists: StoreMissing otherwise,
+        and no file or directory is made."""
+        self.path = Path(path)
+        self.create = create
+        self.lease_s = lease_s
+        self.busy_timeout_s = busy_timeout_s
+        self.host = host or socket.gethostname()
+        self._lock = _new_lock()
+        self._closed = False
+        self._conn = self._open()
+        self._cur = self._conn.cursor()
+        self._stop = _new_lock()
+        self._stop.acquire()  # released by close(): wakes and ends the checkpointer
+        self._checkpointer_done = _new_lock()
+        if checkpoint_interval_s:
+            self._checkpointer_done.acquire()
+            _start_thread(self._checkpoint_loop, (checkpoint_interval_s,))
+
+    # ---------------------------------------------------------------- open
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            if self.create:  # private from the start: created 0600 before sqlite3 opens it
+                private_dir(self.path.parent)
+                private_file(self.path)
+            elif not self.path.is_file():
+                raise self._missing()
+            for suffix in _SIDE_FILES:  # left wider by an older version
+                tighten(Path(f"{self.path}{suffix}"))
+            conn = self._connect()
+        except (OSError, sqlite3.Error) as exc:
+            if not self.create and not self.path.is_file():
+                raise self._missing() from None
+            raise StoreUnavailable(f"cannot open store {self.path}: {one_line(exc)}") from None
+        try:
+            self._conn = conn  # _run needs it during setup
+            self._cur = conn.cursor()
+            self._run(self._setup_pragmas, write=False)
+            self._run(lambda cur: migrate(cur, self.path), write=True)
+        except StoreError:  # StoreCorrupt for "file is not a database", via _translate
+            conn.close()
+            raise
+        return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        # mode=rw: SQLite itself never creates the file (the checkpointer's connection too).
+        uri = f"{self.path.resolve().as_uri()}?mode=rw"
+        return sqlite3.connect(uri, uri=True, timeout=self.busy_timeout_s, check_same_thread=False,
+                               isolation_level=None)
+
+    def _missing(self) -> StoreMissing:
+        return StoreMissing(f"no store at {self.path.resolve()}: check that BUIDL_STATE_DIR (or BUIDL_DB) "
+                            "names the state the workers use")
+
+    def _setup_pragmas(self, cur: sqlite3.Cursor) -> None:
+        cur.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+        mode = cur.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreUnavailable(f"store {self.path}: cannot enable WAL (journal_mode={mode})")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+        cur.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
+
+    # ------------------------------------------------------------- transactions
+
+    def _run(self, fn: Callable[[sqlite3.Cursor], T], write: bool) -> T:
+        """Run `fn` (in one IMMEDIATE transaction when writing), retrying a locked DB."""
+        with self._lock:
+            if self._closed:
+                raise StoreUnavailable(f"store {self.path} is closed")
+            cur = self._cur
+            for attempt in range(LOCK_ATTEMPTS):
+                try:
+                    if not write:
+                        return fn(cur)
+                    cur.execute("BEGIN IMMEDIATE")
+                    try:
+                        result = fn(cur)
+                    except Abort as abort:
+                        cur.execute("ROLLBACK")
+                        return abort.value  # type: ignore[no-any-return]
+                    cur.execute("COMMIT")
+                    return result
+                except sqlite3.Error as exc:
+                    self._rollback_quietly()
+                    if _is_locked(exc) and attempt + 1 < LOCK_ATTEMPTS:
+                        _sleep(LOCK_BACKOFF_S[min(attempt, len(LOCK_BACKOFF_S) - 1)])
+                        continue
+                    raise self._translate(exc, fn) from exc
+                except StoreError:
+                    self._rollback_quietly()
+                    raise
+                except Exception as exc:  # not sqlite3's: this call failed, the store did not
+                    self._rollback_quietly()
+                    raise self._rejected(fn, exc) from exc
+                except BaseException:
+                    self._rollback_quietly()
+                    raise
+            raise AssertionError("unreachable")  # pragma: no cover
+
+    def run_batch(self, txns: Sequence[Txn]) -> list[Any]:
+        """Group commit: many claims/finishes in one transaction, each in its own savepoint.
+
+        One fsync-bound commit then serves a whole burst, while every item stays atomic
+        on its own. An item's result, or its StoreError, comes back in its place: whatever
+        an item raises (an unclassified failure is a StoreRejected), only its savepoint is
+        rolled back and the rest of the batch commits.
+        """
+        def batch(cur: sqlite3.Cursor) -> list[Any]:
+            results: list[Any] = []
+            for txn in txns:
+                cur.execute("SAVEPOINT item")
+                try:
+                    results.append(txn(cur))
+                except Abort as abort:
+                    cur.execute("ROLLBACK TO item")
+                    results.append(abort.value)
+                except sqlite3.Error as exc:
+                    if _is_locked(exc):
+                        raise  # the whole batch retries
+                    cur.execute("ROLLBACK TO item")
+                    results.append(self._translate(exc, txn))
+                except StoreError as exc:
+                    cur.execute("ROLLBACK TO item")
+                    results.append(exc)
+                except Exception as exc:
+                    cur.execute("ROLLBACK TO item")
+                    results.append(self._rejected(txn, exc))
+                cur.execute("RELEASE item")
+            return results
+
+        return self._run(batch, write=True)
+
+    def _rollback_quietly(self) -> None:
+        if self._conn.in_transaction:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+    def _rejected(self, fn: Callable[..., Any], exc: BaseException) -> StoreError:
+        return rejected(f"store {self.path} {_operation(fn)}", exc)
+
+    def _translate(self, exc: sqlite3.Error, fn: Callable[..., Any] | None = None) -> StoreError:
+        detail = one_line(exc)
+        if isinstance(exc, _ITEM_ERRORS):  # this statement's data, e.g. a value it cannot bind
+            return self._rejected(fn or self._translate, exc)
+        if _is_locked(exc):
+            return StoreLocked(f"store {self.path} stayed locked after {LOCK_ATTEMPTS} tries "
+                               f"of {self.busy_timeout_s:g}s: {detail}")
+        if _has(exc, _CORRUPT_HINTS):
+            return StoreCorrupt(f"store {self.path} is not a usable SQLite database: {detail}")
+        if isinstance(exc, sqlite3.OperationalError) and not _has(exc, _UNAVAILABLE_HINTS):
+            return StoreError(f"store {self.path}: {detail}")
+        return StoreUnavailable(f"store {self.path} unavailable: {detail}")
+
+    def _is_dead_local(self, owner: str) -> bool:
+        return is_dead_local(owner, self.host)
+
+    # ------------------------------------------------------------- lifecycle
+
+    def describe(self) -> str:
+        return f"sqlite {self.path}"
+
+    def ping(self) -> bool:
+        """A read of the file's header (its schema version): the file is there and is a database."""
+        return self._run(lambda cur: cur.execute("PRAGMA user_version").fetchone() is not None, write=False)
+
+    def _checkpoint_loop(self, interval_s: float) -> None:
+        """Native thread, own connection: PASSIVE checkpoints never block writers."""
+        try:
+            conn = self._connect()
+        except sqlite3.Error:
+            self._checkpointer_done.release()
+            return
+        try:
+            while not self._stop.acquire(True, interval_s):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:
+                    pass  # busy or failing disk: the write path reports that; try later
+        finally:
+            conn.close()
+            self._checkpointer_done.release()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._stop.release()
+        # Wait for the checkpointer so no thread touches the file after close().
+        self._checkpointer_done.acquire(True, 5.0)
+        with self._lock:
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
+            self._conn.close()
+
+
+def bind(value: Any) -> Any:
+    """A value sqlite3 can bind: a str holding a lone surrogate becomes its surrogatepass bytes.
+
+    Injective: every other str stays TEXT, and SQLite never finds a BLOB equal to a TEXT.
+    """
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogatepass")
+    return value
+
+
+def unbind(value: Any) -> Any:
+    """What `bind` bound, read back: the str it came from."""
+    return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else value
+
+
+def row_dict(names: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
+    return {name: unbind(value) for name, value in zip(names, row)}
+
+
+def _operation(fn: Callable[..., Any]) -> str:
+    """`claim` for SqliteInbox.claim_txn.<locals>.txn: what a failure log line names."""
+    parts = getattr(fn, "__qualname__", "").split(".")
+    named = len(parts) > 2 and parts[0].startswith("Sqlite") and parts[1] != "<locals>"
+    return parts[1].removesuffix("_txn") if named else "call"
+
+
+def _is_locked(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc).lower()
+
+
+def _has(exc: BaseException, hints: tuple[str, ...]) -> bool:
+    text = str(exc).lower()
+    return any(hint in text for hint in hints)

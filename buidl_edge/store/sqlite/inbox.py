@@ -1,0 +1,155 @@
+"""The SQLite inbox: dedup claims, finishing an envelope (with its replies), leases, sweeps, prune.
+
+SQLite's single writer lock is what makes `claim` race-safe across processes: each write
+runs in `BEGIN IMMEDIATE`, so the check-and-insert of dedup keys is serialized.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from typing import Callable, Sequence
+
+from buidl_edge import protocol
+from buidl_edge.protocol import Envelope
+from buidl_edge.store.base import DEFAULT_RETENTION_S, Reply, retention_cutoff
+from buidl_edge.store.sqlite.db import Abort, SqliteDb, bind, unbind
+from buidl_edge.store.sqlite.outbox import INSERT_OUTBOX, prune_outbox, reply_row
+
+# Hot-path SQL kept as constants so sqlite3's statement cache reuses the prepared form.
+_INSERT_KEY = "INSERT INTO keys(key, envelope_id, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+# Upsert: an inbox row can outlive its pruned keys; a genuinely new claim replaces it.
+_INSERT_INBOX = """INSERT INTO inbox(envelope_id, kind, envelope, state, owner, lease_until,
+                                     attempts, received_at, updated_at)
+                   VALUES (?, ?, ?, 'processing', ?, ?, 1, ?, ?)
+                   ON CONFLICT(envelope_id) DO UPDATE SET
+                     kind = excluded.kind, envelope = excluded.envelope, state = 'processing',
+                     owner = excluded.owner, lease_until = excluded.lease_until, attempts = 1,
+                     received_at = excluded.received_at, updated_at = excluded.updated_at,
+                     error = NULL"""
+_FINISH = "UPDATE inbox SET state = ?, error = ?, lease_until = NULL, updated_at = ? WHERE envelope_id = ?"
+
+
+class SqliteInbox(SqliteDb):
+    # ------------------------------------------------------------ dedup
+
+    def claim(self, envelope: Envelope, owner: str) -> bool:
+        """Keys + inbox row in one transaction; False (nothing written) if any key exists."""
+        return self._run(self.claim_txn(envelope, owner), write=True)
+
+    def claim_txn(self, envelope: Envelope, owner: str) -> Callable[[sqlite3.Cursor], bool]:
+        """The claim as a transaction body, for `claim` alone or for `run_batch`."""
+        now = time.time()
+
+        def txn(cur: sqlite3.Cursor) -> bool:
+            # Built here, not before: whatever fails in it fails this item inside its savepoint.
+            eid = bind(envelope.envelope_id)
+            keys = [(bind(key), eid, now) for key in envelope.dedup_keys]
+            text = envelope.raw_text or json.dumps(envelope.to_dict(), separators=(",", ":"))
+            row = (eid, bind(envelope.kind), bind(text), owner, now + self.lease_s, now, now)
+            cur.executemany(_INSERT_KEY, keys)
+            if cur.rowcount != len(keys):
+                raise Abort(False)  # one key was taken: undo any we inserted
+            cur.execute(_INSERT_INBOX, row)
+            return True
+
+        return txn
+
+    def claim_key(self, key: str) -> bool:
+        now = time.time()
+
+        def txn(cur: sqlite3.Cursor) -> bool:
+            cur.execute(_INSERT_KEY, (bind(key), "", now))
+            return cur.rowcount == 1
+
+        return self._run(txn, write=True)
+
+    # ------------------------------------------------------------ handling
+
+    def finish(self, envelope_id: str, replies: Sequence[Reply], error: str | None = None) -> None:
+        self._run(self.finish_txn(envelope_id, replies, error), write=True)
+
+    def finish_txn(self, envelope_id: str, replies: Sequence[Reply],
+                   error: str | None = None) -> Callable[[sqlite3.Cursor], None]:
+        """Mark done/failed and queue the replies, atomically: no reply without a done row.
+
+        Idempotency keys make a second finish (e.g. after a sweep re-ran it) a no-op
+        for replies already queued.
+        """
+        now = time.time()
+        state = "failed" if error else "done"
+
+        def txn(cur: sqlite3.Cursor) -> None:
+            eid = bind(envelope_id)
+            rows = [reply_row(envelope_id, r, f"{envelope_id}:{i}", now) for i, r in enumerate(replies)]
+            cur.execute(_FINISH, (state, bind(error), now, eid))
+            if rows:
+                cur.executemany(INSERT_OUTBOX, rows)
+
+        return txn
+
+    def renew(self, owner: str) -> int:
+        """Push out the lease of this owner's in-flight rows so no sweeper steals them."""
+        lease_until = time.time() + self.lease_s
+
+        def txn(cur: sqlite3.Cursor) -> int:
+            cur.execute("UPDATE inbox SET lease_until = ? WHERE state = 'processing' AND owner = ?",
+                        (lease_until, owner))
+            return cur.rowcount
+
+        return self._run(txn, write=True)
+
+    def sweep(self, owner: str, limit: int = 100) -> list[Envelope]:
+        """Take over rows whose lease expired or whose same-host owner process is gone.
+
+        Our own rows are never taken (their handler may still be running here).
+        Each take-over is conditional on the owner and lease we read, and all of it
+        runs under the write lock, so two sweepers never get the same row.
+        """
+
+        def txn(cur: sqlite3.Cursor) -> list[Envelope]:
+            now = time.time()
+            owners = [o for (o,) in cur.execute(
+                "SELECT DISTINCT owner FROM inbox WHERE state = 'processing' AND owner != ?", (owner,))]
+            dead = [o for o in owners if self._is_dead_local(o)]
+            marks = ",".join("?" * len(dead))
+            dead_clause = f" OR owner IN ({marks})" if dead else ""
+            candidates = cur.execute(
+                "SELECT envelope_id, owner, lease_until, envelope FROM inbox "
+                f"WHERE state = 'processing' AND owner != ? AND (lease_until < ?{dead_clause}) "
+                "ORDER BY received_at LIMIT ?", (owner, now, *dead, limit)).fetchall()
+            taken: list[Envelope] = []
+            lease_until = now + self.lease_s
+            for envelope_id, old_owner, old_lease, text in candidates:
+                cur.execute("UPDATE inbox SET owner = ?, lease_until = ?, attempts = attempts + 1, "
+                            "updated_at = ? WHERE envelope_id = ? AND state = 'processing' "
+                            "AND owner = ? AND lease_until IS ?",
+                            (owner, lease_until, now, envelope_id, old_owner, old_lease))
+                if cur.rowcount == 1:
+                    frame = protocol.parse_frame(unbind(text))
+                    if isinstance(frame, Envelope):
+                        taken.append(frame)
+            return taken
+
+        return self._run(txn, write=True)
+
+    # ---------------------------------------------------------- housekeeping
+
+    def prune(self, retention_s: float = DEFAULT_RETENTION_S, now: float | None = None) -> int:
+        """Drop handled rows, keys and sent replies older than the retention (floored).
+
+        Keys of rows still processing are kept whatever their age, so a long
+        handler's envelope cannot be claimed a second time.
+        """
+        cutoff = retention_cutoff(time.time() if now is None else now, retention_s)
+
+        def txn(cur: sqlite3.Cursor) -> int:
+            dropped = 0
+            cur.execute("DELETE FROM inbox WHERE state IN ('done', 'failed') AND updated_at < ?", (cutoff,))
+            dropped += cur.rowcount
+            cur.execute("DELETE FROM keys WHERE created_at < ? AND envelope_id NOT IN "
+                        "(SELECT envelope_id FROM inbox WHERE state = 'processing')", (cutoff,))
+            dropped += cur.rowcount
+            return dropped + prune_outbox(cur, cutoff)
+
+        return self._run(txn, write=True)

@@ -1,0 +1,97 @@
+"""The SQLite store's schema: its migrations, applied in order, and the version they reach.
+
+The version lives in `PRAGMA user_version`; a file newer than this code is refused.
+"""
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from buidl_edge.store.errors import StoreError
+
+# Each entry moves the schema from version i to i + 1. Never edit a shipped
+# entry; append a new one. Statements run one by one inside BEGIN IMMEDIATE
+# (executescript would commit behind our back).
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        # WITHOUT ROWID: one b-tree per key instead of two, on the hot path.
+        # No created_at index either: only prune scans by age, rarely.
+        """CREATE TABLE keys (
+               key TEXT PRIMARY KEY,
+               envelope_id TEXT NOT NULL,
+               created_at REAL NOT NULL) WITHOUT ROWID""",
+        """CREATE TABLE inbox (
+               envelope_id TEXT PRIMARY KEY,
+               kind TEXT NOT NULL,
+               envelope TEXT NOT NULL,
+               state TEXT NOT NULL,
+               owner TEXT NOT NULL,
+               lease_until REAL,
+               attempts INTEGER NOT NULL DEFAULT 1,
+               received_at REAL NOT NULL,
+               updated_at REAL NOT NULL,
+               error TEXT)""",
+        # Partial: only in-flight rows, which is what renew/sweep look at.
+        "CREATE INDEX inbox_processing ON inbox(owner, lease_until) WHERE state = 'processing'",
+        """CREATE TABLE outbox (
+               id INTEGER PRIMARY KEY AUTOINCREMENT,
+               envelope_id TEXT NOT NULL,
+               channel TEXT NOT NULL,
+               text TEXT,
+               blocks TEXT,
+               thread_ts TEXT,
+               idempotency_key TEXT NOT NULL UNIQUE,
+               state TEXT NOT NULL DEFAULT 'pending',
+               attempts INTEGER NOT NULL DEFAULT 0,
+               next_attempt_at REAL NOT NULL,
+               created_at REAL NOT NULL,
+               sent_at REAL,
+               error TEXT)""",
+        "CREATE INDEX outbox_envelope ON outbox(envelope_id)",
+        "CREATE INDEX outbox_due ON outbox(state, next_attempt_at)",
+        """CREATE TABLE workers (
+               owner TEXT PRIMARY KEY,
+               pid INTEGER NOT NULL,
+               host TEXT NOT NULL,
+               updated_at REAL NOT NULL,
+               stats TEXT NOT NULL,
+               degraded INTEGER NOT NULL DEFAULT 0)""",
+    ),
+    (
+        # The outbox sender (buidl_edge/outbox.py): a lease for rows in flight, Slack's ts,
+        # and the token buckets every process spends from.
+        "ALTER TABLE outbox ADD COLUMN lease_owner TEXT",
+        "ALTER TABLE outbox ADD COLUMN lease_until REAL",
+        "ALTER TABLE outbox ADD COLUMN updated_at REAL",
+        "ALTER TABLE outbox ADD COLUMN ts TEXT",
+        "ALTER TABLE outbox ADD COLUMN rate_limited INTEGER NOT NULL DEFAULT 0",
+        "DROP INDEX outbox_due",
+        # Partial: the unsent rows only, which is all the claim query reads (each channel's head).
+        "CREATE INDEX outbox_unsent ON outbox(channel, id) WHERE state IN ('pending', 'sending')",
+        "CREATE INDEX outbox_state ON outbox(state, id)",
+        """CREATE TABLE post_buckets (
+               key TEXT PRIMARY KEY,
+               tokens REAL NOT NULL,
+               updated_at REAL NOT NULL,
+               paused_until REAL NOT NULL DEFAULT 0) WITHOUT ROWID""",
+    ),
+    (
+        # Connection slots (see store/slots.py): one row per open Socket Mode link, leased.
+        """CREATE TABLE slots (
+               holder TEXT PRIMARY KEY,
+               expires_at REAL NOT NULL) WITHOUT ROWID""",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(cur: sqlite3.Cursor, path: Path) -> None:
+    """Bring the file up to SCHEMA_VERSION. Run inside BEGIN IMMEDIATE so that two processes
+    opening at once migrate once."""
+    version = cur.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"store {path} has schema v{version}, newer than this code (v{SCHEMA_VERSION})")
+    for target in range(version, SCHEMA_VERSION):
+        for statement in MIGRATIONS[target]:
+            cur.execute(statement)
+        cur.execute(f"PRAGMA user_version = {target + 1}")
