@@ -107,9 +107,12 @@ def worker(connections: int | None, app_spec: str | None) -> None:
 
     A worker that cannot start (config, app import, store) says why in one line and exits 3.
     """
-    from buidl_edge import worker as worker_module  # patches for gevent first
+    from buidl_edge.gevent_patch import patch
 
-    sys.exit(worker_module.start(connections=connections, app_spec=app_spec))
+    patch()  # first: before the worker's modules import sockets, threads or locks
+    from buidl_edge.worker import start
+
+    sys.exit(start(connections=connections, app_spec=app_spec))
 
 
 @cli.command()

@@ -12,11 +12,8 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import random
-import socket
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Mapping
 
 import gevent
 import gevent.event
@@ -24,9 +21,11 @@ import gevent.lock
 import websocket
 
 from buidl_edge import protocol
+from buidl_edge.backoff import backoff_delay
 from buidl_edge.config import ConfigError, Settings, proxy_for
-from buidl_edge.latency import LatencyHistogram
-from buidl_edge.observability import report_exception, report_protocol_error, trace_frame
+from buidl_edge.link import ConnectionStats, EnvelopeSink, Link, teardown
+from buidl_edge.link_outcomes import BACK_OFF, RECONNECT_AT_ONCE, REPLACE_FIRST, STOP_FOR_GOOD, LinkOutcome
+from buidl_edge.observability import trace_frame
 from buidl_edge.store.slots import OVERLAP_SUFFIX, SlotGate, Waitable
 from buidl_edge.webapi import FatalAuthError, RateLimited, SlackApiError, WebApi
 
@@ -50,185 +49,24 @@ class FatalStop(Exception):
         super().__init__(reason)
 
 
-class EnvelopeSink(Protocol):
-    def accept(self, envelope: protocol.Envelope, link: "Link", received_at: float) -> None:
-        """Take one envelope read on `link`; must return quickly (the read loop waits)."""
+class SocketModeDisabled(Exception):
+    """Slack said `link_disabled` before hello: Socket Mode is off for this app (not a token problem)."""
+
+    message = "Slack disabled Socket Mode for this app (link_disabled)"
+
+    def __init__(self) -> None:
+        super().__init__(self.message)
 
 
-@dataclass
-class ConnectionStats:
-    """Per-connection figures, named as in the Buidl API plus envelope counters."""
-
-    connected: bool = False
-    reconnect_count: int = 0
-    last_ping: float | None = None
-    connected_since: float | None = None
-    messages_sent: int = 0
-    envelopes_received: int = 0
-    envelopes_acked: int = 0
-    envelopes_rejected: int = 0
-    last_ack_latency_ms: float | None = None
-    disconnects: dict[str, int] = field(default_factory=dict)
-    # Why each link ended (refresh, stale, closed, …): the metrics' reconnects by reason.
-    link_ends: dict[str, int] = field(default_factory=dict)
-    ack_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
-
-    def as_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.__dict__.items() if k not in ("disconnects", "link_ends", "ack_latency")}
-        data["disconnects"] = dict(self.disconnects)
-        data["link_ends"] = dict(self.link_ends)
-        data["ack_latency"] = self.ack_latency.as_dict()
-        data["uptime"] = round(time.time() - self.connected_since, 3) if self.connected and self.connected_since else 0.0
-        return data
-
-
-def backoff_delay(attempt: int, base: float, cap: float, rng: Callable[[float, float], float] = random.uniform) -> float:
-    """Exponential backoff with full jitter: uniform(0, min(cap, base * 2**attempt))."""
-    return rng(0.0, min(cap, base * (2 ** min(attempt, 30))))
-
-
-class Link:
-    """One WebSocket to Slack: reads frames, answers pings, sends acks."""
-
-    def __init__(self, slot: "ConnectionSlot", ws: websocket.WebSocket, hello: protocol.Hello) -> None:
-        self.slot = slot
-        self.ws = ws
-        self.hello = hello
-        self.id = f"{slot.name}.{next(_link_ids)}"
-        self.opened_at = time.monotonic()
-        self.last_traffic = time.monotonic()
-        # What ended or should end this link: "closed", "refresh", "stale", "fatal", "too_many", "stop".
-        self.outcome: gevent.event.AsyncResult = gevent.event.AsyncResult()
-        self.dispatching = True
-        self.closed = gevent.event.Event()
-
-    @property
-    def stats(self) -> ConnectionStats:
-        return self.slot.stats
-
-    def send_text(self, text: str) -> bool:
-        # enable_multithread gives websocket-client a send lock (a gevent lock once patched),
-        # so acks from many greenlets and its own pongs never interleave on the wire.
-        trace_frame(self.slot.settings.websocket_debug, self.id, "out", text)
-        try:
-            self.ws.send(text)
-        except (websocket.WebSocketException, OSError) as exc:
-            log.warning("send failed on %s: %s", self.id, type(exc).__name__, extra={"connection": self.id})
-            return False
-        self.stats.messages_sent += 1
-        return True
-
-    def ack(self, envelope_id: str, payload: dict[str, Any] | None, received_at: float) -> bool:
-        try:
-            frame = protocol.build_ack(envelope_id, payload)
-        except protocol.ProtocolError as exc:
-            log.error("ack payload refused (%s); acking without it", exc.reason,
-                      extra={"connection": self.id, "envelope_id": envelope_id})
-            frame = protocol.build_ack(envelope_id)
-        if not self.send_text(frame):
-            return False
-        self.stats.envelopes_acked += 1
-        latency = time.monotonic() - received_at
-        self.stats.last_ack_latency_ms = round(latency * 1000, 3)
-        self.stats.ack_latency.observe(latency)
-        return True
-
-    def read_loop(self) -> None:
-        try:
-            while True:
-                opcode, frame = self.ws.recv_data_frame(True)
-                self.last_traffic = time.monotonic()
-                if opcode in (websocket.ABNF.OPCODE_PONG, websocket.ABNF.OPCODE_PING):
-                    self.stats.last_ping = time.time()
-                    if self.slot.settings.websocket_debug:  # websocket-client answered a ping itself
-                        ping = opcode == websocket.ABNF.OPCODE_PING
-                        trace_frame(True, self.id, "in", "<ping>" if ping else "<pong>")
-                        if ping:
-                            trace_frame(True, self.id, "out", "<pong>")
-                    continue
-                if opcode == websocket.ABNF.OPCODE_CLOSE:
-                    trace_frame(self.slot.settings.websocket_debug, self.id, "in", "<close>")
-                    break
-                if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
-                    self._on_text(frame.data)
-        except (websocket.WebSocketException, OSError, AttributeError) as exc:
-            # AttributeError: websocket-client's socket is None once closed under us.
-            log.debug("link %s read ended: %s", self.id, type(exc).__name__, extra={"connection": self.id})
-        except Exception as exc:  # a bug; the link is replaced like any that ended
-            log.exception("link %s reader failed", self.id, extra={"connection": self.id})
-            report_exception(exc, report="link_reader", connection=self.id)
-        finally:
-            # Nobody reads this link any more: close it, or Slack goes on routing envelopes to it.
-            self.close()
-            self.closed.set()
-            self._settle("closed")
-
-    def _on_text(self, data: bytes | str) -> None:
-        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-        trace_frame(self.slot.settings.websocket_debug, self.id, "in", text)
-        received_at = time.monotonic()
-        try:
-            frame = protocol.parse_frame(text)
-        except protocol.ProtocolError as exc:
-            self.stats.envelopes_rejected += 1
-            log.warning("bad frame rejected: %s", exc.reason, extra={"connection": self.id})
-            report_protocol_error(exc.reason, self.id)
-            return
-        if isinstance(frame, protocol.Envelope):
-            self.stats.envelopes_received += 1
-            if self.dispatching:
-                self.slot.sink.accept(frame, self, received_at)
-            # While draining, no ack: Slack redelivers it to a connection that stays up.
-        elif isinstance(frame, protocol.Disconnect):
-            self.stats.disconnects[frame.reason] = self.stats.disconnects.get(frame.reason, 0) + 1
-            log.info("disconnect frame: %s", frame.reason, extra={"connection": self.id})
-            if frame.is_fatal:
-                self._settle("fatal")
-            elif frame.reason == "too_many_websockets":
-                self._settle("too_many")
-            else:
-                self._settle("refresh")
-        elif isinstance(frame, protocol.Hello):
-            log.debug("extra hello on %s", self.id)
-
-    def _settle(self, outcome: str) -> None:
-        if not self.outcome.ready():
-            self.outcome.set(outcome)
-
-    def keepalive(self) -> None:
-        """Ping the server; the moment the link has been silent for the stale timeout, replace it."""
-        settings = self.slot.settings
-        next_ping = time.monotonic() + settings.ping_interval
-        while True:
-            # Wake for the next ping or when the silence reaches the stale timeout, whichever is first.
-            wake_at = min(next_ping, self.last_traffic + settings.stale_timeout)
-            if self.closed.wait(max(0.0, wake_at - time.monotonic())):
-                return
-            now = time.monotonic()
-            if now >= self.last_traffic + settings.stale_timeout:
-                log.warning("link stale for %.1fs, replacing", now - self.last_traffic,
-                            extra={"connection": self.id})
-                self._settle("stale")
-                return
-            if now < next_ping:
-                continue
-            next_ping = now + settings.ping_interval
-            trace_frame(settings.websocket_debug, self.id, "out", "<ping>")
-            try:
-                self.ws.ping()
-            except (websocket.WebSocketException, OSError, AttributeError):
-                pass
-
-    def close(self) -> None:
-        """Tear the link down now, whatever Slack does (see `teardown`); safe to call again."""
-        teardown(self.ws)
+class HelloMissing(Exception):
+    """The socket opened but Slack never said hello."""
 
 
 class ConnectionSlot:
     """Keeps one logical Socket Mode connection alive for the worker."""
 
-    def __init__(self, name: str, settings: Settings, webapi: WebApi, sink: EnvelopeSink,
-                 overlap: gevent.lock.Semaphore | None = None, gate: SlotGate | None = None) -> None:
+    def __init__(self, name: str, settings: Settings, webapi: WebApi, sink: EnvelopeSink, gate: SlotGate,
+                 overlap: gevent.lock.Semaphore | None = None) -> None:
         self.name = name
         # App-wide connection slots (store/slots.py): one lease per link, one more for a refresh overlap.
         self.gate = gate
@@ -249,29 +87,30 @@ class ConnectionSlot:
         self._stopping.set()
         for link in self.links:
             link.dispatching = False
-            link._settle("stop")
+            link.end(LinkOutcome.STOP)
 
     def close(self) -> None:
         for link in list(self.links):
             link.close()
-        if self.gate is not None:  # the links are closed: the slot may go to another connection
-            self.gate.release(self.name)
+        self.gate.release(self.name)  # the links are closed: the slot may go to another connection
 
     def slot_lost(self) -> None:
         """The store gave this slot's lease to another connection: close, then wait for a slot."""
         for link in list(self.links):
-            link._settle("slot_lost")
+            link.end(LinkOutcome.SLOT_LOST)
 
     def run(self) -> None:
         """Open, serve, refresh, reconnect until stopped. Raises FatalStop."""
         attempt = 0
         while not self._stopping.is_set():
-            if self.gate is not None and not self.gate.acquire(self.name, self._stopping):
+            if not self.gate.acquire(self.name, self._stopping):
                 break  # stopped while waiting for a slot
             try:
                 link = self._open_link()
             except FatalAuthError as exc:
                 raise FatalStop(f"Slack refused the app token: {exc.error}", self.name) from None
+            except SocketModeDisabled as exc:
+                raise FatalStop(str(exc), self.name) from None
             except ConfigError as exc:  # a ws:// URL to a non-loopback host, a bad proxy: never downgrade
                 raise FatalStop(f"refusing to connect: {exc}", self.name) from None
             except RateLimited as exc:
@@ -289,20 +128,23 @@ class ConnectionSlot:
                 self._stopping.wait(delay)
                 continue
             outcome = self._serve(link)
-            if outcome == "fatal":
-                raise FatalStop("Slack disabled Socket Mode for this app (link_disabled)", self.name)
-            if outcome in ("refresh", "stale", "stop"):
+            if outcome in STOP_FOR_GOOD:
+                raise FatalStop(SocketModeDisabled.message, self.name)
+            if outcome in RECONNECT_AT_ONCE:
                 attempt = 0
-                continue
-            if time.monotonic() - link.opened_at >= self.settings.backoff_cap:
-                attempt = 0  # it outlived the longest wait: a new failure, not a streak going on
-            if outcome == "too_many":
-                link.close()
-            delay = backoff_delay(attempt, self.settings.backoff_base, self.settings.backoff_cap)
-            attempt += 1
-            log.info("link %s %s; reconnecting in %.2fs (attempt %d)", link.id, outcome, delay, attempt,
-                     extra={"connection": self.name})
-            self._stopping.wait(delay)
+            elif outcome in BACK_OFF:  # _serve closed the link (too_many: close first, then back off)
+                attempt = self._back_off(link, outcome, attempt)
+
+    def _back_off(self, link: Link, outcome: LinkOutcome, attempt: int) -> int:
+        """Wait a jittered backoff after a link that failed; the next attempt's number."""
+        if time.monotonic() - link.opened_at >= self.settings.backoff_cap:
+            attempt = 0  # it outlived the longest wait: a new failure, not a streak going on
+        delay = backoff_delay(attempt, self.settings.backoff_base, self.settings.backoff_cap)
+        attempt += 1
+        log.info("link %s %s; reconnecting in %.2fs (attempt %d)", link.id, outcome, delay, attempt,
+                 extra={"connection": self.name})
+        self._stopping.wait(delay)
+        return attempt
 
     def _open_link(self) -> Link:
         try:
@@ -321,7 +163,7 @@ class ConnectionSlot:
             teardown(ws)
             raise
         ws.settimeout(None)
-        link = Link(self, ws, hello)
+        link = Link(f"{self.name}.{next(_link_ids)}", ws, hello, self.settings, self.stats, self.sink)
         if self._opened_once:
             self.stats.reconnect_count += 1
         self._opened_once = True
@@ -348,27 +190,27 @@ class ConnectionSlot:
                 return parsed
             if isinstance(parsed, protocol.Disconnect):
                 if parsed.is_fatal:
-                    raise FatalAuthError("socket", "link_disabled")
+                    raise SocketModeDisabled()
                 raise HelloMissing(f"disconnect {parsed.reason} before hello")
         raise HelloMissing("no hello in time")
 
-    def _serve(self, link: Link) -> str:
+    def _serve(self, link: Link) -> LinkOutcome:
         """Run the link until it ends or must be replaced; a replaced link retires in the background."""
         self.links.append(link)
         reader = gevent.spawn(link.read_loop)
         pinger = gevent.spawn(link.keepalive)
         expiry = self._schedule_expiry_refresh(link)
-        outcome = link.outcome.get()
-        self.stats.link_ends[outcome] = self.stats.link_ends.get(outcome, 0) + 1
+        outcome = link.wait_end()
+        self.stats.link_ends[outcome.value] = self.stats.link_ends.get(outcome.value, 0) + 1
         if expiry is not None:
             expiry.kill(block=False)
-        if outcome in ("refresh", "stale") and not self._stopping.is_set():
+        if outcome in REPLACE_FIRST and not self._stopping.is_set():
             # As on a refresh, the replacement opens first: a stale link retires until it is open.
             extra = self._take_overlap(link, outcome)
             if extra is not None:
                 gevent.spawn(self._retire, link, reader, pinger, True, extra or None)
                 return outcome
-        if outcome == "stop":
+        if outcome is LinkOutcome.STOP:
             gevent.spawn(self._retire, link, reader, pinger, False)
             return outcome
         link.close()
@@ -377,14 +219,14 @@ class ConnectionSlot:
         self._forget(link)
         return outcome
 
-    def _take_overlap(self, link: Link, outcome: str) -> str | None:
+    def _take_overlap(self, link: Link, outcome: LinkOutcome) -> str | None:
         """Hold what a replacement opened next to `link` needs: an overlap of this process and a slot.
 
         Returns the overlap slot's name ("" if the new link is to follow the old one on this slot's
         lease), or None: no overlap for a stale link, which then goes first.
         """
         give_up: Waitable
-        if outcome == "refresh":
+        if outcome is LinkOutcome.REFRESH:
             self.overlap.acquire()  # the old link reads on meanwhile
             give_up = link.closed
         else:  # stale: Slack will never close it, so an overlap is only worth a short wait
@@ -395,16 +237,16 @@ class ConnectionSlot:
         # if none frees up before the old link closes, the new link follows it on this slot's lease.
         self._overlaps += 1
         extra = f"{self.name}{OVERLAP_SUFFIX}{self._overlaps}"
-        if self.gate is None or self.gate.acquire(extra, give_up):
-            return extra if self.gate is not None else ""
-        if outcome == "stale":
+        if self.gate.acquire(extra, give_up):
+            return extra
+        if outcome is LinkOutcome.STALE:
             self.overlap.release()
             return None
         return ""
 
     def _close_stale(self) -> None:
         for link in list(self.links):
-            if link.outcome.ready() and link.outcome.value == "stale":
+            if link.ending is LinkOutcome.STALE:
                 link.close()
 
     def _schedule_expiry_refresh(self, link: Link) -> gevent.Greenlet | None:
@@ -412,7 +254,7 @@ class ConnectionSlot:
         if not life:
             return None
         lead = min(self.settings.refresh_lead, life / 2)
-        return gevent.spawn_later(max(1.0, life - lead), link._settle, "refresh")
+        return gevent.spawn_later(max(1.0, life - lead), link.end, LinkOutcome.REFRESH)
 
     def _retire(self, link: Link, reader: gevent.Greenlet, pinger: gevent.Greenlet, holds_overlap: bool,
                 overlap_slot: str | None = None) -> None:
@@ -426,7 +268,7 @@ class ConnectionSlot:
         finally:
             if holds_overlap:
                 self.overlap.release()
-            if overlap_slot and self.gate is not None:
+            if overlap_slot:
                 self.gate.release(overlap_slot)
 
     def _forget(self, link: Link) -> None:
@@ -453,31 +295,6 @@ def websocket_options(url: str, env: Mapping[str, str] | None = None) -> dict[st
     return {}
 
 
-def teardown(ws: websocket.WebSocket) -> None:
-    """Close a WebSocket without waiting on anything the peer must do.
-
-    websocket-client's own close() waits to read the close reply, on a read lock that the
-    reader greenlet holds while it blocks in recv; on a half-open link that is forever. And a
-    send can wait on the full buffer of a link the peer stopped reading. So the close frame goes
-    only if it can go at once, then the socket is shut down both ways, which wakes the blocked
-    reader (and any blocked send) with an error, and closed.
-    """
-    sock = ws.sock
-    if sock is None:
-        return
-    if ws.connected and not ws.lock.locked():  # a send holding the lock is stuck: no close frame
-        try:
-            sock.settimeout(0)  # into the send buffer now, or not at all
-            ws.send_close()
-        except (websocket.WebSocketException, OSError):
-            pass
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    ws.shutdown()
-
-
 class _Deadline:
     """A `Waitable` that becomes set after `seconds`: a bounded wait for the slot gate."""
 
@@ -491,10 +308,6 @@ class _Deadline:
         left = self.at - time.monotonic()
         gevent.sleep(max(0.0, left if timeout is None else min(timeout, left)))
         return self.is_set()
-
-
-class HelloMissing(Exception):
-    """The socket opened but Slack never said hello."""
 
 
 def _describe(exc: BaseException) -> str:

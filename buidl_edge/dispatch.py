@@ -10,15 +10,16 @@ import gevent
 import gevent.pool
 
 from buidl_edge.app import Context, EdgeApp
-from buidl_edge.connection import Link
 from buidl_edge.handler_pool import HandlerPool
 from buidl_edge.handler_threads import HandlerThreads, HubCall, HubLogger
-from buidl_edge.observability import log_context, report_handler_error, report_store_failure
+from buidl_edge.link import Link
+from buidl_edge.observability import log_context, report_handler_error
 from buidl_edge.outbox import Outbox
 from buidl_edge.protocol import Envelope
 from buidl_edge.store.base import EdgeStore, Reply
 from buidl_edge.store.errors import StoreError, StoreRejected
 from buidl_edge.store.memory import MemoryStore
+from buidl_edge.store_health import StoreHealth
 
 log = logging.getLogger("buidl_edge.dispatch")
 
@@ -41,7 +42,6 @@ class DispatchStats:
     store_rejected: int = 0
     # Acks sent at once, without the payload the handler might have returned, as the pool was full.
     acks_pool_full: int = 0
-    degraded: bool = False
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -53,7 +53,7 @@ class Dispatcher:
 
     def __init__(self, app: EdgeApp, store: EdgeStore, outbox: Outbox, owner: str,
                  ack_payload_deadline: float, bot_user_id: str | None,
-                 handler_pool_size: int = 200, handler_threads: int = 8) -> None:
+                 handler_pool_size: int = 200, handler_threads: int = 8, health: StoreHealth | None = None) -> None:
         self.app = app
         self.store = store
         self.outbox = outbox
@@ -61,9 +61,8 @@ class Dispatcher:
         self.ack_payload_deadline = ack_payload_deadline
         self.bot_user_id = bot_user_id
         self.stats = DispatchStats()
-        # Local dedup while the shared store is failing: acking goes on, and this process
-        # at least never answers twice.
-        self.fallback = MemoryStore()
+        # Shared with the outbox and the heartbeat; while the store fails, claims use its fallback.
+        self.health = health or StoreHealth()
         self.inflight = gevent.pool.Group()
         self.pool = HandlerPool(handler_pool_size)
         self.threads = HandlerThreads(handler_threads)
@@ -181,54 +180,38 @@ class Dispatcher:
     def _claim(self, envelope: Envelope) -> bool:
         try:
             new = self.store.claim(envelope, self.owner)
-        except StoreRejected as exc:  # this envelope alone: ack and handle it on local dedup
-            self._store_rejected("claim", exc)
-            return self.fallback.claim(envelope, self.owner)
-        except StoreError as exc:
+        except StoreError as exc:  # ack and handle it on local dedup (this envelope alone if rejected)
             self._store_failed("claim", exc)
-            return self.fallback.claim(envelope, self.owner)
-        self.store_ok()
+            return self.health.fallback.claim(envelope, self.owner)
+        self.health.ok()
         return new
 
     def _claim_key(self, key: str) -> bool:
         try:
             return self.store.claim_key(key)
-        except StoreRejected as exc:
-            self._store_rejected("claim_key", exc)
-            return self.fallback.claim_key(key)
         except StoreError as exc:
             self._store_failed("claim_key", exc)
-            return self.fallback.claim_key(key)
+            return self.health.fallback.claim_key(key)
 
     def _finish(self, envelope_id: str, replies: list[Reply], error: str | None) -> bool:
         try:
             self.store.finish(envelope_id, replies, error)
-        except StoreRejected as exc:  # the replies go out from this process instead
-            self._store_rejected("finish", exc)
-            return False
-        except StoreError as exc:
+        except StoreError as exc:  # the replies go out from this process instead
             self._store_failed("finish", exc)
             return False
         return True
 
-    def _store_rejected(self, operation: str, exc: StoreRejected) -> None:
-        """Counted every time; the store logged the first of its kind, which also goes to Sentry."""
-        self.stats.store_rejected += 1
-        if exc.first:
-            report_store_failure(f"{operation}:{exc.kind}", exc)
-
-    def store_ok(self) -> None:
-        """A store call worked (a claim, or the worker's heartbeat): a degraded episode is over."""
-        if self.stats.degraded:
-            log.warning("store works again; degraded mode over")
-        self.stats.degraded = False
-
     def _store_failed(self, operation: str, exc: StoreError) -> None:
-        self.stats.store_errors += 1
-        if not self.stats.degraded:
-            log.error("store %s failed (%s); degraded: acking on with local dedup only", operation, exc)
-            report_store_failure(operation, exc)  # once per episode, like the log line
-        self.stats.degraded = True
+        """Counted every time; StoreHealth says it once per episode (or per kind, if rejected)."""
+        if isinstance(exc, StoreRejected):  # this call alone failed, not the store
+            self.stats.store_rejected += 1
+        else:
+            self.stats.store_errors += 1
+        self.health.failed(operation, exc)
+
+    def finish_acks(self, timeout: float) -> bool:
+        """Wait for the claims and acks in flight (never capped, never long); False on timeout."""
+        return bool(self.inflight.join(timeout=timeout))
 
     def finish_handlers(self, timeout: float) -> bool:
         """Let running and queued handlers finish; on timeout, say at WARNING which were left."""
@@ -243,10 +226,3 @@ class Dispatcher:
         log.warning("drain timed out with %d handler(s) unfinished (%d running, %d queued): %s; envelopes %s",
                     len(ids), len(running), len(queued), fate, shown)
         return False
-
-    def drain(self, timeout: float) -> bool:
-        """Wait for acks in flight, then handlers; False if something was still running."""
-        deadline = time.monotonic() + timeout
-        acks_done = self.inflight.join(timeout=timeout)
-        handlers_done = self.finish_handlers(max(0.0, deadline - time.monotonic()))
-        return bool(acks_done) and handlers_done

@@ -41,13 +41,13 @@ import gevent.pool
 import requests
 from requests.adapters import HTTPAdapter
 
+from buidl_edge.backoff import backoff_delay
 from buidl_edge.config import ConfigError, Secret
-from buidl_edge.connection import backoff_delay
 from buidl_edge.message import MessageError, parse_blocks_json, validate_reply
 from buidl_edge.ratelimit import PostLimits
 from buidl_edge.store.base import EdgeStore, OutboxRow, PostOutcome, Reply
 from buidl_edge.store.errors import StoreError
-from buidl_edge.store.memory import MemoryStore
+from buidl_edge.store_health import StoreHealth
 from buidl_edge.webapi import RateLimited, SlackApiError, TransientApiError, WebApi
 
 log = logging.getLogger("buidl_edge.outbox")
@@ -136,7 +136,8 @@ class Outbox:
 
     def __init__(self, store: EdgeStore, webapi: WebApi, bot_token: Secret, owner: str,
                  config: OutboxConfig | None = None, backoff_base: float = 1.0, backoff_cap: float = 30.0,
-                 lease_s: float = 30.0, on_failed: FailedHook | None = None) -> None:
+                 lease_s: float = 30.0, on_failed: FailedHook | None = None,
+                 health: StoreHealth | None = None) -> None:
         self.store = store
         self.webapi = webapi
         self.bot_token = bot_token
@@ -146,9 +147,10 @@ class Outbox:
         self.backoff_cap = backoff_cap
         self.lease_s = lease_s
         self.on_failed = on_failed  # called with each row that failed for good (Sentry hooks in here)
-        # Replies whose envelope could not be finished in the shared store (it is failing)
-        # still go out, from here, under this process's own buckets.
-        self.local = MemoryStore()
+        # Shared with the dispatcher and the heartbeat. Replies whose envelope could not be finished
+        # in the shared store (it is failing) still go out from its fallback, under this process's
+        # own buckets.
+        self.health = health or StoreHealth()
         self.stats = OutboxStats()
         self._history_refusals: set[str] = set()  # said once each
         self._posts = gevent.pool.Pool(self.config.concurrency)
@@ -157,7 +159,6 @@ class Outbox:
         self._unsettled: list[tuple[EdgeStore, OutboxRow, PostOutcome]] = []
         self._greenlets: list[gevent.Greenlet] = []
         self._last_renew = 0.0
-        self._store_down = False
 
     # ------------------------------------------------------------ producers
 
@@ -168,7 +169,7 @@ class Outbox:
             ids = self.store.outbox_enqueue(replies, envelope_id, keys)
         except StoreError as exc:
             self._store_failed("enqueue", exc)
-            ids = self.local.outbox_enqueue(replies, envelope_id, keys)
+            ids = self.health.fallback.outbox_enqueue(replies, envelope_id, keys)
         self.wake()
         return ids
 
@@ -179,7 +180,7 @@ class Outbox:
     def enqueue_local(self, envelope_id: str, replies: Sequence[Reply]) -> None:
         """A handler's replies whose `finish` failed: send them from this process's memory."""
         if replies:
-            self.local.outbox_enqueue(replies, envelope_id, [f"{envelope_id}:{i}" for i in range(len(replies))])
+            self.health.fallback.outbox_enqueue(replies, envelope_id, [f"{envelope_id}:{i}" for i in range(len(replies))])
             self.wake()
 
     def wake(self) -> None:
@@ -218,7 +219,7 @@ class Outbox:
 
     def _volatile_depth(self) -> int:
         depth = 0
-        for store in (self.store, self.local):
+        for store in (self.store, self.health.fallback):
             if not getattr(store, "durable", True):
                 try:
                     depth += store.outbox_stats()["depth"]
@@ -244,7 +245,7 @@ class Outbox:
     def _fill(self) -> float | None:
         """Claim as many sendable rows as there are free posting greenlets; earliest next chance."""
         next_at: float | None = None
-        for store in (self.store, self.local):
+        for store in (self.store, self.health.fallback):
             free = self._posts.free_count()
             if free <= 0 or not self._claiming:
                 break
@@ -254,7 +255,7 @@ class Outbox:
                 self._store_failed("claim", exc)
                 continue
             if store is self.store:
-                self._store_ok()
+                self.health.ok()
             for row in claimed.rows:
                 self._posts.spawn(self._post, store, row)
             if claimed.next_at is not None:
@@ -289,7 +290,7 @@ class Outbox:
                                             reply_key=row.idempotency_key)
         except RateLimited as exc:
             self.stats.rate_limited += 1
-            scope = getattr(exc, "scope", None) or self.config.ratelimit_scope
+            scope = self.config.ratelimit_scope
             log.info("429 on %s: waiting %.0fs (%s)", row.channel, exc.retry_after, scope)
             return PostOutcome("ratelimited", error="ratelimited", retry_at=time.time() + exc.retry_after,
                                pause="global" if scope == "global" else "channel")
@@ -395,15 +396,9 @@ class Outbox:
             self._record(row, outcome, final)
 
     def _store_failed(self, operation: str, exc: StoreError) -> None:
+        """Counted every time; StoreHealth says it once per episode. The call is retried next round."""
         self.stats.store_errors += 1
-        if not self._store_down:
-            log.error("outbox %s failed (%s); retrying", operation, exc)
-        self._store_down = True
-
-    def _store_ok(self) -> None:
-        if self._store_down:
-            log.info("outbox store reachable again")
-        self._store_down = False
+        self.health.failed(f"outbox_{operation}", exc)
 
 
 # ---------------------------------------------------------------- `buidl-edge send`

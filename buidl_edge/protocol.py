@@ -45,14 +45,22 @@ class Disconnect:
     reason: str
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
-    @property
-    def is_refresh(self) -> bool:
-        """Slack will close this link soon; open the next one first."""
-        return self.reason in ("warning", "refresh_requested")
-
+    # Each reason is exactly one of fatal, too_many and refresh.
     @property
     def is_fatal(self) -> bool:
+        """Socket Mode was turned off for the app: stop, never reconnect."""
         return self.reason == "link_disabled"
+
+    @property
+    def is_too_many(self) -> bool:
+        """Over the app's connections: close this link first, then back off."""
+        return self.reason == "too_many_websockets"
+
+    @property
+    def is_refresh(self) -> bool:
+        """Slack will close this link soon (warning, refresh_requested, or a reason it added
+        since): open the next one first."""
+        return not (self.is_fatal or self.is_too_many)
 
 
 @dataclass(frozen=True)

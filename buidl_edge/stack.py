@@ -21,9 +21,9 @@ from typing import Any
 
 from buidl_edge import dyno_health
 from buidl_edge.config import ConfigError, Settings
+from buidl_edge.exitcodes import EXIT_FATAL
 from buidl_edge.observability import setup_logging
 from buidl_edge.supervise import (
-    FATAL_EXIT,
     Credentials,
     ProcessInfo,
     Supervisor,
@@ -91,8 +91,8 @@ class StackWatch:
         """The process seen last time is gone. supervisord keeps its exit status only while the
         program stays EXITED; once it is started again (or failed inside startsecs) it is unknown."""
         status = f" ({_status(now.exit_status)})" if now.state == "EXITED" else ""
-        if now.state == "EXITED" and now.exit_status == FATAL_EXIT:
-            return {"reason": f"{name} exited with status {FATAL_EXIT} (a stop no restart can fix)",
+        if now.state == "EXITED" and now.exit_status == EXIT_FATAL:
+            return {"reason": f"{name} exited with status {EXIT_FATAL} (a stop no restart can fix)",
                     "process": name}
         if now.state == "STOPPED" or self.stopping or (now.state == "EXITED" and now.exit_status == 0):
             log.info("%s stopped%s", name, status)
@@ -166,7 +166,7 @@ def run_stack(settings: Settings) -> int:
     if fatal:
         print(f"buidl-edge run: stopped for good: {fatal.get('reason')} "
               f"({fatal.get('process') or 'a worker'})", file=sys.stderr, flush=True)
-        return FATAL_EXIT
+        return EXIT_FATAL
     return child.returncode
 
 

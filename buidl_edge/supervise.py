@@ -20,13 +20,13 @@ from string import Template
 from typing import Any
 
 from buidl_edge.config import REFRESH_SPARE, SLACK_MAX_CONNECTIONS, ConfigError, Settings
+from buidl_edge.exitcodes import EXIT_FATAL
 from buidl_edge.statefiles import private_dir, write_private
 
 TEMPLATE_NAME = "supervisord.conf.tmpl"
 # An operator's copy, relative to the directory `run` starts in, wins over the packaged one.
 OPERATOR_TEMPLATE = Path("deploy") / TEMPLATE_NAME
 CONF_NAME = "supervisord.conf"
-FATAL_EXIT = 3
 # Heroku kills the dyno 30 s after SIGTERM; workers drain in 10 s, so 20 s leaves room.
 STOP_WAIT_S = 20
 FATAL_MARKER = "fatal.json"
@@ -93,7 +93,7 @@ def render_config(settings: Settings, credentials: Credentials | None = None) ->
     try:
         text = Template(template).substitute(
             state_dir=str(state_dir), python=sys.executable, processes=settings.processes,
-            fatal_exit=FATAL_EXIT, stopwaitsecs=STOP_WAIT_S, uid=os.getuid(),
+            fatal_exit=EXIT_FATAL, stopwaitsecs=STOP_WAIT_S, uid=os.getuid(),
             username=credentials.username, password=credentials.password,
         )
     except (KeyError, ValueError) as exc:

@@ -1,37 +1,33 @@
 """One worker process: K connection slots, the dispatcher, the reply sender, signals.
 
-Importing this module patches the standard library for gevent, so it must be
-imported before anything that opens sockets or starts threads.
+Import it only after `gevent_patch.patch()`, the first step of the `worker` command: this
+module and everything it imports open sockets, start threads and take locks.
 """
-from gevent import monkey
+from __future__ import annotations
 
-monkey.patch_all()
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
 
-import sys as _sys  # noqa: E402
+import gevent
+import gevent.event
+import gevent.lock
 
-# sqlite3 runs on a pool thread; a short switch interval keeps the hub from waiting on it.
-_sys.setswitchinterval(0.001)
-
-import logging  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
-
-import gevent  # noqa: E402
-import gevent.event  # noqa: E402
-import gevent.lock  # noqa: E402
-
-from buidl_edge.app import AppError, EdgeApp, load_app  # noqa: E402
-from buidl_edge.config import SLACK_MAX_CONNECTIONS, ConfigError, Settings, absolute, default_state_dir  # noqa: E402
-from buidl_edge.config import load_settings  # noqa: E402
-from buidl_edge.connection import ConnectionSlot, FatalStop, backoff_delay  # noqa: E402
-from buidl_edge.dispatch import Dispatcher  # noqa: E402
-from buidl_edge.handler_threads import HubCall, share_logging_with_threads  # noqa: E402
-from buidl_edge.hubwatch import HubWatch  # noqa: E402
-from buidl_edge.observability import (  # noqa: E402
+from buidl_edge.app import AppError, EdgeApp, load_app
+from buidl_edge.backoff import backoff_delay
+from buidl_edge.config import SLACK_MAX_CONNECTIONS, ConfigError, Settings, absolute, default_state_dir
+from buidl_edge.config import load_settings
+from buidl_edge.connection import ConnectionSlot, FatalStop
+from buidl_edge.dispatch import Dispatcher
+from buidl_edge.exitcodes import EXIT_CRASH, EXIT_FATAL, EXIT_OK
+from buidl_edge.handler_threads import HubCall, share_logging_with_threads
+from buidl_edge.hubwatch import HubWatch
+from buidl_edge.observability import (
     flush_sentry,
     init_sentry,
     register_tokens,
@@ -41,26 +37,35 @@ from buidl_edge.observability import (  # noqa: E402
     report_store_failure,
     setup_logging,
 )
-from buidl_edge.outbox import Outbox, OutboxConfig, sender_webapi  # noqa: E402
-from buidl_edge.store.base import EdgeStore  # noqa: E402
-from buidl_edge.store import open_store  # noqa: E402
-from buidl_edge.store.errors import StoreError  # noqa: E402
-from buidl_edge.store.memory import MemoryStore  # noqa: E402
-from buidl_edge.store.slots import SlotGate  # noqa: E402
-from buidl_edge.supervise import read_fatal, record_fatal  # noqa: E402
-from buidl_edge.webapi import FatalAuthError, SlackApiError, WebApi  # noqa: E402
+from buidl_edge.outbox import Outbox, OutboxConfig, sender_webapi
+from buidl_edge.store.base import EdgeStore
+from buidl_edge.store import open_store
+from buidl_edge.store.errors import StoreError
+from buidl_edge.store.memory import MemoryStore
+from buidl_edge.store.slots import SlotGate
+from buidl_edge.store_health import StoreHealth
+from buidl_edge.supervise import read_fatal, record_fatal
+from buidl_edge.webapi import FatalAuthError, SlackApiError, WebApi
 
 log = logging.getLogger("buidl_edge.worker")
 
-EXIT_OK = 0
-EXIT_CRASH = 1
-# A stop that restarting cannot fix (link_disabled, a refused token, and any failure before the
-# worker is up: config, app import, store): supervisord must not respawn, `run` stops the stack.
-EXIT_FATAL = 3
 HEARTBEAT_INTERVAL_S = 2.0
 SWEEP_INTERVAL_S = 1.0
 PRUNE_INTERVAL_S = 60.0
 AUTH_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class StopReason:
+    """Why the worker stops on its own (not for a signal): the one value its exit comes from."""
+
+    exit_code: int  # EXIT_FATAL: no restart can fix it; EXIT_CRASH: a bug, supervisord restarts it
+    reason: str
+    connection: str | None = None
+
+    @property
+    def fatal(self) -> bool:
+        return self.exit_code == EXIT_FATAL
 
 
 class Worker:
@@ -74,10 +79,9 @@ class Worker:
         self.started_at = time.time()
         self.stop_requested = gevent.event.Event()
         self.up = False  # past start-up: a failure from here on is a crash, and restarted
-        self.fatal_reason: str | None = None
-        self.fatal_connection: str | None = None
-        self.crash_reason: str | None = None
-        self.signals_seen = 0
+        self.stop_reason: StopReason | None = None
+        # One view of the store's health for the dispatcher, the outbox and the heartbeat.
+        self.health = StoreHealth()
         self.slots: list[ConnectionSlot] = []
         self.dispatcher: Dispatcher | None = None
         self.outbox: Outbox | None = None
@@ -88,7 +92,12 @@ class Worker:
 
     def request_stop(self, signum: int | None = None) -> None:
         """Signal handler: only record; the main greenlet drains."""
-        self.signals_seen += 1
+        self.stop_requested.set()
+
+    def stop_for(self, stop: StopReason) -> None:
+        """Stop on our own. A fatal reason wins over a crash: no restart could fix it."""
+        if self.stop_reason is None or stop.fatal or not self.stop_reason.fatal:
+            self.stop_reason = stop
         self.stop_requested.set()
 
     def run(self) -> int:
@@ -103,21 +112,22 @@ class Worker:
         try:
             bot_user_id = self._resolve_bot_user_id()
         except FatalStop as exc:
-            return self._fatal(exc.reason)
+            return self._fatal(StopReason(EXIT_FATAL, exc.reason, exc.connection))
         config = self.outbox_config or OutboxConfig.from_env()
         # Its own HTTP pool, sized for the posts it runs at once; on_failed is the Sentry hook.
         self.outbox = Outbox(self.store, sender_webapi(self.settings.api_url, self.settings.http_timeout,
                                                        config.concurrency),
                              self.settings.bot_token, self.owner, config, self.settings.backoff_base,
                              self.settings.backoff_cap, self.settings.lease_s,
-                             on_failed=report_outbox_failure).start()
+                             on_failed=report_outbox_failure, health=self.health).start()
         # send_message may be called from a threaded handler: the outbox is reached on the hub.
         self.app.bind(HubCall().wrap(self.outbox.send_reply))
         self.dispatcher = Dispatcher(self.app, self.store, self.outbox, self.owner,
                                      self.settings.ack_payload_deadline, bot_user_id,
-                                     self.settings.handler_concurrency, self.settings.handler_threads)
+                                     self.settings.handler_concurrency, self.settings.handler_threads,
+                                     self.health)
         overlap = gevent.lock.Semaphore(refresh_overlaps(self.settings))
-        self.slots = [ConnectionSlot(f"c{i}", self.settings, self.webapi, self.dispatcher, overlap, self.gate)
+        self.slots = [ConnectionSlot(f"c{i}", self.settings, self.webapi, self.dispatcher, self.gate, overlap)
                       for i in range(self.settings.connections)]
         runners = [gevent.spawn(self._run_slot, slot) for slot in self.slots]
         for runner in runners:
@@ -143,12 +153,13 @@ class Worker:
         hubwatch.stop()
         if http is not None:
             http.stop(timeout=1)
-        if self.fatal_reason:
-            return self._fatal(self.fatal_reason)
+        stop = self.stop_reason
+        if stop is not None and stop.fatal:
+            return self._fatal(stop)
         flush_sentry()  # what handlers reported while draining goes out before exit
-        if self.crash_reason:
-            log.error("%s; exiting for a restart", self.crash_reason)
-            return EXIT_CRASH
+        if stop is not None:
+            log.error("%s; exiting for a restart", stop.reason)
+            return stop.exit_code
         if clean:
             log.info("worker stopped")
         else:  # what was left is named by the drain's own warnings
@@ -159,23 +170,20 @@ class Worker:
         try:
             slot.run()
         except FatalStop as exc:  # expected: said once, in one line, by _fatal
-            self.fatal_reason = exc.reason
-            self.fatal_connection = exc.connection
-            self.stop_requested.set()
+            self.stop_for(StopReason(EXIT_FATAL, exc.reason, exc.connection))
 
     def _on_slot_crash(self, runner: gevent.Greenlet) -> None:
         # A bug, not a verdict from Slack: exit so that supervisord restarts this process.
-        self.crash_reason = f"connection crashed: {type(runner.exception).__name__}"
         report_exception(runner.exception, report="connection_crash")
-        self.stop_requested.set()
+        self.stop_for(StopReason(EXIT_CRASH, f"connection crashed: {type(runner.exception).__name__}"))
 
-    def _fatal(self, reason: str) -> int:
-        log.error("fatal: %s; not reconnecting", reason)
-        report_fatal(reason, self.fatal_connection)
+    def _fatal(self, stop: StopReason) -> int:
+        log.error("fatal: %s; not reconnecting", stop.reason)
+        report_fatal(stop.reason, stop.connection)
         flush_sentry()
         if os.environ.get("SUPERVISOR_ENABLED"):
-            record_fatal(self.settings.state_dir, reason)
-        print(f"buidl-edge worker: fatal: {reason}", file=sys.stderr, flush=True)
+            record_fatal(self.settings.state_dir, stop.reason)
+        print(f"buidl-edge worker: fatal: {stop.reason}", file=sys.stderr, flush=True)
         return EXIT_FATAL
 
     def _resolve_bot_user_id(self) -> str | None:
@@ -202,14 +210,14 @@ class Worker:
         gevent.joinall(runners, timeout=1.0)
         gevent.killall([r for r in runners if not r.dead], block=False)
         assert self.dispatcher is not None and self.outbox is not None
-        acks_done = self.dispatcher.inflight.join(timeout=max(0.1, deadline - time.monotonic()))
+        acks_done = self.dispatcher.finish_acks(timeout=max(0.1, deadline - time.monotonic()))
         for slot in self.slots:
             slot.close()
         handlers_done = self.dispatcher.finish_handlers(timeout=max(0.1, deadline - time.monotonic()))
         sent = self.outbox.stop(timeout=max(0.1, deadline - time.monotonic()))
         self._forget_heartbeat()
         self.store.close()
-        return bool(acks_done) and bool(handlers_done) and bool(sent)
+        return acks_done and handlers_done and sent
 
     def _every(self, interval: float, chore: Any) -> None:
         while True:
@@ -221,13 +229,10 @@ class Worker:
 
     def _heartbeat(self) -> None:
         self.store.renew(self.owner)
-        if self.dispatcher is not None:  # with no traffic, this is what ends a degraded episode
-            self.dispatcher.store_ok()
+        self.health.ok()  # with no traffic, this is what ends a degraded episode
         self._publish_stats()
 
     def _renew_slots(self) -> None:
-        if self.gate is None:
-            return
         lost = set(self.gate.renew())
         for slot in self.slots:
             if slot.name in lost:
@@ -270,7 +275,7 @@ class Worker:
         """Ready: a Slack link is open and the store answers (not degraded)."""
         if not any(slot.stats.connected for slot in self.slots):
             return False, "no Slack link open"
-        if self.dispatcher is not None and self.dispatcher.stats.degraded:
+        if self.health.degraded:
             return False, "the store is failing (degraded: acking with local dedup only)"
         return True, f"{sum(slot.stats.connected for slot in self.slots)} of {len(self.slots)} connection(s) open"
 
@@ -282,13 +287,13 @@ class Worker:
         return {
             "pid": os.getpid(),
             "process": os.environ.get("SUPERVISOR_PROCESS_NAME", ""),
-            "degraded": bool(self.dispatcher and self.dispatcher.stats.degraded),
+            "degraded": self.health.degraded,
             "owner": self.owner,
             "started_at": self.started_at,
             "connections": self.get_connection_stats(),
             "dispatch": self.dispatcher.stats_dict() if self.dispatcher else {},
             "outbox": self.outbox.stats.as_dict() if self.outbox else {},
-            "slots": self.gate.status() if self.gate else {},
+            "slots": self.gate.status(),
         }
 
 
@@ -318,7 +323,7 @@ def run_worker(settings: Settings) -> int:
     would fail the same way, so `run` stops the stack instead of crash-looping."""
     setup_logging(settings.log_level, settings.log_format == "json")
     register_tokens(settings.app_token.reveal(), settings.bot_token.reveal())  # before anything can log them
-    init_sentry()  # after gevent's patching (this module's first lines), before any connection
+    init_sentry()  # after gevent's patching (the worker command's first step), before any connection
     try:
         app = load_app(settings.app_spec)
         outbox_config = OutboxConfig.from_env()

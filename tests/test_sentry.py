@@ -249,6 +249,7 @@ from buidl_edge.observability import flush_sentry, init_sentry, report_outbox_fa
 from buidl_edge.protocol import Envelope
 from buidl_edge.store.errors import StoreError
 from buidl_edge.store.memory import MemoryStore
+from buidl_edge.store_health import StoreHealth
 
 
 class FailingStore(MemoryStore):
@@ -263,14 +264,15 @@ class FailingStore(MemoryStore):
 
 assert init_sentry()
 store = FailingStore()
-dispatcher = Dispatcher(EdgeApp(), store, None, "test-owner", 2.5, None)
+health = StoreHealth()  # the one the worker shares between dispatcher, outbox and heartbeat
+dispatcher = Dispatcher(EdgeApp(), store, None, "test-owner", 2.5, None, health=health)
 envelope = lambda i: Envelope("events_api", f"env{i}", {"event_id": f"Ev{i}", "event": {"type": "message"}})
 for i in range(3):
     dispatcher._claim(envelope(i))      # one episode of failures
-assert dispatcher.stats.degraded
+assert health.degraded
 store.failing = False
-dispatcher.store_ok()                   # the worker's heartbeat got through: the episode is over
-assert not dispatcher.stats.degraded
+health.ok()                             # the worker's heartbeat got through: the episode is over
+assert not health.degraded
 dispatcher._claim(envelope(10))
 store.failing = True
 for i in range(20, 23):

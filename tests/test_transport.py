@@ -3,6 +3,7 @@ TLS certificate verification on wss://, and no plain ws:// outside loopback."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import shutil
 import socket
@@ -19,6 +20,7 @@ import pytest
 from buidl_edge.config import ConfigError, Proxy, bypass_proxy, proxy_for
 from buidl_edge.connection import websocket_options
 from buidl_edge.harness import WorkerProcess, fake_tokens, wait_until, worker_env
+from buidl_edge.protocol import build_disconnect
 from buidl_edge.simulator.client import SimulatorProcess
 
 pytestmark = pytest.mark.timeout(60)
@@ -292,3 +294,62 @@ def test_a_plain_ws_url_outside_loopback_stops_the_worker(tmp_path: Path) -> Non
     output = worker.output()
     assert "refusing to connect: Socket Mode URL must use wss:// outside loopback" in output
     assert ticket not in output
+
+
+# -- a Slack that says link_disabled before hello, against the same fake Web API ---------------
+
+
+class SocketModeOff:
+    """A WebSocket endpoint whose first frame, before any hello, is `disconnect` link_disabled
+    (RFC 6455 handshake, one text frame, a close). Counts the links it was asked for."""
+
+    GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455's suffix for Sec-WebSocket-Accept
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"ws://127.0.0.1:{self.server.getsockname()[1]}/link/"
+        self.links = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    request += chunk
+                key = next((line.split(":", 1)[1].strip() for line in request.decode("latin-1").split("\r\n")
+                            if line.lower().startswith("sec-websocket-key:")), "")
+                accept = base64.b64encode(hashlib.sha1((key + self.GUID).encode()).digest()).decode()
+                frame = build_disconnect("link_disabled").encode()  # under 126 bytes: a one-byte length
+                self.links += 1
+                conn.sendall(f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                             f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
+                             + bytes([0x81, len(frame)]) + frame + b"\x88\x00")
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def test_link_disabled_before_hello_stops_with_its_own_reason_not_a_token_error(tmp_path: Path) -> None:
+    link = SocketModeOff()
+    slack = FakeSlack(link.url)
+    try:
+        env = _proxy_free_env(slack.api_url, BUIDL_STATE_DIR=tmp_path / "state")
+        with WorkerProcess(env, log_path=tmp_path / "worker.log") as worker:
+            assert worker.wait(timeout=15) == 3  # fatal: Socket Mode is off, no reconnect can help
+    finally:
+        link.close()
+        slack.close()
+    output = worker.output()
+    fatal = [line for line in output.splitlines() if line.startswith("buidl-edge worker: fatal:")]
+    assert fatal == ["buidl-edge worker: fatal: Slack disabled Socket Mode for this app (link_disabled)"]
+    assert "token" not in output.lower() and "Traceback" not in output
+    assert link.links == 1  # never reconnected
