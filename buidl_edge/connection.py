@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import random
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Protocol
 
 import gevent
 import gevent.event
@@ -24,9 +23,10 @@ import gevent.lock
 import websocket
 
 from buidl_edge import protocol
-from buidl_edge.config import ConfigError, Settings, proxy_for
+from buidl_edge.config import ConfigError, Settings, websocket_options
 from buidl_edge.latency import LatencyHistogram
-from buidl_edge.observability import report_exception, report_protocol_error, trace_frame
+from buidl_edge.logs import trace_frame
+from buidl_edge.sentry import report_exception, report_protocol_error
 from buidl_edge.store.slots import OVERLAP_SUFFIX, SlotGate, Waitable
 from buidl_edge.webapi import FatalAuthError, RateLimited, SlackApiError, WebApi
 
@@ -433,24 +433,6 @@ class ConnectionSlot:
         if link in self.links:
             self.links.remove(link)
         self.stats.connected = any(not l.closed.is_set() for l in self.links)
-
-
-def websocket_options(url: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Extra `create_connection` arguments: the proxy, chosen the way requests chooses it.
-
-    websocket-client would read the proxy variables itself, with its own NO_PROXY rules; we pass
-    our choice explicitly so the Web API and the WebSocket always agree. No `sslopt` is ever
-    passed: websocket-client's default verifies the certificate and the host name.
-    """
-    proxy = proxy_for(url, env)
-    if proxy is not None:
-        return {"http_proxy_host": proxy.host, "http_proxy_port": proxy.port,
-                "http_proxy_auth": proxy.auth, "proxy_type": "http"}
-    env = os.environ if env is None else env
-    configured = proxy_for(url, {k: v for k, v in env.items() if k.lower() != "no_proxy"})
-    if configured is not None:  # a proxy is set but NO_PROXY exempts this host: go direct
-        return {"http_proxy_host": configured.host, "http_proxy_port": configured.port, "http_no_proxy": ["*"]}
-    return {}
 
 
 def teardown(ws: websocket.WebSocket) -> None:

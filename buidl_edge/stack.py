@@ -21,7 +21,7 @@ from typing import Any
 
 from buidl_edge import dyno_health
 from buidl_edge.config import ConfigError, Settings
-from buidl_edge.observability import setup_logging
+from buidl_edge.logs import setup_logging
 from buidl_edge.supervise import (
     FATAL_EXIT,
     Credentials,

@@ -25,30 +25,30 @@ import gevent.event  # noqa: E402
 import gevent.lock  # noqa: E402
 
 from buidl_edge.app import AppError, EdgeApp, load_app  # noqa: E402
-from buidl_edge.config import SLACK_MAX_CONNECTIONS, ConfigError, Settings, absolute, default_state_dir  # noqa: E402
+from buidl_edge.config import SLACK_MAX_CONNECTIONS, ConfigError, OutboxConfig, Settings, absolute, default_state_dir  # noqa: E402
 from buidl_edge.config import load_settings  # noqa: E402
 from buidl_edge.connection import ConnectionSlot, FatalStop, backoff_delay  # noqa: E402
 from buidl_edge.dispatch import Dispatcher  # noqa: E402
 from buidl_edge.handler_threads import HubCall, share_logging_with_threads  # noqa: E402
 from buidl_edge.hubwatch import HubWatch  # noqa: E402
-from buidl_edge.observability import (  # noqa: E402
+from buidl_edge.logs import setup_logging  # noqa: E402
+from buidl_edge.outbox import Outbox  # noqa: E402
+from buidl_edge.redaction import register_tokens  # noqa: E402
+from buidl_edge.sentry import (  # noqa: E402
     flush_sentry,
     init_sentry,
-    register_tokens,
     report_exception,
     report_fatal,
     report_outbox_failure,
     report_store_failure,
-    setup_logging,
 )
-from buidl_edge.outbox import Outbox, OutboxConfig, sender_webapi  # noqa: E402
 from buidl_edge.store.base import EdgeStore  # noqa: E402
 from buidl_edge.store import open_store  # noqa: E402
 from buidl_edge.store.errors import StoreError  # noqa: E402
 from buidl_edge.store.memory import MemoryStore  # noqa: E402
 from buidl_edge.store.slots import SlotGate  # noqa: E402
 from buidl_edge.supervise import read_fatal, record_fatal  # noqa: E402
-from buidl_edge.webapi import FatalAuthError, SlackApiError, WebApi  # noqa: E402
+from buidl_edge.webapi import FatalAuthError, SlackApiError, WebApi, sender_webapi  # noqa: E402
 
 log = logging.getLogger("buidl_edge.worker")
 

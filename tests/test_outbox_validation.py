@@ -12,9 +12,8 @@ from click.testing import CliRunner
 
 from buidl_edge.app import Context, EdgeApp
 from buidl_edge.cli import cli
-from buidl_edge.config import ConfigError
+from buidl_edge.config import ConfigError, OutboxConfig
 from buidl_edge.message import MAX_TEXT_CHARS, MessageError, parse_blocks_json, validate_reply
-from buidl_edge.outbox import OutboxConfig
 from buidl_edge.protocol import Envelope
 from buidl_edge.ratelimit import PostLimits
 from buidl_edge.store.base import Reply
