@@ -12,7 +12,8 @@ import time
 from typing import Any, Iterator, Mapping, TextIO
 
 from buidl_edge.config import log_options, process_name
-from buidl_edge.redaction import MAX_FIELD_CHARS, MAX_LINE_CHARS, clip, clip_middle, format_exception, printable, redact
+from buidl_edge.redaction import (MAX_FIELD_CHARS, MAX_LINE_CHARS, clip, clip_middle, format_exception, printable,
+                                  redact)
 
 # -- log context: which connection and envelope a line belongs to ---------------------------
 

@@ -124,7 +124,8 @@ def outbox_stats(as_json: bool) -> None:
         print_json(stats)
         return
     if "paused" in stats:
-        stats = {**stats, "paused": ", ".join(f"{p['bucket']} {p['for_s']:.1f}s" for p in stats["paused"]) or "none"}
+        paused = ", ".join(f"{p['bucket']} {p['for_s']:.1f}s" for p in stats["paused"])
+        stats = {**stats, "paused": paused or "none"}
     print_mapping(stats)
 
 

@@ -48,7 +48,8 @@ def send(channel: str, text: str | None, blocks_file: IO[bytes] | None, thread_t
     if as_json:  # one document on stdout, the warning in it
         print_json(queued.as_dict(), indent=None)
         return
-    click.echo(f"queued message {queued.id} to {channel}" + ("" if queued.warning else "; a running worker posts it"))
+    click.echo(f"queued message {queued.id} to {channel}"
+               + ("" if queued.warning else "; a running worker posts it"))
     if queued.warning:
         click.echo(f"warning: {queued.warning}", err=True)
 
@@ -65,7 +66,8 @@ def utf8(raw: bytes, source: str) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise MessageError(f"{source} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
+        raise MessageError(f"{source} is not UTF-8 text (byte 0x{raw[exc.start]:02x} "
+                           f"at offset {exc.start})") from None
 
 
 def build_reply(channel: str, text: str | None, blocks_file: IO[bytes] | None, thread_ts: str | None) -> Reply:

@@ -28,13 +28,15 @@ from buidl_edge.config.settings import (
     check_app_spec,
     default_state_dir,
     load_settings,
+    state_dir_from_env,
 )
 from buidl_edge.config.urls import absolute, check_transport_url, is_loopback_host, mask_url_password
 
 __all__ = [
     "DEFAULT_API_URL", "DEFAULT_APP", "MAX_CONNECTIONS_PER_PROCESS", "MAX_PROCESSES", "REFRESH_SPARE",
-    "SLACK_MAX_CONNECTIONS", "TOKEN_KINDS", "ConfigError", "OutboxConfig", "Proxy", "Secret", "Settings",
-    "absolute", "buidl_home", "bypass_proxy", "check_app_spec", "check_token_format", "check_transport_url",
-    "default_state_dir", "is_loopback_host", "load_settings", "log_options", "mask_url_password",
-    "process_name", "proxy_for", "sentry_options", "token_file", "token_source", "websocket_options",
+    "SLACK_MAX_CONNECTIONS", "TOKEN_KINDS", "ConfigError", "OutboxConfig", "Proxy", "Secret",
+    "Settings", "absolute", "buidl_home", "bypass_proxy", "check_app_spec", "check_token_format",
+    "check_transport_url", "default_state_dir", "is_loopback_host", "load_settings", "log_options",
+    "mask_url_password", "process_name", "proxy_for", "sentry_options", "state_dir_from_env",
+    "token_file", "token_source", "websocket_options",
 ]

@@ -30,6 +30,13 @@ def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
     return absolute(buidl_home(env) / "state")
 
 
+def state_dir_from_env(env: Mapping[str, str] | None = None) -> Path:
+    """BUIDL_STATE_DIR (absolute from here on), else the default: for a worker that cannot load
+    its settings but must still leave its reason where `run` reads it."""
+    env = environ(env)
+    return absolute(env["BUIDL_STATE_DIR"]) if env.get("BUIDL_STATE_DIR") else default_state_dir(env)
+
+
 @dataclass(frozen=True)
 class Settings:
     app_token: Secret
@@ -134,7 +141,7 @@ def load_settings(env: Mapping[str, str] | None = None, require_tokens: bool = T
         "websocket_debug": flag(env, "WEBSOCKET_DEBUG"),
         "log_level": log_level(env.get("BUIDL_LOG_LEVEL")),
         "log_format": log_format(env.get("BUIDL_LOG_FORMAT")),
-        "state_dir": absolute(env["BUIDL_STATE_DIR"]) if env.get("BUIDL_STATE_DIR") else default_state_dir(env),
+        "state_dir": state_dir_from_env(env),
         "store_url": store_url(env),
         "db_path": absolute(env["BUIDL_DB"]) if env.get("BUIDL_DB") else None,
         "http_host": (env.get("BUIDL_HTTP_HOST") or "").strip() or "0.0.0.0",
