@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import time
-from typing import Any, Mapping
 
 import gevent
 import gevent.event
@@ -22,10 +20,10 @@ import websocket
 
 from buidl_edge import protocol
 from buidl_edge.backoff import backoff_delay
-from buidl_edge.config import ConfigError, Settings, proxy_for
+from buidl_edge.config import ConfigError, Settings, websocket_options
 from buidl_edge.link import ConnectionStats, EnvelopeSink, Link, teardown
 from buidl_edge.link_outcomes import BACK_OFF, RECONNECT_AT_ONCE, REPLACE_FIRST, STOP_FOR_GOOD, LinkOutcome
-from buidl_edge.observability import trace_frame
+from buidl_edge.logs import trace_frame
 from buidl_edge.store.slots import OVERLAP_SUFFIX, SlotGate, Waitable
 from buidl_edge.webapi import FatalAuthError, RateLimited, SlackApiError, WebApi
 
@@ -277,22 +275,6 @@ class ConnectionSlot:
         self.stats.connected = any(not l.closed.is_set() for l in self.links)
 
 
-def websocket_options(url: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Extra `create_connection` arguments: the proxy, chosen the way requests chooses it.
-
-    websocket-client would read the proxy variables itself, with its own NO_PROXY rules; we pass
-    our choice explicitly so the Web API and the WebSocket always agree. No `sslopt` is ever
-    passed: websocket-client's default verifies the certificate and the host name.
-    """
-    proxy = proxy_for(url, env)
-    if proxy is not None:
-        return {"http_proxy_host": proxy.host, "http_proxy_port": proxy.port,
-                "http_proxy_auth": proxy.auth, "proxy_type": "http"}
-    env = os.environ if env is None else env
-    configured = proxy_for(url, {k: v for k, v in env.items() if k.lower() != "no_proxy"})
-    if configured is not None:  # a proxy is set but NO_PROXY exempts this host: go direct
-        return {"http_proxy_host": configured.host, "http_proxy_port": configured.port, "http_no_proxy": ["*"]}
-    return {}
 
 
 class _Deadline:

@@ -13,9 +13,10 @@ from buidl_edge.app import Context, EdgeApp
 from buidl_edge.handler_pool import HandlerPool
 from buidl_edge.handler_threads import HandlerThreads, HubCall, HubLogger
 from buidl_edge.link import Link
-from buidl_edge.observability import log_context, report_handler_error
+from buidl_edge.logs import log_context
 from buidl_edge.outbox import Outbox
 from buidl_edge.protocol import Envelope
+from buidl_edge.sentry import report_handler_error
 from buidl_edge.store.base import EdgeStore, Reply
 from buidl_edge.store.errors import StoreError, StoreRejected
 from buidl_edge.store.memory import MemoryStore

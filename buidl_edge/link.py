@@ -19,7 +19,8 @@ from buidl_edge import protocol
 from buidl_edge.config import Settings
 from buidl_edge.latency import LatencyHistogram
 from buidl_edge.link_outcomes import LinkOutcome
-from buidl_edge.observability import report_exception, report_protocol_error, trace_frame
+from buidl_edge.logs import trace_frame
+from buidl_edge.sentry import report_exception, report_protocol_error
 
 log = logging.getLogger("buidl_edge.connection")
 

@@ -30,21 +30,17 @@ Failed rows go to the `on_failed` hook (Sentry) and stay for `outbox retry`.
 from __future__ import annotations
 
 import logging
-import os
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import gevent
 import gevent.event
 import gevent.pool
-import requests
-from requests.adapters import HTTPAdapter
 
 from buidl_edge.backoff import backoff_delay
-from buidl_edge.config import ConfigError, Secret
-from buidl_edge.message import MessageError, parse_blocks_json, validate_reply
-from buidl_edge.ratelimit import PostLimits
+from buidl_edge.config import OutboxConfig, Secret
+from buidl_edge.message import validate_reply
 from buidl_edge.store.base import EdgeStore, OutboxRow, PostOutcome, Reply
 from buidl_edge.store.errors import StoreError
 from buidl_edge.store_health import StoreHealth
@@ -63,47 +59,6 @@ CLOCK_SKEW_S = 60.0
 
 FailedHook = Callable[[OutboxRow], None]
 
-__all__ = ["MessageError", "Outbox", "OutboxConfig", "OutboxStats", "build_reply", "post_now", "sender_webapi"]
-
-
-@dataclass(frozen=True)
-class OutboxConfig:
-    limits: PostLimits = field(default_factory=PostLimits)
-    max_attempts: int = 5
-    concurrency: int = 32
-    ratelimit_scope: str = "channel"  # where a 429 applies: "channel" or "global"
-    poll_interval: float = 0.25  # how soon rows queued by another process are noticed
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "OutboxConfig":
-        """BUIDL_POST_RATE, _BURST, _GLOBAL_RATE, _GLOBAL_BURST, _MAX_ATTEMPTS, _CONCURRENCY, _429_SCOPE."""
-        env = os.environ if env is None else env
-
-        def number(name: str, default: float, parse: type = float, minimum: float = 0.0) -> Any:
-            raw = env.get(name)
-            if raw in (None, ""):
-                return default
-            try:
-                value = parse(raw)
-            except ValueError:
-                raise ConfigError(f"{name} must be a number, got {raw[:20]!r}") from None
-            if value < minimum:
-                raise ConfigError(f"{name} must be at least {minimum:g}, got {value}")
-            return value
-
-        rate = number("BUIDL_POST_RATE", 1.0)
-        if rate <= 0:
-            raise ConfigError("BUIDL_POST_RATE must be above 0 (messages per second per channel)")
-        scope = (env.get("BUIDL_POST_429_SCOPE") or "channel").strip().lower()
-        if scope not in ("channel", "global"):
-            raise ConfigError(f"BUIDL_POST_429_SCOPE must be channel or global, got {scope[:20]!r}")
-        limits = PostLimits(rate=rate, burst=number("BUIDL_POST_BURST", 3.0, float, 1.0),
-                            global_rate=number("BUIDL_POST_GLOBAL_RATE", 0.0),
-                            global_burst=number("BUIDL_POST_GLOBAL_BURST", 0.0))
-        return cls(limits=limits, max_attempts=number("BUIDL_POST_MAX_ATTEMPTS", 5, int, 1),
-                   concurrency=number("BUIDL_POST_CONCURRENCY", 32, int, 1), ratelimit_scope=scope)
-
-
 @dataclass
 class OutboxStats:
     """This process's figures, published with its heartbeat for `status`."""
@@ -120,15 +75,6 @@ class OutboxStats:
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
-
-
-def sender_webapi(api_url: str, timeout: float, pool_size: int) -> WebApi:
-    """A WebApi whose connection pool fits `pool_size` posts at once (requests keeps 10 by default)."""
-    session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return WebApi(api_url, timeout=timeout, session=session)
 
 
 class Outbox:
@@ -399,17 +345,3 @@ class Outbox:
         """Counted every time; StoreHealth says it once per episode. The call is retried next round."""
         self.stats.store_errors += 1
         self.health.failed(f"outbox_{operation}", exc)
-
-
-# ---------------------------------------------------------------- `buidl-edge send`
-
-def build_reply(channel: str, text: str | None, blocks_json: str | None = None,
-                thread_ts: str | None = None, blocks_source: str = "blocks file") -> Reply:
-    """A validated Reply from command-line input; MessageError says what is wrong."""
-    blocks = parse_blocks_json(blocks_json, blocks_source) if blocks_json is not None else None
-    return validate_reply(Reply(channel=channel, text=text, blocks=blocks, thread_ts=thread_ts))
-
-
-def post_now(webapi: WebApi, bot_token: Secret, reply: Reply) -> dict[str, Any]:
-    """One chat.postMessage outside the outbox (`send --now`): no queue, no retry; errors raise."""
-    return webapi.post_message(bot_token, reply.channel, reply.text, reply.blocks, reply.thread_ts)

@@ -22,7 +22,7 @@ from typing import Any
 from buidl_edge import dyno_health
 from buidl_edge.config import ConfigError, Settings
 from buidl_edge.exitcodes import EXIT_FATAL
-from buidl_edge.observability import setup_logging
+from buidl_edge.logs import setup_logging
 from buidl_edge.supervise import (
     Credentials,
     ProcessInfo,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from buidl_edge.observability import report_store_failure
+from buidl_edge.sentry import report_store_failure
 from buidl_edge.store.errors import StoreError, StoreRejected
 from buidl_edge.store.memory import MemoryStore
 

@@ -5,7 +5,7 @@ the bot token in `~/.buidl/bot_token`; BUIDL_HOME moves both. The directory is
 0700 and each file 0600 from the moment it exists: it is written to a private
 temporary file (mkstemp makes it 0600) and renamed into place, so no reader
 ever sees a half-written or briefly world-readable token. Reading, with its
-refusal of files group or others can open, is `config.read_token_file`, so
+refusal of files group or others can open, is `config.token_source`, so
 `load_settings` needs nothing from here. The environment always wins.
 """
 from __future__ import annotations
@@ -19,36 +19,23 @@ from pathlib import Path
 from typing import Mapping
 
 from buidl_edge.config import (
+    TOKEN_KINDS,
     ConfigError,
     Secret,
     buidl_home,
     check_token_format,
-    read_token_file,
     token_file,
+    token_source,
 )
-
-# kind -> (environment variable, prefix, description)
-KINDS: dict[str, tuple[str, str, str]] = {
-    "app": ("SLACK_APP_TOKEN", "xapp-", "an app-level token"),
-    "bot": ("SLACK_BOT_TOKEN", "xoxb-", "a bot token"),
-}
-
-
-def variable(kind: str) -> str:
-    return KINDS[kind][0]
-
-
-def path_for(kind: str, env: Mapping[str, str] | None = None) -> Path:
-    return token_file(variable(kind), env)
 
 
 def check(kind: str, raw: str, source: str = "the token given") -> str:
     """The token stripped of surrounding whitespace, or a ConfigError that never echoes it."""
-    _, prefix, what = KINDS[kind]
+    spec = TOKEN_KINDS[kind]
     token = raw.strip()
     if not token:
-        raise ConfigError(f"{source} is empty: expected {what} starting with {prefix}")
-    check_token_format(token, prefix, what, source)
+        raise ConfigError(f"{source} is empty: expected {spec.what} starting with {spec.prefix}")
+    check_token_format(token, spec.prefix, spec.what, source)
     return token
 
 
@@ -60,7 +47,7 @@ def save(kind: str, raw: str, env: Mapping[str, str] | None = None) -> Path:
     info = home.stat()
     if stat.S_IMODE(info.st_mode) & 0o077 and info.st_uid == os.getuid():
         os.chmod(home, 0o700)
-    target = path_for(kind, env)
+    target = token_file(kind, env)
     fd, tmp = tempfile.mkstemp(dir=home, prefix=f".{target.name}.")  # created 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -79,7 +66,7 @@ def save(kind: str, raw: str, env: Mapping[str, str] | None = None) -> Path:
 
 def remove(kind: str, env: Mapping[str, str] | None = None) -> Path | None:
     """Delete the token file; the path when there was one, None otherwise."""
-    target = path_for(kind, env)
+    target = token_file(kind, env)
     try:
         target.unlink()
     except FileNotFoundError:
@@ -99,26 +86,23 @@ class TokenStatus:
         if self.problem:
             return f"{self.kind}  refused: {self.problem}"
         if self.masked is None:
-            return f"{self.kind}  not set (no {variable(self.kind)}, no file {self.shadowed})"
+            return f"{self.kind}  not set (no {TOKEN_KINDS[self.kind].variable}, no file {self.shadowed})"
         note = f" (overrides {self.shadowed})" if self.shadowed else ""
         return f"{self.kind}  {self.masked}  from {self.source}{note}"
 
 
 def status(kind: str, env: Mapping[str, str] | None = None) -> TokenStatus:
     """Where the token a worker would use comes from, masked: what `token show` prints."""
-    env = os.environ if env is None else env
-    name = variable(kind)
-    path = path_for(kind, env)
-    from_env = (env.get(name) or "").strip()
-    if from_env:
-        return TokenStatus(kind, name, Secret(from_env).masked(), shadowed=path if path.exists() else None)
     try:
-        stored = read_token_file(path)
-    except ConfigError as exc:
-        return TokenStatus(kind, str(path), None, problem=str(exc))
-    if not stored:
-        return TokenStatus(kind, None, None, shadowed=path)
-    return TokenStatus(kind, str(path), Secret(stored).masked())
+        found = token_source(kind, env)
+    except ConfigError as exc:  # the file is refused
+        return TokenStatus(kind, str(token_file(kind, env)), None, problem=str(exc))
+    if found.from_environment:
+        return TokenStatus(kind, found.source, Secret(found.value).masked(),
+                           shadowed=found.path if found.path.exists() else None)
+    if found.source is None:
+        return TokenStatus(kind, None, None, shadowed=found.path)
+    return TokenStatus(kind, found.source, Secret(found.value).masked())
 
 
 def _fsync_dir(path: Path) -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
 
 from buidl_edge.config import Secret, check_transport_url
 
@@ -134,6 +135,16 @@ class WebApi:
                 return None
             data["cursor"] = cursor
         return None  # not in the newest pages: posting again risks a double, not a loss
+
+
+def sender_webapi(api_url: str, timeout: float, pool_size: int) -> WebApi:
+    """A WebApi whose connection pool fits `pool_size` posts at once (requests keeps 10 by default):
+    the outbox sender's."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return WebApi(api_url, timeout=timeout, session=session)
 
 
 def _retry_after(value: str | None) -> float:

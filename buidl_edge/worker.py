@@ -20,24 +20,24 @@ import gevent.lock
 
 from buidl_edge.app import AppError, EdgeApp, load_app
 from buidl_edge.backoff import backoff_delay
-from buidl_edge.config import SLACK_MAX_CONNECTIONS, ConfigError, Settings, absolute, default_state_dir
+from buidl_edge.config import SLACK_MAX_CONNECTIONS, ConfigError, OutboxConfig, Settings, absolute, default_state_dir
 from buidl_edge.config import load_settings
 from buidl_edge.connection import ConnectionSlot, FatalStop
 from buidl_edge.dispatch import Dispatcher
 from buidl_edge.exitcodes import EXIT_CRASH, EXIT_FATAL, EXIT_OK
 from buidl_edge.handler_threads import HubCall, share_logging_with_threads
 from buidl_edge.hubwatch import HubWatch
-from buidl_edge.observability import (
+from buidl_edge.logs import setup_logging
+from buidl_edge.outbox import Outbox
+from buidl_edge.redaction import register_tokens
+from buidl_edge.sentry import (
     flush_sentry,
     init_sentry,
-    register_tokens,
     report_exception,
     report_fatal,
     report_outbox_failure,
     report_store_failure,
-    setup_logging,
 )
-from buidl_edge.outbox import Outbox, OutboxConfig, sender_webapi
 from buidl_edge.store.base import EdgeStore
 from buidl_edge.store import open_store
 from buidl_edge.store.errors import StoreError
@@ -45,7 +45,7 @@ from buidl_edge.store.memory import MemoryStore
 from buidl_edge.store.slots import SlotGate
 from buidl_edge.store_health import StoreHealth
 from buidl_edge.supervise import read_fatal, record_fatal
-from buidl_edge.webapi import FatalAuthError, SlackApiError, WebApi
+from buidl_edge.webapi import FatalAuthError, SlackApiError, WebApi, sender_webapi
 
 log = logging.getLogger("buidl_edge.worker")
 

@@ -133,7 +133,7 @@ def ceiling(sim: SimulatorProcess, channels: int, total: int) -> float:
 
     from buidl_edge.config import Secret
     from buidl_edge.harness import fake_tokens
-    from buidl_edge.outbox import sender_webapi
+    from buidl_edge.webapi import sender_webapi
 
     sim.client.reset()
     sim.client.configure(post_rate=RAISED, post_burst=int(RAISED))

@@ -351,7 +351,7 @@ def test_hub_call_runs_a_native_threads_call_on_the_hub(tmp_path: Path) -> None:
 
 def test_threaded_handler_runs_off_the_hub_thread_in_the_callers_log_context() -> None:
     from buidl_edge.handler_threads import HandlerThreads, HubCall
-    from buidl_edge.observability import _log_context, log_context
+    from buidl_edge.logs import _log_context, log_context
 
     threads, hub_call = HandlerThreads(2), HubCall()
 

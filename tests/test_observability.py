@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from buidl_edge.harness import WorkerProcess, fake_tokens, wait_until, worker_env
-from buidl_edge.observability import (MASK, MAX_LINE_CHARS, LogfmtFormatter, ProtocolErrorWindow, redact,
-                                      register_secret, scrub)
+from buidl_edge.logs import LogfmtFormatter
+from buidl_edge.redaction import MASK, MAX_LINE_CHARS, redact, register_secret, scrub
+from buidl_edge.sentry import ProtocolErrorWindow
 from buidl_edge.simulator.client import SimulatorProcess
 
 pytestmark = pytest.mark.timeout(60)
@@ -151,7 +152,7 @@ def test_protocol_error_window_counts_then_emits_once() -> None:
 
 LOGGING_SCRIPT = r'''
 import logging, os, sys
-from buidl_edge.observability import log_context, setup_logging
+from buidl_edge.logs import log_context, setup_logging
 setup_logging()
 token = os.environ["LEAK"]
 logging.getLogger("buidl_edge.test").info("plain info")

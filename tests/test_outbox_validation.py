@@ -12,9 +12,8 @@ from click.testing import CliRunner
 
 from buidl_edge.app import Context, EdgeApp
 from buidl_edge.cli import cli
-from buidl_edge.config import ConfigError
+from buidl_edge.config import ConfigError, OutboxConfig
 from buidl_edge.message import MAX_TEXT_CHARS, MessageError, parse_blocks_json, validate_reply
-from buidl_edge.outbox import OutboxConfig
 from buidl_edge.protocol import Envelope
 from buidl_edge.ratelimit import PostLimits
 from buidl_edge.store.base import Reply
@@ -142,6 +141,8 @@ def test_outbox_settings_from_the_environment() -> None:
 @pytest.mark.parametrize("env,problem", [
     ({"BUIDL_POST_RATE": "fast"}, "BUIDL_POST_RATE must be a number"),
     ({"BUIDL_POST_RATE": "0"}, "BUIDL_POST_RATE must be above 0"),
+    ({"BUIDL_POST_RATE": "nan"}, "BUIDL_POST_RATE must be a finite number"),
+    ({"BUIDL_POST_GLOBAL_RATE": "inf"}, "BUIDL_POST_GLOBAL_RATE must be a finite number"),
     ({"BUIDL_POST_BURST": "0.5"}, "BUIDL_POST_BURST must be at least 1"),
     ({"BUIDL_POST_MAX_ATTEMPTS": "0"}, "BUIDL_POST_MAX_ATTEMPTS must be at least 1"),
     ({"BUIDL_POST_429_SCOPE": "team"}, "channel or global"),

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import requests
 
+from buidl_edge.config import sentry_options
 from buidl_edge.demo_app import FAIL_WORD
 from buidl_edge.harness import StackProcess, WorkerProcess, fake_tokens, wait_until, worker_env
-from buidl_edge.observability import sentry_options
 from buidl_edge.simulator.client import SimulatorProcess
 from buidl_edge.simulator.sentry import parse_envelope
 
@@ -245,8 +245,8 @@ monkey.patch_all()
 
 from buidl_edge.app import EdgeApp
 from buidl_edge.dispatch import Dispatcher
-from buidl_edge.observability import flush_sentry, init_sentry, report_outbox_failure
 from buidl_edge.protocol import Envelope
+from buidl_edge.sentry import flush_sentry, init_sentry, report_outbox_failure
 from buidl_edge.store.errors import StoreError
 from buidl_edge.store.memory import MemoryStore
 from buidl_edge.store_health import StoreHealth
@@ -363,7 +363,8 @@ def test_no_dsn_means_no_sentry_at_all(simulator: SimulatorProcess, tmp_path: Pa
 
 def test_sentry_dsn_checked_at_start_without_echoing_it(tmp_path: Path) -> None:
     script = textwrap.dedent("""
-        from buidl_edge.observability import init_sentry, setup_logging
+        from buidl_edge.logs import setup_logging
+        from buidl_edge.sentry import init_sentry
         setup_logging()
         print("enabled:", init_sentry())
     """)

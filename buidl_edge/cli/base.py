@@ -1,0 +1,131 @@
+"""What every command shares: the `buidl-edge` group with the CLI's one error boundary, the
+options defined once, the settings of commands that never call Slack, and the admin store.
+
+Nothing here imports more than click and the configuration at load time, so that `worker`
+can patch the standard library for gevent before anything opens a socket.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
+
+import click
+
+from buidl_edge.config import MAX_CONNECTIONS_PER_PROCESS, MAX_PROCESSES, ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from buidl_edge.store.base import EdgeStore
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def said(exc: BaseException) -> str | None:
+    """How an error that a user's input or environment can cause is said, in one line; None for
+    any other (a bug keeps its traceback). Imported only once one was raised, so that `worker`
+    still patches gevent first."""
+    from buidl_edge.app import AppError
+    from buidl_edge.message import MessageError
+    from buidl_edge.store.errors import StoreError
+    from buidl_edge.webapi import RateLimited, SlackApiError
+
+    if isinstance(exc, RateLimited):
+        return f"Slack rate-limited {exc.method}: retry after {exc.retry_after:g}s"
+    if isinstance(exc, SlackApiError):
+        return f"Slack refused: {one_line(str(exc))}"
+    if isinstance(exc, MessageError):
+        return f"not sent: {one_line(str(exc))}"
+    if isinstance(exc, (ConfigError, StoreError, AppError)):
+        return one_line(str(exc)) or type(exc).__name__
+    return None
+
+
+class EdgeGroup(click.Group):
+    """The CLI's one error boundary: an expected error from any command becomes `Error: <line>`.
+    An error inside the user's app module shows the user's own frames first."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            line = said(exc)
+            if line is None:
+                raise
+            details = getattr(exc, "details", None)  # AppError: where in the user's module
+            if details:
+                click.echo(details.rstrip("\n"), err=True)
+            raise click.ClickException(line) from None
+
+
+
+def also_expects(kind: type[BaseException], prefix: str = "") -> Callable[[F], F]:
+    """Let one command's `kind` errors (an OSError: a port taken, a file not writable) cross the
+    boundary as one line too, after `prefix`."""
+    def decorate(command: F) -> F:
+        @functools.wraps(command)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return command(*args, **kwargs)
+            except kind as exc:
+                raise click.ClickException(prefix + one_line(str(exc))) from None
+        return run  # type: ignore[return-value]
+    return decorate
+
+
+# -- options shared by several commands ----------------------------------------------------------
+
+def json_option(help: str = "Print JSON.") -> Callable[[F], F]:
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+app_option = click.option(
+    "--app", "app_spec", default=None, metavar="MODULE:ATTR",
+    help="Handler app (default BUIDL_APP or the Buidl bot); the working directory is on the import path.")
+connections_option = click.option(
+    "--connections", "-c", type=click.IntRange(1, MAX_CONNECTIONS_PER_PROCESS), default=None,
+    help="Socket Mode connections per worker process (default BUIDL_CONNECTIONS or 1); "
+         "each process keeps one more for a refresh.")
+processes_option = click.option(
+    "--processes", "-n", type=click.IntRange(1, MAX_PROCESSES), default=None,
+    help="Worker processes (default BUIDL_PROCESSES or 2).")
+limit_option = click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+
+
+def state_option(*states: str) -> Callable[[F], F]:
+    return click.option("--state", type=click.Choice(list(states)), default=None, help="Only rows in this state.")
+
+
+# -- settings and the store ----------------------------------------------------------------------
+
+def state_settings() -> Settings:
+    """Settings for commands that never call Slack: a missing token is not an error there."""
+    return load_settings(require_tokens=False)
+
+
+@contextlib.contextmanager
+def admin_store(settings: Settings | None = None) -> Iterator[EdgeStore]:
+    """The store the workers use, never a new one (a missing store is one line, exit 1), closed
+    whatever the command does with it."""
+    from buidl_edge.store import open_store
+
+    store = open_store(settings or state_settings(), threaded=False, create=False)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@click.group(cls=EdgeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """buidl-edge: the Slack Socket Mode edge of Buidl.
+
+    Tokens come from SLACK_APP_TOKEN (xapp-) and SLACK_BOT_TOKEN (xoxb-),
+    or from the files `buidl-edge token set` writes.
+    Try `buidl-edge demo` to see it work against the bundled simulator.
+    """

@@ -1,0 +1,86 @@
+"""`config` (the resolved settings, secrets masked) and `check` (will `run` work here?)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+
+from buidl_edge.cli.base import admin_store, cli, json_option, state_settings
+from buidl_edge.cli.output import cell, plural, print_json
+from buidl_edge.config import SLACK_MAX_CONNECTIONS, OutboxConfig, Settings, load_settings
+
+
+@cli.command("config")
+@json_option("Print JSON instead of a table.")
+def show_config(as_json: bool) -> None:
+    """Print the resolved settings: tokens masked (a missing one marked), URLs without userinfo."""
+    settings = state_settings()
+    values = settings.redacted()
+    problems = settings.token_problems()
+    if as_json:
+        print_json({**values, "token_problems": problems})
+        return
+    width = max(len(k) for k in values)
+    for key, value in values.items():
+        shown = f"NOT USABLE: {problems[key]}" if key in problems else cell(value)
+        click.echo(f"{key.ljust(width)}  {shown}")
+
+
+@cli.command()
+@json_option("Print what was checked as JSON.")
+def check(as_json: bool) -> None:
+    """Validate the config, import the app, test both tokens with Slack, and say what `run` would start."""
+    found = preflight(load_settings())
+    if as_json:
+        print_json(found.report)
+    else:
+        click.echo("\n".join(found.lines))
+
+
+@dataclass
+class Preflight:
+    """What `check` found: a report for --json, and the lines an operator reads."""
+
+    report: dict[str, Any] = field(default_factory=dict)
+    lines: list[str] = field(default_factory=list)
+
+    def add(self, key: str, value: dict[str, Any], line: str) -> None:
+        self.report[key] = value
+        self.lines.append(line)
+
+
+def preflight(settings: Settings) -> Preflight:
+    """Everything `run` needs, tried in the order `run` needs it; the first failure raises."""
+    from buidl_edge.app import load_app
+    from buidl_edge.supervise import check_connection_budget, connection_need
+    from buidl_edge.webapi import WebApi
+
+    check_connection_budget(settings)
+    app = load_app(settings.app_spec)
+    OutboxConfig.from_env()  # the reply sender's settings, which workers read at start
+    found = Preflight()
+    found.add("app", {"spec": settings.app_spec, "name": app.name},
+              f"app ok: {settings.app_spec} imports (EdgeApp {app.name!r})")
+    api = WebApi(settings.api_url, timeout=settings.http_timeout)
+    auth = api.auth_test(settings.bot_token)
+    found.add("bot_token", {"ok": True, "user_id": auth.user_id, "team_id": auth.team_id},
+              f"bot token ok: user {auth.user_id} in team {auth.team_id}")
+    api.open_connection(settings.app_token)
+    found.add("app_token", {"ok": True}, "app token ok: apps.connections.open returned a Socket Mode URL")
+    processes, connections = settings.processes, settings.connections
+    need = connection_need(processes, connections)
+    found.add("plan", {"processes": processes, "connections": connections, "links": processes * connections,
+                       "links_with_refresh_spares": need, "slack_limit": SLACK_MAX_CONNECTIONS},
+              f"would run {plural(processes, 'process', 'processes')} x {plural(connections, 'connection')} "
+              f"= {plural(processes * connections, 'link')}, {need} with one refresh spare per process, "
+              f"of Slack's {SLACK_MAX_CONNECTIONS}")
+    if (settings.store_url or "").startswith(("redis://", "rediss://")):
+        with admin_store(settings) as store:
+            store.ping()
+            where = store.describe()
+            found.add("store", {"ok": True, "where": where,
+                                "max_app_connections": settings.max_app_connections},
+                      f"store ok: {where} answers; the app may hold "
+                      f"{plural(settings.max_app_connections, 'connection')} over every dyno")
+    return found

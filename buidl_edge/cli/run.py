@@ -1,0 +1,43 @@
+"""`run` (the whole stack under supervisord, the Procfile command) and `worker` (one process)."""
+from __future__ import annotations
+
+import sys
+
+from buidl_edge.cli.base import app_option, cli, connections_option, processes_option
+from buidl_edge.config import SLACK_MAX_CONNECTIONS, load_settings
+
+SIZING_RULE = (f"each process holds its connections plus one spare for a refresh: "
+               f"processes x (connections + 1) <= {SLACK_MAX_CONNECTIONS}")
+
+
+@cli.command()
+@connections_option
+@app_option
+def worker(connections: int | None, app_spec: str | None) -> None:
+    """Run one worker process: connections, handlers and reply sender, until SIGTERM.
+
+    A worker that cannot start (config, app import, store) says why in one line and exits 3.
+    """
+    from buidl_edge.gevent_patch import patch
+
+    patch()  # first: before the worker's modules import sockets, threads or locks
+    from buidl_edge.worker import start
+
+    sys.exit(start(connections=connections, app_spec=app_spec))
+
+
+@cli.command(epilog=f"Sizing: {SIZING_RULE}.")
+@processes_option
+@connections_option
+@app_option
+def run(processes: int | None, connections: int | None, app_spec: str | None) -> None:
+    """Run the whole stack under supervisord in the foreground (the Procfile command).
+
+    Renders the supervisord template shipped in the package (or ./deploy/supervisord.conf.tmpl,
+    when there is one) into BUIDL_STATE_DIR and keeps supervisord as a child. Exits non-zero with
+    the worker's reason when one stops for good (a worker that cannot start, link_disabled, a
+    refused token).
+    """
+    from buidl_edge.stack import run_stack
+
+    sys.exit(run_stack(load_settings(processes=processes, connections=connections, app_spec=app_spec)))

@@ -1,0 +1,37 @@
+"""The reply sender's settings (BUIDL_POST_*). Read by each worker at start, and by `check`,
+not by `load_settings`: a bad value stops the workers with their reason, which is how `run`
+reports it (tests/test_run_stack.py)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from buidl_edge.config.env import ConfigError, at_least, environ
+from buidl_edge.ratelimit import PostLimits
+
+RATELIMIT_SCOPES = ("channel", "global")
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    limits: PostLimits = field(default_factory=PostLimits)
+    max_attempts: int = 5
+    concurrency: int = 32
+    ratelimit_scope: str = "channel"  # where a 429 applies: "channel" or "global"
+    poll_interval: float = 0.25  # how soon rows queued by another process are noticed
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "OutboxConfig":
+        """BUIDL_POST_RATE, _BURST, _GLOBAL_RATE, _GLOBAL_BURST, _MAX_ATTEMPTS, _CONCURRENCY, _429_SCOPE."""
+        env = environ(env)
+        rate = at_least(env, "BUIDL_POST_RATE", 1.0, float, 0.0)
+        if rate <= 0:
+            raise ConfigError("BUIDL_POST_RATE must be above 0 (messages per second per channel)")
+        scope = (env.get("BUIDL_POST_429_SCOPE") or "channel").strip().lower()
+        if scope not in RATELIMIT_SCOPES:
+            raise ConfigError(f"BUIDL_POST_429_SCOPE must be channel or global, got {scope[:20]!r}")
+        limits = PostLimits(rate=rate, burst=at_least(env, "BUIDL_POST_BURST", 3.0, float, 1.0),
+                            global_rate=at_least(env, "BUIDL_POST_GLOBAL_RATE", 0.0, float, 0.0),
+                            global_burst=at_least(env, "BUIDL_POST_GLOBAL_BURST", 0.0, float, 0.0))
+        return cls(limits=limits, max_attempts=at_least(env, "BUIDL_POST_MAX_ATTEMPTS", 5, int, 1),
+                   concurrency=at_least(env, "BUIDL_POST_CONCURRENCY", 32, int, 1), ratelimit_scope=scope)
