@@ -91,15 +91,17 @@ def store(backend: Backend) -> Any:
 
 def race(backend: Backend, body: str, procs: int = 4, timeout: float = 30) -> list[Any]:
     """Run `body` (with `s` open) in `procs` processes released at once; their JSON results."""
+    # Released by a start time, not by the order their stdin is written: all go at one instant.
     code = "import json, os, sys, time\n" + backend.code() + "\nprint('ready', flush=True)\n" + \
-        "sys.stdin.readline()\n" + textwrap.dedent(body)
+        "time.sleep(max(0.0, float(sys.stdin.readline()) - time.time()))\n" + textwrap.dedent(body)
     children = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True, cwd=PROJECT) for _ in range(procs)]
     for child in children:  # every one has imported and opened its store...
         assert child.stdout is not None and child.stdout.readline().strip() == "ready", child.stderr
+    start = time.time() + 0.2
     for child in children:  # ...then all go at once
         assert child.stdin is not None
-        child.stdin.write("go\n")
+        child.stdin.write(f"{start!r}\n")
         child.stdin.flush()
     results = []
     for child in children:

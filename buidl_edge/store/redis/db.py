@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import random
 import socket
 import time
@@ -27,7 +26,6 @@ from buidl_edge.store.base import DEFAULT_RETENTION_S
 from buidl_edge.store.errors import BadCall, StoreError, StoreUnavailable, one_line, rejected
 from buidl_edge.store.redis.schema import DEFAULT_PREFIX
 
-log = logging.getLogger("buidl_edge.store.redis")
 
 T = TypeVar("T")
 
@@ -133,15 +131,12 @@ class RedisDb:
             return StoreError(f"store {self.where}: {detail}")
         self._failures += 1
         delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** min(self._failures - 1, 10)) * random.uniform(0.5, 1.0)
-        self._retry_at = time.monotonic() + delay
-        if self._failures == 1:
-            log.error("%s unreachable (%s); failing fast and retrying with backoff", self.where, detail)
+        self._retry_at = time.monotonic() + delay  # the worker's StoreHealth says it, once per episode
         self._last_error = detail
         return StoreUnavailable(f"store {self.where} unavailable: {detail}")
 
     def _succeeded(self) -> None:
         if self._failures:
-            log.warning("%s reachable again after %d failed call(s)", self.where, self._failures)
             self._failures = 0
             self._last_error = ""
 
