@@ -118,6 +118,13 @@ def test_assistant_thread_status_and_prompts_are_recorded_per_thread(fresh_simul
     assert [s["status"] for s in assistant["statuses"]] == ["is thinking…", ""]
     assert assistant["statuses"][0]["loading_messages"] == ["Reading…", "Writing…"]
     assert assistant["current"] == {"D0ASK/1700000000.000100": ""}
+    # Posting in the thread clears its status, as in Slack.
+    web.assistant_threads_setStatus(channel_id="D0ASK", thread_ts="1700000000.000100", status="is writing…")
+    web.chat_postMessage(channel="D0ASK", thread_ts="1700000000.000100", text="Here you go.")
+    assistant = sim.client.state()["assistant"]
+    assert [(s["status"], s["by"]) for s in assistant["statuses"][2:]] == [("is writing…", "set_status"),
+                                                                           ("", "message")]
+    assert assistant["current"] == {"D0ASK/1700000000.000100": ""}
     assert [(p["title"], p["prompts"]) for p in assistant["prompts"]] == [("Try", prompts)]
 
 

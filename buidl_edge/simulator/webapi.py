@@ -138,6 +138,7 @@ class WebApi:
         self.messages.append({"channel": channel, "text": text, "blocks": blocks, "metadata": metadata,
                               "thread_ts": thread_ts, "ts": ts, "received_at": time.time()})
         self.counters["messages_posted"] += 1
+        self.workspace.message_posted(channel, thread_ts)
         message: dict[str, Any] = {"type": "message", "text": text, "user": events.BOT_USER_ID,
                                    "bot_id": events.BOT_ID, "ts": ts}
         if blocks:

@@ -41,7 +41,8 @@ class Workspace:
         self.used_triggers: set[str] = set()
         self.reactions: list[dict[str, Any]] = []
         self.views: list[dict[str, Any]] = []
-        self.statuses: list[dict[str, Any]] = []  # every setStatus call, in order
+        self.statuses: list[dict[str, Any]] = []  # every status change, in order
+        self.current: dict[str, str] = {}  # "channel_id/thread_ts" -> its status now ("" once cleared)
         self.prompts: list[dict[str, Any]] = []
 
     def methods(self) -> dict[str, Callable[[Request], Response]]:
@@ -126,7 +127,7 @@ class Workspace:
     # -- AI assistant threads --------------------------------------------------------------
 
     def set_status(self, req: Request) -> Response:
-        """An empty status clears it (Slack also clears it when the app posts in the thread)."""
+        """An empty status clears it; so does the app's next post in the thread (message_posted)."""
         refused = self.refused(req, "xoxb-")
         if refused:
             return refused
@@ -143,10 +144,19 @@ class Workspace:
                 isinstance(loading, list) and len(loading) <= MAX_LOADING_MESSAGES
                 and all(isinstance(m, str) for m in loading))):
             return slack_error("invalid_arguments")
-        self.statuses.append({"channel_id": params["channel_id"], "thread_ts": params["thread_ts"],
-                              "status": status, "loading_messages": loading, "at": time.time()})
+        self._status(params["channel_id"], params["thread_ts"], status, loading, "set_status")
         self.counters["statuses_set"] += 1
         return Response(200, {"ok": True})
+
+    def message_posted(self, channel: str, thread_ts: str | None) -> None:
+        """The app posted in a thread: Slack clears that thread's status."""
+        if thread_ts and self.current.get(f"{channel}/{thread_ts}"):
+            self._status(channel, thread_ts, "", None, "message")
+
+    def _status(self, channel: str, thread_ts: str, status: str, loading: list[str] | None, by: str) -> None:
+        self.statuses.append({"channel_id": channel, "thread_ts": thread_ts, "status": status,
+                              "loading_messages": loading, "by": by, "at": time.time()})
+        self.current[f"{channel}/{thread_ts}"] = status
 
     def set_suggested_prompts(self, req: Request) -> Response:
         refused = self.refused(req, "xoxb-")
@@ -171,13 +181,9 @@ class Workspace:
 
     # -- reporting -------------------------------------------------------------------------
 
-    def current_statuses(self) -> dict[str, str]:
-        """Each thread's status now, keyed `channel_id/thread_ts` ("" once cleared)."""
-        return {f"{s['channel_id']}/{s['thread_ts']}": s["status"] for s in self.statuses}
-
     def to_dict(self) -> dict[str, Any]:
         return {"reactions": list(self.reactions), "views": list(self.views),
-                "assistant": {"statuses": list(self.statuses), "current": self.current_statuses(),
+                "assistant": {"statuses": list(self.statuses), "current": dict(self.current),
                               "prompts": list(self.prompts)}}
 
     def reset(self) -> None:
@@ -187,6 +193,7 @@ class Workspace:
         self.reactions.clear()
         self.views.clear()
         self.statuses.clear()
+        self.current.clear()
         self.prompts.clear()
 
 
