@@ -62,6 +62,7 @@ class ResponseUrl:
     url: str
     first_seen: float  # time.monotonic() when the envelope's handling began
     uses: int = 0
+    expired: str | None = None  # why no more posts can go, once that is known
 
     @classmethod
     def of(cls, payload: Mapping[str, Any], first_seen: float) -> "ResponseUrl":
@@ -77,11 +78,12 @@ class ResponseUrl:
 
     def post(self, body: dict[str, Any]) -> None:
         """Post `body`; retried on 5xx and network errors; ResponseUrlError when it cannot go."""
-        if self.uses >= RESPONSE_URL_USES:
-            raise ResponseUrlExpired(f"response_url already used {RESPONSE_URL_USES} times "
-                                     "(Slack's limit); answer with ctx.say instead")
-        if time.monotonic() - self.first_seen > RESPONSE_URL_TTL_S:
-            raise ResponseUrlExpired("response_url is over 30 minutes old (Slack's limit); answer with ctx.say instead")
+        if self.expired is None and self.uses >= RESPONSE_URL_USES:
+            self.expired = f"response_url already used {RESPONSE_URL_USES} times (Slack's limit)"
+        if self.expired is None and time.monotonic() - self.first_seen > RESPONSE_URL_TTL_S:
+            self.expired = "response_url is over 30 minutes old (Slack's limit)"
+        if self.expired is not None:
+            raise ResponseUrlExpired(f"{self.expired}; answer with ctx.say instead")
         problem = ""
         for attempt in range(ATTEMPTS):
             if attempt:
@@ -96,9 +98,9 @@ class ResponseUrl:
                 self.uses += 1
                 return
             if status == 404:
-                self.uses = RESPONSE_URL_USES
-                raise ResponseUrlExpired(f"Slack says the response_url has expired ({_said(response)}): it takes "
-                                         f"{RESPONSE_URL_USES} posts within 30 minutes; answer with ctx.say instead")
+                self.expired = (f"Slack says the response_url has expired ({_said(response)}): it takes "
+                                f"{RESPONSE_URL_USES} posts within 30 minutes")
+                raise ResponseUrlExpired(f"{self.expired}; answer with ctx.say instead")
             if 300 <= status < 400:
                 raise ResponseUrlError(f"response_url answered with a redirect (HTTP {status}); not followed")
             if status < 500:
