@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from buidl_edge.harness import WorkerProcess, wait_until, worker_env
+from buidl_edge.harness import WorkerProcess, worker_env
 from buidl_edge.simulator.client import SimulatorClient, SimulatorProcess
 
 pytestmark = pytest.mark.timeout(60)

@@ -6,7 +6,6 @@ workspace.py; response_urls in respond.py. Any method can be made to answer 429 
 """
 from __future__ import annotations
 
-import json
 import math
 import secrets
 import time
