@@ -11,7 +11,7 @@ Why one shared client is safe here:
   among them).
 - From a threaded handler: the HTTP of each call (and of a file upload) is carried to the hub
   by HubCall, like ctx.once and ctx.logger; only the calling thread waits for it.
-- Logging: its logger is ours, `buidl_edge.webclient`, held at INFO. slack_sdk formats request
+- Logging: its logger is ours, `buidl_edge.webclient`, held at INFO or above. slack_sdk formats request
   bodies and responses only when its logger's own level is DEBUG or lower, so neither
   BUIDL_LOG_LEVEL=DEBUG nor WEBSOCKET_DEBUG=1 makes it log a message body. The token travels in
   the Authorization header only; every log line is redacted anyway.
@@ -50,7 +50,8 @@ def build_client(api_url: str, bot_token: Secret, timeout: float, hub_call: "Hub
     from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 
     logger = logging.getLogger(LOGGER_NAME)
-    logger.setLevel(logging.INFO)  # never DEBUG: slack_sdk would format request and response bodies
+    # Never DEBUG (slack_sdk would format request and response bodies); never below the root's level.
+    logger.setLevel(max(logging.INFO, logging.getLogger().getEffectiveLevel()))
     client = _edge_client_class()(
         token=token, base_url=api_url, timeout=timeout, logger=logger,
         retry_handlers=[RateLimitErrorRetryHandler(max_retry_count=RATE_LIMIT_RETRIES),
