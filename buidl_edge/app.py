@@ -1,18 +1,27 @@
 """EdgeApp: the handler registry users write against, and the Context a handler receives."""
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
+import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Pattern
 
+from buidl_edge.matching import MessageFilter
 from buidl_edge.message import validate_reply
 from buidl_edge.protocol import Envelope
 from buidl_edge.store.base import Reply
 
+if TYPE_CHECKING:
+    from slack_sdk import WebClient
+    from slack_sdk.web import SlackResponse
+
 Handler = Callable[[dict[str, Any], "Context"], Optional[dict[str, Any]]]
 # Where app.send_message goes once a worker binds one (the outbox).
 ReplySink = Callable[[Reply], None]
+# Runs a call on the worker's hub, from any thread (handler_threads.HubCall).
+HubRunner = Callable[..., Any]
 
 log = logging.getLogger("buidl_edge.app")
 
@@ -41,13 +50,25 @@ def reply_from(channel: str, text_or_dict: str | Mapping[str, Any], thread_ts: s
 
 @dataclass
 class Context:
-    """What a handler gets besides its payload. `say` queues a reply; the worker sends it."""
+    """What a handler gets besides its payload.
+
+    `say` queues a reply (durable, ordered, rate-limited, sent once); `client` calls the Web
+    API at once; `respond` answers through the payload's response_url. Everything here is
+    safe from a threaded handler: what touches the store, the outbox or the network runs on
+    the hub (`hub_call`).
+    """
 
     envelope: Envelope
     logger: logging.LoggerAdapter
     bot_user_id: str | None = None
     claim_once: Callable[[str], bool] | None = None
     replies: list[Reply] = field(default_factory=list)
+    app: "EdgeApp | None" = None
+    hub_call: HubRunner | None = None
+    # What the pattern of an @app.message handler matched (its regex groups), while it runs.
+    matches: tuple[str | None, ...] = ()
+    received_at: float = field(default_factory=time.monotonic)
+    _response_url: Any = field(default=None, repr=False)
 
     def once(self, key: str) -> bool:
         """True the first time any worker sees `key` (shared store), False after."""
@@ -74,6 +95,50 @@ class Context:
         reply = validate_reply(Reply(channel=target, text=text, blocks=blocks, thread_ts=thread_ts))
         self.replies.append(reply)
         return reply
+
+    @property
+    def client(self) -> "WebClient":
+        """The worker's slack_sdk WebClient (the bot token, SLACK_API_URL): calls go out at once."""
+        if self.app is None:
+            raise AppError("ctx.client needs a running worker (or use app.client)")
+        return self.app.client
+
+    def respond(self, text: str | None = None, blocks: list[dict[str, Any]] | None = None,
+                response_type: str = "ephemeral", replace_original: bool = False,
+                delete_original: bool = False, thread_ts: str | None = None) -> None:
+        """Post to the payload's response_url (slash commands, interactions): at once, retried on
+        5xx and network errors; ResponseUrlExpired once it is used up (5 posts, 30 minutes)."""
+        from buidl_edge.respond import ResponseUrl, response_body
+
+        body = response_body(text, blocks, response_type, replace_original, delete_original, thread_ts)
+        if self._response_url is None:
+            self._response_url = ResponseUrl.of(self.envelope.payload, self.received_at)
+        if self.hub_call is None:
+            self._response_url.post(body)
+        else:
+            self.hub_call(self._response_url.post, body)
+
+    def assistant_thread(self) -> tuple[str, str]:
+        """(channel_id, thread_ts) of the event's thread: the assistant thread of
+        assistant_thread_started, else the message's thread (its own ts if it starts one)."""
+        event = self.envelope.payload.get("event") or {}
+        thread = event.get("assistant_thread") or {}
+        channel = thread.get("channel_id") or event.get("channel")
+        ts = thread.get("thread_ts") or event.get("thread_ts") or event.get("ts")
+        if not isinstance(channel, str) or not isinstance(ts, str) or not channel or not ts:
+            raise AppError("ctx.set_status needs an event in a thread (assistant_thread_started or a message); "
+                           "this one names none")
+        return channel, ts
+
+    def set_status(self, status: str, loading_messages: list[str] | None = None) -> "SlackResponse":
+        """Show `status` (e.g. "is thinking…") in the event's thread: assistant.threads.setStatus.
+        Slack clears it when the app posts in the thread, or after two minutes."""
+        channel, thread_ts = self.assistant_thread()
+        return self.client.assistant_threads_setStatus(channel_id=channel, thread_ts=thread_ts, status=status,
+                                                       loading_messages=loading_messages)
+
+    def clear_status(self) -> "SlackResponse":
+        return self.set_status("")
 
 
 @dataclass(frozen=True)
@@ -102,6 +167,10 @@ class EdgeApp:
         self._commands: dict[str, list[Registration]] = {}
         self._interactive: dict[str, list[Registration]] = {}
         self._sink: ReplySink | None = None
+        self._client: "WebClient | None" = None
+        self._client_factory: Callable[[], "WebClient"] | None = None
+        self._hub_call: HubRunner | None = None
+        self._included_in: EdgeApp | None = None
 
     def _register(self, table: dict[str, list[Registration]], key: str,
                   threaded: bool) -> Callable[[Handler], Handler]:
@@ -112,6 +181,36 @@ class EdgeApp:
 
     def event(self, event_type: str, threaded: bool = False) -> Callable[[Handler], Handler]:
         return self._register(self._events, event_type, threaded)
+
+    def message(self, pattern: str | Pattern[str] | None = None, *, threaded: bool = False,
+                include_self: bool = False, include_bots: bool = False, include_edits: bool = False,
+                include_mentions: bool = False) -> Callable[[Handler], Handler]:
+        """A handler for `message` events whose text holds `pattern` (a substring) or matches it
+        (a `re.compile(...)` pattern; `ctx.matches` holds its groups). Which messages it sees:
+        matching.py; by default not the bot's own, other bots', edits and deletions."""
+        try:
+            wanted = MessageFilter(pattern, include_self, include_bots, include_edits, include_mentions)
+        except (TypeError, ValueError) as exc:
+            raise AppError(str(exc)) from None
+
+        def decorator(fn: Handler) -> Handler:
+            @functools.wraps(fn)
+            def on_message(event: dict[str, Any], ctx: Context) -> Optional[dict[str, Any]]:
+                running = ctx.app or self  # the app the worker runs, which may have included this one
+                matches = wanted.match(event, ctx.bot_user_id, running.has_handlers("app_mention"))
+                if matches is None:
+                    return None
+                ctx.matches = matches
+                try:
+                    return fn(event, ctx)
+                finally:
+                    ctx.matches = ()
+            self._events.setdefault("message", []).append(Registration(on_message, threaded))
+            return fn
+        return decorator
+
+    def has_handlers(self, event_type: str) -> bool:
+        return bool(self._events.get(event_type))
 
     def command(self, command: str, threaded: bool = False) -> Callable[[Handler], Handler]:
         if not command.startswith("/"):
@@ -131,6 +230,7 @@ class EdgeApp:
                              (self._interactive, other._interactive)):
             for key, handlers in theirs.items():
                 mine.setdefault(key, []).extend(handlers)
+        other._included_in = self  # its app.client is this app's
         return self
 
     def registrations_for(self, envelope: Envelope) -> list[Registration]:
@@ -149,6 +249,37 @@ class EdgeApp:
 
     def bind(self, sink: ReplySink | None) -> None:
         self._sink = sink
+
+    def bind_client(self, factory: Callable[[], "WebClient"] | None, hub_call: HubRunner | None = None) -> None:
+        """The worker's way to build `client` on first use (on the hub, with `hub_call`)."""
+        self._client_factory, self._hub_call, self._client = factory, hub_call, None
+
+    @property
+    def client(self) -> "WebClient":
+        """slack_sdk's WebClient for the bot, one per process, made on first use: in a worker the
+        one every handler's ctx.client is; outside one, from SLACK_BOT_TOKEN and SLACK_API_URL."""
+        client = self._client
+        if client is not None:
+            return client
+        if self._client_factory is None and self._included_in is not None:
+            return self._included_in.client
+        if self._hub_call is not None:  # built on the hub, so two threads cannot build two
+            return self._hub_call(self._make_client)  # type: ignore[no-any-return]
+        return self._make_client()
+
+    def _make_client(self) -> "WebClient":
+        if self._client is None:
+            if self._client_factory is not None:
+                self._client = self._client_factory()
+            else:
+                from buidl_edge.config import ConfigError
+                from buidl_edge.webclient import client_from_env
+
+                try:
+                    self._client = client_from_env()
+                except ConfigError as exc:
+                    raise AppError(f"app.client outside a worker needs SLACK_BOT_TOKEN: {exc}") from None
+        return self._client
 
     def send_message(self, channel: str, text_or_dict: str | Mapping[str, Any]) -> Reply:
         """Queue a message outside a handler (inside one, prefer ctx.say); MessageError for bad input."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from buidl_edge.bot import GREETING, HELP_TEXT
-from buidl_edge.demo_app import DEPLOY_WORD, DEPLOYED, FAIL_WORD
+from buidl_edge.demo_app import DEPLOY_WORD, DEPLOYED, FAIL_WORD, REACTION, REVIEW_COMMAND, REVIEW_QUEUED
 from buidl_edge.harness import StackProcess, worker_env
 from buidl_edge.simulator.client import SimulatorClient, SimulatorProcess
 from buidl_edge.store.sqlite import SqliteStore
@@ -32,6 +32,8 @@ class Script:
     expected_replies: dict[str, str] = field(default_factory=dict)  # channel -> text
     keys: list[str] = field(default_factory=list)
     command_keys: list[str] = field(default_factory=list)
+    mentions: list[tuple[str, str]] = field(default_factory=list)  # (channel, ts): each gets a reaction
+    review_channels: list[str] = field(default_factory=list)
     channel_seq: int = 0
 
     def channel(self) -> str:
@@ -46,6 +48,7 @@ class Script:
         for kind in ("message", "app_mention"):
             self.keys += [e["key"] for e in self.client.inject(kind, channel=channel, text=text, ts=ts)]
         self.expected_replies[channel] = GREETING
+        self.mentions.append((channel, ts))
         return channel
 
     def file_share(self, name: str) -> None:
@@ -71,6 +74,13 @@ class Script:
         keys = [e["key"] for e in self.client.inject("slash_command", command="/buidl", text="help")]
         self.keys += keys
         self.command_keys += keys
+
+    def review(self) -> None:
+        """Answered through the command's response_url, not the ack."""
+        channel = self.channel()
+        injected = self.client.inject("slash_command", command=REVIEW_COMMAND, channel=channel)
+        self.keys += [e["key"] for e in injected]
+        self.review_channels.append(channel)
 
     def wait_acked(self, timeout: float = 10.0) -> dict[str, Any]:
         wanted = set(self.keys)
@@ -129,6 +139,9 @@ def _play(script: Script, echo: Echo, state_dir: Path) -> dict[str, Any]:
     script.file_share("design.pdf")
     step("a user runs /buidl help (the answer rides on the ack)")
     script.slash_command()
+    step(f"a user runs {REVIEW_COMMAND} (the answer goes to its response_url: ctx.respond);"
+         f" each mention gets :{REACTION}: at once (ctx.client)")
+    script.review()
     script.wait_acked()
 
     step("Slack redelivers the mention as if our ack were lost")
@@ -170,7 +183,8 @@ def _play(script: Script, echo: Echo, state_dir: Path) -> dict[str, Any]:
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         state = client.state()
-        if _replies_by_channel(state).keys() >= script.expected_replies.keys():
+        if _replies_by_channel(state).keys() >= script.expected_replies.keys() \
+                and len(state["reactions"]) >= len(script.mentions) and state["responses"]:
             break
         time.sleep(0.1)
     time.sleep(0.5)  # a late double answer would show up here
@@ -228,6 +242,7 @@ def _summarise(script: Script, state: dict[str, Any], summary: dict[str, Any],
     deliveries = sum(events[k]["deliveries"] for k in script.keys)
     unexpected = {ch: r for ch, r in replies.items() if ch not in script.expected_replies}
     latency = summary["ack_latency_ms"]
+    reactions = [(r["channel"], r["ts"]) for r in state["reactions"] if r["name"] == REACTION]
     return {
         "events sent": len(script.keys),
         "events acked": sum(1 for k in script.keys if events[k]["acked"]),
@@ -237,6 +252,13 @@ def _summarise(script: Script, state: dict[str, Any], summary: dict[str, Any],
         "duplicates suppressed": deliveries - len(script.keys),
         "replies posted": summary["messages_posted"],
         "unexpected replies": sum(len(r) for r in unexpected.values()),
+        "mentions": len(script.mentions),
+        "reactions via ctx.client": len(state["reactions"]),
+        "mentions reacted to once": sum(1 for mention in script.mentions if reactions.count(mention) == 1),
+        "answers via ctx.respond": sum(1 for r in state["responses"] if r["text"] == REVIEW_QUEUED
+                                       and r["response_type"] == "in_channel"
+                                       and r["channel"] in script.review_channels),
+        "answers due via ctx.respond": len(script.review_channels),
         "reconnects": summary["connections_opened"] - opened_at_start,
         "ack latency p50 ms": latency.get("p50"),
         "ack latency p99 ms": latency.get("p99"),
@@ -254,6 +276,8 @@ def _report(summary: dict[str, Any], echo: Echo) -> int:
           and summary["handled once"] == summary["answers due"]
           and summary["replies posted"] == summary["replies due"]
           and summary["unexpected replies"] == 0
+          and summary["reactions via ctx.client"] == summary["mentions reacted to once"] == summary["mentions"]
+          and summary["answers via ctx.respond"] == summary["answers due via ctx.respond"]
           and summary["recovered after SIGKILL"] >= 1 and summary["deploy replies"] == 1
           and summary["errors reported to Sentry"] == 1
           and summary["worker exit code"] == 0)

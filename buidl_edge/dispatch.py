@@ -141,7 +141,8 @@ class Dispatcher:
                       logger=HubLogger(logging.getLogger("buidl_edge.handler"),
                                        {"envelope_id": envelope.envelope_id, "connection": connection},
                                        self.hub_call),
-                      bot_user_id=self.bot_user_id, claim_once=self._claim_key_any_thread)
+                      bot_user_id=self.bot_user_id, claim_once=self._claim_key_any_thread,
+                      app=self.app, hub_call=self.hub_call)
         registrations = self.app.registrations_for(envelope)
         if not registrations:
             self.stats.unhandled_kinds += 1

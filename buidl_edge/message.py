@@ -1,6 +1,6 @@
 """Checks an outbound message passes before it is queued, so bad input never reaches Slack.
 
-Called by `ctx.say`, `app.send_message` and `buidl-edge send`. A refused
+Called by `ctx.say`, `ctx.respond`, `app.send_message` and `buidl-edge send`. A refused
 message raises `MessageError` with one line saying what is wrong and how to
 fix it; nothing is queued.
 
@@ -47,7 +47,15 @@ def validate_reply(reply: Reply) -> Reply:
         hint = " (use the channel id, not its name)" if isinstance(channel, str) and channel.lstrip("#").islower() else ""
         raise MessageError(f"channel {str(channel)[:40]!r} is not a Slack channel id like C0123ABCD "
                            f"(C, G or D, then capitals and digits){hint}")
-    text, blocks = reply.text, reply.blocks
+    text, blocks = validate_content(reply.text, reply.blocks, reply.thread_ts)
+    if text is reply.text and blocks is reply.blocks:
+        return reply
+    return replace(reply, text=text, blocks=blocks)
+
+
+def validate_content(text: Any, blocks: Any, thread_ts: Any = None) -> tuple[str | None, Any]:
+    """A message's text and blocks as Slack would take them (lone surrogates replaced), else
+    MessageError: the checks of `validate_reply` without a channel (ctx.respond has none)."""
     if text is not None and not isinstance(text, str):
         raise MessageError(f"text must be a string, not {type(text).__name__}")
     if blocks is not None:
@@ -57,14 +65,11 @@ def validate_reply(reply: Reply) -> Reply:
     if text is not None and len(text) > MAX_TEXT_CHARS:
         raise MessageError(f"text is {len(text):,} characters; Slack takes at most {MAX_TEXT_CHARS:,} "
                            "(split it or send a file)")
-    ts = reply.thread_ts
-    if ts is not None and (not isinstance(ts, str) or not THREAD_TS.fullmatch(ts)):
-        raise MessageError(f"thread_ts {str(ts)[:40]!r} is not a Slack message ts like 1700000000.000100")
+    if thread_ts is not None and (not isinstance(thread_ts, str) or not THREAD_TS.fullmatch(thread_ts)):
+        raise MessageError(f"thread_ts {str(thread_ts)[:40]!r} is not a Slack message ts like 1700000000.000100")
     clean_text = text if text is None else utf8_text(text)
     clean_blocks = blocks if blocks is None else _utf8_json(blocks)
-    if clean_text is text and clean_blocks is blocks:
-        return reply
-    return replace(reply, text=clean_text, blocks=clean_blocks)
+    return clean_text, clean_blocks
 
 
 def utf8_text(text: str) -> str:

@@ -46,6 +46,7 @@ from buidl_edge.store.slots import SlotGate
 from buidl_edge.store_health import StoreHealth
 from buidl_edge.fatal_marker import read_fatal, record_fatal
 from buidl_edge.webapi import FatalAuthError, SlackApiError, WebApi, sender_webapi
+from buidl_edge.webclient import client_factory
 
 log = logging.getLogger("buidl_edge.worker")
 
@@ -121,7 +122,11 @@ class Worker:
                              self.settings.backoff_cap, self.settings.lease_s,
                              on_failed=report_outbox_failure, health=self.health).start()
         # send_message may be called from a threaded handler: the outbox is reached on the hub.
-        self.app.bind(HubCall().wrap(self.outbox.send_reply))
+        hub_call = HubCall()
+        self.app.bind(hub_call.wrap(self.outbox.send_reply))
+        # app.client / ctx.client: one WebClient, made (and slack_sdk imported) on first use.
+        self.app.bind_client(client_factory(self.settings.api_url, self.settings.bot_token,
+                                            self.settings.http_timeout, hub_call), hub_call)
         self.dispatcher = Dispatcher(self.app, self.store, self.outbox, self.owner,
                                      self.settings.ack_payload_deadline, bot_user_id,
                                      self.settings.handler_concurrency, self.settings.handler_threads,

@@ -13,7 +13,8 @@ import pytest
 pytestmark = pytest.mark.timeout(90)
 
 SUMMARY_KEYS = ("events sent", "events acked", "answers due", "replies due", "handled once",
-                "duplicates suppressed", "replies posted", "unexpected replies", "reconnects",
+                "duplicates suppressed", "replies posted", "unexpected replies", "mentions",
+                "reactions via ctx.client", "answers via ctx.respond", "reconnects",
                 "ack latency p50 ms", "ack latency p99 ms", "worker exit code")
 
 
@@ -42,7 +43,7 @@ def test_demo_exits_0_with_every_event_acked_and_handled_once(tmp_path: Path) ->
     # It shows progress as it goes, numbered steps covering the script.
     steps = re.findall(r"^  \[\d+\] (.*)$", result.stdout, re.M)
     script = " ".join(steps)
-    for topic in ("mention", "shares", "/buidl", "redelivers", "warns", "drops"):
+    for topic in ("mention", "shares", "/buidl", "response_url", "ctx.client", "redelivers", "warns", "drops"):
         assert topic in script, steps
     summary = parse_summary(result.stdout)
     assert set(SUMMARY_KEYS) <= summary.keys(), summary
@@ -51,6 +52,8 @@ def test_demo_exits_0_with_every_event_acked_and_handled_once(tmp_path: Path) ->
     assert n["handled once"] == n["answers due"] and int(n["answers due"]) > 0
     assert n["replies posted"] == n["replies due"]
     assert int(n["duplicates suppressed"]) >= 1
+    assert int(n["mentions"]) > 0 and n["reactions via ctx.client"] == n["mentions"]  # one :eyes: per mention
+    assert n["answers via ctx.respond"] == "1"
     assert int(n["reconnects"]) >= 2  # the warning refresh and the abrupt drop
     assert n["unexpected replies"] == "0" and n["worker exit code"] == "0"
     assert float(n["ack latency p50 ms"]) <= float(n["ack latency p99 ms"]) < 3000

@@ -11,6 +11,7 @@ from gevent.pywsgi import WSGIHandler
 from geventwebsocket.handler import WebSocketHandler
 
 from .control import Control
+from .events import RESPOND_PATH
 from .http import Response, read_request
 from .hub import Hub
 from .knobs import Knobs
@@ -27,6 +28,7 @@ class SimApp:
         self.tickets = Tickets()
         self.hub = Hub(self.knobs, self.counters)
         self.webapi = WebApi(self.knobs, self.counters, self.tickets, self.hub.ts)
+        self.hub.inject_observer = self.webapi.note
         self.sentry = SentryIngest()
         self.control = Control(self.knobs, self.counters, self.hub, self.webapi, self.sentry)
 
@@ -47,6 +49,8 @@ class SimApp:
             if sentry:  # raw (often gzip) body: read before the form/JSON parser sees it
                 return self.sentry.handle(environ, sentry["project"], sentry["kind"])(start_response)
             req = read_request(environ)
+            if path.startswith(RESPOND_PATH):
+                return self.webapi.responses.handle(path[len(RESPOND_PATH):], req)(start_response)
             if path.startswith("/api/"):
                 return self.webapi.handle(path[len("/api/"):], req)(start_response)
             if path.startswith("/_sim/"):

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable
+from urllib.parse import quote
 
 import requests
 
@@ -36,6 +37,10 @@ class SimulatorClient:
 
     def state(self) -> dict[str, Any]:
         return self._get("state")
+
+    def event(self, key: str) -> dict[str, Any]:
+        """One injected event, with the payload Slack sends for it."""
+        return self._get(f"event?key={quote(key)}")["event"]
 
     def summary(self) -> dict[str, Any]:
         return self._get("summary")

@@ -32,6 +32,7 @@ class Control:
             ("GET", "health"): lambda r: Response(200, {"ok": True}),
             ("GET", "summary"): lambda r: Response(200, self.summary()),
             ("GET", "state"): lambda r: Response(200, self.state()),
+            ("GET", "event"): self.event,
             ("GET", "sentry"): lambda r: Response(200, self.sentry.listing(
                 str(r.params.get("raw", "")).lower() in ("1", "true", "yes"))),
             ("POST", "events"): self.inject,
@@ -59,7 +60,17 @@ class Control:
                 return _bad("count must be an integer")
             if not 1 <= count <= MAX_INJECT:
                 return _bad(f"count must be 1..{MAX_INJECT}")
-        return Response(200, {"ok": True, "events": self.hub.inject(kind, params, count)})
+        try:
+            return Response(200, {"ok": True, "events": self.hub.inject(kind, params, count)})
+        except ValueError as exc:
+            return _bad(str(exc))
+
+    def event(self, req: Request) -> Response:
+        """One injected event with the payload Slack sends for it (its trigger_id, response_url …)."""
+        tracked = self.hub.tracker.events.get(str(req.params.get("key") or ""))
+        if tracked is None:
+            return Response(404, {"ok": False, "error": "unknown key"})
+        return Response(200, {"ok": True, "event": {**tracked.to_dict(), "payload": tracked.spec.payload}})
 
     def fault(self, req: Request) -> Response:
         params = dict(req.params)
@@ -117,6 +128,15 @@ class Control:
             "post_429s": c["post_429s"],
             "post_errors": c["post_errors"],
             "messages_posted": c["messages_posted"],
+            "messages_updated": c["messages_updated"],
+            "messages_deleted": c["messages_deleted"],
+            "reactions_added": c["reactions_added"],
+            "views_opened": c["views_opened"],
+            "responses_posted": c["responses_posted"],
+            "respond_500s": c["respond_500s"],
+            "respond_expired": c["respond_expired"],
+            "method_calls": {k.split(":", 1)[1]: v for k, v in c.items() if k.startswith("calls:")},
+            "method_429s": {k.split(":", 1)[1]: v for k, v in c.items() if k.startswith("429s:")},
             "sentry_events": self.sentry.events_total,
             "faults": {k.split(":", 1)[1]: v for k, v in c.items() if k.startswith("fault:")},
             "ack_latency_ms": self.hub.tracker.latency_summary(),
@@ -132,6 +152,8 @@ class Control:
             "events": {key: ev.to_dict() for key, ev in tracker.events.items()},
             "acks": list(tracker.acks),
             "messages": list(self.webapi.messages),
+            "responses": self.webapi.responses.to_dict(),
+            **self.webapi.workspace.to_dict(),
             "pending": [key for key, _, _ in self.hub.pending],
             "knobs": self.knobs.to_dict(),
         }

@@ -8,7 +8,8 @@ from urllib.parse import parse_qsl
 
 MAX_BODY = 2_000_000
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-            405: "Method Not Allowed", 429: "Too Many Requests", 500: "Internal Server Error"}
+            405: "Method Not Allowed", 429: "Too Many Requests", 500: "Internal Server Error",
+            503: "Service Unavailable"}
 
 
 @dataclass
@@ -16,13 +17,22 @@ class Response:
     status: int
     body: dict[str, Any]
     headers: list[tuple[str, str]] = field(default_factory=list)
+    # A plain-text answer instead of JSON: what a response_url says ("ok", "expired_url").
+    text: str | None = None
 
     def __call__(self, start_response: Any) -> list[bytes]:
-        data = json.dumps(self.body).encode()
+        if self.text is not None:
+            data, ctype = self.text.encode(), "text/plain; charset=utf-8"
+        else:
+            data, ctype = json.dumps(self.body).encode(), "application/json; charset=utf-8"
         status = f"{self.status} {_REASONS.get(self.status, 'Unknown')}"
-        start_response(status, [("Content-Type", "application/json; charset=utf-8"),
-                                ("Content-Length", str(len(data))), *self.headers])
+        start_response(status, [("Content-Type", ctype), ("Content-Length", str(len(data))), *self.headers])
         return [data]
+
+
+def json_param(value: Any) -> Any:
+    """A JSON argument (`blocks`, `view`, `prompts` …): a string in a form post, a value in a JSON body."""
+    return json.loads(value) if isinstance(value, str) and value else value
 
 
 def slack_error(error: str, status: int = 200, headers: list[tuple[str, str]] | None = None) -> Response:

@@ -45,6 +45,11 @@ class Hub:
         self._rr = 0
         # Called with (delivery, now) for each new ack while a load run is on (load.py).
         self.ack_observer: Callable[[Delivery, float], None] | None = None
+        # Called with each injected event's spec: the Web API side learns its messages,
+        # trigger ids and response_urls (app.py wires it).
+        self.inject_observer: Callable[[events.Spec], None] | None = None
+        # Where this simulator serves, for the response_urls it hands out (server.py sets it).
+        self.base_url: str | None = None
         self.load = LoadGenerator(self)
 
     # -- links -------------------------------------------------------------
@@ -98,12 +103,15 @@ class Hub:
 
     def inject(self, kind: str, fields: dict[str, Any], count: int) -> list[dict[str, str]]:
         """`envelope_id` and `event_id` in `fields` override the first event's ids only (ids are
-        unique), so a test can send a hostile id, e.g. a lone surrogate, among good ones."""
+        unique), so a test can send a hostile id, e.g. a lone surrogate, among good ones.
+        Raises ValueError for fields no event can have (an unknown subtype)."""
         out = []
         for i in range(count):
             if i == 1:
                 fields = {k: v for k, v in fields.items() if k not in events.ID_OVERRIDES}
-            spec = events.build(kind, fields, str(fields.get("ts") or self.ts.next()))
+            spec = events.build(kind, fields, str(fields.get("ts") or self.ts.next()), self.base_url)
+            if self.inject_observer is not None:
+                self.inject_observer(spec)
             first_id = str(fields.get("envelope_id") or uuid.uuid4())
             key = spec.event_id or first_id
             event = TrackedEvent(key=key, kind=kind, spec=spec, first_envelope_id=first_id)

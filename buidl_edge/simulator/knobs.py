@@ -30,6 +30,15 @@ class Knobs:
     # Slack's answer to conversations.history/.replies, e.g. "missing_scope"; None reads the channel.
     history_error: str | None = None
     ticket_ttl: float = 60.0
+    # Any Web API method answering 429: {"reactions.add": {"count": N, "retry_after": S}};
+    # `count` goes down as 429s are served.
+    method_ratelimits: dict[str, dict[str, int]] = field(default_factory=dict)
+    # response_url: Slack takes 5 posts within 30 minutes; the next N posts answer HTTP 500.
+    response_url_uses: int = 5
+    response_url_ttl: float = 1800.0
+    respond_failures: int = 0
+    # A trigger_id opens one view within 3 s, as in Slack.
+    trigger_ttl: float = 3.0
 
     def update(self, changes: dict[str, Any]) -> None:
         """Apply all changes or none; raises ValueError naming the bad knob."""
@@ -66,8 +75,19 @@ def _check(name: str, kind: str, value: Any) -> Any:
         return dict(value)
     if kind.startswith("str") and isinstance(value, str) and value:
         return value
+    if kind.startswith("dict[str, dict[str, int]]") and isinstance(value, dict):
+        return {method: _check_ratelimit(name, limit) for method, limit in value.items()}
     if kind.startswith("dict[str, Any]") and isinstance(value, dict):
         count, retry_after = value.get("count"), value.get("retry_after", 1)
         if isinstance(count, int) and count >= 0 and isinstance(retry_after, int) and retry_after >= 0:
+            return {"count": count, "retry_after": retry_after}
+    raise ValueError(f"bad value for knob {name}: {value!r}")
+
+
+def _check_ratelimit(name: str, value: Any) -> dict[str, int]:
+    """One method's {"count": N, "retry_after": S}, whole numbers >= 0."""
+    if isinstance(value, dict):
+        count, retry_after = value.get("count"), value.get("retry_after", 1)
+        if all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (count, retry_after)):
             return {"count": count, "retry_after": retry_after}
     raise ValueError(f"bad value for knob {name}: {value!r}")

@@ -29,6 +29,9 @@ def run(host: str, port: int, ready_file: str | None = None) -> None:
         raise ListenError(f"cannot listen on {host}:{port}: {reason}{hint}") from None
     sweeper = gevent.spawn(app.hub.sweep_forever)
     bound = server.address[1]
+    # The response_urls it hands out must reach it from this machine, whatever it listens on.
+    reachable = host if host in ("127.0.0.1", "localhost") else "127.0.0.1"
+    app.hub.base_url = f"http://{reachable}:{bound}"
     print(f"simulator listening on http://{host}:{bound}", flush=True)
     if ready_file:
         _write_atomic(ready_file, str(bound))

@@ -1,7 +1,11 @@
-"""The Slack Web API methods the edge uses, with Slack's error shapes."""
+"""The Slack Web API methods the edge and handlers use, with Slack's error shapes.
+
+Posting, editing and reading messages live here; reactions, modals and AI assistant threads in
+workspace.py; response_urls in respond.py. Any method can be made to answer 429 with the
+`method_ratelimits` knob.
+"""
 from __future__ import annotations
 
-import json
 import math
 import secrets
 import time
@@ -9,10 +13,14 @@ from collections import Counter
 from typing import Any, Callable
 
 from . import events
-from .http import Request, Response, slack_error
+from .http import Request, Response, json_param, slack_error
 from .knobs import Knobs
 from .ratelimit import TokenBucket
+from .respond import ResponseUrls
 from .socketmode import Tickets
+from .workspace import Workspace
+
+MAX_TEXT_CHARS = 40_000
 
 
 class WebApi:
@@ -23,18 +31,44 @@ class WebApi:
         self.ts = ts
         self.messages: list[dict[str, Any]] = []
         self.buckets: dict[str, TokenBucket] = {}
-
-    def handle(self, method: str, req: Request) -> Response:
-        handler = {
+        self.workspace = Workspace(knobs, counters, self.bot_message, _token_refused)
+        self.responses = ResponseUrls(knobs, counters, self.bot_message)
+        self.methods: dict[str, Callable[[Request], Response]] = {
             "apps.connections.open": self.connections_open,
             "auth.test": self.auth_test,
             "chat.postMessage": self.post_message,
+            "chat.update": self.update_message,
+            "chat.delete": self.delete_message,
             "conversations.history": self.history,
             "conversations.replies": self.replies,
-        }.get(method)
+            **self.workspace.methods(),
+        }
+
+    def handle(self, method: str, req: Request) -> Response:
+        handler = self.methods.get(method)
         if handler is None:
-            return slack_error("unknown_method", 404)
+            response = slack_error("unknown_method", 404)
+            response.body["req_method"] = method[:100]
+            return response
+        limit = self.knobs.method_ratelimits.get(method)
+        if limit and limit["count"] > 0:
+            limit["count"] -= 1
+            self.counters[f"429s:{method}"] += 1
+            return slack_error("ratelimited", 429, [("Retry-After", str(limit["retry_after"]))])
+        self.counters[f"calls:{method}"] += 1
         return handler(req)
+
+    def note(self, spec: events.Spec) -> None:
+        """An event was injected: learn its message, trigger id and response_url."""
+        self.workspace.note(spec)
+        self.responses.note(spec)
+
+    def bot_message(self, channel: str, ts: str) -> dict[str, Any] | None:
+        """The bot's own message at (channel, ts), unless deleted."""
+        for m in reversed(self.messages):
+            if m["ts"] == ts and m["channel"] == channel:
+                return None if m.get("deleted") else m
+        return None
 
     def connections_open(self, req: Request) -> Response:
         self.counters["connections_open_calls"] += 1
@@ -76,7 +110,7 @@ class WebApi:
         channel = str(params.get("channel") or "")
         text = params.get("text") or ""
         try:
-            blocks = _json_param(params.get("blocks"))
+            blocks = json_param(params.get("blocks"))
         except ValueError:
             return slack_error("invalid_blocks")
         if blocks is not None and not isinstance(blocks, list):
@@ -93,7 +127,7 @@ class WebApi:
             self.counters["post_429s"] += 1
             return slack_error("ratelimited", 429, [("Retry-After", str(max(1, math.ceil(wait))))])
         try:
-            metadata = _json_param(params.get("metadata"))
+            metadata = json_param(params.get("metadata"))
         except ValueError:
             return slack_error("invalid_metadata_format")
         if metadata is not None and not (isinstance(metadata, dict) and metadata.get("event_type")):
@@ -103,6 +137,7 @@ class WebApi:
         self.messages.append({"channel": channel, "text": text, "blocks": blocks, "metadata": metadata,
                               "thread_ts": thread_ts, "ts": ts, "received_at": time.time()})
         self.counters["messages_posted"] += 1
+        self.workspace.message_posted(channel, thread_ts)
         message: dict[str, Any] = {"type": "message", "text": text, "user": events.BOT_USER_ID,
                                    "bot_id": events.BOT_ID, "ts": ts}
         if blocks:
@@ -110,6 +145,60 @@ class WebApi:
         if thread_ts:
             message["thread_ts"] = thread_ts
         return Response(200, {"ok": True, "channel": channel, "ts": ts, "message": message})
+
+    def update_message(self, req: Request) -> Response:
+        """chat.update: only the bot's own messages, by channel and ts; text and/or blocks."""
+        found = self._own_message(req, "cant_update_message")
+        if isinstance(found, Response):
+            return found
+        params = req.params
+        text = params.get("text")
+        try:
+            blocks = json_param(params.get("blocks"))
+        except ValueError:
+            return slack_error("invalid_blocks")
+        if blocks is not None and not isinstance(blocks, list):
+            return slack_error("invalid_blocks")
+        if not text and not blocks:
+            return slack_error("no_text")
+        if text and len(str(text)) > MAX_TEXT_CHARS:
+            return slack_error("msg_too_long")
+        if text is not None:
+            found["text"] = str(text)
+        if blocks is not None:
+            found["blocks"] = blocks
+        found["edits"] = found.get("edits", 0) + 1
+        self.counters["messages_updated"] += 1
+        message = {"type": "message", "user": events.BOT_USER_ID, "bot_id": events.BOT_ID,
+                   "text": found["text"], "ts": found["ts"], "edited": {"user": events.BOT_USER_ID,
+                                                                       "ts": self.ts.next()}}
+        return Response(200, {"ok": True, "channel": found["channel"], "ts": found["ts"],
+                              "text": found["text"], "message": message})
+
+    def delete_message(self, req: Request) -> Response:
+        found = self._own_message(req, "cant_delete_message")
+        if isinstance(found, Response):
+            return found
+        found["deleted"] = True
+        self.counters["messages_deleted"] += 1
+        return Response(200, {"ok": True, "channel": found["channel"], "ts": found["ts"]})
+
+    def _own_message(self, req: Request, not_ours: str) -> dict[str, Any] | Response:
+        """The bot's message named by `channel` and `ts`, or Slack's refusal."""
+        refused = _token_refused(req, "xoxb-")
+        if refused:
+            return refused
+        if req.body_error:
+            return slack_error("invalid_arguments")
+        channel, ts = str(req.params.get("channel") or ""), str(req.params.get("ts") or "")
+        if not channel:
+            return slack_error("channel_not_found")
+        if channel in self.knobs.post_errors:
+            return slack_error(self.knobs.post_errors[channel])
+        found = self.bot_message(channel, ts)
+        if found is not None:
+            return found
+        return slack_error(not_ours if self.workspace.is_person_message(channel, ts) else "message_not_found")
 
     def history(self, req: Request) -> Response:
         """The channel's top-level messages after `oldest`, newest first, paged by `cursor`."""
@@ -142,7 +231,7 @@ class WebApi:
             return slack_error("invalid_arguments")
         with_metadata = str(params.get("include_all_metadata")).lower() in ("true", "1")
         found = [m for m in self.messages if m["channel"] == channel and float(m["ts"]) > oldest
-                 and wanted(m)]
+                 and not m.get("deleted") and wanted(m)]
         if newest_first:
             found.reverse()
         page = found[start:start + limit]
@@ -168,6 +257,8 @@ class WebApi:
     def reset(self) -> None:
         self.messages.clear()
         self.buckets.clear()
+        self.workspace.reset()
+        self.responses.reset()
 
 
 def _token_refused(req: Request, prefix: str) -> Response | None:
@@ -178,8 +269,3 @@ def _token_refused(req: Request, prefix: str) -> Response | None:
     if not token.startswith(prefix):
         return slack_error("not_allowed_token_type")
     return None
-
-
-def _json_param(value: Any) -> Any:
-    """A JSON argument (`blocks`, `metadata`): a string in a form post, a value in a JSON body."""
-    return json.loads(value) if isinstance(value, str) and value else value

@@ -1,0 +1,1 @@
+"""Example apps: `handlers` is the one README's "Writing handlers" shows, line for line."""
