@@ -10,7 +10,8 @@ per handler run to a record file and replies once into the event's channel.
 Meanwhile faults go off at random times (seeded, `--seed`), each kind with a
 count (scaled by `--scale`):
 
-  kill          SIGKILL of a random worker, all of them up 3 s (supervisord restarts it)
+  kill          SIGKILL of a random worker, all of them up 3 s and the last kill 4 s ago
+                (supervisord restarts it)
   drop          abrupt server-side drop of a link (no close frame)
   silence       the server stops reading and writing a link for longer than the
                 stale timeout (BUIDL_PING_INTERVAL=1, BUIDL_STALE_TIMEOUT=3)
@@ -101,6 +102,7 @@ FAULT_COUNTS = {  # for 10,000 events; --scale multiplies (at least 1 of each)
     "surrogate": 40, "long_text": 20, "deep_frame": 10, "pool_full": 3, "blackhole": 4,
 }
 KILL_MIN_UPTIME_S = 3.0
+KILL_SPACING_S = 4.0  # as planned by `schedule`, also for kills that were held back and go together
 SILENCE_S = 4.0
 ACK_DELAY_S = 1.0
 POST_STORM_S = 2.5
@@ -146,6 +148,7 @@ class Faults(HostileFaults):
         self.link_settle_s = LINK_SETTLE_S
         self.hold_links_until = 0.0  # slash commands in flight: link faults wait
         self.later_failed = 0
+        self.fired: list[tuple[float, str]] = []  # (unix time, kind): to lay over the stack log
         self.disconnects = 0
         self.init_hostile()
 
@@ -157,6 +160,8 @@ class Faults(HostileFaults):
             done = False
         if done and kind in LINK_SETTLE_S:
             self.link_faults.append((time.monotonic(), kind))
+        if done:
+            self.fired.append((round(time.time(), 3), kind))
         (self.injected if done else self.failed)[kind] += 1
         return done
 
@@ -179,6 +184,10 @@ class Faults(HostileFaults):
     def _kill(self) -> bool:
         from buidl_edge.supervise import SupervisorDown, supervisor_processes
 
+        # supervisord reports a worker killed a moment ago as RUNNING still: only the clock can
+        # keep a second kill from taking down the other worker too.
+        if self.kill_times and time.time() - self.kill_times[-1] < KILL_SPACING_S:
+            return False
         try:
             procs = supervisor_processes(self.stack.state_dir)
         except SupervisorDown:
@@ -468,6 +477,7 @@ def analyse(expected: dict[str, tuple[str, str]], runs: dict[str, list[tuple[str
         "faults_injected": dict(faults.injected),
         "faults_not_injected": {k: v for k, v in faults.failed.items() if v > 0},
         "follow_ups_not_run": faults.later_failed,
+        "faults_fired_at": faults.fired,
         "killed_pids": sorted(faults.killed_pids),
         "simulator": {k: summary[k] for k in (
             "envelopes_sent", "acked", "redeliveries", "missed_deadlines", "late_acks", "events_missed",
