@@ -210,7 +210,9 @@ def report_rows(hostile: dict[str, Any], inputs: dict[str, dict[str, int]]) -> l
     h = hostile
 
     def fate(kind: str) -> str:
-        i = inputs.get(kind) or {"sent": 0}
+        i = inputs.get(kind)
+        if not i:
+            return "none sent"
         rest = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in i.items() if k != "sent")
         return f"{i['sent']} sent: {rest}"
 
