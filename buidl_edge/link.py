@@ -221,6 +221,11 @@ class Link:
                 return
             now = time.monotonic()
             if now >= self.last_traffic + settings.stale_timeout:
+                if self.ending is not None:  # retiring (replaced already): Slack's close may never come
+                    log.warning("retiring link stale for %.1fs, closing", now - self.last_traffic,
+                                extra={"connection": self.id})
+                    self.close()
+                    return
                 log.warning("link stale for %.1fs, replacing", now - self.last_traffic,
                             extra={"connection": self.id})
                 self.end(LinkOutcome.STALE)

@@ -23,7 +23,7 @@ run 2, …). The simulator makes the load and takes every measurement itself
   time with no open connection. The raw floor skips it: it ignores disconnects;
 - memory: VmRSS from /proc, idle (connected, before any load) and the peak
   while serving 1,000/s; for `buidl-edge run` the sum over its whole process
-  tree (run + supervisord + workers + the fatal-watch listener).
+  tree (run + supervisord + workers).
 
 Writes every run and the medians to bench-results.json (see --output) and
 prints tables with each client's ratio to the single buidl-edge worker.

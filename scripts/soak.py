@@ -10,7 +10,8 @@ per handler run to a record file and replies once into the event's channel.
 Meanwhile faults go off at random times (seeded, `--seed`), each kind with a
 count (scaled by `--scale`):
 
-  kill          SIGKILL of a random worker that has been up 3 s (supervisord restarts it)
+  kill          SIGKILL of a random worker, all of them up 3 s and the last kill 4 s ago
+                (supervisord restarts it)
   drop          abrupt server-side drop of a link (no close frame)
   silence       the server stops reading and writing a link for longer than the
                 stale timeout (BUIDL_PING_INTERVAL=1, BUIDL_STALE_TIMEOUT=3)
@@ -23,6 +24,20 @@ count (scaled by `--scale`):
   open_storm    apps.connections.open answers 429 three times, then a link is dropped
                 so that a slot has to reopen through them
 
+and the hostile inputs of issue 10 (scripts/_soak_hostile.py says exactly what each is):
+
+  surrogate     an event with a lone surrogate in its event id, envelope id or text
+  long_text     a 40,000-character event, half of them failing a handler with the text
+  deep_frame    a frame nested 100,000 levels deep, to every link
+  pool_full     a burst of 64 slow handlers (BUIDL_HANDLER_CONCURRENCY=16), then slash
+                commands, which must be acked at once with the pool full
+  blackhole     a link half-open for good (no `seconds`): the stack must replace it
+
+The whole stack runs with WEBSOCKET_DEBUG=1 (`--no-trace` turns it off): the frame
+trace is process-wide, and a 40,000-character frame traced on the hub while other
+envelopes wait is the case issue 10 found; tracing everything costs the soak some
+speed, which only makes it harder. Handler errors go to the simulator's Sentry.
+
 At the end it reports, and exits 1 if any of these is not zero:
 
   lost             events no handler ever recorded
@@ -30,8 +45,12 @@ At the end it reports, and exits 1 if any of these is not zero:
   acks missed      events the simulator gave up on (never acked after its retries)
   replies lost     events whose channel got no reply
   replies doubled  events whose channel got more than one reply
-  tokens leaked    occurrences of either token in any output (stack log, simulator
-                   log, record, state directory)
+  tokens leaked    occurrences of either token (whole, or without its prefix) or the
+                   Sentry DSN key in any output (stack log, simulator log, record,
+                   state directory)
+  slash acks late  slash commands acked more than 3 s after they were sent
+  blackholes not replaced  blackholed links the stack still held open at the end
+  logging errors   "--- Logging error ---" in the stack log (a line logging could not write)
 
 "Handled twice" and "replies doubled" are split by cause:
 
@@ -63,7 +82,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent
@@ -72,15 +91,26 @@ sys.path.insert(0, str(ROOT))
 from buidl_edge.harness import StackProcess, fake_tokens, worker_env  # noqa: E402
 from buidl_edge.simulator.client import SimulatorError, SimulatorProcess  # noqa: E402
 
+from _soak_hostile import (  # noqa: E402
+    BLACKHOLE_SETTLE_S, HANDLER_CONCURRENCY, PROCESSES, STALE_TIMEOUT_S, HostileFaults, as_posted, evidence,
+    report_rows)
+
 CHANNEL_PREFIX = "CSOAK"
 FAULT_COUNTS = {  # for 10,000 events; --scale multiplies (at least 1 of each)
     "kill": 8, "drop": 8, "silence": 4, "disconnect": 16, "redeliver": 60,
     "ack_delay": 4, "bad_frame": 40, "post_storm": 3, "open_storm": 3,
+    "surrogate": 40, "long_text": 20, "deep_frame": 10, "pool_full": 3, "blackhole": 4,
 }
 KILL_MIN_UPTIME_S = 3.0
+KILL_SPACING_S = 4.0  # as planned by `schedule`, also for kills that were held back and go together
 SILENCE_S = 4.0
 ACK_DELAY_S = 1.0
 POST_STORM_S = 2.5
+WARNING_CLOSE_S = 2.0
+# Faults that end or stall links, and how long after one a link may still swallow an envelope
+# or its ack: a slash command (never redelivered) waits that long, and none fires meanwhile.
+LINK_SETTLE_S = {"kill": 1.0, "drop": 1.0, "open_storm": 1.0, "silence": SILENCE_S + 0.5,
+                 "disconnect": WARNING_CLOSE_S + 1.0, "blackhole": BLACKHOLE_SETTLE_S}
 
 
 @dataclass
@@ -90,7 +120,7 @@ class SoakConfig:
     scale: float = 1.0
     seed: int = 0
     tolerate_kill_window: bool = False
-    trace: bool = False
+    trace: bool = True
     drain_timeout: float = 120.0
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -100,7 +130,7 @@ class SoakConfig:
         return base
 
 
-class Faults:
+class Faults(HostileFaults):
     """Applies one fault of a kind; counts what really happened."""
 
     def __init__(self, sim: SimulatorProcess, stack: StackProcess, rng: random.Random) -> None:
@@ -113,26 +143,60 @@ class Faults:
         self.killed_pids: set[int] = set()
         self.kill_times: list[float] = []  # wall clock, like the simulator's received_at
         self.restore_at: list[tuple[float, dict[str, Any]]] = []
+        self.later: list[tuple[float, Callable[[], None]]] = []  # follow-ups of a fault, in time order
+        self.link_faults: list[tuple[float, str]] = []
+        self.link_settle_s = LINK_SETTLE_S
+        self.hold_links_until = 0.0  # slash commands in flight: link faults wait
+        self.later_failed = 0
+        self.fired: list[tuple[float, str]] = []  # (unix time, kind): to lay over the stack log
         self.disconnects = 0
+        self.init_hostile()
 
     def apply(self, kind: str) -> bool:
+        held = kind in LINK_SETTLE_S and time.monotonic() < self.hold_links_until
         try:
-            done = getattr(self, f"_{kind}")()
+            done = not held and getattr(self, f"_{kind}")()
         except SimulatorError:
             done = False
+        if done and kind in LINK_SETTLE_S:
+            self.link_faults.append((time.monotonic(), kind))
+        if done:
+            self.fired.append((round(time.time(), 3), kind))
         (self.injected if done else self.failed)[kind] += 1
         return done
+
+    def run_later(self) -> None:
+        """Run the follow-ups that are due, in time order."""
+        now = time.monotonic()
+        due = sorted((item for item in self.later if item[0] <= now), key=lambda item: item[0])
+        self.later = [item for item in self.later if item[0] > now]
+        for _, action in due:
+            try:
+                action()
+            except SimulatorError:
+                self.later_failed += 1
+
+    def drop_later(self) -> None:
+        """The run is over: follow-ups still waiting never happen (counted)."""
+        self.later_failed += len(self.later)
+        self.later = []
 
     def _kill(self) -> bool:
         from buidl_edge.supervise import SupervisorDown, supervisor_processes
 
+        # supervisord reports a worker killed a moment ago as RUNNING still: only the clock can
+        # keep a second kill from taking down the other worker too.
+        if self.kill_times and time.time() - self.kill_times[-1] < KILL_SPACING_S:
+            return False
         try:
             procs = supervisor_processes(self.stack.state_dir)
         except SupervisorDown:
             return False
         running = [p for p in procs if p.state == "RUNNING"]
         ripe = [p for p in running if p.uptime_s >= KILL_MIN_UPTIME_S and p.pid > 0]
-        if len(running) < 2 or not ripe:  # keep one worker serving, and let restarts settle
+        # Keep one worker serving, and let restarts settle: every worker up 3 s, not just the victim
+        # (a fault held back, then let go, must not kill the one worker that is just starting).
+        if len(running) < 2 or len(ripe) < len(running):
             return False
         victim = self.rng.choice(ripe)
         try:
@@ -210,15 +274,16 @@ def schedule(counts: dict[str, int], span_s: float, rng: random.Random) -> list[
 
 
 def read_record(path: Path) -> dict[str, list[tuple[str, int, float]]]:
-    """event_id -> [(envelope_id, pid, unix time recorded)] in file order."""
+    """key -> [(envelope_id, pid, unix time recorded)] in file order (scripts/edge_apps.py writes it)."""
     runs: dict[str, list[tuple[str, int, float]]] = defaultdict(list)
     if not path.exists():
         return runs
     for line in path.read_text().splitlines():
-        parts = line.split()
-        if len(parts) == 5:
-            event_id, envelope_id, pid, _retry, at = parts
-            runs[event_id].append((envelope_id, int(pid), float(at)))
+        try:
+            run = json.loads(line)
+        except ValueError:  # a line being written as we read
+            continue
+        runs[run["key"]].append((run["envelope_id"], int(run["pid"]), float(run["at"])))
     return runs
 
 
@@ -251,11 +316,14 @@ def run_soak(cfg: SoakConfig, echo: Any = print) -> dict[str, Any]:
     report: dict[str, Any] = {"config": {**cfg.__dict__, "fault_counts_planned": counts}, "work_dir": str(work)}
     with SimulatorProcess() as sim:
         client = sim.client
-        client.configure(ping_interval=1.0, warning_close_delay=2.0, refresh_close_delay=1.0)
+        client.configure(ping_interval=1.0, warning_close_delay=WARNING_CLOSE_S, refresh_close_delay=1.0)
+        dsn = sim.sentry_dsn()
+        secrets = {**tokens, **{f"{name} body": value.partition("-")[2] for name, value in tokens.items()},
+                   "SENTRY_DSN key": dsn.split("//", 1)[1].split("@", 1)[0]}
         extra: dict[str, Any] = {
-            "BUIDL_PROCESSES": 2, "BUIDL_CONNECTIONS": 2, "BUIDL_APP": "edge_apps:soak",
-            "BUIDL_SOAK_RECORD": str(record), "BUIDL_PING_INTERVAL": 1, "BUIDL_STALE_TIMEOUT": 3,
-            "BUIDL_LOG_LEVEL": "INFO",
+            "BUIDL_PROCESSES": PROCESSES, "BUIDL_CONNECTIONS": 2, "BUIDL_APP": "edge_apps:soak",
+            "BUIDL_SOAK_RECORD": str(record), "BUIDL_PING_INTERVAL": 1, "BUIDL_STALE_TIMEOUT": STALE_TIMEOUT_S,
+            "BUIDL_HANDLER_CONCURRENCY": HANDLER_CONCURRENCY, "BUIDL_LOG_LEVEL": "INFO", "SENTRY_DSN": dsn,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(SCRIPTS), str(ROOT), os.environ.get("PYTHONPATH")])),
         }
         if cfg.trace:
@@ -275,13 +343,14 @@ def run_soak(cfg: SoakConfig, echo: Any = print) -> dict[str, Any]:
             last_note = 0.0
             # Fire the plan; a fault that could not go (no worker ripe, no link) is retried a little later.
             injected = 0
-            while pending or deferred or faults.restore_at or injected < cfg.events:
+            while pending or deferred or faults.restore_at or faults.later or injected < cfg.events:
                 now = time.monotonic() - load_started
                 if now > span + 30:
                     break
-                if not (pending or deferred or faults.restore_at) or now - last_note >= 10:
+                if not (pending or deferred or faults.restore_at or faults.later) or now - last_note >= 10:
                     injected = client.load_status(brief=True)["injected"]
                 faults.restore_due()
+                faults.run_later()
                 for item in [p for p in pending if p[0] <= now]:
                     pending.remove(item)
                     if not faults.apply(item[1]) and item[0] < span + 10:
@@ -295,33 +364,44 @@ def run_soak(cfg: SoakConfig, echo: Any = print) -> dict[str, Any]:
                     st = client.load_status(brief=True)
                     echo(f"  t={now:5.1f}s injected {st['injected']}, acked {st['acked']}, "
                          f"faults so far {dict(faults.injected)}")
-                time.sleep(0.05 if pending or deferred or faults.restore_at else 0.2)
+                time.sleep(0.05 if pending or deferred or faults.restore_at or faults.later else 0.2)
             faults.restore_due(force=True)
+            faults.drop_later()
+            echo(f"  t={time.monotonic() - load_started:5.1f}s every fault fired; waiting for acks and replies")
             client.configure(open_ratelimit=None, ack_deadline=3.0, post_burst=3)
             client.load("finish")
             drain_deadline = time.monotonic() + cfg.drain_timeout
             while client.load_status(brief=True)["state"] == "running" and time.monotonic() < drain_deadline:
                 time.sleep(0.2)
             keys = client.load_status(keys=True)["keys"]
+            expected = {k: (f"{CHANNEL_PREFIX}{i + 1:06d}", "load") for i, k in enumerate(keys)}
+            expected.update(faults.expected_extra)
             # Replies trail the acks (outbox, rate limits, re-runs by sweepers): wait for them, bounded.
             while time.monotonic() < drain_deadline:
                 handled = read_record(record)
                 posted = client.summary()["messages_posted"]
-                if len(handled) >= len(keys) and posted >= len(keys):
+                if len(expected.keys() & handled.keys()) >= len(expected) and posted >= len(expected):
                     break
                 time.sleep(0.5)
+            echo(f"  t={time.monotonic() - load_started:5.1f}s all handled and replied (or the drain timed out)")
             time.sleep(3.0)  # a late second reply or handler run would land here
             state = client.state()
             summary = client.summary()
+            sentry = client.sentry()
         finally:
             faults.restore_due(force=True)
             exit_code = stack.stop(timeout=30)
         sim_log = Path(sim.log_path)
-        leaks = scan_tokens([stack.log_path, sim_log, record, stack.state_dir], tokens)
-    report.update(analyse(keys, read_record(record), state, summary, faults, leaks))
+        leaks = scan_tokens([stack.log_path, sim_log, record, stack.state_dir], secrets)
+    report.update(analyse(expected, read_record(record), state, summary, faults, leaks))
+    report["hostile"] = evidence(faults, state, Path(stack.log_path).read_text(errors="replace"), sentry)
+    report["sentry_events"] = sentry.get("count", 0)
     report["stack_exit_code"] = exit_code
     report["elapsed_s"] = round(time.monotonic() - started, 1)
-    gate = ["lost", "acks_missed", "replies_lost", "tokens_leaked"]
+    for key in ("slash_acks_late", "blackholes_not_replaced", "logging_errors"):
+        report[key] = report["hostile"][key]
+    gate = ["lost", "acks_missed", "replies_lost", "tokens_leaked", "slash_acks_late", "blackholes_not_replaced",
+            "logging_errors"]
     if cfg.tolerate_kill_window:  # handler re-runs only when a SIGKILL explains them
         gate += ["handled_twice_unexplained", "replies_doubled"]
     else:
@@ -331,9 +411,10 @@ def run_soak(cfg: SoakConfig, echo: Any = print) -> dict[str, Any]:
     return report
 
 
-def analyse(keys: list[str], runs: dict[str, list[tuple[str, int, float]]], state: dict[str, Any],
-            summary: dict[str, Any], faults: Faults, leaks: dict[str, int]) -> dict[str, Any]:
-    sent = set(keys)
+def analyse(expected: dict[str, tuple[str, str]], runs: dict[str, list[tuple[str, int, float]]],
+            state: dict[str, Any], summary: dict[str, Any], faults: Faults, leaks: dict[str, int]) -> dict[str, Any]:
+    """`expected`: every event's key -> (its own channel, the input it was: "load", "surrogate", …)."""
+    sent = set(expected)
     lost = sorted(sent - runs.keys())
     twice, rerun = [], []  # rerun: explained by a SIGKILL; twice: not
     window_ms: list[float] = []
@@ -356,7 +437,7 @@ def analyse(keys: list[str], runs: dict[str, list[tuple[str, int, float]]], stat
     texts: dict[str, list[str]] = defaultdict(list)
     for message in state["messages"]:
         texts[message["channel"]].append(message.get("text") or "")
-    channel_of = {k: f"{CHANNEL_PREFIX}{i + 1:06d}" for i, k in enumerate(keys)}
+    channel_of = {k: channel for k, (channel, _) in expected.items()}
     replies_lost = sorted(k for k, ch in channel_of.items() if not texts.get(ch))
     replies_doubled = sorted(k for k, ch in channel_of.items() if len(texts.get(ch, ())) > 1)
     posted_at: dict[str, list[float]] = defaultdict(list)
@@ -366,8 +447,16 @@ def analyse(keys: list[str], runs: dict[str, list[tuple[str, int, float]]], stat
     resent = [k for k in replies_doubled if any(
         t - 5.0 <= min(posted_at[channel_of[k]]) <= t + 0.5 and max(posted_at[channel_of[k]]) >= t
         for t in faults.kill_times)]
-    wrong_text = sorted(k for k, ch in channel_of.items() if texts.get(ch) and not any(k in t for t in texts[ch]))
+    wrong_text = sorted(k for k, ch in channel_of.items()
+                        if texts.get(ch) and not any(as_posted(k) in t for t in texts[ch]))
+    bad = {"lost": set(lost), "twice": set(twice) | set(rerun), "acks_missed": set(never_acked),
+           "replies_lost": set(replies_lost), "replies_doubled": set(replies_doubled)}
+    inputs: dict[str, dict[str, int]] = {}
+    for kind in dict.fromkeys(kind for _, kind in expected.values()):
+        mine = {k for k, (_, of) in expected.items() if of == kind}
+        inputs[kind] = {"sent": len(mine), **{name: len(mine & which) for name, which in bad.items()}}
     return {
+        "inputs": inputs,
         "events_sent": len(sent),
         "events_handled": len(sent & runs.keys()),
         "handler_runs": sum(len(v) for v in runs.values()),
@@ -387,6 +476,8 @@ def analyse(keys: list[str], runs: dict[str, list[tuple[str, int, float]]], stat
         "tokens_leaked": sum(leaks.values()), "token_hits": leaks,
         "faults_injected": dict(faults.injected),
         "faults_not_injected": {k: v for k, v in faults.failed.items() if v > 0},
+        "follow_ups_not_run": faults.later_failed,
+        "faults_fired_at": faults.fired,
         "killed_pids": sorted(faults.killed_pids),
         "simulator": {k: summary[k] for k in (
             "envelopes_sent", "acked", "redeliveries", "missed_deadlines", "late_acks", "events_missed",
@@ -412,6 +503,8 @@ def print_report(report: dict[str, Any], echo: Any = print) -> None:
         ("replies doubled", report["replies_doubled"]),
         ("  of which posted again after a SIGKILL (outbox window)", report["replies_resent_after_sigkill"]),
         ("tokens found in output", report["tokens_leaked"]),
+        *report_rows(report["hostile"], report["inputs"]),
+        ("Sentry events received", report["sentry_events"]),
         ("connections opened / open calls / open 429s", f"{sim['connections_opened']} / "
                                                          f"{sim['connections_open_calls']} / {sim['open_429s']}"),
         ("chat.postMessage 429s", sim["post_429s"]),
@@ -428,6 +521,8 @@ def print_report(report: dict[str, Any], echo: Any = print) -> None:
     echo(f"faults injected: {report['faults_injected']}")
     if report["faults_not_injected"]:
         echo(f"faults that found no target: {report['faults_not_injected']}")
+    if report["follow_ups_not_run"]:
+        echo(f"fault follow-ups (redeliveries, slow bursts, commands) not run: {report['follow_ups_not_run']}")
     echo(f"simulator fault counters: {sim['faults']}")
     if report["rerun_after_sigkill"]:
         w = report["rerun_recorded_before_kill_ms"]
@@ -454,7 +549,8 @@ def main() -> int:
     parser.add_argument("--tolerate-kill-window", action="store_true",
                         help="do not fail on handler re-runs that a SIGKILL explains (they are still "
                              "counted and shown); doubled replies always fail")
-    parser.add_argument("--trace", action="store_true", help="WEBSOCKET_DEBUG=1 in the workers (more output to scan)")
+    parser.add_argument("--no-trace", dest="trace", action="store_false",
+                        help="without WEBSOCKET_DEBUG=1 in the workers (on by default)")
     parser.add_argument("--fault", action="append", default=[], metavar="KIND=N",
                         help="override one fault count, e.g. --fault kill=0")
     parser.add_argument("--json", default=None, help="also write the report here")

@@ -255,3 +255,21 @@ def test_retiring_link_whose_reader_died_is_closed(
     sim.wait_for(lambda s: s["open_connections"] == 1, 5, "the retiring link closed by the worker")
     assert [c["state"] for c in sim.state()["connections"] if c["id"] == old["id"]] == ["closed"]
     assert worker.proc is not None and worker.proc.poll() is None
+
+
+def test_retiring_link_that_goes_half_open_is_closed_at_the_stale_timeout(
+        fresh_simulator: SimulatorProcess, start_worker: Callable[..., WorkerProcess]) -> None:
+    sim = fresh_simulator.client
+    worker = start_worker()
+    # Warned, replaced, waiting for Slack's close; then the path goes half-open, so that close never
+    # comes. The link's keepalive sees the silence: the link must go then, not when the retiring
+    # link's own patience (30 s) runs out, holding a slot of the app meanwhile.
+    old = retiring_link(sim)
+    sim.fault("blackhole", target=old["id"])
+    sim.wait_for(lambda s: s["open_connections"] == 1, REPLACED_WITHIN_S,
+                 "the half-open retiring link torn down within the stale timeout + 5 s")
+    assert [c["state"] for c in sim.state()["connections"] if c["id"] == old["id"]] == ["closed"]
+    [event] = sim.inject("app_mention", channel="CRETIRED", text="hi")
+    sim.wait_for(lambda s: s["events"][event["key"]]["acked"], 10, "an event after it acked", source="state")
+    assert worker.proc is not None and worker.proc.poll() is None
+    assert "Traceback" not in worker.output()
