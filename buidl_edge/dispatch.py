@@ -76,11 +76,29 @@ class Dispatcher:
         self._unknown_commands: set[str] = set()
 
     def accept(self, envelope: Envelope, link: Link, received_at: float) -> None:
-        self.inflight.spawn(self._process, envelope, link, received_at)
+        """Called by the link's reader for each envelope; returns at once.
+
+        When the store can decide the claim without waiting (the common case: SQLite's write
+        lock is free, or the memory store), the claim and the ack happen right here, in the
+        reader, with no greenlet of their own; else both wait in a greenlet of `inflight`.
+        """
+        try:
+            new = self.store.claim_now(envelope, self.owner)
+        except StoreError as exc:
+            new = self._claim_failed(envelope, exc)
+        if new is None:
+            self.inflight.spawn(self._process, envelope, link, received_at)
+            return
+        if new:
+            self.health.ok()
+        self._claimed(new, envelope, link, received_at, in_reader=True)
 
     def _process(self, envelope: Envelope, link: Link, received_at: float) -> None:
+        self._claimed(self._claim(envelope), envelope, link, received_at, in_reader=False)
+
+    def _claimed(self, new: bool, envelope: Envelope, link: Link, received_at: float, in_reader: bool) -> None:
         extra = {"connection": link.id, "envelope_id": envelope.envelope_id}
-        if not self._claim(envelope):
+        if not new:
             self.stats.duplicates += 1
             log.info("duplicate %s (retry %d) acked and dropped", envelope.kind, envelope.retry_attempt, extra=extra)
             link.ack(envelope.envelope_id, None, received_at)
@@ -95,15 +113,22 @@ class Dispatcher:
                             self.pool.queued, extra=extra)
                 link.ack(envelope.envelope_id, None, received_at)
                 return
-            remaining = self.ack_payload_deadline - (time.monotonic() - received_at)
-            finished = job.done.wait(timeout=max(0.0, remaining))
-            if not finished:
-                log.warning("handler missed the %.1fs ack deadline; acked without payload",
-                            self.ack_payload_deadline, extra=extra)
-            link.ack(envelope.envelope_id, job.value if finished else None, received_at)
+            if in_reader:  # the reader must not wait for the handler
+                self.inflight.spawn(self._ack_with_payload, job, envelope, link, received_at)
+            else:
+                self._ack_with_payload(job, envelope, link, received_at)
             return
         link.ack(envelope.envelope_id, None, received_at)
         self.pool.submit(envelope.envelope_id, self.handle, envelope, link.id)
+
+    def _ack_with_payload(self, job: Any, envelope: Envelope, link: Link, received_at: float) -> None:
+        """Wait for the handler's answer up to the ack deadline, then ack with it (or without)."""
+        remaining = self.ack_payload_deadline - (time.monotonic() - received_at)
+        finished = job.done.wait(timeout=max(0.0, remaining))
+        if not finished:
+            log.warning("handler missed the %.1fs ack deadline; acked without payload",
+                        self.ack_payload_deadline, extra={"connection": link.id, "envelope_id": envelope.envelope_id})
+        link.ack(envelope.envelope_id, job.value if finished else None, received_at)
 
     def handle(self, envelope: Envelope, connection: str | None = None) -> dict[str, Any] | None:
         """Run every matching handler; return the first dict one returned (the ack payload)."""
@@ -182,11 +207,15 @@ class Dispatcher:
     def _claim(self, envelope: Envelope) -> bool:
         try:
             new = self.store.claim(envelope, self.owner)
-        except StoreError as exc:  # ack and handle it on local dedup (this envelope alone if rejected)
-            self._store_failed("claim", exc)
-            return self.health.fallback.claim(envelope, self.owner)
+        except StoreError as exc:
+            return self._claim_failed(envelope, exc)
         self.health.ok()
         return new
+
+    def _claim_failed(self, envelope: Envelope, exc: StoreError) -> bool:
+        """Ack and handle it on local dedup (this envelope alone if the store rejected it)."""
+        self._store_failed("claim", exc)
+        return self.health.fallback.claim(envelope, self.owner)
 
     def _claim_key(self, key: str) -> bool:
         try:

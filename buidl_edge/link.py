@@ -12,8 +12,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import gevent
 import gevent.event
+import gevent.lock
 import websocket
+
+from buidl_edge import wsframes
 
 from buidl_edge import protocol
 from buidl_edge.config import Settings
@@ -63,7 +67,8 @@ class Link:
     def __init__(self, link_id: str, ws: websocket.WebSocket, hello: protocol.Hello, settings: Settings,
                  stats: ConnectionStats, sink: EnvelopeSink) -> None:
         self.id = link_id
-        self.ws = ws
+        self.ws = ws  # opened the link (TLS, proxy, handshake); frames go through wsframes from here
+        self.sock = ws.sock
         self.hello = hello
         self.settings = settings
         self.stats = stats
@@ -73,6 +78,12 @@ class Link:
         self._outcome: gevent.event.AsyncResult = gevent.event.AsyncResult()
         self.dispatching = True
         self.closed = gevent.event.Event()
+        self._parser = wsframes.FrameParser()
+        self._send_lock = gevent.lock.Semaphore()
+        # While the reader works through one recv's frames, what it sends (acks, pongs) waits
+        # here and leaves in one write at the end of the burst.
+        self._reader: Any = None
+        self._held: list[bytes] = []
 
     def end(self, outcome: LinkOutcome) -> None:
         """Say why this link ends; the first reason given is the one that counts."""
@@ -89,16 +100,32 @@ class Link:
         return self._outcome.value if self._outcome.ready() else None
 
     def send_text(self, text: str) -> bool:
-        # enable_multithread gives websocket-client a send lock (a gevent lock once patched),
-        # so acks from many greenlets and its own pongs never interleave on the wire.
         trace_frame(self.settings.websocket_debug, self.id, "out", text)
-        try:
-            self.ws.send(text)
-        except (websocket.WebSocketException, OSError) as exc:
-            log.warning("send failed on %s: %s", self.id, type(exc).__name__, extra={"connection": self.id})
+        if not self._send(wsframes.encode(wsframes.OP_TEXT, text.encode())):
             return False
         self.stats.messages_sent += 1
         return True
+
+    def _send(self, frame: bytes) -> bool:
+        if self._reader is not None and gevent.getcurrent() is self._reader:
+            self._held.append(frame)  # the reader's burst: out with the rest of it
+            return True
+        return self._write(frame)
+
+    def _write(self, data: bytes) -> bool:
+        # One lock for every writer (acks from many greenlets, pongs, pings): frames never interleave.
+        try:
+            with self._send_lock:
+                self.sock.sendall(data)
+        except (OSError, AttributeError) as exc:  # AttributeError: the socket is gone
+            log.warning("send failed on %s: %s", self.id, type(exc).__name__, extra={"connection": self.id})
+            return False
+        return True
+
+    def _flush(self) -> None:
+        held, self._held = self._held, []
+        if held:
+            self._write(held[0] if len(held) == 1 else b"".join(held))
 
     def ack(self, envelope_id: str, payload: dict[str, Any] | None, received_at: float) -> bool:
         try:
@@ -116,37 +143,52 @@ class Link:
         return True
 
     def read_loop(self) -> None:
+        self._reader = gevent.getcurrent()
         try:
             while True:
-                opcode, frame = self.ws.recv_data_frame(True)
-                self.last_traffic = time.monotonic()
-                if opcode in (websocket.ABNF.OPCODE_PONG, websocket.ABNF.OPCODE_PING):
-                    self.stats.last_ping = time.time()
-                    if self.settings.websocket_debug:  # websocket-client answered a ping itself
-                        ping = opcode == websocket.ABNF.OPCODE_PING
-                        trace_frame(True, self.id, "in", "<ping>" if ping else "<pong>")
-                        if ping:
-                            trace_frame(True, self.id, "out", "<pong>")
-                    continue
-                if opcode == websocket.ABNF.OPCODE_CLOSE:
-                    trace_frame(self.settings.websocket_debug, self.id, "in", "<close>")
+                data = self.sock.recv(65536)
+                if not data:
                     break
-                if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
-                    self._on_text(frame.data)
-        except (websocket.WebSocketException, OSError, AttributeError) as exc:
-            # AttributeError: websocket-client's socket is None once closed under us.
+                self.last_traffic = time.monotonic()
+                try:
+                    for opcode, payload in self._parser.feed(data):
+                        if not self._on_frame(opcode, payload):
+                            return
+                finally:
+                    self._flush()
+        except (OSError, AttributeError, wsframes.FrameError) as exc:
+            # AttributeError: the socket is None once closed under us.
             log.debug("link %s read ended: %s", self.id, type(exc).__name__, extra={"connection": self.id})
         except Exception as exc:  # a bug; the link is replaced like any that ended
             log.exception("link %s reader failed", self.id, extra={"connection": self.id})
             report_exception(exc, report="link_reader", connection=self.id)
         finally:
+            self._reader = None
             # Nobody reads this link any more: close it, or Slack goes on routing envelopes to it.
             self.close()
             self.closed.set()
             self.end(LinkOutcome.CLOSED)
 
-    def _on_text(self, data: bytes | str) -> None:
-        text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    def _on_frame(self, opcode: int, payload: bytes) -> bool:
+        """Handle one frame; False once the peer closed."""
+        debug = self.settings.websocket_debug
+        if opcode in (wsframes.OP_TEXT, wsframes.OP_BINARY):
+            self._on_text(payload)
+        elif opcode == wsframes.OP_PING:
+            self.stats.last_ping = time.time()
+            trace_frame(debug, self.id, "in", "<ping>")
+            trace_frame(debug, self.id, "out", "<pong>")
+            self._send(wsframes.encode(wsframes.OP_PONG, payload))
+        elif opcode == wsframes.OP_PONG:
+            self.stats.last_ping = time.time()
+            trace_frame(debug, self.id, "in", "<pong>")
+        elif opcode == wsframes.OP_CLOSE:
+            trace_frame(debug, self.id, "in", "<close>")
+            return False
+        return True
+
+    def _on_text(self, data: bytes) -> None:
+        text = data.decode("utf-8", "replace")
         trace_frame(self.settings.websocket_debug, self.id, "in", text)
         received_at = time.monotonic()
         try:
@@ -192,14 +234,11 @@ class Link:
                 continue
             next_ping = now + settings.ping_interval
             trace_frame(settings.websocket_debug, self.id, "out", "<ping>")
-            try:
-                self.ws.ping()
-            except (websocket.WebSocketException, OSError, AttributeError):
-                pass
+            self._write(wsframes.encode(wsframes.OP_PING, b""))
 
     def close(self) -> None:
         """Tear the link down now, whatever Slack does (see `teardown`); safe to call again."""
-        teardown(self.ws)
+        teardown(self.ws, self._send_lock)
 
 
 def disconnect_outcome(frame: protocol.Disconnect) -> LinkOutcome:
@@ -211,22 +250,23 @@ def disconnect_outcome(frame: protocol.Disconnect) -> LinkOutcome:
     return LinkOutcome.REFRESH  # frame.is_refresh: Slack closes the link soon; its replacement opens first
 
 
-def teardown(ws: websocket.WebSocket) -> None:
+def teardown(ws: websocket.WebSocket, send_lock: Any = None) -> None:
     """Close a WebSocket without waiting on anything the peer must do.
 
-    websocket-client's own close() waits to read the close reply, on a read lock that the
-    reader greenlet holds while it blocks in recv; on a half-open link that is forever. And a
-    send can wait on the full buffer of a link the peer stopped reading. So the close frame goes
-    only if it can go at once, then the socket is shut down both ways, which wakes the blocked
-    reader (and any blocked send) with an error, and closed.
+    A polite close waits to read the close reply, which on a half-open link never comes; and
+    a send can wait on the full buffer of a link the peer stopped reading. So the close frame
+    goes only if it can go at once (no send is stuck holding the lock, and the buffer takes it
+    now), then the socket is shut down both ways, which wakes the blocked reader (and any
+    blocked send) with an error, and closed.
     """
     sock = ws.sock
     if sock is None:
         return
-    if ws.connected and not ws.lock.locked():  # a send holding the lock is stuck: no close frame
+    lock = send_lock if send_lock is not None else ws.lock
+    if ws.connected and not lock.locked():  # a send holding the lock is stuck: no close frame
         try:
             sock.settimeout(0)  # into the send buffer now, or not at all
-            ws.send_close()
+            sock.send(wsframes.encode(wsframes.OP_CLOSE, wsframes.close_payload()))
         except (websocket.WebSocketException, OSError):
             pass
     try:

@@ -22,6 +22,7 @@ from typing import Any
 from buidl_edge import dyno_health
 from buidl_edge.config import ConfigError, Settings
 from buidl_edge.exitcodes import EXIT_FATAL
+from buidl_edge.fatal_marker import fatal_marker, read_fatal
 from buidl_edge.logs import setup_logging
 from buidl_edge.supervise import (
     Credentials,
@@ -30,9 +31,7 @@ from buidl_edge.supervise import (
     SupervisorDown,
     check_connection_budget,
     check_socket_path,
-    fatal_marker,
     live_supervisor,
-    read_fatal,
     render_config,
 )
 

@@ -1,4 +1,4 @@
-"""supervisord for the worker processes: the template, its rendering, the fatal marker, XML-RPC.
+"""supervisord for the worker processes: the template, its rendering, XML-RPC.
 
 `buidl-edge run` (stack.py) keeps supervisord as its child and watches it through
 the client here; `buidl-edge status` reads the same client.
@@ -6,18 +6,15 @@ the client here; `buidl-edge status` reads the same client.
 from __future__ import annotations
 
 import configparser
-import json
 import os
 import secrets
 import socket
 import sys
-import time
 import xmlrpc.client
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from string import Template
-from typing import Any
 
 from buidl_edge.config import REFRESH_SPARE, SLACK_MAX_CONNECTIONS, ConfigError, Settings
 from buidl_edge.exitcodes import EXIT_FATAL
@@ -29,7 +26,6 @@ OPERATOR_TEMPLATE = Path("deploy") / TEMPLATE_NAME
 CONF_NAME = "supervisord.conf"
 # Heroku kills the dyno 30 s after SIGTERM; workers drain in 10 s, so 20 s leaves room.
 STOP_WAIT_S = 20
-FATAL_MARKER = "fatal.json"
 SOCKET_NAME = "supervisor.sock"
 PID_NAME = "supervisord.pid"
 MAX_SOCKET_PATH = 107 - 8  # sun_path less supervisord's ".<pid>" while it binds
@@ -112,29 +108,6 @@ def read_credentials(state_dir: Path) -> Credentials:
         return Credentials()
     section = parser["unix_http_server"]
     return Credentials(section.get("username"), section.get("password"))
-
-
-# -- the fatal marker: why a worker stopped the stack for good -----------------------------------
-
-
-def fatal_marker(state_dir: Path) -> Path:
-    return state_dir.resolve() / FATAL_MARKER
-
-
-def record_fatal(state_dir: Path, reason: str) -> None:
-    """Called by a worker before its fatal exit, so `run` can say why the stack stopped."""
-    marker = fatal_marker(state_dir)
-    private_dir(marker.parent)
-    write_private(marker, json.dumps({"reason": reason, "pid": os.getpid(),
-                                      "process": os.environ.get("SUPERVISOR_PROCESS_NAME", ""),
-                                      "at": time.time()}))
-
-
-def read_fatal(state_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(fatal_marker(state_dir).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 # -- talking to a running supervisord ------------------------------------------------------------

@@ -1,14 +1,22 @@
-"""Slack Web API over one requests.Session. Every call has a timeout; errors are exceptions."""
+"""Slack Web API over one urllib3 connection pool. Every call has a timeout; errors are exceptions.
+
+urllib3 rather than requests (which wraps it): the edge only ever POSTs JSON to one host, and
+requests' sessions, hooks and charset detection cost a worker about 4 MB of memory and some CPU
+per call for nothing it uses. The pool keeps its TLS connections open (a new one per call costs
+a handshake: scripts/bench_webapi.py), certificates are checked against certifi's bundle (or
+REQUESTS_CA_BUNDLE / SSL_CERT_FILE, as requests would), and the proxy is chosen as for the
+WebSocket (config.proxy_for), so both always agree.
+"""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
-import requests
-from requests.adapters import HTTPAdapter
+import urllib3
 
-from buidl_edge.config import Secret, check_transport_url
+from buidl_edge.config import Secret, check_transport_url, proxy_for
 
 # Errors that no retry can fix: stop and tell the operator.
 FATAL_AUTH_ERRORS = frozenset(
@@ -53,36 +61,36 @@ class AuthInfo:
 
 
 class WebApi:
-    def __init__(self, api_url: str, timeout: float = 10.0, session: requests.Session | None = None) -> None:
+    def __init__(self, api_url: str, timeout: float = 10.0, pool_size: int = 4) -> None:
         self.api_url = check_transport_url(api_url, "https", "http", "SLACK_API_URL")
         self.timeout = timeout
-        self.session = session or requests.Session()
+        self.pool = http_pool(self.api_url, pool_size)
 
     def call(self, method: str, token: Secret, data: dict[str, Any] | None = None) -> dict[str, Any]:
-        headers = {"Authorization": f"Bearer {token.reveal()}"}
+        headers = {"Authorization": f"Bearer {token.reveal()}", "Content-Type": "application/json; charset=utf-8"}
         try:
-            response = self.session.post(
-                self.api_url + method, headers=headers, json=data or {}, timeout=self.timeout
-            )
-        except requests.RequestException as exc:
+            response = self.pool.request("POST", self.api_url + method, body=json.dumps(data or {}).encode(),
+                                         headers=headers, timeout=self.timeout, retries=False, redirect=False)
+        except urllib3.exceptions.HTTPError as exc:
             # The exception text can hold the URL but never the header; keep only its type.
-            raise TransientApiError(method, f"network:{type(exc).__name__}", 0) from None
-        if response.status_code == 429:
+            raise TransientApiError(method, f"network:{_network_error(exc)}", 0) from None
+        status = response.status
+        if status == 429:
             raise RateLimited(method, _retry_after(response.headers.get("Retry-After")))
-        if response.status_code >= 500:
-            raise TransientApiError(method, f"http_{response.status_code}", response.status_code)
+        if status >= 500:
+            raise TransientApiError(method, f"http_{status}", status)
         try:
-            body = response.json()
+            body = json.loads(response.data)
         except ValueError:
-            raise TransientApiError(method, "bad_json", response.status_code) from None
+            raise TransientApiError(method, "bad_json", status) from None
         if not isinstance(body, dict):
-            raise TransientApiError(method, "bad_json", response.status_code)
+            raise TransientApiError(method, "bad_json", status)
         if not body.get("ok"):
             error = str(body.get("error") or "unknown_error")
             if error == "ratelimited":
                 raise RateLimited(method, _retry_after(response.headers.get("Retry-After")))
             cls = FatalAuthError if error in FATAL_AUTH_ERRORS else SlackApiError
-            raise cls(method, error, response.status_code)
+            raise cls(method, error, status)
         return body
 
     def open_connection(self, app_token: Secret) -> str:
@@ -138,13 +146,40 @@ class WebApi:
 
 
 def sender_webapi(api_url: str, timeout: float, pool_size: int) -> WebApi:
-    """A WebApi whose connection pool fits `pool_size` posts at once (requests keeps 10 by default):
-    the outbox sender's."""
-    session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return WebApi(api_url, timeout=timeout, session=session)
+    """A WebApi whose connection pool keeps `pool_size` connections, for that many posts at
+    once: the outbox sender's."""
+    return WebApi(api_url, timeout=timeout, pool_size=pool_size)
+
+
+def http_pool(url: str, size: int, env: Mapping[str, str] | None = None) -> urllib3.PoolManager:
+    """Connections to `url`'s host, through the proxy chosen for it; TLS verified."""
+    env = os.environ if env is None else env
+    ca_certs = env.get("REQUESTS_CA_BUNDLE") or env.get("SSL_CERT_FILE") or _certifi_bundle()
+    options: dict[str, Any] = {"maxsize": size, "block": False, "cert_reqs": "CERT_REQUIRED", "ca_certs": ca_certs}
+    proxy = proxy_for(url, env)
+    if proxy is None:
+        return urllib3.PoolManager(num_pools=2, **options)
+    headers = urllib3.make_headers(proxy_basic_auth=":".join(proxy.auth)) if proxy.auth else None
+    return urllib3.ProxyManager(f"http://{proxy.host}:{proxy.port}", num_pools=2, proxy_headers=headers, **options)
+
+
+def _network_error(exc: Exception) -> str:
+    """A network failure named as requests names them (what logs and errors have always said)."""
+    if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
+        return "ConnectTimeout"
+    if isinstance(exc, urllib3.exceptions.TimeoutError):
+        return "ReadTimeout"
+    if isinstance(exc, urllib3.exceptions.SSLError):
+        return "SSLError"
+    return "ConnectionError"
+
+
+def _certifi_bundle() -> str | None:
+    try:
+        import certifi
+    except ImportError:  # the system's store, then
+        return None
+    return certifi.where()
 
 
 def _retry_after(value: str | None) -> float:

@@ -44,7 +44,7 @@ from buidl_edge.store.errors import StoreError
 from buidl_edge.store.memory import MemoryStore
 from buidl_edge.store.slots import SlotGate
 from buidl_edge.store_health import StoreHealth
-from buidl_edge.supervise import read_fatal, record_fatal
+from buidl_edge.fatal_marker import read_fatal, record_fatal
 from buidl_edge.webapi import FatalAuthError, SlackApiError, WebApi, sender_webapi
 from buidl_edge.webclient import client_factory
 

@@ -81,8 +81,7 @@ def child(mode: str, db: str, count: int, offset: int, start_at: float, payload_
     from buidl_edge.stallprobe import TICK_S, HubTicker
     from buidl_edge.store.threaded import ThreadedStore
 
-    sys.setswitchinterval(0.001)  # as buidl_edge.gevent_patch sets it
-    store = open_bench_store(mode, db) if mode.startswith("redis") else ThreadedStore(SqliteStore(db))
+    store = open_bench_store(mode, db) if mode.startswith("redis") else ThreadedStore(SqliteStore(db, hub_writes=True))
     store.claim_key(f"warmup:{owner}")  # pool thread (or first connection) up before timing
     if mode.startswith("redis"):  # the pool's connections open and the script loads before timing
         Pool(8).map(lambda i: store.claim(Envelope("events_api", f"warm{owner}-{i}", {"event": {}}), owner),

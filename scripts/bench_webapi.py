@@ -65,11 +65,11 @@ def child(client_name: str, api_url: str, posts: int, concurrency: int, cafile: 
     socket.socket.connect = counting_connect  # type: ignore[method-assign]
     before = rss_kb()
     if client_name == "webapi":
-        from buidl_edge.webapi import sender_webapi
+        from buidl_edge.webapi import http_pool, sender_webapi
 
         api = sender_webapi(api_url, 10.0, concurrency)
         if cafile:
-            api.session.verify = cafile
+            api.pool = http_pool(api_url, concurrency, {"SSL_CERT_FILE": cafile})
 
         def call(channel: str, text: str) -> None:
             api.post_message(token, channel, text)

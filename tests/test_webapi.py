@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from http.server import BaseHTTPRequestHandler, HTTPServer
 import socket
 import threading
 import time
@@ -172,14 +173,30 @@ def test_token_travels_only_in_the_authorization_header(tokens: dict[str, Secret
                                                         fresh_simulator: SimulatorProcess) -> None:
     # Slack wants the token as a Bearer header; a body field would end up in proxies' and servers' logs.
     seen: list[dict[str, object]] = []
-    api = WebApi(fresh_simulator.api_url, timeout=5)
-    response_hook = lambda r, *a, **k: seen.append({"headers": dict(r.request.headers), "body": r.request.body})
-    api.session.hooks["response"].append(response_hook)
-    api.post_message(tokens["bot"], "C0HDR", "hi")
+
+    class Recorder(BaseHTTPRequestHandler):  # what arrives on the wire, headers and body
+        def do_POST(self) -> None:  # noqa: N802
+            seen.append({"headers": dict(self.headers), "body": self.rfile.read(int(self.headers["Content-Length"]))})
+            data = b'{"ok": true, "ts": "1.2"}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    try:
+        api = WebApi(f"http://127.0.0.1:{server.server_address[1]}/api/", timeout=5)
+        api.post_message(tokens["bot"], "C0HDR", "hi")
+    finally:
+        server.server_close()
     [request] = seen
     assert request["headers"]["Authorization"] == f"Bearer {tokens['bot'].reveal()}"
-    assert tokens["bot"].reveal() not in (request["body"] or b"").decode()
-    assert json.loads(request["body"]) == {"channel": "C0HDR", "text": "hi"}
+    assert tokens["bot"].reveal() not in (request["body"] or b"").decode()  # type: ignore[union-attr]
+    assert json.loads(request["body"]) == {"channel": "C0HDR", "text": "hi"}  # type: ignore[arg-type]
 
 
 # -- transport and timeouts ----------------------------------------------------------------

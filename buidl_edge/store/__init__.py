@@ -38,6 +38,6 @@ def open_store(settings: "Settings", threaded: bool = True, create: bool | None 
         from buidl_edge.store.threaded import ThreadedStore
 
         store = SqliteStore(Path(url[len("sqlite:///"):]), lease_s=settings.lease_s,
-                            create=threaded if create is None else create)
+                            create=threaded if create is None else create, hub_writes=threaded)
         return ThreadedStore(store) if threaded else store
     raise ConfigError(f"store {url.split(':', 1)[0]}:// is not available in this version")

@@ -120,6 +120,10 @@ class InboxStore(Protocol):
     def claim(self, envelope: Envelope, owner: str) -> bool:
         """Record the envelope and its dedup keys atomically; True when it is new."""
 
+    def claim_now(self, envelope: Envelope, owner: str) -> bool | None:
+        """`claim`, if it can be decided without waiting (no I/O to wait on, no busy writer);
+        None when it cannot (nothing was written: call `claim` from a greenlet of its own)."""
+
     def claim_key(self, key: str) -> bool:
         """Claim one free-form dedup key (for handlers' own once-only logic)."""
 

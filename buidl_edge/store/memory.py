@@ -44,6 +44,9 @@ class MemoryStore:
                                              "received_at": now, "envelope": envelope, "error": None}
         return True
 
+    def claim_now(self, envelope: Envelope, owner: str) -> bool | None:
+        return self.claim(envelope, owner)
+
     def claim_key(self, key: str) -> bool:
         if key in self._claims:
             return False

@@ -4,6 +4,11 @@ One thread (not several) because a store holds one sqlite3 connection: the
 calls of a process are serialized anyway, and a single thread keeps them in
 arrival order without lock contention. Greenlets calling at once simply
 queue; each one blocks only itself.
+
+Claims and finishes, the two writes of every envelope, first try the hub itself
+(`SqliteDb.run_batch_now`): when nothing else is writing, the write is cheaper
+than the hand-off to the thread and back, and it cannot wait. Only when the
+database is busy, or a batch is already on the thread, do they queue for it.
 """
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ if TYPE_CHECKING:
 
 # Enough to amortise a commit over a burst, small enough to keep one transaction short.
 MAX_BATCH = 64
+# What submit_now says when the item could not be written without waiting.
+NOT_NOW: Any = object()
 
 
 class ThreadedStore:
@@ -31,10 +38,14 @@ class ThreadedStore:
         self.inner = inner
         self._pool = ThreadPool(1)
         self._closed = False
-        self._batcher = GroupCommit(self._pool, inner.run_batch)
+        self._batcher = GroupCommit(self._pool, inner.run_batch, inner.run_batch_now)
 
     def claim(self, envelope: Any, owner: str) -> bool:
         return self._batcher.submit(self.inner.claim_txn(envelope, owner))  # type: ignore[no-any-return]
+
+    def claim_now(self, envelope: Any, owner: str) -> bool | None:
+        value = self._batcher.submit_now(self.inner.claim_txn(envelope, owner))
+        return None if value is NOT_NOW else bool(value)
 
     def finish(self, envelope_id: str, replies: Any, error: str | None = None) -> None:
         self._batcher.submit(self.inner.finish_txn(envelope_id, replies, error))
@@ -74,25 +85,41 @@ class ThreadedStore:
 class GroupCommit:
     """Claims and finishes that arrive while a commit runs go into the next one together.
 
-    Under load this turns N commits into one per burst (the commit's fsync dominates);
-    with one call at a time it is a plain transaction with no added wait.
+    A batch is first tried on the hub (`run_now`, which never waits and says None when it
+    would); else it goes to the pool thread (`run_batch`). With one call at a time that is a
+    plain transaction on the hub; under a burst, N commits become one per batch.
     """
 
-    def __init__(self, pool: ThreadPool, run_batch: Callable[[list[Any]], list[Any]]) -> None:
+    def __init__(self, pool: ThreadPool, run_batch: Callable[[list[Any]], list[Any]],
+                 run_now: Callable[[list[Any]], list[Any] | None] | None = None) -> None:
         self._pool = pool
         self._run_batch = run_batch
+        self._run_now = run_now or (lambda txns: None)
         self._pending: list[tuple[Any, gevent.event.AsyncResult]] = []
+        self._on_thread = False  # a batch is on the pool thread: later items wait their turn
         self._wakeup = gevent.event.Event()
         self._loop = gevent.spawn(self._drain)
 
     def submit(self, txn: Any) -> Any:
+        now = self.submit_now(txn)
+        if now is not NOT_NOW:
+            return now
         result = gevent.event.AsyncResult()
         self._pending.append((txn, result))
         self._wakeup.set()
-        value = result.get()
-        if isinstance(value, StoreError):  # this item failed on its own; the rest of its batch stands
-            raise value
-        return value
+        return _value(result.get())
+
+    def submit_now(self, txn: Any) -> Any:
+        """The item's result if it could be written on the hub at once, else NOT_NOW (nothing
+        written). Only when nothing is queued or on the thread, so items keep their arrival order.
+        """
+        if self._pending or self._on_thread:
+            return NOT_NOW
+        try:
+            values = self._run_now([txn])
+        except Exception as exc:
+            raise exc if isinstance(exc, StoreError) else rejected("group commit", exc) from exc
+        return NOT_NOW if values is None else _value(values[0])
 
     def stop(self) -> None:
         self._loop.kill(block=True)
@@ -105,8 +132,15 @@ class GroupCommit:
             self._wakeup.clear()
             while self._pending:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                txns = [txn for txn, _ in batch]
                 try:
-                    values = self._pool.apply(self._run_batch, ([txn for txn, _ in batch],))
+                    values = self._run_now(txns)
+                    if values is None:
+                        self._on_thread = True
+                        try:
+                            values = self._pool.apply(self._run_batch, (txns,))
+                        finally:
+                            self._on_thread = False
                 except Exception as exc:  # the whole batch failed (or a bug): every caller raises it
                     error = exc if isinstance(exc, StoreError) else rejected("group commit", exc)
                     for _, result in batch:
@@ -114,3 +148,9 @@ class GroupCommit:
                     continue
                 for (_, result), value in zip(batch, values):
                     result.set(value)
+
+
+def _value(value: Any) -> Any:
+    if isinstance(value, StoreError):  # this item failed on its own; the rest of its batch stands
+        raise value
+    return value

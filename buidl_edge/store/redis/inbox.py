@@ -25,6 +25,9 @@ from buidl_edge.store.redis.schema import CHUNK, GROUP, LUA_PRELUDE, STREAM_MAXL
 class RedisInbox(RedisDb):
     # ------------------------------------------------------------ dedup
 
+    def claim_now(self, envelope: Envelope, owner: str) -> bool | None:
+        return None  # a round trip to Redis: the caller waits for it in a greenlet of its own
+
     @redis_op
     def claim(self, envelope: Envelope, owner: str) -> bool:
         """Dedup keys (SET NX EX, both or neither) + stream entry + inbox row, in one script."""

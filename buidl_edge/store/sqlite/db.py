@@ -44,6 +44,12 @@ LOCK_BACKOFF_S = (0.01, 0.05)
 # append to the WAL; autocheckpoint stays on as a backstop if that thread dies.
 WAL_AUTOCHECKPOINT_PAGES = 20_000  # ~80 MB of WAL at 4 KB pages
 WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
+# A checkpoint copies each page changed since the last one once, however often it changed: a
+# longer interval copies (and fsyncs) less for the same writes, at a WAL a few MB longer.
+CHECKPOINT_INTERVAL_S = 2.0
+# Past this many WAL pages not yet checkpointed, writes go to the store's thread, whose
+# connection may run the backstop checkpoint: the hub never does one.
+HUB_WAL_BACKLOG_PAGES = 10_000
 
 _CORRUPT_HINTS = ("not a database", "malformed", "file is encrypted")
 _UNAVAILABLE_HINTS = ("readonly", "read-only", "disk", "full", "i/o", "unable to open")
@@ -64,10 +70,10 @@ class SqliteDb:
     """One SQLite file, safe to share between processes: the plumbing under every topic."""
 
     def __init__(self, path: str | Path, lease_s: float = 30.0, busy_timeout_s: float = 5.0,
-                 host: str | None = None, checkpoint_interval_s: float | None = 0.5,
-                 create: bool = True) -> None:
+                 host: str | None = None, checkpoint_interval_s: float | None = CHECKPOINT_INTERVAL_S,
+                 create: bool = True, hub_writes: bool = False) -> None:
         """`create=False` (admin commands) opens only a store that exists: StoreMissing otherwise,
-        and no file or directory is made."""
+        and no file or directory is made. `hub_writes` adds the connection `run_batch_now` uses."""
         self.path = Path(path)
         self.create = create
         self.lease_s = lease_s
@@ -77,6 +83,10 @@ class SqliteDb:
         self._closed = False
         self._conn = self._open()
         self._cur = self._conn.cursor()
+        self._wal_backlog = 0  # pages the checkpointer saw waiting, last time it looked
+        self._hub_lock = _new_lock()
+        self._hub: sqlite3.Connection | None = self._connect_hub() if hub_writes else None
+        self._hub_cur = self._hub.cursor() if self._hub is not None else None
         self._stop = _new_lock()
         self._stop.acquire()  # released by close(): wakes and ends the checkpointer
         self._checkpointer_done = _new_lock()
@@ -116,6 +126,15 @@ class SqliteDb:
         return sqlite3.connect(uri, uri=True, timeout=self.busy_timeout_s, check_same_thread=False,
                                isolation_level=None)
 
+    def _connect_hub(self) -> sqlite3.Connection:
+        """The connection `run_batch_now` writes through on the gevent hub: it never waits for a
+        lock (busy timeout 0) and never checkpoints (that is the background thread's job)."""
+        conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=rw", uri=True, timeout=0,
+                               check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA synchronous = NORMAL")  # per connection, like the main one's
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
+        return conn
+
     def _missing(self) -> StoreMissing:
         return StoreMissing(f"no store at {self.path.resolve()}: check that BUIDL_STATE_DIR (or BUIDL_DB) "
                             "names the state the workers use")
@@ -147,7 +166,8 @@ class SqliteDb:
                     except Abort as abort:
                         cur.execute("ROLLBACK")
                         return abort.value  # type: ignore[no-any-return]
-                    cur.execute("COMMIT")
+                    if cur.connection.in_transaction:  # (a batch of one that failed rolled back)
+                        cur.execute("COMMIT")
                     return result
                 except sqlite3.Error as exc:
                     self._rollback_quietly()
@@ -169,42 +189,95 @@ class SqliteDb:
     def run_batch(self, txns: Sequence[Txn]) -> list[Any]:
         """Group commit: many claims/finishes in one transaction, each in its own savepoint.
 
-        One fsync-bound commit then serves a whole burst, while every item stays atomic
-        on its own. An item's result, or its StoreError, comes back in its place: whatever
-        an item raises (an unclassified failure is a StoreRejected), only its savepoint is
-        rolled back and the rest of the batch commits.
+        One commit then serves a whole burst, while every item stays atomic on its own. An
+        item's result, or its StoreError, comes back in its place: whatever an item raises (an
+        unclassified failure is a StoreRejected), only its savepoint is rolled back and the rest
+        of the batch commits.
         """
+        return self._run(self._batch(txns), write=True)
+
+    def run_batch_now(self, txns: Sequence[Txn]) -> list[Any] | None:
+        """`run_batch` on the calling thread (the gevent hub), but only when it cannot wait:
+        the hub connection is free and no other writer holds the database. None when it would
+        have to wait (another process or our own store thread is writing, or the WAL is due for
+        a checkpoint): the caller then hands the batch to the store's thread.
+
+        An uncontended write is tens of microseconds; the hand-off to a thread and back costs
+        more than that in CPU, which is why the hub tries first.
+        """
+        cur = self._hub_cur
+        if cur is None or self._closed or self._wal_backlog > HUB_WAL_BACKLOG_PAGES:
+            return None
+        if not self._hub_lock.acquire(False):
+            return None
+        try:
+            if self._closed:
+                return None
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                if _is_locked(exc):
+                    return None
+                raise self._translate(exc) from exc
+            try:
+                results = self._batch(txns)(cur)
+                if cur.connection.in_transaction:
+                    cur.execute("COMMIT")
+                return results
+            except sqlite3.Error as exc:
+                self._rollback(cur)
+                if _is_locked(exc):
+                    return None  # nothing was kept: the thread runs the whole batch again
+                raise self._translate(exc) from exc
+            except BaseException:
+                self._rollback(cur)
+                raise
+        finally:
+            self._hub_lock.release()
+
+    def _batch(self, txns: Sequence[Txn]) -> Callable[[sqlite3.Cursor], list[Any]]:
+        if len(txns) == 1:  # one item: its own transaction is its savepoint
+            return lambda cur: [self._item(txns[0], cur, "ROLLBACK")]
+
         def batch(cur: sqlite3.Cursor) -> list[Any]:
             results: list[Any] = []
             for txn in txns:
                 cur.execute("SAVEPOINT item")
-                try:
-                    results.append(txn(cur))
-                except Abort as abort:
-                    cur.execute("ROLLBACK TO item")
-                    results.append(abort.value)
-                except sqlite3.Error as exc:
-                    if _is_locked(exc):
-                        raise  # the whole batch retries
-                    cur.execute("ROLLBACK TO item")
-                    results.append(self._translate(exc, txn))
-                except StoreError as exc:
-                    cur.execute("ROLLBACK TO item")
-                    results.append(exc)
-                except Exception as exc:
-                    cur.execute("ROLLBACK TO item")
-                    results.append(self._rejected(txn, exc))
+                results.append(self._item(txn, cur, "ROLLBACK TO item"))
                 cur.execute("RELEASE item")
             return results
 
-        return self._run(batch, write=True)
+        return batch
 
-    def _rollback_quietly(self) -> None:
-        if self._conn.in_transaction:
+    def _item(self, txn: Txn, cur: sqlite3.Cursor, undo: str) -> Any:
+        """One item's result, or its StoreError (after `undo` rolled back what it wrote)."""
+        try:
+            return txn(cur)
+        except Abort as abort:
+            cur.execute(undo)
+            return abort.value
+        except sqlite3.Error as exc:
+            if _is_locked(exc):
+                raise  # the whole batch retries
+            cur.execute(undo)
+            return self._translate(exc, txn)
+        except StoreError as exc:
+            cur.execute(undo)
+            return exc
+        except Exception as exc:
+            cur.execute(undo)
+            return self._rejected(txn, exc)
+
+    @staticmethod
+    def _rollback(cur: sqlite3.Cursor) -> None:
+        if cur.connection.in_transaction:
             try:
-                self._conn.execute("ROLLBACK")
+                cur.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+
+    def _rollback_quietly(self) -> None:
+        self._rollback(self._cur)
 
     def _rejected(self, fn: Callable[..., Any], exc: BaseException) -> StoreError:
         return rejected(f"store {self.path} {_operation(fn)}", exc)
@@ -244,7 +317,8 @@ class SqliteDb:
         try:
             while not self._stop.acquire(True, interval_s):
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    _, pages, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    self._wal_backlog = max(0, pages - done)
                 except sqlite3.Error:
                     pass  # busy or failing disk: the write path reports that; try later
         finally:
@@ -259,6 +333,9 @@ class SqliteDb:
             self._stop.release()
         # Wait for the checkpointer so no thread touches the file after close().
         self._checkpointer_done.acquire(True, 5.0)
+        with self._hub_lock:
+            if self._hub is not None:
+                self._hub.close()
         with self._lock:
             try:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

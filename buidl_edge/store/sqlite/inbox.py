@@ -37,6 +37,9 @@ class SqliteInbox(SqliteDb):
         """Keys + inbox row in one transaction; False (nothing written) if any key exists."""
         return self._run(self.claim_txn(envelope, owner), write=True)
 
+    def claim_now(self, envelope: Envelope, owner: str) -> bool | None:
+        return None  # sqlite3 blocks its caller: only ThreadedStore can say it will not wait
+
     def claim_txn(self, envelope: Envelope, owner: str) -> Callable[[sqlite3.Cursor], bool]:
         """The claim as a transaction body, for `claim` alone or for `run_batch`."""
         now = time.time()
