@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Callable
 
 import gevent
@@ -36,6 +36,7 @@ from buidl_edge.latency import LatencyHistogram
 from buidl_edge.protocol import Envelope
 from buidl_edge.relay.client import Answer, BackendClient
 from buidl_edge.relay.request import build_request
+from buidl_edge.relay.stats import BACKEND_BUCKETS_S, RECENT, Outage, RelayStats, percentile_ms
 from buidl_edge.store.base import DeliveryOutcome, EdgeStore, RelayRow
 from buidl_edge.store.errors import StoreError
 from buidl_edge.store_health import StoreHealth
@@ -44,28 +45,11 @@ log = logging.getLogger("buidl_edge.relay")
 
 POLL_INTERVAL_S = 0.25  # how soon rows queued by another process (or retried by hand) are noticed
 SETTLE_DELAYS_S = (0.0, 0.1, 0.5)
-BACKEND_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-RECENT = 1000  # deliveries the p50/p99 of `status` are taken over
 ANSWER_SHOWN_CHARS = 300
 SIGNATURE_HINT = ("the app refused the request's signature or timestamp: check that SLACK_SIGNING_SECRET is "
                   "the app's Signing Secret, and this host's clock")
 
 FailedHook = Callable[[Envelope, str, int], None]
-
-
-@dataclass
-class RelayStats:
-    """This process's figures, published with its heartbeat for `status` and /metrics."""
-
-    sent: int = 0  # delivered (any 2xx), queued or answered alike
-    retried: int = 0  # attempts that failed and will be tried again
-    failed: int = 0  # failed for good
-    rate_limited: int = 0  # 429s from the backend
-    answered: int = 0  # ack payloads the backend gave in time
-    late_answers: int = 0  # answers that came after the ack deadline
-    lease_lost: int = 0
-    in_flight: int = 0
-    store_errors: int = 0
 
 
 def order_key(envelope: Envelope) -> str:
@@ -117,6 +101,7 @@ class Relay:
         self._running = False
         self._loop: gevent.Greenlet | None = None
         self._paused_until = 0.0  # a 429's Retry-After, for every delivery of this process
+        self._outage = Outage()
         self._unsettled: list[tuple[str, Callable[[], Any]]] = []
 
     # ------------------------------------------------------------ the dispatcher's side
@@ -294,9 +279,13 @@ class Relay:
                 log.info("delivered %s to the app after %d attempts", envelope.kind, row.attempts, extra=extra)
         elif outcome.kind == "retry":
             self.stats.retried += 1
-            log.warning("delivering %s to the app failed (%s); attempt %d of %d, next in %.1fs", envelope.kind,
-                        outcome.error, row.attempts, self.max_attempts, max(0.0, outcome.retry_at - time.time()),
-                        extra=extra)
+            starts = self._outage.failed()
+            (log.warning if starts else log.debug)(
+                "delivering %s to the app at %s failed (%s); attempt %d of %d, next in %.1fs%s", envelope.kind,
+                self.client.shown, outcome.error, row.attempts, self.max_attempts,
+                max(0.0, outcome.retry_at - time.time()),
+                "; every envelope is kept and retried with backoff (said once until the app answers again)"
+                if starts else "", extra=extra)
         elif outcome.kind == "ratelimited":
             self.stats.rate_limited += 1
         else:
@@ -307,6 +296,7 @@ class Relay:
             self.stats.rate_limited += 1
         else:
             self.stats.retried += 1
+            self._outage.failed()
 
     def _failed(self, envelope: Envelope, error: str, attempts: int) -> None:
         self.stats.failed += 1
@@ -333,6 +323,11 @@ class Relay:
         if answer.status is not None:  # the app answered: how long it took
             self.latency.observe(answer.elapsed)
             self._recent.append(answer.elapsed)
+        if answer.status is not None and answer.status < 500:
+            ended = self._outage.answered()
+            if ended:
+                log.info("the app at %s takes deliveries again, after %.0fs and %d failed attempts",
+                         self.client.shown, *ended)
         if answer.kind == "ratelimited":
             self._pause(answer.retry_after)
         return answer
@@ -395,11 +390,6 @@ class Relay:
     def stats_dict(self) -> dict[str, Any]:
         recent = sorted(self._recent)
         return {**asdict(self.stats), "backend": self.client.shown, "latency": self.latency.as_dict(),
-                "latency_p50_ms": _percentile_ms(recent, 0.50), "latency_p99_ms": _percentile_ms(recent, 0.99),
+                "latency_p50_ms": percentile_ms(recent, 0.50), "latency_p99_ms": percentile_ms(recent, 0.99),
                 "paused_for_s": round(max(0.0, self._paused_until - time.time()), 3)}
 
-
-def _percentile_ms(ordered: list[float], fraction: float) -> float | None:
-    if not ordered:
-        return None
-    return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1000, 3)
