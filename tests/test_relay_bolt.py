@@ -286,13 +286,15 @@ def test_a_wrong_signing_secret_is_refused_by_bolt_and_its_rows_fail_once_then_r
         simulator: SimulatorProcess, bolt_dir: Path, tmp_path: Path) -> None:
     secret = secrets.token_hex(16)
     bolt = BoltApp(bolt_dir, secret, simulator.api_url).start()
-    env = relay_env(simulator, bolt, secrets.token_hex(16), tmp_path / "state")
+    env = relay_env(simulator, bolt, secrets.token_hex(16), tmp_path / "state", SENTRY_DSN=simulator.sentry_dsn())
     worker = WorkerProcess(env)
     worker.start()
     fixed: WorkerProcess | None = None
     try:
-        events = [e["key"] for e in simulator.client.inject("message", text="refused", channel="C0SIG", count=2)]
-        (command,) = simulator.client.inject("slash_command", command="/echo", text="refused", channel="C0SIG")
+        events = [e["key"] for e in simulator.client.inject("message", text="private-plans-9", channel="C0SIG",
+                                                            count=2)]
+        (command,) = simulator.client.inject("slash_command", command="/echo", text="private-plans-9",
+                                             channel="C0SIG")
 
         def failed() -> list[dict[str, Any]]:
             rows = json.loads(admin(env, "inbox", "list", "--state", "failed", "--json").stdout or "[]")
@@ -311,7 +313,13 @@ def test_a_wrong_signing_secret_is_refused_by_bolt_and_its_rows_fail_once_then_r
         assert "failed for good: HTTP 401" in out and "check that SLACK_SIGNING_SECRET is the app's Signing Secret" in out
         assert env["SLACK_SIGNING_SECRET"] not in out
 
-        worker.stop()
+        worker.stop()  # flushes Sentry on its way out
+        recorded = simulator.client.sentry(raw=True)
+        reports = [e for e in recorded["events"] if e["tags"].get("report") == "relay_failure"]
+        assert sorted(e["tags"]["event_kind"] for e in reports) == ["/echo", "message", "message"]
+        assert {e["tags"]["relay_error"] for e in reports} == {"HTTP 401"}
+        raw = "\n".join(recorded["raw"])
+        assert env["SLACK_SIGNING_SECRET"] not in raw and "private-plans-9" not in raw  # nor what users wrote
         fixed = WorkerProcess({**env, "SLACK_SIGNING_SECRET": secret})  # the secret put right, then retried
         fixed.start()
         for row in rows:

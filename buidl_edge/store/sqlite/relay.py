@@ -49,6 +49,20 @@ class SqliteRelay(SqliteDb):
     def relay_claim(self, owner: str, limit: int, lease_s: float | None = None) -> RelayBatch:
         lease = self.lease_s if lease_s is None else lease_s
 
+        def due_now(cur: sqlite3.Cursor) -> RelayBatch | None:
+            """The answer when nothing is due, without the write lock (idle deliverers poll often)."""
+            now, next_at = time.time(), None
+            for _, state, next_attempt_at, *_ in cur.execute(_HEADS):
+                if state == "pending" and (next_attempt_at or 0.0) <= now:
+                    return None
+                if state == "pending":
+                    next_at = next_attempt_at if next_at is None else min(next_at, next_attempt_at)
+            return RelayBatch([], next_at)
+
+        idle = self._run(due_now, write=False)
+        if idle is not None or limit <= 0:
+            return idle or RelayBatch([], time.time())
+
         def txn(cur: sqlite3.Cursor) -> RelayBatch:
             now = time.time()
             due, next_at = [], None
