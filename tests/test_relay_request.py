@@ -145,3 +145,13 @@ def test_relay_mode_needs_the_signing_secret_and_shows_it_masked() -> None:
     assert shown["signing_secret"] == f"…{SECRET[-4:]}" and shown["relay_url"] == "http://user:***@127.0.0.1:3000/e"
     assert SECRET not in repr(settings(BUIDL_RELAY_URL="http://127.0.0.1:3000/e"))
     assert load_settings(fake_tokens()).signing_secret is None  # not relaying: not read at all
+
+
+@pytest.mark.parametrize("address, private", [
+    ("10.0.0.7", True), ("172.16.3.4", True), ("192.168.1.9", True), ("100.64.0.1", True), ("fd00::1", True),
+    ("169.254.1.1", True), ("127.0.0.1", True), ("8.8.8.8", False), ("2606:4700::1111", False),
+    ("0.0.0.0", False), ("224.0.0.1", False), ("not-an-ip", False)])
+def test_only_addresses_off_the_public_internet_count_as_private(address: str, private: bool) -> None:
+    from buidl_edge.config.relay import is_private_address
+
+    assert is_private_address(address) is private
