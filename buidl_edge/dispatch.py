@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import gevent.pool
@@ -21,6 +21,9 @@ from buidl_edge.store.base import EdgeStore, Reply
 from buidl_edge.store.errors import StoreError, StoreRejected
 from buidl_edge.store.memory import MemoryStore
 from buidl_edge.store_health import StoreHealth
+
+if TYPE_CHECKING:
+    from buidl_edge.relay.relay import Relay
 
 log = logging.getLogger("buidl_edge.dispatch")
 
@@ -54,8 +57,10 @@ class Dispatcher:
 
     def __init__(self, app: EdgeApp, store: EdgeStore, outbox: Outbox, owner: str,
                  ack_payload_deadline: float, bot_user_id: str | None,
-                 handler_pool_size: int = 200, handler_threads: int = 8, health: StoreHealth | None = None) -> None:
+                 handler_pool_size: int = 200, handler_threads: int = 8, health: StoreHealth | None = None,
+                 relay: Relay | None = None) -> None:
         self.app = app
+        self.relay = relay  # relay mode: envelopes go to the HTTP-mode app behind it, not to `app`
         self.store = store
         self.outbox = outbox
         self.owner = owner
@@ -104,6 +109,12 @@ class Dispatcher:
             link.ack(envelope.envelope_id, None, received_at)
             return
         self.stats.envelopes_new += 1
+        if self.relay is not None:  # the app's answer, or the inbox's delivery: both wait on I/O
+            if in_reader:
+                self.inflight.spawn(self._relay, envelope, link, received_at)
+            else:
+                self._relay(envelope, link, received_at)
+            return
         if envelope.accepts_response_payload and self.app.handlers_for(envelope):
             job = self.pool.submit(envelope.envelope_id, self.handle, envelope, link.id)
             if not job.started:  # waiting for a place could take minutes: ack now, answer later
@@ -129,6 +140,16 @@ class Dispatcher:
             log.warning("handler missed the %.1fs ack deadline; acked without payload",
                         self.ack_payload_deadline, extra={"connection": link.id, "envelope_id": envelope.envelope_id})
         link.ack(envelope.envelope_id, job.value if finished else None, received_at)
+
+    def _relay(self, envelope: Envelope, link: Link, received_at: float) -> None:
+        """The app's answer within the ack deadline when the envelope takes one; otherwise ack at
+        once and let the relay deliver it from the inbox."""
+        assert self.relay is not None
+        if envelope.accepts_response_payload:
+            link.ack(envelope.envelope_id, self.relay.answer(envelope, received_at), received_at)
+            return
+        link.ack(envelope.envelope_id, None, received_at)
+        self.relay.enqueue(envelope)
 
     def handle(self, envelope: Envelope, connection: str | None = None) -> dict[str, Any] | None:
         """Run every matching handler; return the first dict one returned (the ack payload)."""
@@ -181,6 +202,9 @@ class Dispatcher:
     def rerun(self, envelope: Envelope) -> None:
         """Handle an envelope taken over from a dead worker (it was acked long ago)."""
         self.stats.recovered += 1
+        if self.relay is not None:
+            self.relay.recover(envelope)
+            return
         log.info("re-running %s left by a dead worker", envelope.kind, extra={"envelope_id": envelope.envelope_id})
         self.pool.submit(envelope.envelope_id, self.handle, envelope)
 

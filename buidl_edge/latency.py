@@ -14,19 +14,20 @@ ACK_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 
 
 class LatencyHistogram:
-    __slots__ = ("counts", "total", "sum_s")
+    __slots__ = ("buckets", "counts", "total", "sum_s")
 
-    def __init__(self) -> None:
-        self.counts = [0] * (len(ACK_BUCKETS_S) + 1)  # the last one is +Inf
+    def __init__(self, buckets: tuple[float, ...] = ACK_BUCKETS_S) -> None:
+        self.buckets = buckets  # the relay's backend latency has wider ones
+        self.counts = [0] * (len(buckets) + 1)  # the last one is +Inf
         self.total = 0
         self.sum_s = 0.0
 
     def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(ACK_BUCKETS_S, seconds)] += 1
+        self.counts[bisect_left(self.buckets, seconds)] += 1
         self.total += 1
         self.sum_s += seconds
 
     def as_dict(self) -> dict[str, Any]:
         """Per-bucket counts (not cumulative), the count and the sum, in seconds."""
-        return {"buckets": list(ACK_BUCKETS_S), "counts": list(self.counts), "count": self.total,
+        return {"buckets": list(self.buckets), "counts": list(self.counts), "count": self.total,
                 "sum": round(self.sum_s, 6)}

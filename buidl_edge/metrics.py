@@ -33,6 +33,7 @@ class SnapshotCollector(Collector):
         snaps = list(self._snapshots())
         yield from _connection_metrics(snaps)
         yield from _process_metrics(snaps)
+        yield from _relay_metrics(snaps)
         if self._outbox is not None:
             try:
                 stats = self._outbox()
@@ -117,6 +118,42 @@ def _process_metrics(snaps: list[Snapshot]) -> Iterator[Metric]:
         degraded.add_metric(process, 1.0 if snap.get("degraded") else 0.0)
     yield from (family for _, _, family in families)
     yield degraded
+
+
+# Relay mode: (snapshot key, metric name, help).
+_RELAY_COUNTERS = (
+    ("sent", "relay_sent", "Envelopes delivered to the app behind the relay (any 2xx)."),
+    ("retried", "relay_retried", "Deliveries to the app that failed and are tried again."),
+    ("failed", "relay_failed", "Envelopes the relay could not deliver, for good (left failed in the inbox)."),
+    ("rate_limited", "relay_ratelimited", "HTTP 429 answers from the app."),
+    ("late_answers", "relay_late_answers", "Answers from the app that came after the ack deadline."),
+)
+
+
+def _relay_metrics(snaps: list[Snapshot]) -> Iterator[Metric]:
+    labels = ["process"]
+    counters = [(key, _family(CounterMetricFamily, name, doc, labels)) for key, name, doc in _RELAY_COUNTERS]
+    in_flight = _family(GaugeMetricFamily, "relay_in_flight", "Deliveries to the app in flight now.", labels)
+    latency = _family(HistogramMetricFamily, "relay_backend_latency_seconds",
+                      "From posting a request to the app to its answer.", labels)
+    recent = _family(GaugeMetricFamily, "relay_backend_latency_recent_seconds",
+                     "The app's answer time over the last 1000 deliveries, at the quantile.", labels + ["quantile"])
+    for snap in snaps:
+        relay = snap.get("relay")
+        if not relay:
+            continue
+        process = [process_label(snap)]
+        for key, family in counters:
+            family.add_metric(process, float(relay.get(key) or 0))
+        in_flight.add_metric(process, float(relay.get("in_flight") or 0))
+        hist = relay.get("latency")
+        if hist and hist.get("buckets"):
+            latency.add_metric(process, _cumulative(hist), sum_value=float(hist.get("sum") or 0.0))
+        for quantile, key in (("0.5", "latency_p50_ms"), ("0.99", "latency_p99_ms")):
+            if relay.get(key) is not None:
+                recent.add_metric(process + [quantile], float(relay[key]) / 1000)
+    yield from (family for _, family in counters)
+    yield from (in_flight, latency, recent)
 
 
 def _outbox_depth(stats: Mapping[str, Any] | None) -> Iterator[Metric]:

@@ -197,6 +197,19 @@ def report_outbox_failure(row: Any) -> None:
                                tags=tags, extras=scrub(extras), fingerprint=["buidl-outbox-failure", error])
 
 
+def report_relay_failure(envelope: Any, error: str, attempts: int) -> None:
+    """An envelope relay mode could not deliver to the app, for good (a 4xx, or out of attempts).
+    Its payload stays out of the event: it holds what users wrote."""
+    if not _State.enabled:
+        return
+    import sentry_sdk
+
+    tags = {**envelope_tags(envelope), "report": "relay_failure", "relay_error": error[:200]}
+    sentry_sdk.capture_message(f"relay of {str(envelope.kind)[:100]} to the app failed for good: {redact(error)}",
+                               level="error", tags=tags, extras={"attempts": attempts},
+                               fingerprint=["buidl-relay-failure", error.split(" (")[0][:100]])
+
+
 def report_protocol_error(reason: str, connection: str | None = None) -> None:
     """Count a bad frame; one event per window carries the count, however many arrive."""
     window = _State.window

@@ -140,6 +140,8 @@ def run_stack(settings: Settings) -> int:
     env = dict(os.environ, BUIDL_STATE_DIR=str(state_dir), BUIDL_APP=settings.app_spec,
                BUIDL_PROCESSES=str(settings.processes), BUIDL_CONNECTIONS=str(settings.connections))
     env.pop("BUIDL_HTTP_PORT", None)  # one endpoint for the dyno, here, rather than one per worker
+    if settings.relay_url:  # `run --relay URL`: every worker relays there
+        env["BUIDL_RELAY_URL"] = settings.relay_url
     try:
         health = dyno_health.serve(settings)
     except OSError as exc:

@@ -73,6 +73,9 @@ HEARTBEAT_FIELDS: dict[str, Callable[[Stats], Any]] = {
     "post_failed": lambda s: (s.get("outbox") or {}).get("failed", 0),
     "degraded": lambda s: bool(s.get("degraded")),
     "slot_wait": lambda s: len((s.get("slots") or {}).get("waiting") or {}),
+    # Relay mode's deliveries to the app behind it; None for a worker that runs an EdgeApp.
+    **{f"relay_{key}": (lambda s, key=key: (s["relay"] or {}).get(key) if "relay" in s else None)
+       for key in ("sent", "retried", "failed", "latency_p50_ms", "latency_p99_ms")},
 }
 
 
@@ -103,6 +106,20 @@ TABLE_COLUMNS: dict[str, Callable[[dict[str, Any]], Any]] = {
                                                        "last_ack_ms", "sent", "429s", "post_failed",
                                                        "degraded", "slot_wait")},
 }
+
+
+# Shown when some worker relays: header -> row key.
+RELAY_COLUMNS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "relayed": lambda r: r["relay_sent"], "relay_retried": lambda r: r["relay_retried"],
+    "relay_failed": lambda r: r["relay_failed"], "app_p50_ms": lambda r: r["relay_latency_p50_ms"],
+    "app_p99_ms": lambda r: r["relay_latency_p99_ms"],
+}
+
+
+def table_columns(rows: list[dict[str, Any]]) -> dict[str, Callable[[dict[str, Any]], Any]]:
+    """TABLE_COLUMNS, and the relay's when any worker relays."""
+    relaying = any(row.get("relay_sent") is not None for row in rows)
+    return {**TABLE_COLUMNS, **RELAY_COLUMNS} if relaying else TABLE_COLUMNS
 
 
 def _supervised_row(process: ProcessInfo, beat: dict[str, Any] | None, now: float) -> dict[str, Any]:
@@ -152,8 +169,9 @@ def collect_status(settings: Settings, store: EdgeStore) -> dict[str, Any]:
         if processes and key[0] == here and not alive_here(beat["pid"]):
             continue  # supervisord speaks for this host's workers; this one was replaced
         rows.append(_heartbeat_row(beat, here, bool(processes), now))
+    relaying = any(row.get("relay_sent") is not None for row in rows)
     return {"supervisor": supervisor, "processes": rows, "outbox": outbox_summary(store),
-            "slots": slot_summary(settings, store)}
+            "slots": slot_summary(settings, store), "relay": relay_summary(store) if relaying else None}
 
 
 def live_workers(store: AdminStore) -> list[dict[str, Any]]:
@@ -175,6 +193,16 @@ def slot_summary(settings: Settings, store: AdminStore) -> dict[str, Any] | None
     except StoreError:
         return None
     return {"limit": settings.max_app_connections, "held": len(held), "holders": [h["holder"] for h in held]}
+
+
+def relay_summary(store: AdminStore) -> dict[str, Any] | None:
+    """Relay mode's backlog in the shared inbox: rows waiting for delivery, in flight, failed."""
+    try:
+        stats = store.inbox_stats()
+    except StoreError:
+        return None
+    return {"pending": stats.get("pending", 0), "processing": stats.get("processing", 0),
+            "failed": stats.get("failed", 0), "oldest_pending_age_s": stats.get("oldest_pending_age_s")}
 
 
 def outbox_summary(store: OutboxStore) -> dict[str, Any] | None:

@@ -29,13 +29,14 @@ from buidl_edge.handler_threads import HubCall, share_logging_with_threads
 from buidl_edge.hubwatch import HubWatch
 from buidl_edge.logs import setup_logging
 from buidl_edge.outbox import Outbox
-from buidl_edge.redaction import register_tokens
+from buidl_edge.redaction import register_secret, register_tokens
 from buidl_edge.sentry import (
     flush_sentry,
     init_sentry,
     report_exception,
     report_fatal,
     report_outbox_failure,
+    report_relay_failure,
     report_store_failure,
 )
 from buidl_edge.store.base import EdgeStore
@@ -86,6 +87,7 @@ class Worker:
         self.slots: list[ConnectionSlot] = []
         self.dispatcher: Dispatcher | None = None
         self.outbox: Outbox | None = None
+        self.relay: Any = None  # a buidl_edge.relay.relay.Relay in relay mode
         self.outbox_config = outbox_config
         self.hubwatch: HubWatch | None = None
         # App-wide connection slots (BUIDL_MAX_APP_CONNECTIONS), leased from the shared store.
@@ -127,10 +129,11 @@ class Worker:
         # app.client / ctx.client: one WebClient, made (and slack_sdk imported) on first use.
         self.app.bind_client(client_factory(self.settings.api_url, self.settings.bot_token,
                                             self.settings.http_timeout, hub_call), hub_call)
+        self.relay = self._start_relay()
         self.dispatcher = Dispatcher(self.app, self.store, self.outbox, self.owner,
                                      self.settings.ack_payload_deadline, bot_user_id,
                                      self.settings.handler_concurrency, self.settings.handler_threads,
-                                     self.health)
+                                     self.health, relay=self.relay)
         overlap = gevent.lock.Semaphore(refresh_overlaps(self.settings))
         self.slots = [ConnectionSlot(f"c{i}", self.settings, self.webapi, self.dispatcher, self.gate, overlap)
                       for i in range(self.settings.connections)]
@@ -150,8 +153,8 @@ class Worker:
         # After start-up (imports, set-up), which would look like blocking to gevent's monitor.
         self.hubwatch = hubwatch = HubWatch(self.settings.hub_block_warn_s, self.dispatcher.describe).start()
         self.up = True
-        log.info("worker up: %d connection%s, app %s", len(self.slots), "" if len(self.slots) == 1 else "s",
-                 self.app.name)
+        log.info("worker up: %d connection%s, %s", len(self.slots), "" if len(self.slots) == 1 else "s",
+                 f"relaying to {self.relay.client.shown}" if self.relay else f"app {self.app.name}")
         self.stop_requested.wait()
         gevent.killall(chores, block=False)
         clean = self._drain(runners)
@@ -219,10 +222,28 @@ class Worker:
         for slot in self.slots:
             slot.close()
         handlers_done = self.dispatcher.finish_handlers(timeout=max(0.1, deadline - time.monotonic()))
+        if self.relay is not None:
+            handlers_done = self.relay.stop(timeout=max(0.1, deadline - time.monotonic())) and handlers_done
         sent = self.outbox.stop(timeout=max(0.1, deadline - time.monotonic()))
         self._forget_heartbeat()
         self.store.close()
         return acks_done and handlers_done and sent
+
+    def _start_relay(self) -> Any:
+        """Relay mode's deliverer (None otherwise): every envelope goes to the HTTP-mode app."""
+        settings = self.settings
+        if not settings.relay or settings.relay_url is None or settings.signing_secret is None:
+            return None
+        from buidl_edge.relay.client import BackendClient
+        from buidl_edge.relay.relay import Relay
+
+        client = BackendClient(settings.relay_url, settings.relay_private_hosts, settings.relay_timeout,
+                               settings.relay_concurrency)
+        return Relay(self.store, client, settings.signing_secret, self.owner,
+                     ack_deadline=settings.ack_payload_deadline, max_attempts=settings.relay_max_attempts,
+                     backoff_base=settings.relay_backoff_base, backoff_cap=settings.relay_backoff_cap,
+                     lease_s=settings.lease_s, concurrency=settings.relay_concurrency, health=self.health,
+                     on_failed=report_relay_failure).start()
 
     def _every(self, interval: float, chore: Any) -> None:
         while True:
@@ -299,6 +320,7 @@ class Worker:
             "dispatch": self.dispatcher.stats_dict() if self.dispatcher else {},
             "outbox": self.outbox.stats.as_dict() if self.outbox else {},
             "slots": self.gate.status(),
+            **({"relay": self.relay.stats_dict()} if self.relay is not None else {}),
         }
 
 
@@ -328,9 +350,12 @@ def run_worker(settings: Settings) -> int:
     would fail the same way, so `run` stops the stack instead of crash-looping."""
     setup_logging(settings.log_level, settings.log_format == "json")
     register_tokens(settings.app_token.reveal(), settings.bot_token.reveal())  # before anything can log them
+    if settings.signing_secret is not None:
+        register_secret(settings.signing_secret.reveal())
     init_sentry()  # after gevent's patching (the worker command's first step), before any connection
     try:
-        app = load_app(settings.app_spec)
+        # Relay mode runs no EdgeApp: the HTTP-mode app behind the relay is the handler.
+        app = EdgeApp("relay") if settings.relay else load_app(settings.app_spec)
         outbox_config = OutboxConfig.from_env()
     except (AppError, ConfigError) as exc:
         return cannot_start(str(exc), getattr(exc, "details", None), settings.state_dir)

@@ -177,7 +177,8 @@ def test_admin_reads_of_a_memory_store_show_it_empty_rather_than_a_traceback(tmp
     stats = cli(env, "inbox", "stats", "--json", cwd=tmp_path)
     assert "Traceback" not in stats.stderr and stats.returncode == 0
     assert {k: v for k, v in json.loads(stats.stdout).items() if k != "oldest_processing_age_s"} == {
-        "processing": 0, "done": 0, "failed": 0, "keys": 0, "outbox_pending": 0, "outbox_sent": 0}
+        "processing": 0, "pending": 0, "done": 0, "failed": 0, "oldest_pending_age_s": None, "keys": 0,
+        "outbox_pending": 0, "outbox_sent": 0}
 
     listed = cli(env, "inbox", "list", "--json", cwd=tmp_path)
     assert "Traceback" not in listed.stderr and listed.returncode == 0 and json.loads(listed.stdout) == []
@@ -602,8 +603,8 @@ def test_tables_escape_control_characters_show_ages_and_no_stale_errors(tmp_path
         assert "\\x1b]0;pwned\\x07\\x1b[2J\\u202ereversed" in table.stdout
         assert "None" not in table.stdout
     header, row = inbox.stdout.splitlines()
-    assert header.split() == ["envelope_id", "kind", "state", "owner", "attempts", "age", "error"]
-    assert row.split()[5] == "0s"  # an age, as `outbox list` shows, not epoch seconds
+    assert header.split() == ["envelope_id", "kind", "state", "owner", "attempts", "deliveries", "age", "error"]
+    assert row.split()[6] == "0s"  # an age, as `outbox list` shows, not epoch seconds
     rows = {line.split()[0]: line.split() for line in outbox.stdout.splitlines()[1:]}
     sent_row = rows[str(sent_id)]
     assert sent_row[2] == "sent" and "503" not in " ".join(sent_row) and sent_row[6] == "-"

@@ -559,3 +559,183 @@ def test_redis_without_persistence_restarted_recreates_the_stream_group(tmp_path
             assert store.r.xpending(store.prefix + "inbox:stream", "edge")["pending"] == 0
         finally:
             b.close()
+
+
+# ---------------------------------------------------------------- relay mode's delivery queue
+
+from buidl_edge.store.base import DeliveryOutcome  # noqa: E402
+from buidl_edge.store.memory import MemoryStore  # noqa: E402
+
+
+def message_in(envelope_id: str, channel: str, text: str = "hi") -> Envelope:
+    payload = {"event_id": f"Ev-{envelope_id}", "event": {"type": "message", "channel": channel, "text": text}}
+    return Envelope(type="events_api", envelope_id=envelope_id, payload=payload)
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def relay_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    url = request.getfixturevalue("redis_server").url if request.param == "redis" else None
+    b = Backend(request.param, tmp_path, url)
+    yield b.open()
+    b.close()
+
+
+def queued(store: Any, owner: str, *envelopes: Envelope) -> None:
+    """Claimed (in arrival order) and queued for delivery, as a relaying worker does."""
+    for envelope in envelopes:
+        assert store.claim(envelope, owner)
+        assert store.relay_enqueue(envelope.envelope_id, owner, f"ch:{envelope.payload['event']['channel']}")
+        time.sleep(0.002)  # distinct arrival times
+
+
+def taken(store: Any, owner: str = ME, limit: int = 10) -> list[str]:
+    return [row.envelope.envelope_id for row in store.relay_claim(owner, limit).rows]
+
+
+def test_relay_hands_out_one_row_per_channel_at_a_time_in_arrival_order(relay_store: Any) -> None:
+    store = relay_store
+    queued(store, ME, message_in("E1", "C1"), message_in("E2", "C1"), message_in("E3", "C2"))
+    batch = store.relay_claim(ME, 10)
+    assert [(r.envelope.envelope_id, r.order_key, r.attempts) for r in batch.rows] == [
+        ("E1", "ch:C1", 1), ("E3", "ch:C2", 1)]
+    assert batch.rows[0].envelope.payload["event"]["text"] == "hi" and batch.next_at is None
+    assert taken(store) == []  # both heads are in flight: their channels wait
+    assert store.relay_settle("E1", ME, DeliveryOutcome("sent"))
+    assert store.inbox_row("E1")["state"] == "done"
+    assert taken(store) == ["E2"]
+    assert not store.relay_settle("E2", "someone:else", DeliveryOutcome("sent"))  # not theirs
+    assert not store.relay_settle("E1", ME, DeliveryOutcome("sent"))  # not in flight any more
+
+
+def test_relay_enqueue_takes_only_the_claimers_processing_row(relay_store: Any) -> None:
+    store = relay_store
+    assert store.claim(message_in("E1", "C1"), ME)
+    assert not store.relay_enqueue("E1", "someone:else", "ch:C1")
+    assert not store.relay_enqueue("nope", ME, "ch:C1")
+    assert store.relay_enqueue("E1", ME, "ch:C1")
+    assert not store.relay_enqueue("E1", ME, "ch:C1")  # pending now, no longer processing
+    row = store.inbox_row("E1")
+    assert (row["state"], row["deliveries"], row["order_key"]) == ("pending", 0, "ch:C1")
+    stats = store.inbox_stats()
+    assert (stats["pending"], stats["processing"]) == (1, 0) and 0 <= stats["oldest_pending_age_s"] < 5
+
+
+def test_a_retried_delivery_waits_for_its_time_and_holds_its_channel_back(relay_store: Any) -> None:
+    store = relay_store
+    queued(store, ME, message_in("E1", "C1"), message_in("E2", "C1"))
+    assert taken(store, limit=1) == ["E1"]
+    retry_at = time.time() + 0.4
+    assert store.relay_settle("E1", ME, DeliveryOutcome("retry", "connection refused", retry_at))
+    batch = store.relay_claim(ME, 10)
+    assert batch.rows == [] and batch.next_at == pytest.approx(retry_at, abs=0.01)  # E2 may not overtake it
+    time.sleep(max(0.0, retry_at - time.time()) + 0.05)
+    (row,) = store.relay_claim(ME, 10).rows
+    assert (row.envelope.envelope_id, row.attempts, row.error) == ("E1", 2, "connection refused")
+
+
+def test_a_429_is_not_counted_and_a_failure_for_good_lets_the_channel_go_on(relay_store: Any) -> None:
+    store = relay_store
+    queued(store, ME, message_in("E1", "C1"), message_in("E2", "C1"))
+    assert taken(store) == ["E1"]
+    assert store.relay_settle("E1", ME, DeliveryOutcome("ratelimited", "HTTP 429", time.time()))
+    (row,) = store.relay_claim(ME, 10).rows
+    assert (row.envelope.envelope_id, row.attempts) == ("E1", 1)
+    assert store.relay_settle("E1", ME, DeliveryOutcome("failed", "HTTP 401"))
+    assert [(r["envelope_id"], r["error"], r["deliveries"]) for r in store.inbox_list(state="failed")] == [
+        ("E1", "HTTP 401", 1)]
+    assert taken(store) == ["E2"]
+
+
+def test_more_due_rows_than_asked_for_say_come_back_at_once(relay_store: Any) -> None:
+    store = relay_store
+    queued(store, ME, *(message_in(f"E{i}", f"C{i}") for i in range(5)))
+    batch = store.relay_claim(ME, 2)
+    assert [r.envelope.envelope_id for r in batch.rows] == ["E0", "E1"]
+    assert batch.next_at is not None and batch.next_at <= time.time()
+    assert taken(store) == ["E2", "E3", "E4"]
+
+
+def test_a_delivery_in_flight_when_its_worker_died_comes_back_in_its_place(store: Any) -> None:
+    ghost = f"{HOST}:{dead_pid()}"
+    queued(store, ghost, message_in("E1", "C1"), message_in("E2", "C1"))
+    assert taken(store, ghost) == ["E1"]  # in flight when the ghost died
+    assert taken(store) == []  # its channel still waits for it
+    (swept,) = store.sweep(ME)
+    assert swept.envelope_id == "E1" and store.inbox_row("E1")["owner"] == ME
+    assert store.relay_enqueue("E1", ME, "ch:C1")
+    (row,) = store.relay_claim(ME, 10).rows
+    assert (row.envelope.envelope_id, row.attempts) == ("E1", 2)  # its place, and its attempts, kept
+
+
+def test_renew_keeps_a_delivery_in_flight_from_the_sweepers(backend: Backend) -> None:
+    store = backend.open(lease_s=0.5)
+    queued(store, "otherhost:1", message_in("E1", "C1"))
+    assert taken(store, "otherhost:1") == ["E1"]
+    time.sleep(0.3)
+    assert store.renew("otherhost:1") == 1
+    time.sleep(0.3)  # past the first lease, within the renewed one
+    assert store.sweep(ME) == []
+    time.sleep(0.4)
+    assert [e.envelope_id for e in store.sweep(ME)] == ["E1"]
+
+
+def test_inbox_retry_of_a_failed_delivery_starts_a_fresh_attempt_budget(store: Any) -> None:
+    queued(store, ME, message_in("E1", "C1"))
+    assert taken(store) == ["E1"]
+    assert store.relay_settle("E1", ME, DeliveryOutcome("failed", "HTTP 401"))
+    assert store.retry("E1")
+    (again,) = store.sweep(ME)
+    assert again.envelope_id == "E1" and store.relay_enqueue("E1", ME, "ch:C1")
+    (row,) = store.relay_claim(ME, 10).rows
+    assert (row.envelope.envelope_id, row.attempts) == ("E1", 1)
+
+
+def test_prune_keeps_rows_waiting_for_delivery_and_their_keys(relay_store: Any) -> None:
+    store = relay_store
+    queued(store, ME, message_in("E1", "C1"), message_in("E2", "C2"))
+    assert taken(store, limit=1) == ["E1"]
+    store.relay_settle("E1", ME, DeliveryOutcome("sent"))
+    store.prune(3600, now=time.time() + 2 * 3600)
+    assert store.inbox_row("E1") is None  # delivered: forgotten
+    assert store.inbox_row("E2")["state"] == "pending"  # a backend down for hours loses nothing
+    assert not store.claim(Envelope("events_api", "E9", {"event_id": "Ev-E2", "event": {"type": "m"}}), ME)
+    assert taken(store) == ["E2"]
+
+
+def test_an_order_key_and_envelope_with_a_lone_surrogate_come_back_as_they_were(relay_store: Any) -> None:
+    store = relay_store
+    envelope = message_in(f"E{LONE}1", f"C{LONE}", text=f"x{LONE}y")
+    assert store.claim(envelope, ME)
+    assert store.relay_enqueue(envelope.envelope_id, ME, f"ch:C{LONE}")
+    (row,) = store.relay_claim(ME, 10).rows
+    assert row.order_key == f"ch:C{LONE}" and row.envelope.envelope_id == f"E{LONE}1"
+    assert row.envelope.payload["event"]["text"] == f"x{LONE}y"
+    assert store.relay_settle(envelope.envelope_id, ME, DeliveryOutcome("sent"))
+
+
+def test_racing_deliverers_take_each_row_once_and_each_channel_in_order(backend: Backend) -> None:
+    setup = backend.open()
+    for i in range(60):
+        queued(setup, ME, message_in(f"E{i:02d}", f"C{i % 3}"))
+    results = race(backend, """
+        import time
+        from buidl_edge.store.base import DeliveryOutcome
+        me, got, idle = "h:%d" % os.getpid(), [], 0
+        while idle < 20:
+            rows = s.relay_claim(me, 2).rows
+            idle = 0 if rows else idle + 1
+            for row in rows:
+                got.append([time.time(), row.envelope.envelope_id, row.order_key])
+                s.relay_settle(row.envelope.envelope_id, me, DeliveryOutcome("sent"))
+            time.sleep(0 if rows else 0.01)
+        s.close()
+        print(json.dumps(got))
+    """, procs=3)
+    got = sorted(item for batch in results for item in batch)
+    assert sorted(eid for _, eid, _ in got) == [f"E{i:02d}" for i in range(60)]  # each once, none lost
+    for channel in ("ch:C0", "ch:C1", "ch:C2"):
+        order = [eid for _, eid, key in got if key == channel]
+        assert order == sorted(order)  # the claims of one channel never overtook each other

@@ -13,7 +13,7 @@ from buidl_edge.cli.output import ago, cell, plural, print_json, print_mapping, 
 if TYPE_CHECKING:
     from buidl_edge.store.base import OutboxRow
 
-INBOX_COLUMNS = ["envelope_id", "kind", "state", "owner", "attempts", "age", "error"]
+INBOX_COLUMNS = ["envelope_id", "kind", "state", "owner", "attempts", "deliveries", "age", "error"]
 OUTBOX_COLUMNS = ["id", "channel", "state", "attempts", "rate_limited", "age", "error", "text"]
 
 
@@ -35,16 +35,22 @@ def status(as_json: bool) -> None:
 
 
 def print_status(report: dict[str, Any]) -> None:
-    from buidl_edge.status import TABLE_COLUMNS
+    from buidl_edge.status import table_columns
 
     if report["supervisor"] != "running":
         click.echo(f"supervisor: {cell(report['supervisor'])}")
-    print_table([{header: column(row) for header, column in TABLE_COLUMNS.items()} for row in report["processes"]],
-                list(TABLE_COLUMNS))
+    columns = table_columns(report["processes"])
+    print_table([{header: column(row) for header, column in columns.items()} for row in report["processes"]],
+                list(columns))
     box = report.get("outbox")
     if box:
         click.echo(f"outbox: depth {box['depth']} (pending {box['pending']}, sending {box['sending']}), "
                    f"sent {box['sent']}, failed {box['failed']}, 429s {box['rate_limited']}")
+    relay = report.get("relay")
+    if relay:
+        oldest = relay["oldest_pending_age_s"]
+        click.echo(f"relay: {relay['pending']} waiting for delivery to the app, {relay['processing']} in flight, "
+                   f"{relay['failed']} failed" + (f", oldest waiting {oldest:.0f}s" if oldest is not None else ""))
     slots = report.get("slots")
     if slots:
         waiting = sum(row.get("slot_wait") or 0 for row in report["processes"])
@@ -72,7 +78,7 @@ def inbox_stats(as_json: bool) -> None:
 
 
 @inbox.command("list")
-@state_option("processing", "done", "failed")
+@state_option("processing", "pending", "done", "failed")
 @limit_option
 @json_option()
 def inbox_list(state: str | None, limit: int, as_json: bool) -> None:
@@ -88,7 +94,8 @@ def inbox_list(state: str | None, limit: int, as_json: bool) -> None:
 @inbox.command("retry")
 @click.argument("envelope_id")
 def inbox_retry(envelope_id: str) -> None:
-    """Hand ENVELOPE_ID to the sweeper again (a running worker re-runs its handlers)."""
+    """Hand ENVELOPE_ID to the sweeper again (a running worker re-runs its handlers; in relay mode,
+    delivers it to the app again, with a fresh attempt budget)."""
     with admin_store() as store:
         queued = store.retry(envelope_id)
     if not queued:

@@ -94,6 +94,10 @@ connections_option = click.option(
 processes_option = click.option(
     "--processes", "-n", type=click.IntRange(1, MAX_PROCESSES), default=None,
     help="Worker processes (default BUIDL_PROCESSES or 2).")
+relay_option = click.option(
+    "--relay", "relay_url", default=None, metavar="URL",
+    help="Relay mode: post every envelope, signed with SLACK_SIGNING_SECRET, to the HTTP-mode Slack app at "
+         "URL (its Request URL) instead of running an EdgeApp (default BUIDL_RELAY_URL).")
 limit_option = click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 
 

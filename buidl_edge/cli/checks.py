@@ -8,7 +8,7 @@ import click
 
 from buidl_edge.cli.base import admin_store, cli, json_option, state_settings
 from buidl_edge.cli.output import cell, plural, print_json
-from buidl_edge.config import SLACK_MAX_CONNECTIONS, OutboxConfig, Settings, load_settings
+from buidl_edge.config import SLACK_MAX_CONNECTIONS, ConfigError, OutboxConfig, Settings, load_settings
 
 
 @cli.command("config")
@@ -30,7 +30,8 @@ def show_config(as_json: bool) -> None:
 @cli.command()
 @json_option("Print what was checked as JSON.")
 def check(as_json: bool) -> None:
-    """Validate the config, import the app, test both tokens with Slack, and say what `run` would start."""
+    """Validate the config, import the app (in relay mode: ping the app behind the relay), test both
+    tokens with Slack, and say what `run` would start."""
     found = preflight(load_settings())
     if as_json:
         print_json(found.report)
@@ -57,17 +58,24 @@ def preflight(settings: Settings) -> Preflight:
     from buidl_edge.webapi import WebApi
 
     check_connection_budget(settings)
-    app = load_app(settings.app_spec)
-    OutboxConfig.from_env()  # the reply sender's settings, which workers read at start
     found = Preflight()
-    found.add("app", {"spec": settings.app_spec, "name": app.name},
-              f"app ok: {settings.app_spec} imports (EdgeApp {app.name!r})")
+    if settings.relay:
+        OutboxConfig.from_env()
+        found.add("app", {"relay": True}, "app: relay mode, no EdgeApp (BUIDL_APP is not used)")
+    else:
+        app = load_app(settings.app_spec)
+        OutboxConfig.from_env()  # the reply sender's settings, which workers read at start
+        found.add("app", {"spec": settings.app_spec, "name": app.name},
+                  f"app ok: {settings.app_spec} imports (EdgeApp {app.name!r})")
     api = WebApi(settings.api_url, timeout=settings.http_timeout)
     auth = api.auth_test(settings.bot_token)
     found.add("bot_token", {"ok": True, "user_id": auth.user_id, "team_id": auth.team_id},
               f"bot token ok: user {auth.user_id} in team {auth.team_id}")
     api.open_connection(settings.app_token)
     found.add("app_token", {"ok": True}, "app token ok: apps.connections.open returned a Socket Mode URL")
+    if settings.relay:
+        value, line = check_backend(settings)
+        found.add("relay", value, line)
     processes, connections = settings.processes, settings.connections
     need = connection_need(processes, connections)
     found.add("plan", {"processes": processes, "connections": connections, "links": processes * connections,
@@ -84,3 +92,42 @@ def preflight(settings: Settings) -> Preflight:
                       f"store ok: {where} answers; the app may hold "
                       f"{plural(settings.max_app_connections, 'connection')} over every dyno")
     return found
+
+
+class BackendCheckError(ConfigError):
+    """The app behind the relay does not answer, or refuses what the relay signs."""
+
+
+def check_backend(settings: Settings) -> tuple[dict[str, Any], str]:
+    """Post the app a signed url_verification event, as Slack does to a new Request URL: an HTTP-mode
+    app answers it with the challenge once its signature check passed, and it changes nothing."""
+    import secrets
+    import time
+
+    from buidl_edge.redaction import register_secret
+    from buidl_edge.relay.client import BackendClient
+    from buidl_edge.relay.request import url_verification
+
+    assert settings.relay_url is not None and settings.signing_secret is not None
+    register_secret(settings.signing_secret.reveal())
+    client = BackendClient(settings.relay_url, settings.relay_private_hosts, settings.relay_timeout, 1)
+    shown, challenge = client.shown, secrets.token_urlsafe(12)
+    try:
+        answer = client.post(url_verification(challenge, settings.signing_secret.reveal(), time.time()))
+    finally:
+        client.close()
+    if answer.status in (401, 403):
+        raise BackendCheckError(f"the app at {shown} refused the signed request (HTTP {answer.status}): "
+                                "SLACK_SIGNING_SECRET is not its Signing Secret (or this host's clock is off)")
+    if answer.kind != "ok":
+        hint = " (is BUIDL_RELAY_URL the app's Request URL? Bolt's is /slack/events)" if answer.status == 404 else ""
+        raise BackendCheckError(f"the app at {shown} cannot take deliveries: {answer.error}{hint}")
+    echoed = challenge in answer.body.decode("utf-8", "replace")
+    ms = round(answer.elapsed * 1000)
+    value = {"ok": True, "url": shown, "status": answer.status, "signature_accepted": echoed, "latency_ms": ms,
+             "signing_secret": settings.signing_secret.masked()}
+    verdict = ("accepted the signature (it echoed the url_verification challenge)" if echoed else
+               "answered, without echoing the url_verification challenge (not a Bolt app? its signature "
+               "check is not proven)")
+    return value, (f"relay ok: the app at {shown} {verdict} in {ms} ms; requests are signed with "
+                   f"SLACK_SIGNING_SECRET {settings.signing_secret.masked()}")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from buidl_edge.cli.base import app_option, cli, connections_option, processes_option
+from buidl_edge.cli.base import app_option, cli, connections_option, processes_option, relay_option
 from buidl_edge.config import SLACK_MAX_CONNECTIONS, load_settings
 
 SIZING_RULE = (f"each process holds its connections plus one spare for a refresh: "
@@ -13,7 +13,8 @@ SIZING_RULE = (f"each process holds its connections plus one spare for a refresh
 @cli.command()
 @connections_option
 @app_option
-def worker(connections: int | None, app_spec: str | None) -> None:
+@relay_option
+def worker(connections: int | None, app_spec: str | None, relay_url: str | None) -> None:
     """Run one worker process: connections, handlers and reply sender, until SIGTERM.
 
     A worker that cannot start (config, app import, store) says why in one line and exits 3.
@@ -23,14 +24,15 @@ def worker(connections: int | None, app_spec: str | None) -> None:
     patch()  # first: before the worker's modules import sockets, threads or locks
     from buidl_edge.worker import start
 
-    sys.exit(start(connections=connections, app_spec=app_spec))
+    sys.exit(start(connections=connections, app_spec=app_spec, relay_url=relay_url))
 
 
 @cli.command(epilog=f"Sizing: {SIZING_RULE}.")
 @processes_option
 @connections_option
 @app_option
-def run(processes: int | None, connections: int | None, app_spec: str | None) -> None:
+@relay_option
+def run(processes: int | None, connections: int | None, app_spec: str | None, relay_url: str | None) -> None:
     """Run the whole stack under supervisord in the foreground (the Procfile command).
 
     Renders the supervisord template shipped in the package (or ./deploy/supervisord.conf.tmpl,
@@ -40,4 +42,5 @@ def run(processes: int | None, connections: int | None, app_spec: str | None) ->
     """
     from buidl_edge.stack import run_stack
 
-    sys.exit(run_stack(load_settings(processes=processes, connections=connections, app_spec=app_spec)))
+    sys.exit(run_stack(load_settings(processes=processes, connections=connections, app_spec=app_spec,
+                                     relay_url=relay_url)))

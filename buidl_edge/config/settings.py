@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from buidl_edge.config.env import ConfigError, environ, flag, number
+from buidl_edge.config.relay import check_relay_url, load_signing_secret, private_hosts
 from buidl_edge.config.reporting import LOG_FORMATS, LOG_LEVELS, log_format, log_level
 from buidl_edge.config.secret import MissingSecret, Secret, buidl_home, load_token
 from buidl_edge.config.urls import absolute, check_store_url, check_transport_url, mask_url_password, store_url
@@ -73,6 +74,20 @@ class Settings:
     # /healthz /readyz /metrics (health.py): off unless a port is given; `run` serves one for the dyno.
     http_port: int | None = None
     http_host: str = "0.0.0.0"
+    # Relay mode (buidl_edge/relay/): every envelope goes, signed as Slack signs it, to the HTTP-mode
+    # app at relay_url instead of to an EdgeApp. Off when relay_url is None.
+    relay_url: str | None = None
+    signing_secret: Secret | None = None
+    relay_private_hosts: tuple[str, ...] = ()
+    relay_max_attempts: int = 25
+    relay_backoff_base: float = 1.0
+    relay_backoff_cap: float = 60.0
+    relay_timeout: float = 10.0
+    relay_concurrency: int = 16
+
+    @property
+    def relay(self) -> bool:
+        return self.relay_url is not None
 
     @property
     def database_path(self) -> Path:
@@ -81,8 +96,8 @@ class Settings:
 
     def token_problems(self) -> dict[str, str]:
         """field -> why that token cannot be used (only with `require_tokens=False`)."""
-        return {name: secret.problem for name in ("app_token", "bot_token")
-                if (secret := getattr(self, name)).problem}
+        return {name: secret.problem for name in ("app_token", "bot_token", "signing_secret")
+                if (secret := getattr(self, name)) is not None and secret.problem}
 
     def redacted(self) -> dict[str, Any]:
         """What `config` prints: every setting, tokens masked (None when not usable), URLs without
@@ -96,7 +111,7 @@ class Settings:
                 out[f.name] = str(value)
             else:
                 out[f.name] = value
-        for name in ("api_url", "store_url"):  # a Redis URL carries its password, a proxy-ish URL may too
+        for name in ("api_url", "store_url", "relay_url"):  # a Redis URL carries its password, others may too
             if out[name]:
                 out[name] = mask_url_password(out[name])
         return out
@@ -121,6 +136,11 @@ _NUMBERS: dict[str, tuple[str, type]] = {
     "BUIDL_HANDLER_THREADS": ("handler_threads", int),
     "BUIDL_HUB_BLOCK_WARN_S": ("hub_block_warn_s", float),
     "BUIDL_HTTP_PORT": ("http_port", int),
+    "BUIDL_RELAY_MAX_ATTEMPTS": ("relay_max_attempts", int),
+    "BUIDL_RELAY_BACKOFF_BASE": ("relay_backoff_base", float),
+    "BUIDL_RELAY_BACKOFF_CAP": ("relay_backoff_cap", float),
+    "BUIDL_RELAY_TIMEOUT": ("relay_timeout", float),
+    "BUIDL_RELAY_CONCURRENCY": ("relay_concurrency", int),
 }
 
 
@@ -145,12 +165,16 @@ def load_settings(env: Mapping[str, str] | None = None, require_tokens: bool = T
         "store_url": store_url(env),
         "db_path": absolute(env["BUIDL_DB"]) if env.get("BUIDL_DB") else None,
         "http_host": (env.get("BUIDL_HTTP_HOST") or "").strip() or "0.0.0.0",
+        "relay_url": (env.get("BUIDL_RELAY_URL") or "").strip() or None,
+        "relay_private_hosts": private_hosts(env.get("BUIDL_RELAY_PRIVATE_HOSTS")),
     }
     for name, (attr, parse) in _NUMBERS.items():
         value = number(env, name, parse)
         if value is not None:
             values[attr] = value
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if values.get("relay_url"):  # the secret matters (and is required) only in relay mode
+        values["signing_secret"] = load_signing_secret(env, require_tokens)
     settings = Settings(**values)
     validate(settings)
     return settings
@@ -219,5 +243,19 @@ def validate(settings: Settings) -> None:
     if settings.log_format not in LOG_FORMATS:
         raise ConfigError(f"BUIDL_LOG_FORMAT must be logfmt or json, got {settings.log_format[:20]!r}")
     check_transport_url(settings.api_url, "https", "http", "SLACK_API_URL")
+    if settings.relay_url is not None:
+        check_relay_settings(settings)
     if not settings.api_url.endswith("/"):
         raise ConfigError("SLACK_API_URL must end with '/', like https://slack.com/api/")
+
+
+def check_relay_settings(settings: Settings) -> None:
+    check_relay_url(settings.relay_url or "", settings.relay_private_hosts)
+    for env_name, attr in (("BUIDL_RELAY_MAX_ATTEMPTS", "relay_max_attempts"),
+                           ("BUIDL_RELAY_CONCURRENCY", "relay_concurrency")):
+        if getattr(settings, attr) < 1:
+            raise ConfigError(f"{env_name} must be at least 1, got {getattr(settings, attr)}")
+    for env_name, attr in (("BUIDL_RELAY_BACKOFF_BASE", "relay_backoff_base"),
+                           ("BUIDL_RELAY_BACKOFF_CAP", "relay_backoff_cap"), ("BUIDL_RELAY_TIMEOUT", "relay_timeout")):
+        if getattr(settings, attr) <= 0:
+            raise ConfigError(f"{env_name} must be positive, got {getattr(settings, attr)}")

@@ -1,8 +1,9 @@
-"""What every store backend (memory, SQLite, Redis) holds, and the four protocols callers use.
+"""What every store backend (memory, SQLite, Redis) holds, and the protocols callers use.
 
 `InboxStore` is what the dispatcher and the worker's chores need, `OutboxStore` the sender's,
-`SlotStore` the connection gate's, `AdminStore` what `status`, `check`, the admin commands and
-the dyno's health endpoint read. Every backend implements all four; `EdgeStore` is the whole.
+`SlotStore` the connection gate's, `RelayStore` relay mode's delivery loop, `AdminStore` what
+`status`, `check`, the admin commands and the dyno's health endpoint read. Every backend
+implements all of them; `EdgeStore` is the whole.
 """
 from __future__ import annotations
 
@@ -86,6 +87,41 @@ class PostOutcome:
 
 
 # -- rules every backend applies the same way
+
+
+# Relay mode: an inbox row waiting for its (next) delivery to the backend is `pending`; one being
+# delivered is `processing` under the deliverer's lease, as a handled one is; then `done` or `failed`.
+INBOX_STATES = ("processing", "pending", "done", "failed")
+
+
+@dataclass(frozen=True)
+class RelayRow:
+    """One envelope handed to a deliverer by `relay_claim`: now `processing` under its lease."""
+
+    envelope: Envelope
+    order_key: str  # deliveries of one key (a channel) go one at a time, in arrival order
+    attempts: int  # delivery attempts started, this one included (429s excluded)
+    received_at: float
+    error: str | None = None  # how the last attempt ended
+
+
+@dataclass(frozen=True)
+class RelayBatch:
+    rows: list[RelayRow]
+    next_at: float | None  # earliest time a head left waiting may be due; None: none waits on time
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    """How one delivery ended, for `relay_settle`.
+
+    sent: done. retry: back to pending, not before `retry_at`. failed: for good, `error` kept.
+    ratelimited: back to pending not before `retry_at`, the attempt not counted.
+    """
+
+    kind: Literal["sent", "retry", "failed", "ratelimited"]
+    error: str | None = None
+    retry_at: float = 0.0
 
 
 def blocks_json(blocks: list[dict[str, Any]] | None) -> str | None:
@@ -181,6 +217,29 @@ class SlotStore(Protocol):
     def release_slot(self, holder: str) -> None: ...
 
 
+class RelayStore(Protocol):
+    """Relay mode: the inbox as a durable queue of deliveries to the backend, ordered per key.
+
+    A row claimed by `claim` (processing, owned by the claimer) enters the queue with
+    `relay_enqueue`; `relay_claim` hands out each key's oldest undelivered row when it is due and
+    no row of that key is in flight; `relay_settle` records the outcome. A deliverer's leases are
+    `renew`ed and `sweep`ed like a handler's, so a row in flight when its worker died comes back
+    from `sweep` and is enqueued again, keeping its place and its attempt count.
+    """
+
+    def relay_enqueue(self, envelope_id: str, owner: str, order_key: str, not_before: float | None = None,
+                      error: str | None = None) -> bool:
+        """This owner's processing row becomes pending under `order_key`, due at `not_before`
+        (now by default); False when it is not this owner's processing row."""
+
+    def relay_claim(self, owner: str, limit: int, lease_s: float | None = None) -> RelayBatch:
+        """In one transaction: each key's oldest undelivered row, if it is pending and due,
+        becomes processing under `owner`'s lease with one more attempt counted."""
+
+    def relay_settle(self, envelope_id: str, owner: str, outcome: DeliveryOutcome) -> bool:
+        """Record how a delivery ended; False when the row is no longer ours (lease lost)."""
+
+
 class AdminStore(Protocol):
     """The workers' heartbeats and the reads and repairs behind `status`, `check`, `inbox`, `outbox`."""
 
@@ -203,7 +262,7 @@ class AdminStore(Protocol):
         """Connection slot leases held now: holder and seconds left."""
 
     def inbox_stats(self) -> dict[str, Any]:
-        """Inbox rows per state, the oldest one processing, keys held, outbox pending and sent."""
+        """Inbox rows per state, the oldest one processing (and pending), keys held, outbox pending and sent."""
 
     def inbox_list(self, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """Most recent inbox rows, optionally of one state."""
@@ -211,7 +270,8 @@ class AdminStore(Protocol):
     def inbox_row(self, envelope_id: str) -> dict[str, Any] | None: ...
 
     def retry(self, envelope_id: str) -> bool:
-        """Hand a done or failed envelope back to the sweepers, to run again."""
+        """Hand a done or failed envelope back to the sweepers, to run again (a relayed one with
+        a fresh delivery budget)."""
 
     def outbox_list(self, state: str | None = None, channel: str | None = None,
                     limit: int = 50) -> list[OutboxRow]:
@@ -228,5 +288,5 @@ class AdminStore(Protocol):
     def close(self) -> None: ...
 
 
-class EdgeStore(InboxStore, OutboxStore, SlotStore, AdminStore, Protocol):
-    """All four: what `open_store` returns and a worker holds."""
+class EdgeStore(InboxStore, OutboxStore, SlotStore, RelayStore, AdminStore, Protocol):
+    """All of them: what `open_store` returns and a worker holds."""

@@ -1,6 +1,6 @@
 """In-process store: dedup across one worker's connections. Lost on exit, by design.
 
-All four store protocols, for one process: nothing outlives it, so there is nothing to sweep,
+Every store protocol, for one process: nothing outlives it, so there is nothing to sweep,
 recover or renew, and nobody else to share connection slots with.
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any, Sequence
 
 from buidl_edge.protocol import Envelope
 from buidl_edge.ratelimit import GLOBAL_KEY, Bucket, PostLimits, channel_key, pause, plan
-from buidl_edge.store.base import (DEFAULT_RETENTION_S, Claimed, OutboxRow, PostOutcome, Reply, check_purgeable,
-                                   idempotency_keys, retention_cutoff)
+from buidl_edge.store.base import (DEFAULT_RETENTION_S, Claimed, DeliveryOutcome, OutboxRow, PostOutcome, RelayBatch,
+                                   RelayRow, Reply, check_purgeable, idempotency_keys, retention_cutoff)
 from buidl_edge.store.owners import Owner
 
 DEFAULT_LEASE_S = 30.0
@@ -41,7 +41,8 @@ class MemoryStore:
         for key in keys:
             self._claims[key] = (envelope.envelope_id, now)
         self._inbox[envelope.envelope_id] = {"state": "processing", "owner": owner, "at": now,
-                                             "received_at": now, "envelope": envelope, "error": None}
+                                             "received_at": now, "envelope": envelope, "error": None,
+                                             "order_key": None, "next_at": None, "deliveries": 0}
         return True
 
     def claim_now(self, envelope: Envelope, owner: str) -> bool | None:
@@ -64,15 +65,60 @@ class MemoryStore:
     def renew(self, owner: str) -> int:
         return 0
 
+    # -- relay: the same queue rules as SqliteStore's, for one process
+
+    def relay_enqueue(self, envelope_id: str, owner: str, order_key: str, not_before: float | None = None,
+                      error: str | None = None) -> bool:
+        row = self._inbox.get(envelope_id)
+        if row is None or row["state"] != "processing" or row["owner"] != owner:
+            return False
+        now = time.time()
+        row.update(state="pending", owner="", order_key=order_key, next_at=now if not_before is None else not_before,
+                   at=now, error=row["error"] if error is None else error)
+        return True
+
+    def relay_claim(self, owner: str, limit: int, lease_s: float | None = None) -> RelayBatch:
+        now = time.time()
+        heads: dict[str, tuple[str, dict[str, Any]]] = {}
+        for envelope_id, row in sorted(self._inbox.items(), key=lambda item: item[1]["received_at"]):
+            if row["order_key"] is not None and row["state"] in ("pending", "processing"):
+                heads.setdefault(row["order_key"], (envelope_id, row))
+        pending = [(e, r) for e, r in heads.values() if r["state"] == "pending"]
+        due = [(e, r) for e, r in pending if r["next_at"] <= now]
+        waiting = [r["next_at"] for _, r in pending if r["next_at"] > now]
+        next_at = now if len(due) > limit else (min(waiting) if waiting else None)
+        rows = []
+        for envelope_id, row in due[:max(0, limit)]:
+            row.update(state="processing", owner=owner, deliveries=row["deliveries"] + 1, at=now)
+            rows.append(RelayRow(row["envelope"], row["order_key"], row["deliveries"], row["received_at"],
+                                 row["error"]))
+        return RelayBatch(rows, next_at)
+
+    def relay_settle(self, envelope_id: str, owner: str, outcome: DeliveryOutcome) -> bool:
+        row = self._inbox.get(envelope_id)
+        if row is None or row["state"] != "processing" or row["owner"] != owner:
+            return False
+        row["at"] = time.time()
+        if outcome.kind == "sent":
+            row.update(state="done", error=None)
+        elif outcome.kind == "failed":
+            row.update(state="failed", error=outcome.error)
+        else:
+            row.update(state="pending", owner="", next_at=outcome.retry_at, error=outcome.error)
+            if outcome.kind == "ratelimited":
+                row["deliveries"] = max(0, row["deliveries"] - 1)
+        return True
+
     def sweep(self, owner: str, limit: int = 100) -> list[Envelope]:
         return []  # nothing outlives this process, so nothing is left to take over
 
     def prune(self, retention_s: float = DEFAULT_RETENTION_S, now: float | None = None) -> int:
         cutoff = retention_cutoff(time.time() if now is None else now, retention_s)
-        old_keys = [k for k, (_, at) in self._claims.items() if at < cutoff]
+        live = {e for e, row in self._inbox.items() if row["state"] in ("processing", "pending")}
+        old_keys = [k for k, (e, at) in self._claims.items() if at < cutoff and e not in live]
         for key in old_keys:
             del self._claims[key]
-        old_rows = [e for e, row in self._inbox.items() if row["state"] != "processing" and row["at"] < cutoff]
+        old_rows = [e for e, row in self._inbox.items() if row["state"] in ("done", "failed") and row["at"] < cutoff]
         for envelope_id in old_rows:
             del self._inbox[envelope_id]
         old_sent = [r for r in self._outbox.values() if r.state == "sent" and r.created_at < cutoff]
@@ -226,11 +272,12 @@ class MemoryStore:
                 for h, until in sorted(self._slots.items()) if until >= now]
 
     def inbox_stats(self) -> dict[str, Any]:
-        stats: dict[str, Any] = {"processing": 0, "done": 0, "failed": 0}
+        stats: dict[str, Any] = {"processing": 0, "pending": 0, "done": 0, "failed": 0}
         for row in self._inbox.values():
             stats[row["state"]] += 1
-        processing = [row["received_at"] for row in self._inbox.values() if row["state"] == "processing"]
-        stats["oldest_processing_age_s"] = max(0.0, time.time() - min(processing)) if processing else None
+        for state in ("processing", "pending"):
+            times = [row["received_at"] for row in self._inbox.values() if row["state"] == state]
+            stats[f"oldest_{state}_age_s"] = max(0.0, time.time() - min(times)) if times else None
         stats["keys"] = len(self._claims)
         stats["outbox_pending"] = sum(1 for r in self._outbox.values() if r.state == "pending")
         stats["outbox_sent"] = sum(1 for r in self._outbox.values() if r.state == "sent")
@@ -239,7 +286,8 @@ class MemoryStore:
     def inbox_list(self, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         rows = sorted(self._inbox, key=lambda e: self._inbox[e]["received_at"], reverse=True)
         listed = [self.inbox_row(e) for e in rows if state is None or self._inbox[e]["state"] == state]
-        return [{k: row[k] for k in ("envelope_id", "kind", "state", "owner", "attempts", "received_at", "error")}
+        return [{k: row[k] for k in ("envelope_id", "kind", "state", "owner", "attempts", "deliveries", "received_at",
+                                     "error")}
                 for row in listed[:limit] if row is not None]
 
     def inbox_row(self, envelope_id: str) -> dict[str, Any] | None:
@@ -247,7 +295,8 @@ class MemoryStore:
         if row is None:
             return None
         return {"envelope_id": envelope_id, "kind": row["envelope"].kind, "state": row["state"],
-                "owner": row["owner"], "lease_until": None, "attempts": 1, "received_at": row["received_at"],
+                "owner": row["owner"], "lease_until": None, "attempts": 1, "deliveries": row["deliveries"],
+                "next_attempt_at": row["next_at"], "order_key": row["order_key"], "received_at": row["received_at"],
                 "updated_at": row["at"], "error": row.get("error")}
 
     def retry(self, envelope_id: str) -> bool:

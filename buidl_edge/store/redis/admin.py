@@ -79,38 +79,42 @@ class RedisAdmin(RedisDb):
             pending = self.r.xpending_range(self._k("inbox:stream"), GROUP, row["sid"], row["sid"], 1)
             if pending:
                 lease_until = time.time() - pending[0]["time_since_delivered"] / 1000 + self.lease_s
+        next_at = row.get("next_at")
         return {"envelope_id": envelope_id, "kind": row.get("kind"), "state": row.get("state"),
                 "owner": row.get("owner"), "lease_until": lease_until, "attempts": int(row.get("attempts", 0)),
-                "received_at": float(row.get("received_at", 0)), "updated_at": float(row.get("updated_at", 0)),
-                "error": row.get("error")}
+                "deliveries": int(row.get("deliveries", 0)), "next_attempt_at": float(next_at) if next_at else None,
+                "order_key": row.get("order_key"), "received_at": float(row.get("received_at", 0)),
+                "updated_at": float(row.get("updated_at", 0)), "error": row.get("error")}
 
     @redis_op
     def inbox_list(self, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """Most recent inbox rows, optionally of one state."""
-        cols = ("envelope_id", "kind", "state", "owner", "attempts", "received_at", "error")
+        cols = ("envelope_id", "kind", "state", "owner", "attempts", "deliveries", "received_at", "error")
         out: list[dict[str, Any]] = []
-        for eid, (kind, st, owner, attempts, received, error) in self._scan(
+        for eid, (kind, st, owner, attempts, deliveries, received, error) in self._scan(
                 "inbox", True, lambda pipe, eid: pipe.hmget(self._k(f"in:{eid}"), *cols[1:])):
             if len(out) >= limit:
                 break
             if st is None or (state and st != state):
                 continue
-            out.append(dict(zip(cols, (eid, kind, st, owner, int(attempts or 0), float(received or 0), error))))
+            out.append(dict(zip(cols, (eid, kind, st, owner, int(attempts or 0), int(deliveries or 0),
+                                       float(received or 0), error))))
         return out
 
     @redis_op
     def inbox_stats(self) -> dict[str, Any]:
         """Counts for `inbox stats` (a scan of the inbox: an admin command, not the hot path)."""
-        stats: dict[str, Any] = {"processing": 0, "done": 0, "failed": 0}
-        oldest: float | None = None
+        stats: dict[str, Any] = {"processing": 0, "pending": 0, "done": 0, "failed": 0}
+        oldest: dict[str, float] = {}
         for _, (st, received) in self._scan(
                 "inbox", False, lambda pipe, eid: pipe.hmget(self._k(f"in:{eid}"), "state", "received_at")):
             if st is None:
                 continue
             stats[st] = stats.get(st, 0) + 1
-            if st == "processing":
-                oldest = float(received) if oldest is None else min(oldest, float(received))
-        stats["oldest_processing_age_s"] = None if oldest is None else max(0.0, time.time() - oldest)
+            if st in ("processing", "pending"):
+                oldest[st] = min(oldest.get(st, float(received)), float(received))
+        for st in ("processing", "pending"):
+            stats[f"oldest_{st}_age_s"] = max(0.0, time.time() - oldest[st]) if st in oldest else None
         stats["keys"] = sum(1 for _ in self.r.scan_iter(match=self._k("k:*"), count=1000))
         stats["outbox_pending"] = self.r.zcard(self._k("ob:s:pending"))
         stats["outbox_sent"] = self.r.zcard(self._k("ob:s:sent"))

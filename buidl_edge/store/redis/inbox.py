@@ -118,6 +118,7 @@ class RedisInbox(RedisDb):
     def prune(self, retention_s: float = DEFAULT_RETENTION_S, now: float | None = None) -> int:
         """Drop handled inbox rows and sent replies older than the retention (floored).
 
+        Rows still processing or pending delivery (relay mode) are kept whatever their age.
         Dedup keys need no pruning: each expires on its own (TTL = the store's retention).
         Also trims the stream, forgets consumers with nothing pending that went quiet
         (workers that exited), and drops stale heartbeat and slot entries.
@@ -300,7 +301,7 @@ local stream = P .. 'inbox:stream'
 local sid = add_entry(stream, group, 'retry', eid, maxlen)
 -- idle since long ago: the next sweep of any worker takes it
 redis.call('XCLAIM', stream, group, 'retry', 0, sid, 'IDLE', 86400000, 'JUSTID')
-redis.call('HSET', rk, 'state', 'processing', 'owner', '', 'sid', sid, 'updated_at', now)
+redis.call('HSET', rk, 'state', 'processing', 'owner', '', 'sid', sid, 'updated_at', now, 'deliveries', 0)
 redis.call('HDEL', rk, 'error')
 redis.call('PERSIST', rk)
 redis.call('PERSIST', P .. 'ine:' .. eid)
@@ -319,7 +320,7 @@ for _, eid in ipairs(ids) do
     redis.call('ZREM', P .. 'inbox', eid)  -- expired on its own (TTL = retention)
     redis.call('DEL', P .. 'ine:' .. eid)
     dropped = dropped + 1
-  elseif row[1] ~= 'processing' and (tonumber(row[2]) or 0) < cutoff then
+  elseif (row[1] == 'done' or row[1] == 'failed') and (tonumber(row[2]) or 0) < cutoff then
     redis.call('DEL', rk, P .. 'ine:' .. eid)
     redis.call('ZREM', P .. 'inbox', eid)
     dropped = dropped + 1

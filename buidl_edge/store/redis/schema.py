@@ -7,9 +7,13 @@ Keys (all under the prefix, `buidl:` unless the URL says `?prefix=`):
                         the claiming worker (consumer = owner `host:pid`) in the claim script; XACKed
                         by `finish`; entries of a dead or silent consumer are taken over by `sweep`
                         (XAUTOCLAIM past the lease); trimmed with MAXLEN ~
-    in:<envelope_id>    hash: the inbox row (state, owner, attempts, stream id); TTL once handled
+    in:<envelope_id>    hash: the inbox row (state, owner, attempts, stream id; relayed: order_key,
+                        next_at, deliveries); TTL once handled
     ine:<envelope_id>   the envelope's JSON (a string beside the small hash: cheaper); same TTL
     inbox               zset envelope_id -> received_at (listing and prune)
+    rl:q:<order key>    relay mode: zset envelope_id -> received_at of the rows not yet delivered
+    rl:ready            zset order key -> when its head (pending) may be delivered; a head in
+                        flight (an inbox stream entry under the deliverer) keeps its key out
     ob:*                the outbox: rows (hashes), one zset per state, one queue per channel,
                         `ob:ready` (channels whose head may go, by the earliest time), token buckets
     w:<owner>, workers  heartbeat hashes with a TTL, and a zset of owners by last beat

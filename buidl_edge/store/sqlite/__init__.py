@@ -11,16 +11,17 @@ never equal to any TEXT), so every id and key stays one-to-one, and is decoded b
 The file is private (0600, in a 0700 dir when we make it), as is what SQLite adds beside it.
 
 One file a topic, mirrored by store/redis/: `db` (connection, retries, group commit), `schema`,
-`inbox`, `outbox`, `slots`, `admin`. Each topic is a subclass of `SqliteDb`; `SqliteStore` is
+`inbox`, `outbox`, `slots`, `relay`, `admin`. Each topic is a subclass of `SqliteDb`; `SqliteStore` is
 all of them on one connection.
 """
 from buidl_edge.store.sqlite.admin import SqliteAdmin
 from buidl_edge.store.sqlite.inbox import SqliteInbox
 from buidl_edge.store.sqlite.outbox import SqliteOutbox
+from buidl_edge.store.sqlite.relay import SqliteRelay
 from buidl_edge.store.sqlite.slots import SqliteSlots
 
 
-class SqliteStore(SqliteInbox, SqliteOutbox, SqliteSlots, SqliteAdmin):
+class SqliteStore(SqliteInbox, SqliteOutbox, SqliteSlots, SqliteRelay, SqliteAdmin):
     """`EdgeStore` on a SQLite file, safe to share between processes."""
 
     durable = True

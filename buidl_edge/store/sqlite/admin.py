@@ -62,10 +62,11 @@ class SqliteAdmin(SqliteDb):
         """Counts for `status`: inbox rows per state, oldest in-flight age, keys, outbox."""
 
         def read(cur: sqlite3.Cursor) -> dict[str, Any]:
-            stats: dict[str, Any] = {"processing": 0, "done": 0, "failed": 0}
+            stats: dict[str, Any] = {"processing": 0, "pending": 0, "done": 0, "failed": 0}
             stats.update(cur.execute("SELECT state, COUNT(*) FROM inbox GROUP BY state").fetchall())
-            oldest = cur.execute("SELECT MIN(received_at) FROM inbox WHERE state = 'processing'").fetchone()[0]
-            stats["oldest_processing_age_s"] = None if oldest is None else max(0.0, time.time() - oldest)
+            for state in ("processing", "pending"):
+                oldest = cur.execute("SELECT MIN(received_at) FROM inbox WHERE state = ?", (state,)).fetchone()[0]
+                stats[f"oldest_{state}_age_s"] = None if oldest is None else max(0.0, time.time() - oldest)
             stats["keys"] = cur.execute("SELECT COUNT(*) FROM keys").fetchone()[0]
             outbox = dict(cur.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall())
             stats["outbox_pending"] = outbox.get("pending", 0)
@@ -79,7 +80,7 @@ class SqliteAdmin(SqliteDb):
         where, args = ("WHERE state = ?", (state,)) if state else ("", ())
 
         def read(cur: sqlite3.Cursor) -> list[dict[str, Any]]:
-            cols = ("envelope_id", "kind", "state", "owner", "attempts", "received_at", "error")
+            cols = ("envelope_id", "kind", "state", "owner", "attempts", "deliveries", "received_at", "error")
             rows = cur.execute(f"SELECT {', '.join(cols)} FROM inbox {where} "
                                "ORDER BY received_at DESC LIMIT ?", (*args, limit)).fetchall()
             return [row_dict(cols, row) for row in rows]
@@ -90,8 +91,9 @@ class SqliteAdmin(SqliteDb):
         """One inbox row (tests and `status --envelope`)."""
 
         def read(cur: sqlite3.Cursor) -> dict[str, Any] | None:
-            cur.execute("SELECT envelope_id, kind, state, owner, lease_until, attempts, received_at, "
-                        "updated_at, error FROM inbox WHERE envelope_id = ?", (bind(envelope_id),))
+            cur.execute("SELECT envelope_id, kind, state, owner, lease_until, attempts, deliveries, "
+                        "next_attempt_at, order_key, received_at, updated_at, error FROM inbox "
+                        "WHERE envelope_id = ?", (bind(envelope_id),))
             row = cur.fetchone()
             return None if row is None else row_dict([d[0] for d in cur.description], row)
 
@@ -101,13 +103,13 @@ class SqliteAdmin(SqliteDb):
         """Hand a done/failed row back to the sweepers (expired lease, no owner).
 
         Replies already queued keep their idempotency keys, so a re-run does not
-        queue them twice.
+        queue them twice. A relayed row starts a fresh delivery budget.
         """
         now = time.time()
 
         def txn(cur: sqlite3.Cursor) -> bool:
             cur.execute("UPDATE inbox SET state = 'processing', owner = '', lease_until = 0, "
-                        "error = NULL, updated_at = ? WHERE envelope_id = ? "
+                        "error = NULL, deliveries = 0, updated_at = ? WHERE envelope_id = ? "
                         "AND state IN ('done', 'failed')", (now, bind(envelope_id)))
             return cur.rowcount == 1
 

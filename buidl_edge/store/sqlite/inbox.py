@@ -141,8 +141,8 @@ class SqliteInbox(SqliteDb):
     def prune(self, retention_s: float = DEFAULT_RETENTION_S, now: float | None = None) -> int:
         """Drop handled rows, keys and sent replies older than the retention (floored).
 
-        Keys of rows still processing are kept whatever their age, so a long
-        handler's envelope cannot be claimed a second time.
+        Keys of rows still processing (or, relayed, pending delivery) are kept whatever their
+        age, so a long handler's envelope cannot be claimed a second time.
         """
         cutoff = retention_cutoff(time.time() if now is None else now, retention_s)
 
@@ -151,7 +151,7 @@ class SqliteInbox(SqliteDb):
             cur.execute("DELETE FROM inbox WHERE state IN ('done', 'failed') AND updated_at < ?", (cutoff,))
             dropped += cur.rowcount
             cur.execute("DELETE FROM keys WHERE created_at < ? AND envelope_id NOT IN "
-                        "(SELECT envelope_id FROM inbox WHERE state = 'processing')", (cutoff,))
+                        "(SELECT envelope_id FROM inbox WHERE state IN ('processing', 'pending'))", (cutoff,))
             dropped += cur.rowcount
             return dropped + prune_outbox(cur, cutoff)
 

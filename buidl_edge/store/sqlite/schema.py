@@ -81,6 +81,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                holder TEXT PRIMARY KEY,
                expires_at REAL NOT NULL) WITHOUT ROWID""",
     ),
+    (
+        # Relay mode (store/sqlite/relay.py): the inbox is also the queue of deliveries to the
+        # backend. A row's queue (its channel), when its next attempt is due, attempts made.
+        "ALTER TABLE inbox ADD COLUMN order_key TEXT",
+        "ALTER TABLE inbox ADD COLUMN next_attempt_at REAL",
+        "ALTER TABLE inbox ADD COLUMN deliveries INTEGER NOT NULL DEFAULT 0",
+        # Partial: the undelivered rows only, which is all that relay_claim reads (each queue's head).
+        "CREATE INDEX inbox_relay ON inbox(order_key, received_at) "
+        "WHERE order_key IS NOT NULL AND state IN ('pending', 'processing')",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
