@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from buidl_edge import dyno_health
 from buidl_edge.config import ConfigError, Settings
 from buidl_edge.exitcodes import EXIT_FATAL
 from buidl_edge.fatal_marker import fatal_marker, read_fatal
@@ -142,10 +141,7 @@ def run_stack(settings: Settings) -> int:
     env.pop("BUIDL_HTTP_PORT", None)  # one endpoint for the dyno, here, rather than one per worker
     if settings.relay_url:  # `run --relay URL`: every worker relays there
         env["BUIDL_RELAY_URL"] = settings.relay_url
-    try:
-        health = dyno_health.serve(settings)
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on BUIDL_HTTP_PORT {settings.http_port}: {exc.strerror or exc}") from None
+    health = _serve_health(settings)
     child = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)], env=env)
     watch = StackWatch(Supervisor(state_dir, credentials), state_dir)
 
@@ -169,6 +165,19 @@ def run_stack(settings: Settings) -> int:
               f"({fatal.get('process') or 'a worker'})", file=sys.stderr, flush=True)
         return EXIT_FATAL
     return child.returncode
+
+
+def _serve_health(settings: Settings) -> Any:
+    """The dyno's /healthz /readyz /metrics when BUIDL_HTTP_PORT is set; imported only then, so that a
+    `run` without it stays a small process."""
+    if settings.http_port is None:
+        return None
+    from buidl_edge import dyno_health
+
+    try:
+        return dyno_health.serve(settings)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on BUIDL_HTTP_PORT {settings.http_port}: {exc.strerror or exc}") from None
 
 
 def _append_to_stdout() -> None:

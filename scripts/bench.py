@@ -75,9 +75,13 @@ CLIENTS = (
     Client("bolt", "slack_bolt SocketModeHandler", "peer", 1, peer="bolt", needs="slack_bolt"),
     Client("edge_sqlite", "buidl-edge worker, SQLite inbox", "worker", 1, store="sqlite"),
     Client("edge_memory", "buidl-edge worker, inbox off (memory://)", "worker", 1, store="memory"),
+    Client("edge_redis", "buidl-edge worker, Redis inbox", "worker", 1, store="redis"),
     Client("edge_run", "buidl-edge run, 2 processes x 2 connections", "stack", 4, store="sqlite"),
 )
 REFERENCE = "edge_sqlite"
+# The CPU table compares every client with slack_sdk's builtin client (issue 13's target: <= 1.0x).
+CPU_REFERENCE = "sdk_builtin"
+CPU_RATE = 200
 
 
 # -- processes -------------------------------------------------------------
@@ -121,6 +125,8 @@ class EdgeProcess:
         }
         if client.store == "memory":
             extra["BUIDL_STORE_URL"] = "memory://"
+        if client.store == "redis":
+            extra["BUIDL_STORE_URL"] = redis_url()
         if client.kind == "stack":
             extra.update(BUIDL_PROCESSES=2, BUIDL_CONNECTIONS=2)
             self.handle: WorkerProcess = StackProcess(worker_env(api_url, tokens, **extra))
@@ -172,6 +178,34 @@ def process_tree(root: int) -> list[int]:
         out.append(pid)
         todo.extend(children.get(pid, []))
     return out
+
+
+def cpu_tree_s(root: int) -> float:
+    """User + system CPU seconds of a process and its children (live ones, and waited-for ones)."""
+    total = 0.0
+    for pid in process_tree(root):
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+_REDIS: list[Any] = []
+
+
+def redis_url() -> str:
+    """One throwaway redis-server for the whole bench (scripts/bench_store.py's), flushed per client."""
+    if not _REDIS:
+        from bench_store import LocalRedis
+
+        _REDIS.append(LocalRedis())
+    import redis
+
+    redis.Redis.from_url(_REDIS[0].url).flushall()
+    return _REDIS[0].url  # type: ignore[no-any-return]
 
 
 def rss_tree_kb(root: int) -> dict[str, Any]:
@@ -229,11 +263,16 @@ def throughput(sim: SimulatorProcess, cfg: argparse.Namespace) -> dict[str, Any]
             "latency_ms": load["latency_ms"], "redeliveries": out["summary"]["redeliveries"]}
 
 
-def latency(sim: SimulatorProcess, rate: int, cfg: argparse.Namespace,
+def latency(sim: SimulatorProcess, rate: int, cfg: argparse.Namespace, pid: int,
             during: Callable[[float], None] | None = None) -> dict[str, Any]:
+    """Ack latency at a fixed rate, and the client's CPU for it (its whole process tree)."""
+    cpu_before = cpu_tree_s(pid)
     out = run_load(sim, "rate", {"rate": rate, "duration": cfg.seconds}, timeout=cfg.seconds + 6, during=during)
+    cpu_s = cpu_tree_s(pid) - cpu_before
     load, summary = out["load"], out["summary"]
+    acked = load["acked"] or 0
     return {"state": load["state"], "injected": load["injected"], "acked": load["acked"],
+            "cpu_ms_per_1000": round(cpu_s * 1e6 / acked, 1) if acked else None,
             "offered_per_s": load["offered_per_s"], "acked_per_s": load["acked_per_s"],
             "latency_ms": load["latency_ms"], "missed_deadlines": summary["missed_deadlines"],
             "redeliveries": summary["redeliveries"]}
@@ -319,10 +358,11 @@ def bench_client(client: Client, cfg: argparse.Namespace, run: int) -> dict[str,
 
             result["settle_s"] = {"throughput": settle(sim)}
             for rate in cfg.rates:
-                result["latency"][str(rate)] = latency(sim, rate, cfg, sample if rate == MEMORY_RATE else None)
+                result["latency"][str(rate)] = latency(sim, rate, cfg, proc.pid,
+                                                       sample if rate == MEMORY_RATE else None)
                 result["settle_s"][str(rate)] = settle(sim)
             if MEMORY_RATE not in cfg.rates:
-                latency(sim, MEMORY_RATE, cfg, sample)
+                latency(sim, MEMORY_RATE, cfg, proc.pid, sample)
                 settle(sim)
             result["rss_1000"] = peak
             if client.no_refresh:
@@ -385,6 +425,7 @@ def medians(runs: list[dict[str, Any]], rates: list[int]) -> dict[str, Any]:
             out[f"latency_{rate}_{stat}_ms"] = median_of(runs, f"latency.{rate}.latency_ms.{stat}")
         out[f"latency_{rate}_acked_per_s"] = median_of(runs, f"latency.{rate}.acked_per_s")
         out[f"latency_{rate}_missed_deadlines"] = median_of(runs, f"latency.{rate}.missed_deadlines")
+        out[f"cpu_{rate}_ms_per_1000"] = median_of(runs, f"latency.{rate}.cpu_ms_per_1000")
     out["runs_ok"] = sum(1 for r in runs if "error" not in r)
     out["errors"] = [r["error"] for r in runs if "error" in r]
     return out
@@ -427,6 +468,14 @@ def tables(meds: dict[str, dict[str, Any]], cfg: argparse.Namespace) -> str:
             cells.append(cell)
         lines.append(f"| {names[key]} | " + " | ".join(cells) + f" | "
                      f"{ratio(m[f'latency_{last}_p99_ms'], ref.get(f'latency_{last}_p99_ms'))} |")
+    cpu_ref = meds.get(CPU_REFERENCE, {})
+    lines += ["", "### CPU per 1,000 envelopes (ms, the client's process tree: user + system)", "",
+              "| client | " + " | ".join(f"{r:,}/s" for r in cfg.rates)
+              + f" | ratio to {names[CPU_REFERENCE]} at {CPU_RATE}/s |",
+              "| --- |" + " ---: |" * (len(cfg.rates) + 1)]
+    for key, m in meds.items():
+        lines.append(f"| {names[key]} | " + " | ".join(fmt(m.get(f"cpu_{r}_ms_per_1000"), 0) for r in cfg.rates)
+                     + f" | {ratio(m.get(f'cpu_{CPU_RATE}_ms_per_1000'), cpu_ref.get(f'cpu_{CPU_RATE}_ms_per_1000'))} |")
     lines += ["", f"### Refresh gap at {cfg.refresh_rate}/s: {cfg.faults} warning + {cfg.faults} "
               f"refresh_requested, one due every {cfg.fault_spacing:g} s to a link not yet told to go "
               f"(warned links close after {cfg.warning_close:g} s, refreshed ones after {cfg.refresh_close:g} s)",
@@ -486,7 +535,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=None, help="runs per client (default 3, quick 1)")
     parser.add_argument("--count", type=int, default=None, help="throughput events (default 8000, quick 3000)")
     parser.add_argument("--window", type=int, default=100, help="unacked envelopes in flight for throughput")
-    parser.add_argument("--rates", default="100,1000,3000", help="fixed rates for latency, events/s")
+    parser.add_argument("--rates", default=f"{CPU_RATE},1000,3000", help="fixed rates for latency and CPU, events/s")
     parser.add_argument("--seconds", type=float, default=None, help="seconds per fixed rate (default 3, quick 2)")
     parser.add_argument("--refresh-rate", type=int, default=200)
     parser.add_argument("--faults", type=int, default=None, help="warnings (and as many refresh_requested); "
@@ -504,7 +553,7 @@ def main() -> int:
     cfg = parser.parse_args()
     cfg.runs = cfg.runs or (1 if cfg.quick else 3)
     cfg.count = cfg.count or (3000 if cfg.quick else 8000)
-    cfg.seconds = cfg.seconds or (2.0 if cfg.quick else 3.0)
+    cfg.seconds = cfg.seconds or (3.0 if cfg.quick else 5.0)
     cfg.faults = cfg.faults if cfg.faults is not None else (5 if cfg.quick else 20)
     cfg.refresh_cap = cfg.refresh_cap or (15.0 if cfg.quick else 30.0)
     cfg.rates = [int(r) for r in cfg.rates.split(",") if r]
@@ -545,6 +594,8 @@ def main() -> int:
                   f"{_get(result, 'refresh.missed_deadlines')}, gap {_get(result, 'refresh.longest_no_connection_gap_s')}s"
                   f"{', ERROR ' + result['error'] if 'error' in result else ''} ({time.monotonic() - t0:.0f}s)",
                   flush=True)
+    for server in _REDIS:
+        server.stop()
     meds = {key: medians(rs, cfg.rates) for key, rs in runs.items() if rs}
     text = tables(meds, cfg)
     print()
