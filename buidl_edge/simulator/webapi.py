@@ -109,12 +109,9 @@ class WebApi:
         params = req.params
         channel = str(params.get("channel") or "")
         text = params.get("text") or ""
-        try:
-            blocks = json_param(params.get("blocks"))
-        except ValueError:
-            return slack_error("invalid_blocks")
-        if blocks is not None and not isinstance(blocks, list):
-            return slack_error("invalid_blocks")
+        blocks = blocks_param(params)
+        if isinstance(blocks, Response):
+            return blocks
         if not channel:
             return slack_error("channel_not_found")
         if channel in self.knobs.post_errors:
@@ -153,12 +150,9 @@ class WebApi:
             return found
         params = req.params
         text = params.get("text")
-        try:
-            blocks = json_param(params.get("blocks"))
-        except ValueError:
-            return slack_error("invalid_blocks")
-        if blocks is not None and not isinstance(blocks, list):
-            return slack_error("invalid_blocks")
+        blocks = blocks_param(params)
+        if isinstance(blocks, Response):
+            return blocks
         if not text and not blocks:
             return slack_error("no_text")
         if text and len(str(text)) > MAX_TEXT_CHARS:
@@ -269,3 +263,14 @@ def _token_refused(req: Request, prefix: str) -> Response | None:
     if not token.startswith(prefix):
         return slack_error("not_allowed_token_type")
     return None
+
+
+def blocks_param(params: dict[str, Any]) -> list[Any] | None | Response:
+    """`blocks` as Slack takes it (a JSON list, or a JSON text of one); invalid_blocks otherwise."""
+    try:
+        blocks = json_param(params.get("blocks"))
+    except ValueError:
+        return slack_error("invalid_blocks")
+    if blocks is not None and not isinstance(blocks, list):
+        return slack_error("invalid_blocks")
+    return blocks
