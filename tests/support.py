@@ -4,6 +4,7 @@ Fixtures live in conftest.py; the whole stack is stack_support.py, a redis-serve
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -11,7 +12,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import pytest
 
@@ -131,6 +132,26 @@ class Workers:
         for worker in self.started:
             code = worker.stop()
             print(f"--- {worker.log_path.name} exit {code} ---\n{worker.output()}")
+
+
+@contextlib.contextmanager
+def linked_worker(sim: SimulatorProcess, env: Mapping[str, str]) -> Iterator[WorkerProcess]:
+    """One worker with its link open for the `with` block; stopped after it, its log's tail printed."""
+    worker = WorkerProcess(env).start()
+    try:
+        sim.client.wait_for(lambda s: s["open_connections"] >= 1, 20, "the worker's link")
+        yield worker
+    finally:
+        worker.stop()
+        print(f"----- {worker.log_path}\n{worker.output()[-8000:]}")
+
+
+def relay_env(sim: SimulatorProcess, url: str, secret: str, state_dir: Path, **extra: Any) -> dict[str, str]:
+    """A relaying worker's environment (BUIDL_RELAY_URL, the signing secret), with quick retries and
+    a quick stale check."""
+    return worker_env(sim.api_url, BUIDL_RELAY_URL=url, SLACK_SIGNING_SECRET=secret, BUIDL_STATE_DIR=str(state_dir),
+                      BUIDL_RELAY_BACKOFF_BASE="0.2", BUIDL_RELAY_BACKOFF_CAP="1", BUIDL_PING_INTERVAL="1",
+                      BUIDL_STALE_TIMEOUT="3", **extra)
 
 
 # ---------------------------------------------------------------- what the simulator and workers saw

@@ -1,11 +1,13 @@
 """GroupCommit in this process: claims from many greenlets share commits on a real SQLite file,
-each item stays atomic on its own, and the hub runs while a commit waits on its thread.
+each item stays atomic on its own, the hub runs while a commit waits on its thread, and a write
+that cannot wait is made on the hub itself.
 
 The batches are counted by handing GroupCommit the store's own `run_batch` through a recorder
 that can also hold a commit on its thread (with a native lock: the thread is a real one).
 """
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -138,6 +140,31 @@ def test_stop_fails_the_claims_still_queued(batcher: tuple[GroupCommit, Recorder
     gevent.joinall(queued, timeout=5)
     assert all(isinstance(g.exception, StoreError) and "closed" in str(g.exception) for g in queued)
     assert store.inbox_row("E-queued-1") is None
+
+
+def test_a_lone_claim_is_written_on_the_hub_and_a_busy_database_sends_the_burst_to_the_thread(
+        tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "edge.db", checkpoint_interval_s=None, hub_writes=True)  # a worker's
+    pool = ThreadPool(1)
+    recorder = Recorder(store)
+    commits = GroupCommit(pool, recorder, store.run_batch_now)  # as ThreadedStore builds it
+    other_process = sqlite3.connect(tmp_path / "edge.db", isolation_level=None)
+    try:
+        assert commits.submit(store.claim_txn(envelope("E-lone"), ME)) is True
+        assert recorder.sizes == []  # nothing was writing: no hand-off to the thread
+        other_process.execute("BEGIN IMMEDIATE")  # another writer holds the database
+        burst = claims(commits, store, [f"E{i}" for i in range(20)])
+        gevent.sleep(0.1)  # the hub never waits on that lock: the claims queue meanwhile
+        assert not any(g.ready() for g in burst)
+        other_process.execute("COMMIT")
+        gevent.joinall(burst, raise_error=True)
+        assert all(g.value is True for g in burst)
+        assert sum(recorder.sizes) == 20 and len(recorder.sizes) <= 2  # a burst, not 20 commits
+    finally:
+        other_process.close()
+        commits.stop()
+        pool.kill()
+        store.close()
 
 
 @pytest.mark.xfail(strict=True, reason="GroupCommit.stop kills its loop while the commit runs on the thread: "
