@@ -4,6 +4,7 @@ Tokens are made up at run time, so no token-shaped string lives in the repositor
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -12,7 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Self
 
 
 def fake_tokens() -> dict[str, str]:
@@ -47,24 +48,32 @@ class WorkerProcess:
     # The stack is signalled as a group, the way Heroku signals every process of a dyno.
     own_session = False
 
-    def __init__(self, env: Mapping[str, str], args: tuple[str, ...] = (), log_path: Path | None = None) -> None:
+    def __init__(self, env: Mapping[str, str], args: tuple[str, ...] = (), log_path: Path | None = None,
+                 stderr_path: Path | None = None, cwd: Path | None = None) -> None:
+        """Output to `log_path`; stderr to `stderr_path` instead when given. Run in `cwd` if given."""
         self.env = dict(env)
         self.args = args
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="buidl-worker-", suffix=".log")[1])
+        self.stderr_path = stderr_path
+        self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> "WorkerProcess":
-        self.start()
-        return self
+    def __enter__(self) -> Self:
+        return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self) -> None:
-        with open(self.log_path, "ab") as out:
+    def start(self) -> Self:
+        # Append mode, as a platform's log pipe behaves: under `run`, the workers write to the same
+        # file through supervisord's reopened /dev/stdout.
+        with contextlib.ExitStack() as files:
+            out = files.enter_context(open(self.log_path, "ab"))
+            err = files.enter_context(open(self.stderr_path, "ab")) if self.stderr_path else subprocess.STDOUT
             self.proc = subprocess.Popen([sys.executable, "-m", "buidl_edge", self.command, *self.args],
-                                         env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                         env=self.env, cwd=self.cwd, stdout=out, stderr=err,
                                          stdin=subprocess.DEVNULL, start_new_session=self.own_session)
+        return self
 
     @property
     def pid(self) -> int:

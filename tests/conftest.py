@@ -1,10 +1,27 @@
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from buidl_edge.simulator.client import SimulatorProcess
+
+IN_PROCESS_DIR = Path(__file__).resolve().parent / "inprocess"
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """tests/inprocess/ runs only in a gevent-patched process of its own (test_inprocess.py starts
+    it, tests/inprocess/run.py says why): never in an unpatched pytest process like this one."""
+    if collection_path == IN_PROCESS_DIR and not gevent_patched():
+        return True
+    return None
+
+
+def gevent_patched() -> bool:
+    monkey = sys.modules.get("gevent.monkey")  # not imported: certainly not patched
+    return monkey is not None and bool(monkey.is_module_patched("socket"))
 
 
 @pytest.fixture

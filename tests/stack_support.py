@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from buidl_edge.harness import fake_tokens, wait_until, worker_env
+from buidl_edge.harness import StackProcess, fake_tokens, wait_until, worker_env
 from buidl_edge.simulator.client import SimulatorProcess
 from buidl_edge.store.sqlite import SqliteStore
 from buidl_edge.supervise import ProcessInfo, SupervisorDown, supervisor_processes
@@ -66,8 +66,9 @@ def cli(env: dict[str, str], *args: str, cwd: Path | str | None = None, timeout:
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-class Stack:
-    """`buidl-edge run` against a simulator, in a short-pathed state dir (unix sockets cap at 108 chars)."""
+class Stack(StackProcess):
+    """`buidl-edge run` against a simulator, in a short-pathed state dir (unix sockets cap at 108 chars),
+    with stdout and stderr in files of their own there."""
 
     def __init__(self, sim: SimulatorProcess, **extra: Any) -> None:
         self.sim = sim
@@ -75,30 +76,26 @@ class Stack:
                     # tests/ on the path for slow_app; the checkout for buidl_edge (cwd is the state dir).
                     "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), str(PROJECT_ROOT)])}
         settings.update(extra)
-        self.env = worker_env(sim.api_url, **settings)
-        self.state_dir = Path(self.env["BUIDL_STATE_DIR"])
-        self.out_path = self.state_dir / "run.stdout"
-        self.err_path = self.state_dir / "run.stderr"
-        self.proc: subprocess.Popen[bytes] | None = None
+        env = worker_env(sim.api_url, **settings)
+        state_dir = Path(env["BUIDL_STATE_DIR"])
+        super().__init__(env, log_path=state_dir / "run.stdout", stderr_path=state_dir / "run.stderr",
+                         cwd=state_dir)
+
+    @property
+    def out_path(self) -> Path:
+        return self.log_path
+
+    @property
+    def err_path(self) -> Path:
+        assert self.stderr_path is not None
+        return self.stderr_path
 
     # ------------------------------------------------------------ lifecycle
 
-    def start(self) -> "Stack":
-        return self.start_with()
-
     def start_with(self, *args: str) -> "Stack":
-        """`run ARGS`. Output files in append mode, as a platform's log pipe behaves: the workers
-        write to the same file through supervisord's reopened /dev/stdout."""
-        with open(self.out_path, "ab") as out, open(self.err_path, "ab") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "buidl_edge", "run", *args], env=self.env,
-                                         cwd=self.state_dir, stdout=out, stderr=err,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+        """`run ARGS`."""
+        self.args = args
+        return self.start()
 
     def wait_up(self, processes: int, connections: int, timeout: float = 30.0) -> list[ProcessInfo]:
         """Every worker RUNNING in supervisord and every link open at the simulator."""

@@ -21,16 +21,9 @@ from buidl_edge.protocol import Envelope
 from buidl_edge.store.base import Reply
 from buidl_edge.store.sqlite import SqliteStore
 from stack_support import PROJECT_ROOT, TESTS_DIR, cli, operator_env, stacks, tokens_env  # noqa: F401
+from support import assert_no_secret, tokens_in
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def assert_no_token(env: dict[str, str], *outputs: str) -> None:
-    for name in ("SLACK_APP_TOKEN", "SLACK_BOT_TOKEN"):
-        if env.get(name):
-            for text in outputs:
-                assert env[name] not in text, f"{name} leaked"
-                assert env[name][6:] not in text, f"the body of {name} leaked"
 
 
 # ---------------------------------------------------------------------------- status
@@ -78,7 +71,7 @@ def test_status_with_running_supervisor_lists_each_worker_with_its_connections(s
     last_ack = header.split().index("last_ack_ms")
     assert "None" not in table.stdout and "-" in [c[last_ack] for c in cells]  # last_ack_ms of the idle worker
     assert "connection slots: 4/10 held" in table.stdout
-    assert_no_token(stack.env, table.stdout, table.stderr, json.dumps(data))
+    assert_no_secret("\n".join([table.stdout, table.stderr, json.dumps(data)]), tokens_in(stack.env))
 
 
 def test_status_after_every_process_is_killed_shows_dead_workers_and_frees_their_slots(stacks) -> None:
@@ -366,7 +359,7 @@ def test_check_with_good_tokens_says_what_would_run(fresh_simulator, tmp_path: P
     summary = fresh_simulator.client.summary()
     assert summary["connections_open_calls"] == 1
     assert summary["open_connections"] == 0  # it asked for a URL, it did not connect
-    assert_no_token(env, result.stdout, result.stderr)
+    assert_no_secret("\n".join([result.stdout, result.stderr]), tokens_in(env))
 
 
 @pytest.mark.parametrize("knob, method", [("open_error", "apps.connections.open"), ("auth_error", "auth.test")])
@@ -381,7 +374,7 @@ def test_check_with_a_refused_token_fails_with_one_clear_line(fresh_simulator, t
     assert len(lines) == 1, result.stderr
     assert "invalid_auth" in lines[0] and method in lines[0]
     assert "Traceback" not in result.stderr
-    assert_no_token(env, result.stdout, result.stderr)
+    assert_no_secret("\n".join([result.stdout, result.stderr]), tokens_in(env))
 
 
 def test_check_refuses_a_bad_setup_before_calling_slack(fresh_simulator, tmp_path: Path) -> None:
@@ -393,7 +386,7 @@ def test_check_refuses_a_bad_setup_before_calling_slack(fresh_simulator, tmp_pat
     result = cli(swapped, "check", cwd=tmp_path)
     assert result.returncode != 0
     assert "SLACK_APP_TOKEN must start with xapp-" in result.stderr
-    assert_no_token(swapped, result.stdout, result.stderr)
+    assert_no_secret("\n".join([result.stdout, result.stderr]), tokens_in(swapped))
     summary = fresh_simulator.client.summary()
     assert summary["connections_open_calls"] == 0
 
@@ -408,7 +401,7 @@ def test_config_prints_settings_with_tokens_masked(tmp_path: Path) -> None:
     assert values["bot_token"] == "xoxb-…" + env["SLACK_BOT_TOKEN"][-4:]
     table = cli(env, "config", cwd=tmp_path)
     assert table.returncode == 0 and "processes" in table.stdout
-    assert_no_token(env, as_json.stdout, table.stdout, as_json.stderr, table.stderr)
+    assert_no_secret("\n".join([as_json.stdout, table.stdout, as_json.stderr, table.stderr]), tokens_in(env))
 
 
 def test_check_json_reports_the_app_the_tokens_and_the_plan(fresh_simulator, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from buidl_edge.config import (
     load_settings,
 )
 from buidl_edge.harness import fake_tokens
+from support import assert_no_secret
 
 
 @pytest.fixture
@@ -38,9 +39,7 @@ def config_error(env: dict[str, str]) -> str:
 
 def assert_safe_one_liner(message: str, tokens: dict[str, str]) -> None:
     assert message and "\n" not in message
-    for token in tokens.values():
-        assert token not in message
-        assert token.split("-", 1)[1] not in message
+    assert_no_secret(message, tokens, "the error message")
 
 
 # -- good settings ----------------------------------------------------------------------

@@ -17,10 +17,11 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from buidl_edge.harness import WorkerProcess, wait_until, worker_env
+from buidl_edge.harness import WorkerProcess, wait_until
 from buidl_edge.simulator.client import SimulatorClient, SimulatorProcess
 from buidl_edge.store.sqlite import SqliteStore
 from stack_support import Stack, stacks  # noqa: F401 (fixture)
+from support import Workers
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -46,24 +47,15 @@ def store_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def start_worker(fresh_simulator: SimulatorProcess, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    started: list[WorkerProcess] = []
+    workers = Workers(fresh_simulator, tmp_path, TESTS_DIR, **QUICK)  # tests/ on the path: slow_app
 
     def start(**extra: Any) -> WorkerProcess:
-        settings = {**QUICK, "BUIDL_STATE_DIR": tmp_path / "state", **extra}
-        if not settings.get("BUIDL_STORE_URL"):
-            settings.pop("BUIDL_STORE_URL", None)
-        env = worker_env(fresh_simulator.api_url, **settings)
-        env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), str(TESTS_DIR.parent)])
-        worker = WorkerProcess(env, log_path=tmp_path / f"worker-{len(started)}.log")
-        worker.start()
-        started.append(worker)
-        fresh_simulator.client.wait_for(lambda s: s["open_connections"] == 1, 15, "the worker's link")
-        return worker
+        if not extra.get("BUIDL_STORE_URL"):
+            extra.pop("BUIDL_STORE_URL", None)
+        return workers.start(**extra)
 
     yield start
-    for worker in started:
-        code = worker.stop()
-        print(f"--- {worker.log_path.name} exit {code} ---\n{worker.output()}")
+    workers.stop_all()
 
 
 def mentions(sim: SimulatorClient, prefix: str, count: int) -> dict[str, str]:

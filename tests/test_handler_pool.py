@@ -5,7 +5,6 @@ temp dir. Slack's 3 s ack deadline is what these tests hold the worker to.
 """
 from __future__ import annotations
 
-import re
 import signal
 import textwrap
 import time
@@ -15,10 +14,11 @@ from typing import Any, Iterator
 import pytest
 
 from buidl_edge.config import load_settings
-from buidl_edge.harness import WorkerProcess, wait_until, worker_env
+from buidl_edge.harness import wait_until
 from buidl_edge.simulator.client import SimulatorClient, SimulatorProcess
 from buidl_edge.status import collect_status
 from buidl_edge.store import open_store
+from support import Workers, app_folder, keys, log_lines, wait_acked
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -79,45 +79,13 @@ POOL_APP_SPEC = "pool_test_app:app"
 
 @pytest.fixture(scope="module")
 def app_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("pool-app")
-    (folder / "pool_test_app.py").write_text(POOL_APP)
-    return folder
-
-
-class Workers:
-    """Workers aimed at one simulator, sharing a state dir (so a SQLite store); logs printed at teardown."""
-
-    def __init__(self, sim: SimulatorProcess, tmp_path: Path, app_dir: Path) -> None:
-        self.sim = sim
-        self.tmp_path = tmp_path
-        self.app_dir = app_dir
-        self.started: list[WorkerProcess] = []
-
-    def env(self, **extra: Any) -> dict[str, str]:
-        extra = {"BUIDL_POST_RATE": 100, "BUIDL_POST_BURST": 100, "BUIDL_STATE_DIR": self.tmp_path / "state",
-                 "BUIDL_APP": POOL_APP_SPEC, **extra}
-        env = worker_env(self.sim.api_url, **extra)
-        env["PYTHONPATH"] = f"{self.app_dir}:{env.get('PYTHONPATH', '')}".rstrip(":")
-        return env
-
-    def start(self, **extra: Any) -> WorkerProcess:
-        opened = self.sim.client.summary()["connections_opened"]
-        worker = WorkerProcess(self.env(**extra), log_path=self.tmp_path / f"worker-{len(self.started)}.log")
-        worker.start()
-        self.started.append(worker)
-        self.sim.client.wait_for(lambda s: s["connections_opened"] > opened and s["open_connections"] == 1, 15,
-                                 "the worker's connection")
-        return worker
-
-    def stop_all(self) -> None:
-        for worker in self.started:
-            code = worker.stop()
-            print(f"--- worker {worker.log_path.name} exit {code} ---\n{worker.output()}")
+    return app_folder(tmp_path_factory, "pool_test_app", POOL_APP)
 
 
 @pytest.fixture
 def workers(fresh_simulator: SimulatorProcess, tmp_path: Path, app_dir: Path) -> Iterator[Workers]:
-    pool = Workers(fresh_simulator, tmp_path, app_dir)
+    pool = Workers(fresh_simulator, tmp_path, app_dir, BUIDL_POST_RATE=100, BUIDL_POST_BURST=100,
+                   BUIDL_APP=POOL_APP_SPEC)
     yield pool
     pool.stop_all()
 
@@ -129,21 +97,8 @@ def sim(fresh_simulator: SimulatorProcess) -> SimulatorClient:
     return client
 
 
-def keys(injected: list[dict[str, str]]) -> list[str]:
-    return [e["key"] for e in injected]
-
-
-def wait_acked(sim: SimulatorClient, wanted: list[str], timeout: float = 10) -> dict[str, Any]:
-    return sim.wait_for(lambda s: all(s["events"].get(k, {}).get("acked") for k in wanted), timeout,
-                        f"{len(wanted)} event(s) acked", source="state")
-
-
 def texts(sim: SimulatorClient) -> list[str]:
     return [m["text"] for m in sim.state()["messages"]]
-
-
-def log_lines(worker: WorkerProcess, pattern: str) -> list[str]:
-    return [line for line in worker.output().splitlines() if re.search(pattern, line)]
 
 
 def worker_status(env: dict[str, str]) -> dict[str, Any] | None:

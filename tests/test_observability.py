@@ -18,6 +18,7 @@ from buidl_edge.logs import LogfmtFormatter
 from buidl_edge.redaction import MASK, MAX_LINE_CHARS, redact, register_secret, scrub
 from buidl_edge.sentry import ProtocolErrorWindow
 from buidl_edge.simulator.client import SimulatorProcess
+from support import secret_fragments
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,13 +35,6 @@ def parse_lines(output: str, as_json: bool) -> list[dict[str, Any]]:
     return [json.loads(line) if as_json else parse_logfmt(line) for line in output.splitlines() if line.strip()]
 
 
-def fragments(tokens: dict[str, str]) -> list[str]:
-    out = []
-    for token in tokens.values():
-        out += [token, max(token.split("-"), key=len)]
-    return out
-
-
 # -- redaction, unit ----------------------------------------------------------------------------
 
 
@@ -51,7 +45,7 @@ def test_redact_masks_tokens_tickets_url_credentials_and_registered_secrets() ->
     text = (f"a={app} b={bot},c:{user}\"d\":\"wss://wss.slack.test/link/?ticket=Zm9v-123&app_id=A1\" "
             f"proxy=http://me:pa55word@proxy:3128 glued{bot}")
     masked = redact(text)
-    for secret in (*fragments(tokens), user, "Zm9v-123", "pa55word", "me:"):
+    for secret in (*secret_fragments(tokens), user, "Zm9v-123", "pa55word", "me:"):
         assert secret not in masked
     assert "xapp-[redacted]" in masked and "ticket=[redacted]&app_id=A1" in masked
     assert "http://[redacted]@proxy:3128" in masked

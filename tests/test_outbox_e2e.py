@@ -7,11 +7,7 @@ so that 40 messages take 10 s rather than 40; the bucket logic is the same at an
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -22,12 +18,13 @@ from click.testing import CliRunner
 
 from buidl_edge.cli import cli
 from buidl_edge.config import Secret
-from buidl_edge.harness import WorkerProcess, wait_until, worker_env
+from buidl_edge.harness import wait_until, worker_env
 from buidl_edge.ratelimit import PostLimits
-from buidl_edge.simulator.client import SimulatorClient, SimulatorProcess
+from buidl_edge.simulator.client import SimulatorProcess
 from buidl_edge.store.base import Reply
 from buidl_edge.store.sqlite import SqliteStore
 from buidl_edge.webapi import WebApi
+from support import HOST, Workers, app_folder, dead_pid
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -44,21 +41,11 @@ APP = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def app_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("outbox-app")
-    (folder / "outbox_test_app.py").write_text(APP)
-    return folder
+    return app_folder(tmp_path_factory, "outbox_test_app", APP)
 
 
-class Fleet:
-    """Worker processes on one SQLite file, aimed at one simulator; logs printed at teardown."""
-
-    def __init__(self, sim: SimulatorProcess, tmp_path: Path, app_dir: Path) -> None:
-        self.sim = sim
-        self.client: SimulatorClient = sim.client
-        self.state_dir = tmp_path / "state"
-        self.app_dir = app_dir
-        self.tmp_path = tmp_path
-        self.started: list[WorkerProcess] = []
+class Fleet(Workers):
+    """Worker processes on one SQLite file, aimed at one simulator, and what the outbox tests read."""
 
     @property
     def db(self) -> Path:
@@ -66,23 +53,6 @@ class Fleet:
 
     def store(self) -> SqliteStore:
         return SqliteStore(self.db, checkpoint_interval_s=None)
-
-    def env(self, **extra: Any) -> dict[str, str]:
-        env = worker_env(self.sim.api_url, BUIDL_STATE_DIR=self.state_dir, BUIDL_APP="outbox_test_app:app",
-                         **extra)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.app_dir), env.get("PYTHONPATH")]))
-        return env
-
-    def start(self, count: int = 1, **extra: Any) -> list[WorkerProcess]:
-        workers = []
-        for _ in range(count):
-            worker = WorkerProcess(self.env(**extra), log_path=self.tmp_path / f"worker-{len(self.started)}.log")
-            worker.start()
-            self.started.append(worker)
-            workers.append(worker)
-        expected = len([w for w in self.started if w.proc and w.proc.poll() is None])
-        self.client.wait_for(lambda s: s["open_connections"] == expected, 15, f"{expected} worker(s) connected")
-        return workers
 
     def enqueue(self, replies: list[Reply]) -> list[int]:
         store = self.store()
@@ -105,21 +75,10 @@ class Fleet:
         return wait_until(lambda: (lambda got: got if len(got) >= count else None)(self.posted(channel)),
                           timeout, f"{count} message(s) posted{' to ' + channel if channel else ''}", interval=0.1)
 
-    def output(self) -> str:
-        return "\n".join(w.output() for w in self.started)
-
-    def stop_all(self) -> None:
-        for worker in self.started:  # all at once: each drains on its own
-            if worker.proc and worker.proc.poll() is None:
-                worker.signal(signal.SIGTERM)
-        for worker in self.started:
-            code = worker.stop()
-            print(f"--- {worker.log_path.name} exit {code} ---\n{worker.output()[-4000:]}")
-
 
 @pytest.fixture
 def fleet(fresh_simulator: SimulatorProcess, tmp_path: Path, app_dir: Path) -> Iterator[Fleet]:
-    pool = Fleet(fresh_simulator, tmp_path, app_dir)
+    pool = Fleet(fresh_simulator, tmp_path, app_dir, BUIDL_APP="outbox_test_app:app")
     yield pool
     pool.stop_all()
 
@@ -138,7 +97,7 @@ def assert_conforms(times: list[float], rate: float, burst: float, slack_tokens:
 def test_four_workers_share_one_channels_bucket_in_order_without_loss(fleet: Fleet) -> None:
     rate, burst = 5.0, 3
     fleet.client.configure(post_rate=rate, post_burst=burst)
-    fleet.start(4, BUIDL_POST_RATE=rate, BUIDL_POST_BURST=burst)
+    fleet.start_many(4, BUIDL_POST_RATE=rate, BUIDL_POST_BURST=burst)
     for i in range(40):  # round-robin over the 4 workers' connections: each one enqueues replies
         fleet.client.inject("message", channel="C0ONE", text=f"m{i:02d}")
     posted = fleet.wait_posted(40, 25, "C0ONE")
@@ -156,7 +115,7 @@ def test_four_workers_share_one_channels_bucket_in_order_without_loss(fleet: Fle
 
 
 def test_fifty_channels_are_sent_in_parallel(fleet: Fleet) -> None:
-    fleet.start(1)  # Slack's (and the simulator's) defaults: 1 msg/s per channel, burst 3
+    fleet.start()  # Slack's (and the simulator's) defaults: 1 msg/s per channel, burst 3
     channels = [f"C0PAR{i:03d}" for i in range(50)]
     started = time.time()
     fleet.enqueue([Reply(ch, f"{ch} #{n}") for n in range(5) for ch in channels])
@@ -170,7 +129,7 @@ def test_fifty_channels_are_sent_in_parallel(fleet: Fleet) -> None:
 
 
 def test_with_the_memory_store_replies_keep_the_limits_and_are_flushed_on_sigterm(fleet: Fleet) -> None:
-    worker = fleet.start(1, BUIDL_STORE_URL="memory://")[0]  # Slack's defaults: 1 msg/s, burst 3
+    worker = fleet.start(BUIDL_STORE_URL="memory://")  # Slack's defaults: 1 msg/s, burst 3
     for i in range(5):
         fleet.client.inject("message", channel="C0MEM", text=f"n{i}")
     fleet.wait_posted(3, 5, "C0MEM")
@@ -188,7 +147,7 @@ def test_with_the_memory_store_replies_keep_the_limits_and_are_flushed_on_sigter
 def test_retry_after_is_waited_out_on_that_channel_only(fleet: Fleet) -> None:
     # Slack allows 0.5/s here (Retry-After 2) but the worker believes 10/s: every second post is a 429.
     fleet.client.configure(post_rate=0.5, post_burst=1)
-    fleet.start(1, BUIDL_POST_RATE=10, BUIDL_POST_BURST=10)
+    fleet.start(BUIDL_POST_RATE=10, BUIDL_POST_BURST=10)
     fleet.enqueue([Reply("C0SLOW", f"s{i}") for i in range(3)])
     fleet.client.wait_for(lambda s: s["post_429s"] >= 1, 10, "the first 429")
     limited_at = time.time()
@@ -206,7 +165,7 @@ def test_retry_after_is_waited_out_on_that_channel_only(fleet: Fleet) -> None:
 
 def test_a_429_pauses_every_channel_when_the_scope_is_global(fleet: Fleet) -> None:
     fleet.client.configure(post_rate=0.5, post_burst=1)
-    fleet.start(1, BUIDL_POST_RATE=10, BUIDL_POST_BURST=10, BUIDL_POST_429_SCOPE="global")
+    fleet.start(BUIDL_POST_RATE=10, BUIDL_POST_BURST=10, BUIDL_POST_429_SCOPE="global")
     fleet.enqueue([Reply("C0SLOW", "a"), Reply("C0SLOW", "b")])
     fleet.client.wait_for(lambda s: s["post_429s"] >= 1, 10, "the 429")
     limited_at = time.time()
@@ -221,7 +180,7 @@ def test_a_429_pauses_every_channel_when_the_scope_is_global(fleet: Fleet) -> No
 def test_permanent_errors_fail_at_once_and_transient_ones_retry_then_fail(fleet: Fleet) -> None:
     fleet.client.configure(post_errors={"C0GONE": "channel_not_found", "C0ARCH": "is_archived",
                                         "C0LONG": "msg_too_long", "C0FLAKY": "service_unavailable"})
-    fleet.start(1, BUIDL_POST_MAX_ATTEMPTS=3)
+    fleet.start(BUIDL_POST_MAX_ATTEMPTS=3)
     ids = fleet.enqueue([Reply(ch, "x") for ch in ("C0GONE", "C0ARCH", "C0LONG", "C0FLAKY")]
                         + [Reply("C0FINE", "fine")])
     wait_until(lambda: all(r.state in ("sent", "failed") for r in fleet.rows()), 15, "every row settled")
@@ -241,9 +200,7 @@ def test_permanent_errors_fail_at_once_and_transient_ones_retry_then_fail(fleet:
 
 def test_rows_left_sending_by_a_dead_worker_are_sent_once_in_order(fleet: Fleet) -> None:
     fleet.state_dir.mkdir(parents=True)
-    corpse = subprocess.Popen([sys.executable, "-c", "pass"])
-    corpse.wait()
-    dead_owner = f"{socket.gethostname()}:{corpse.pid}"
+    dead_owner = f"{HOST}:{dead_pid()}"
     store = fleet.store()
     try:
         store.outbox_enqueue([Reply("C0CRASH", "was in flight"), Reply("C0CRASH", "after it"),
@@ -255,7 +212,7 @@ def test_rows_left_sending_by_a_dead_worker_are_sent_once_in_order(fleet: Fleet)
         leased_at = time.time()
     finally:
         store.close()
-    fleet.start(1)
+    fleet.start()
     crash = fleet.wait_posted(2, 10, "C0CRASH")
     assert [m["text"] for m in crash] == ["was in flight", "after it"]
     lease = fleet.wait_posted(1, 10, "C0LEASE")
@@ -273,19 +230,18 @@ def test_a_row_whose_post_landed_before_its_sender_died_is_not_posted_twice(flee
     if not history_scope:
         fleet.client.configure(history_error="missing_scope")
     fleet.state_dir.mkdir(parents=True)
-    corpse = subprocess.Popen([sys.executable, "-c", "pass"])
-    corpse.wait()
+    dead_owner = f"{HOST}:{dead_pid()}"
     store = fleet.store()
     try:
         [row_id] = store.outbox_enqueue([Reply("C0LANDED", "reached Slack, then the sender died")])
-        [row] = store.outbox_claim(f"{socket.gethostname()}:{corpse.pid}", 1, PostLimits(rate=100, burst=100),
+        [row] = store.outbox_claim(dead_owner, 1, PostLimits(rate=100, burst=100),
                                    lease_s=60).rows
     finally:
         store.close()
     # What the dead sender did before it could mark the row sent:
     body = WebApi(fleet.sim.api_url, timeout=5).post_message(Secret(fleet.env()["SLACK_BOT_TOKEN"]), row.channel,
                                                             row.text, reply_key=row.idempotency_key)
-    worker = fleet.start(1)[0]
+    worker = fleet.start()
     wait_until(lambda: fleet.rows()[0].state == "sent", 10, "the recovered row settled")
     texts = [m["text"] for m in fleet.posted("C0LANDED")]
     if history_scope:
@@ -299,13 +255,13 @@ def test_a_row_whose_post_landed_before_its_sender_died_is_not_posted_twice(flee
 
 def test_a_worker_killed_with_a_backlog_loses_nothing(fleet: Fleet) -> None:
     fleet.client.configure(post_rate=20.0, post_burst=3)
-    first = fleet.start(1, BUIDL_POST_RATE=20)[0]
+    first = fleet.start(BUIDL_POST_RATE=20)
     fleet.enqueue([Reply("C0KILL", f"k{i:02d}") for i in range(40)])
     fleet.wait_posted(10, 10, "C0KILL")
     first.proc.kill()  # type: ignore[union-attr]
     first.proc.wait()  # type: ignore[union-attr]
     fleet.client.wait_for(lambda s: s["open_connections"] == 0, 10, "the dead worker's link to close")
-    fleet.start(1, BUIDL_POST_RATE=20)
+    fleet.start(BUIDL_POST_RATE=20)
     fleet.wait_posted(40, 15, "C0KILL")
     time.sleep(0.3)
     texts = [m["text"] for m in fleet.posted("C0KILL")]
@@ -331,7 +287,7 @@ def test_send_queues_blocks_from_a_file_and_a_worker_posts_them(fleet: Fleet, tm
     assert json.loads(queued.output)["queued"] is True
     refused = runner.invoke(cli, ["send", "general", "hi"], env=env)
     assert refused.exit_code == 1 and "not a Slack channel id" in refused.output
-    fleet.start(1)
+    fleet.start()
     posted = fleet.wait_posted(1, 10, "C0BLK")
     time.sleep(0.3)
     assert len(fleet.posted()) == 1  # the refused one never reached Slack

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,17 +19,10 @@ from buidl_edge.ratelimit import GLOBAL_KEY, Bucket, PostLimits, channel_key, ne
 from buidl_edge.store.base import PostOutcome, Reply
 from buidl_edge.store.memory import MemoryStore
 from buidl_edge.store.sqlite import SqliteStore
+from support import HOST, ME, dead_pid
 
-HOST = socket.gethostname()
-ME = f"{HOST}:{os.getpid()}"
 OTHER = "otherhost:4242"
 FAST = PostLimits(rate=1000.0, burst=1000.0)  # the order tests are not about rates
-
-
-def dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
 
 
 @pytest.fixture(params=["sqlite", "memory"])

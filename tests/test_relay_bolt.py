@@ -22,8 +22,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from buidl_edge.harness import WorkerProcess, fake_tokens, wait_until, worker_env
+from buidl_edge.harness import WorkerProcess, fake_tokens, wait_until
 from buidl_edge.simulator.client import SimulatorProcess
+import support
 from redis_support import free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -123,9 +124,7 @@ def bolt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def relay_env(sim: SimulatorProcess, bolt: BoltApp, secret: str, state_dir: Path, **extra: Any) -> dict[str, str]:
-    return worker_env(sim.api_url, BUIDL_RELAY_URL=bolt.url, SLACK_SIGNING_SECRET=secret,
-                      BUIDL_STATE_DIR=str(state_dir), BUIDL_RELAY_BACKOFF_BASE="0.2", BUIDL_RELAY_BACKOFF_CAP="1",
-                      BUIDL_RELAY_MAX_ATTEMPTS="200", BUIDL_PING_INTERVAL="1", BUIDL_STALE_TIMEOUT="3", **extra)
+    return support.relay_env(sim, bolt.url, secret, state_dir, BUIDL_RELAY_MAX_ATTEMPTS="200", **extra)
 
 
 def admin(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -153,15 +152,12 @@ def stack(shared_simulator: SimulatorProcess, bolt_dir: Path,
     secret = secrets.token_hex(16)
     bolt = BoltApp(bolt_dir, secret, shared_simulator.api_url).start()
     env = relay_env(shared_simulator, bolt, secret, tmp_path_factory.mktemp("state"))
-    worker = WorkerProcess(env)
-    worker.start()
     try:
-        shared_simulator.client.wait_for(lambda s: s["open_connections"] >= 1, 20, "the relay's link")
-        yield Stack(shared_simulator, bolt, worker, env)
+        with support.linked_worker(shared_simulator, env) as worker:
+            yield Stack(shared_simulator, bolt, worker, env)
     finally:
-        worker.stop()
         bolt.stop()
-        print_logs(worker, bolt)
+        print_logs(bolt)
 
 
 def event_state(sim: SimulatorProcess, key: str) -> dict[str, Any]:

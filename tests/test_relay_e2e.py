@@ -21,8 +21,9 @@ import pytest
 import requests
 from slack_sdk.signature import SignatureVerifier
 
-from buidl_edge.harness import WorkerProcess, wait_until, worker_env
+from buidl_edge.harness import WorkerProcess, wait_until
 from buidl_edge.simulator.client import SimulatorProcess
+import support
 from redis_support import free_port
 
 pytestmark = pytest.mark.timeout(90)
@@ -115,9 +116,7 @@ def backend() -> Iterator[Backend]:
 
 
 def relay_env(sim: SimulatorProcess, url: str, state_dir: Path, **extra: Any) -> dict[str, str]:
-    return worker_env(sim.api_url, BUIDL_RELAY_URL=url, SLACK_SIGNING_SECRET=SECRET, BUIDL_STATE_DIR=str(state_dir),
-                      BUIDL_RELAY_BACKOFF_BASE="0.2", BUIDL_RELAY_BACKOFF_CAP="1", BUIDL_RELAY_MAX_ATTEMPTS="10",
-                      BUIDL_PING_INTERVAL="1", BUIDL_STALE_TIMEOUT="3", **extra)
+    return support.relay_env(sim, url, SECRET, state_dir, BUIDL_RELAY_MAX_ATTEMPTS="10", **extra)
 
 
 class Relaying:
@@ -141,14 +140,8 @@ def relaying(shared_simulator: SimulatorProcess, backend: Backend,
     port = free_port()
     env = relay_env(shared_simulator, backend.url, tmp_path_factory.mktemp("state"), BUIDL_HTTP_PORT=str(port),
                     BUIDL_HTTP_HOST="127.0.0.1")
-    worker = WorkerProcess(env)
-    worker.start()
-    try:
-        shared_simulator.client.wait_for(lambda s: s["open_connections"] >= 1, 20, "the relay's link")
+    with support.linked_worker(shared_simulator, env) as worker:
         yield Relaying(shared_simulator, worker, env, port)
-    finally:
-        worker.stop()
-        print(worker.output()[-8000:])
 
 
 def message(relay: Relaying, text: str, channel: str) -> dict[str, str]:

@@ -11,21 +11,9 @@ import pytest
 
 from buidl_edge.harness import WorkerProcess, fake_tokens, worker_env
 from buidl_edge.simulator.client import SimulatorProcess
+from support import assert_no_secret
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def secret_fragments(tokens: dict[str, str]) -> list[str]:
-    """Each whole token, and the long random part of each (what a partial leak would show)."""
-    fragments = []
-    for token in tokens.values():
-        fragments += [token, max(token.split("-"), key=len)]
-    return fragments
-
-
-def assert_no_secret(text: str, tokens: dict[str, str], where: str) -> None:
-    for fragment in secret_fragments(tokens):
-        assert fragment not in text, f"a token fragment leaked into {where}"
 
 
 def test_debug_run_logs_frames_but_no_token(simulator: SimulatorProcess, tmp_path: Path) -> None:

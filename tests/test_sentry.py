@@ -20,6 +20,7 @@ from buidl_edge.demo_app import FAIL_WORD
 from buidl_edge.harness import StackProcess, WorkerProcess, fake_tokens, wait_until, worker_env
 from buidl_edge.simulator.client import SimulatorProcess
 from buidl_edge.simulator.sentry import parse_envelope
+from support import assert_no_secret, secret_fragments
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -58,19 +59,6 @@ def careless(event, ctx):
     gevent.spawn(_crash, bot_token).join()
     raise RuntimeError("could not use " + app_token + " or " + bot_token)
 '''
-
-
-def secret_fragments(tokens: dict[str, str]) -> list[str]:
-    """Each whole token, its body without the prefix, and its longest random part (what a partial leak would show)."""
-    out = []
-    for token in tokens.values():
-        out += [token, token.split("-", 1)[1], max(token.split("-"), key=len)]
-    return out
-
-
-def assert_no_secret(text: str, secrets: list[str], where: str) -> None:
-    for fragment in secrets:
-        assert fragment not in text, f"a secret fragment leaked into {where}"
 
 
 def events_of(sim: SimulatorProcess, report: str | None = None) -> list[dict[str, Any]]:

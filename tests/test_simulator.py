@@ -15,6 +15,9 @@ from buidl_edge.simulator.client import SimulatorError, SimulatorProcess
 
 pytestmark = pytest.mark.timeout(30)
 
+# The simulator reports seconds rounded to the millisecond.
+ROUNDING_S = 0.001
+
 
 def app_token() -> str:
     return "xapp-" + "1-" + secrets.token_hex(8)
@@ -266,8 +269,40 @@ def test_drop_fault_ends_the_socket_without_close_frame(simulator: SimulatorProc
     simulator.client.fault("drop")
     with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionError)):
         ws.recv()
-    summary = simulator.client.wait_for(lambda s: s["open_connections"] == 0, 5, "the drop seen")
-    assert summary["longest_no_connection_gap_s"] >= 0
+    simulator.client.wait_for(lambda s: s["open_connections"] == 0, 5, "the drop seen")
+
+
+def test_time_with_no_link_open_is_measured_from_the_drop_to_the_next_link(simulator: SimulatorProcess) -> None:
+    # Each bound is causal, so it holds however slow the machine: the gap starts after the fault
+    # call and before the test sees no link open; it ends after the next open call and before its hello.
+    ws, _ = connect(simulator)
+    assert simulator.client.summary()["longest_no_connection_gap_s"] == 0.0
+    fault_called = time.monotonic()
+    simulator.client.fault("drop")
+    simulator.client.wait_for(lambda s: s["open_connections"] == 0, 5, "the drop seen")
+    seen_down = time.monotonic()
+    time.sleep(0.5)
+    asked = time.monotonic()
+    still_down = simulator.client.summary()["longest_no_connection_gap_s"]
+    assert still_down >= asked - seen_down - ROUNDING_S, "the gap going on is not counted"
+    reopened = time.monotonic()
+    connect(simulator)
+    greeted = time.monotonic()
+    gap = simulator.client.summary()["longest_no_connection_gap_s"]
+    assert reopened - seen_down - ROUNDING_S <= gap <= greeted - fault_called + ROUNDING_S
+    ws.close()
+
+
+def test_a_link_dropped_while_another_is_open_leaves_no_gap(simulator: SimulatorProcess) -> None:
+    old, _ = connect(simulator)
+    new, _ = connect(simulator)
+    simulator.client.fault("drop", target="oldest")
+    summary = simulator.client.wait_for(lambda s: s["open_connections"] == 1, 5, "the drop seen")
+    time.sleep(0.2)  # a gap, if one were wrongly counted, would have grown meanwhile
+    assert summary["longest_no_connection_gap_s"] == 0.0
+    assert simulator.client.summary()["longest_no_connection_gap_s"] == 0.0
+    old.close()
+    new.close()
 
 
 def test_server_pings_and_bad_frame_fault(simulator: SimulatorProcess) -> None:

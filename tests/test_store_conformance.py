@@ -12,7 +12,6 @@ import inspect
 import itertools
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -30,25 +29,11 @@ from buidl_edge.store.errors import StoreError, StoreUnavailable
 from buidl_edge.store.redis import RedisStore
 from buidl_edge.store.sqlite import SqliteStore
 from redis_support import RedisServer, free_port
+from support import HOST, ME, dead_pid, envelope as env
 
-HOST = socket.gethostname()
-ME = f"{HOST}:{os.getpid()}"
 FAST = PostLimits(rate=1000.0, burst=1000.0)
 PROJECT = Path(__file__).resolve().parent.parent
 _prefixes = itertools.count(1)
-
-
-def env(envelope_id: str, event_id: str | None = None, text: str = "hi") -> Envelope:
-    payload: dict[str, Any] = {"event": {"type": "message", "text": text}}
-    if event_id:
-        payload["event_id"] = event_id
-    return Envelope(type="events_api", envelope_id=envelope_id, payload=payload)
-
-
-def dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
 
 
 class Backend:

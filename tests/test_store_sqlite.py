@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -13,21 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from buidl_edge.protocol import Envelope
 from buidl_edge.store.base import Reply
 from buidl_edge.store.errors import StoreCorrupt, StoreLocked, StoreRejected, StoreUnavailable
 from buidl_edge.store.sqlite import SqliteStore
 from buidl_edge.store.sqlite.schema import SCHEMA_VERSION
+from support import ME, envelope as env
 
-HOST = socket.gethostname()
-ME = f"{HOST}:{os.getpid()}"
-
-
-def env(envelope_id: str, event_id: str | None = None, text: str = "hi") -> Envelope:
-    payload = {"event": {"type": "message", "text": text}}
-    if event_id:
-        payload["event_id"] = event_id
-    return Envelope(type="events_api", envelope_id=envelope_id, payload=payload)
 
 
 @pytest.fixture
@@ -40,12 +30,6 @@ def store(db: Path):
     s = SqliteStore(db)
     yield s
     s.close()
-
-
-def dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
 
 
 def run_py(code: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:

@@ -16,6 +16,7 @@ from buidl_edge import tokens
 from buidl_edge.config import ConfigError, load_settings
 from buidl_edge.harness import WorkerProcess, fake_tokens, worker_env
 from buidl_edge.simulator.client import SimulatorProcess
+from support import assert_no_secret
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -40,18 +41,13 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def assert_no_token(text: str, fake: dict[str, str]) -> None:
-    for token in fake.values():
-        assert token not in text and max(token.split("-"), key=len) not in text
-
-
 def test_set_show_rm_round_trip(tmp_path: Path, fake: dict[str, str]) -> None:
     home = tmp_path / "buidl-home"
     app, bot = fake["SLACK_APP_TOKEN"], fake["SLACK_BOT_TOKEN"]
     for flag, value in (("--app", app), ("--bot", bot)):
         result = token_cli(home, "set", flag, stdin=value + "\n")
         assert result.returncode == 0, result.stderr
-        assert_no_token(result.stdout + result.stderr, fake)
+        assert_no_secret(result.stdout + result.stderr, fake)
     assert (home / "token").read_text().strip() == app  # the old Buidl client's file name
     assert (home / "bot_token").read_text().strip() == bot
     assert mode(home) == 0o700 and mode(home / "token") == 0o600 and mode(home / "bot_token") == 0o600
@@ -59,7 +55,7 @@ def test_set_show_rm_round_trip(tmp_path: Path, fake: dict[str, str]) -> None:
 
     shown = token_cli(home, "show")
     assert shown.returncode == 0, shown.stderr
-    assert_no_token(shown.stdout, fake)
+    assert_no_secret(shown.stdout, fake)
     assert f"app  xapp-…{app[-4:]}  from {home / 'token'}" in shown.stdout
     assert f"bot  xoxb-…{bot[-4:]}  from {home / 'bot_token'}" in shown.stdout
 
@@ -87,7 +83,7 @@ def test_set_refuses_a_malformed_token_without_echoing_it(tmp_path: Path, fake: 
     assert two.returncode != 0 and "characters no Slack token has" in two.stderr
     assert token_cli(home, "set", stdin=fake["SLACK_BOT_TOKEN"]).returncode == 2  # --app or --bot is required
     for output in (result, wrong_kind, two):
-        assert_no_token(output.stdout + output.stderr, fake)
+        assert_no_secret(output.stdout + output.stderr, fake)
     assert not (home / "token").exists() and not (home / "bot_token").exists()
 
 
@@ -105,7 +101,7 @@ def test_set_on_a_terminal_prompts_without_echo(tmp_path: Path, fake: dict[str, 
         _, status = os.waitpid(pid, 0)
         os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 0, seen
-    assert_no_token(seen.decode(errors="replace"), fake)
+    assert_no_secret(seen.decode(errors="replace"), fake)
     assert (home / "token").read_text().strip() == fake["SLACK_APP_TOKEN"]
 
 
@@ -148,7 +144,7 @@ def test_a_file_group_or_others_can_read_is_refused(tmp_path: Path, fake: dict[s
         load_settings(env)
     message = str(caught.value)
     assert f"chmod 600 {path}" in message and "\n" not in message
-    assert_no_token(message, fake)
+    assert_no_secret(message, fake)
     shown = token_cli(tmp_path, "show")
     assert shown.returncode == 1 and f"chmod 600 {path}" in shown.stdout
 
@@ -185,7 +181,7 @@ def test_a_malformed_file_is_named_without_its_content(tmp_path: Path, fake: dic
     with pytest.raises(ConfigError) as caught:
         load_settings({"BUIDL_HOME": str(tmp_path), "SLACK_BOT_TOKEN": fake["SLACK_BOT_TOKEN"]})
     assert str(path) in str(caught.value) and "xapp-" in str(caught.value)
-    assert_no_token(str(caught.value), fake)
+    assert_no_secret(str(caught.value), fake)
 
 
 def test_a_worker_runs_on_tokens_from_files(simulator: SimulatorProcess, tmp_path: Path, fake: dict[str, str]) -> None:
@@ -199,4 +195,4 @@ def test_a_worker_runs_on_tokens_from_files(simulator: SimulatorProcess, tmp_pat
         simulator.client.inject("app_mention", channel="C0FILES", text="<@U0BUIDL> hi")
         simulator.client.wait_for(lambda s: s["messages_posted"] == 1, 10, "the reply")
         assert worker.stop() == 0
-    assert_no_token(worker.output(), fake)
+    assert_no_secret(worker.output(), fake)

@@ -72,27 +72,45 @@ def test_websocket_options_make_the_choice_explicit_and_never_touch_tls() -> Non
 # -- a recording HTTP proxy, for real workers ----------------------------------------------------
 
 
-class RecordingProxy:
-    """A loopback HTTP proxy: CONNECT tunnels and absolute-form requests, each one recorded."""
+class LoopbackListener:
+    """A TCP listener on a free loopback port: each connection goes to `serve`, on a daemon thread
+    (one thread for all of them, or one each when `concurrent`)."""
+
+    concurrent = False
 
     def __init__(self) -> None:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
-        self.requests: list[tuple[str, str | None]] = []  # (request line, Proxy-Authorization)
         threading.Thread(target=self._accept, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.close()
 
     def _accept(self) -> None:
         while True:
             try:
-                client, _ = self.server.accept()
+                conn, _ = self.server.accept()
             except OSError:
                 return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+            if self.concurrent:
+                threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+            else:
+                self.serve(conn)
 
-    def _serve(self, client: socket.socket) -> None:
+    def serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.server.close()
+
+
+class RecordingProxy(LoopbackListener):
+    """A loopback HTTP proxy: CONNECT tunnels and absolute-form requests, each one recorded."""
+
+    concurrent = True
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str | None]] = []  # (request line, Proxy-Authorization)
+        super().__init__()
+
+    def serve(self, client: socket.socket) -> None:
         data = b""
         while b"\r\n\r\n" not in data:
             chunk = client.recv(65536)
@@ -211,41 +229,31 @@ class FakeSlack:
         self.httpd.server_close()
 
 
-class TlsServer:
+class TlsServer(LoopbackListener):
     """A TLS listener with a self-signed certificate: records failed handshakes and requests."""
 
     def __init__(self, cert: Path, key: Path) -> None:
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.load_cert_chain(cert, key)
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
         self.handshake_failures = 0
         self.requests: list[str] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                raw, _ = self.server.accept()
-            except OSError:
-                return
-            try:
-                conn = self.context.wrap_socket(raw, server_side=True)
-            except (ssl.SSLError, OSError):
-                self.handshake_failures += 1
-                raw.close()
-                continue
-            try:
-                conn.settimeout(5)
-                self.requests.append(conn.recv(65536).decode("latin-1").split("\r\n", 1)[0])
-                conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            except OSError:
-                pass
-            finally:
-                conn.close()
-
-    def close(self) -> None:
-        self.server.close()
+    def serve(self, raw: socket.socket) -> None:
+        try:
+            conn = self.context.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            self.handshake_failures += 1
+            raw.close()
+            return
+        try:
+            conn.settimeout(5)
+            self.requests.append(conn.recv(65536).decode("latin-1").split("\r\n", 1)[0])
+            conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        except OSError:
+            pass
+        finally:
+            conn.close()
 
 
 @pytest.fixture
@@ -298,43 +306,34 @@ def test_a_plain_ws_url_outside_loopback_stops_the_worker(tmp_path: Path) -> Non
 # -- a Slack that says link_disabled before hello, against the same fake Web API ---------------
 
 
-class SocketModeOff:
+class SocketModeOff(LoopbackListener):
     """A WebSocket endpoint whose first frame, before any hello, is `disconnect` link_disabled
     (RFC 6455 handshake, one text frame, a close). Counts the links it was asked for."""
 
     GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455's suffix for Sec-WebSocket-Accept
 
     def __init__(self) -> None:
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.url = f"ws://127.0.0.1:{self.server.getsockname()[1]}/link/"
         self.links = 0
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
+        self.url = f"ws://127.0.0.1:{self.port}/link/"
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(5)
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    request += chunk
-                key = next((line.split(":", 1)[1].strip() for line in request.decode("latin-1").split("\r\n")
-                            if line.lower().startswith("sec-websocket-key:")), "")
-                accept = base64.b64encode(hashlib.sha1((key + self.GUID).encode()).digest()).decode()
-                frame = build_disconnect("link_disabled").encode()  # under 126 bytes: a one-byte length
-                self.links += 1
-                conn.sendall(f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                             f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
-                             + bytes([0x81, len(frame)]) + frame + b"\x88\x00")
-
-    def close(self) -> None:
-        self.server.close()
+    def serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            request = b""
+            while b"\r\n\r\n" not in request:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                request += chunk
+            key = next((line.split(":", 1)[1].strip() for line in request.decode("latin-1").split("\r\n")
+                        if line.lower().startswith("sec-websocket-key:")), "")
+            accept = base64.b64encode(hashlib.sha1((key + self.GUID).encode()).digest()).decode()
+            frame = build_disconnect("link_disabled").encode()  # under 126 bytes: a one-byte length
+            self.links += 1
+            conn.sendall(f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
+                         + bytes([0x81, len(frame)]) + frame + b"\x88\x00")
 
 
 def test_link_disabled_before_hello_stops_with_its_own_reason_not_a_token_error(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import pytest
 
 from buidl_edge.harness import WorkerProcess, worker_env
 from buidl_edge.simulator.client import SimulatorClient, SimulatorProcess
+from support import Workers, app_folder
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -96,22 +97,17 @@ CLIENT_APP = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SimulatorProcess, WorkerProcess]]:
-    folder = tmp_path_factory.mktemp("client-app")
-    (folder / "client_test_app.py").write_text(CLIENT_APP)
+    folder = app_folder(tmp_path_factory, "client_test_app", CLIENT_APP)
     with SimulatorProcess() as sim:
         sim.client.configure(post_rate=100.0, post_burst=100)
-        env = worker_env(sim.api_url, BUIDL_APP="client_test_app:app", BUIDL_STATE_DIR=folder / "state",
-                         BUIDL_LOG_LEVEL="DEBUG", WEBSOCKET_DEBUG="1", BUIDL_POST_RATE=100, BUIDL_POST_BURST=100)
-        env["PYTHONPATH"] = f"{folder}:{env.get('PYTHONPATH', '')}".rstrip(":")
-        worker = WorkerProcess(env, log_path=folder / "worker.log")
-        worker.start()
+        workers = Workers(sim, folder, folder, BUIDL_APP="client_test_app:app", BUIDL_LOG_LEVEL="DEBUG",
+                          WEBSOCKET_DEBUG="1", BUIDL_POST_RATE=100, BUIDL_POST_BURST=100)
         try:
-            sim.client.wait_for(lambda s: s["open_connections"] == 1, 15, "the worker's connection")
+            worker = workers.start()
             command(sim.client, "/probe")
             yield sim, worker
         finally:
-            code = worker.stop()
-            print(f"--- worker exit {code} ---\n{worker.output()[-20000:]}")
+            workers.stop_all()
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from buidl_edge.webapi import (
     TransientApiError,
     WebApi,
 )
+from support import assert_no_secret
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,9 +39,7 @@ def api(fresh_simulator: SimulatorProcess) -> WebApi:
 
 
 def assert_no_token(exc: BaseException, tokens: dict[str, Secret]) -> None:
-    text = f"{exc} {exc!r} {exc.args}"
-    for secret in tokens.values():
-        assert secret.reveal() not in text
+    assert_no_secret(f"{exc} {exc!r} {exc.args}", [secret.reveal() for secret in tokens.values()], "the exception")
 
 
 # -- success ----------------------------------------------------------------------------

@@ -21,8 +21,9 @@ import requests
 import websocket
 
 from buidl_edge.bot import GREETING, HELP_TEXT
-from buidl_edge.harness import WorkerProcess, fake_tokens, worker_env
+from buidl_edge.harness import fake_tokens
 from buidl_edge.simulator.client import SimulatorClient, SimulatorProcess
+from support import Workers, app_folder, keys, log_lines, wait_acked
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -68,53 +69,20 @@ TEST_APP_SPEC = "e2e_test_app:app"
 
 @pytest.fixture(scope="module")
 def app_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("e2e-app")
-    (folder / "e2e_test_app.py").write_text(TEST_APP)
-    return folder
-
-
-class Workers:
-    """Starts workers aimed at one simulator; stops them and prints their logs at teardown."""
-
-    def __init__(self, sim: SimulatorProcess, tmp_path: Path, app_dir: Path) -> None:
-        self.sim = sim
-        self.tmp_path = tmp_path
-        self.app_dir = app_dir
-        self.started: list[WorkerProcess] = []
-
-    def env(self, app: str | None = None, **extra: Any) -> dict[str, str]:
-        # The outbox paces replies at Slack's 1 msg/s per channel by default; these tests raise the
-        # simulator's limit (see `sim`), so the workers may match it.
-        extra = {"BUIDL_POST_RATE": 100, "BUIDL_POST_BURST": 100, **extra}
-        env = worker_env(self.sim.api_url, BUIDL_STORE_URL=STORE_URL, BUIDL_STATE_DIR=self.tmp_path / "state",
-                         **extra)
-        env["PYTHONPATH"] = f"{self.app_dir}:{env.get('PYTHONPATH', '')}".rstrip(":")
-        if app:
-            env["BUIDL_APP"] = app
-        return env
-
-    def start(self, app: str | None = None, connections: int = 1, wait_connected: bool = True,
-              args: tuple[str, ...] = (), **extra: Any) -> WorkerProcess:
-        worker = WorkerProcess(self.env(app, BUIDL_CONNECTIONS=connections, **extra), args=args,
-                               log_path=self.tmp_path / f"worker-{len(self.started)}.log")
-        worker.start()
-        self.started.append(worker)
-        if wait_connected:
-            self.sim.client.wait_for(lambda s: s["open_connections"] == connections, 15,
-                                     f"{connections} worker connection(s)")
-        return worker
-
-    def stop_all(self) -> None:
-        for worker in self.started:
-            code = worker.stop()
-            print(f"--- worker {worker.log_path.name} exit {code} ---\n{worker.output()}")
+    return app_folder(tmp_path_factory, "e2e_test_app", TEST_APP)
 
 
 @pytest.fixture
 def workers(fresh_simulator: SimulatorProcess, tmp_path: Path, app_dir: Path) -> Iterator[Workers]:
-    pool = Workers(fresh_simulator, tmp_path, app_dir)
+    pool = e2e_workers(fresh_simulator, tmp_path, app_dir)
     yield pool
     pool.stop_all()
+
+
+def e2e_workers(sim: SimulatorProcess, tmp_path: Path, app_dir: Path) -> Workers:
+    # The outbox paces replies at Slack's 1 msg/s per channel by default; these tests raise the
+    # simulator's limit (see `sim`), so the workers may match it.
+    return Workers(sim, tmp_path, app_dir, BUIDL_POST_RATE=100, BUIDL_POST_BURST=100, BUIDL_STORE_URL=STORE_URL)
 
 
 @pytest.fixture
@@ -125,15 +93,6 @@ def sim(fresh_simulator: SimulatorProcess) -> SimulatorClient:
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def keys(injected: list[dict[str, str]]) -> list[str]:
-    return [e["key"] for e in injected]
-
-
-def wait_acked(sim: SimulatorClient, wanted: list[str], timeout: float = 10) -> dict[str, Any]:
-    return sim.wait_for(lambda s: all(s["events"].get(k, {}).get("acked") for k in wanted), timeout,
-                        f"{len(wanted)} event(s) acked", source="state")
 
 
 def replies(state: dict[str, Any]) -> dict[str, list[str]]:
@@ -149,10 +108,6 @@ def settled_replies(sim: SimulatorClient, expected_channels: set[str], timeout: 
                  source="state")
     time.sleep(0.5)
     return replies(sim.state())
-
-
-def log_lines(worker: WorkerProcess, pattern: str) -> list[str]:
-    return [line for line in worker.output().splitlines() if re.search(pattern, line)]
 
 
 def log_time(line: str) -> float:
@@ -365,7 +320,7 @@ def test_too_many_websockets_backs_off_and_retries(sim: SimulatorClient, workers
 def test_silent_link_is_replaced_as_stale(simulator: SimulatorProcess, tmp_path: Path, app_dir: Path) -> None:
     # Its own simulator: the silenced link stays open on the server side until the silence ends.
     sim = simulator.client
-    pool = Workers(simulator, tmp_path, app_dir)
+    pool = e2e_workers(simulator, tmp_path, app_dir)
     try:
         worker = pool.start(TEST_APP_SPEC, BUIDL_PING_INTERVAL="0.2", BUIDL_STALE_TIMEOUT="0.8")
         [old] = open_links(sim)
