@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 # Enough to amortise a commit over a burst, small enough to keep one transaction short.
 MAX_BATCH = 64
+# How long `stop` lets a batch already on the thread finish (a lock wait is bounded below this).
+STOP_WAIT_S = 20.0
 # What submit_now says when the item could not be written without waiting.
 NOT_NOW: Any = object()
 
@@ -97,6 +99,7 @@ class GroupCommit:
         self._run_now = run_now or (lambda txns: None)
         self._pending: list[tuple[Any, gevent.event.AsyncResult]] = []
         self._on_thread = False  # a batch is on the pool thread: later items wait their turn
+        self._stopping = False
         self._wakeup = gevent.event.Event()
         self._loop = gevent.spawn(self._drain)
 
@@ -121,16 +124,21 @@ class GroupCommit:
             raise exc if isinstance(exc, StoreError) else rejected("group commit", exc) from exc
         return NOT_NOW if values is None else _value(values[0])
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = STOP_WAIT_S) -> None:
+        """Stop taking batches. A batch already on the thread is let finish and answered: it may
+        have committed, so its callers must hear how it went, not that the store closed."""
+        self._stopping = True
+        self._wakeup.set()
+        self._loop.join(timeout=timeout)
         self._loop.kill(block=True)
         for _, result in self._pending:
             result.set_exception(StoreError("store closed"))
 
     def _drain(self) -> None:
-        while True:
+        while not self._stopping:
             self._wakeup.wait()
             self._wakeup.clear()
-            while self._pending:
+            while self._pending and not self._stopping:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                 txns = [txn for txn, _ in batch]
                 try:

@@ -167,8 +167,6 @@ def test_a_lone_claim_is_written_on_the_hub_and_a_busy_database_sends_the_burst_
         store.close()
 
 
-@pytest.mark.xfail(strict=True, reason="GroupCommit.stop kills its loop while the commit runs on the thread: "
-                   "that batch commits, but its callers never get an answer (for the store's owner to fix)")
 def test_stop_during_a_commit_still_answers_the_callers_of_that_commit(
         batcher: tuple[GroupCommit, Recorder], store: SqliteStore) -> None:
     commits, recorder = batcher
