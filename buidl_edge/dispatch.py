@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import gevent
 import gevent.pool
@@ -80,23 +80,28 @@ class Dispatcher:
         self._busy: dict[Any, tuple[str, str]] = {}
         self._unknown_commands: set[str] = set()
 
-    def accept(self, envelope: Envelope, link: Link, received_at: float) -> None:
-        """Called by the link's reader for each envelope; returns at once.
+    def accept(self, burst: Sequence[tuple[Envelope, float]], link: Link) -> None:
+        """Called by the link's reader with the envelopes of one read (and when each was read);
+        returns at once.
 
-        When the store can decide the claim without waiting (the common case: SQLite's write
-        lock is free, or the memory store), the claim and the ack happen right here, in the
-        reader, with no greenlet of their own; else both wait in a greenlet of `inflight`.
+        When the store can decide the claims without waiting (the common case: SQLite's write
+        lock is free, or the memory store), the whole burst is claimed in one commit and acked
+        right here, in the reader, with no greenlet of its own; else each envelope's claim and
+        ack wait in a greenlet of `inflight`.
         """
         try:
-            new = self.store.claim_now(envelope, self.owner)
-        except StoreError as exc:
-            new = self._claim_failed(envelope, exc)
-        if new is None:
-            self.inflight.spawn(self._process, envelope, link, received_at)
+            outcomes = self.store.claim_many_now([envelope for envelope, _ in burst], self.owner)
+        except StoreError as exc:  # the whole commit failed
+            outcomes = [exc] * len(burst)
+        if outcomes is None:
+            for envelope, received_at in burst:
+                self.inflight.spawn(self._process, envelope, link, received_at)
             return
-        if new:
+        if not all(isinstance(outcome, StoreError) for outcome in outcomes):
             self.health.ok()
-        self._claimed(new, envelope, link, received_at, in_reader=True)
+        for (envelope, received_at), outcome in zip(burst, outcomes):
+            new = self._claim_failed(envelope, outcome) if isinstance(outcome, StoreError) else outcome
+            self._claimed(new, envelope, link, received_at, in_reader=True)
 
     def _process(self, envelope: Envelope, link: Link, received_at: float) -> None:
         self._claimed(self._claim(envelope), envelope, link, received_at, in_reader=False)

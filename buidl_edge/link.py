@@ -10,7 +10,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 import gevent
 import gevent.event
@@ -30,8 +30,9 @@ log = logging.getLogger("buidl_edge.connection")
 
 
 class EnvelopeSink(Protocol):
-    def accept(self, envelope: protocol.Envelope, link: "Link", received_at: float) -> None:
-        """Take one envelope read on `link`; must return quickly (the read loop waits)."""
+    def accept(self, burst: Sequence[tuple[protocol.Envelope, float]], link: "Link") -> None:
+        """Take the envelopes of one read on `link`, each with the monotonic time it was read;
+        must return quickly (the read loop waits)."""
 
 
 @dataclass
@@ -84,6 +85,8 @@ class Link:
         # here and leaves in one write at the end of the burst.
         self._reader: Any = None
         self._held: list[bytes] = []
+        # The envelopes of one recv go to the sink together: one commit claims them all.
+        self._burst: list[tuple[protocol.Envelope, float]] = []
 
     def end(self, outcome: LinkOutcome) -> None:
         """Say why this link ends; the first reason given is the one that counts."""
@@ -155,6 +158,7 @@ class Link:
                         if not self._on_frame(opcode, payload):
                             return
                 finally:
+                    self._hand_over()
                     self._flush()
         except (OSError, AttributeError, wsframes.FrameError) as exc:
             # AttributeError: the socket is None once closed under us.
@@ -168,6 +172,11 @@ class Link:
             self.close()
             self.closed.set()
             self.end(LinkOutcome.CLOSED)
+
+    def _hand_over(self) -> None:
+        burst, self._burst = self._burst, []
+        if burst:
+            self.sink.accept(burst, self)
 
     def _on_frame(self, opcode: int, payload: bytes) -> bool:
         """Handle one frame; False once the peer closed."""
@@ -201,7 +210,7 @@ class Link:
         if isinstance(frame, protocol.Envelope):
             self.stats.envelopes_received += 1
             if self.dispatching:
-                self.sink.accept(frame, self, received_at)
+                self._burst.append((frame, received_at))
             # While draining, no ack: Slack redelivers it to a connection that stays up.
         elif isinstance(frame, protocol.Disconnect):
             self.stats.disconnects[frame.reason] = self.stats.disconnects.get(frame.reason, 0) + 1

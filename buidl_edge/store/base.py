@@ -14,7 +14,7 @@ from typing import Any, Literal, Protocol, Sequence
 
 from buidl_edge.protocol import Envelope
 from buidl_edge.ratelimit import PostLimits
-from buidl_edge.store.errors import BadCall
+from buidl_edge.store.errors import BadCall, StoreError
 
 # Slack retries for about 5 minutes; dedup keys must outlive that with room to spare.
 MIN_RETENTION_S = 600.0
@@ -156,9 +156,11 @@ class InboxStore(Protocol):
     def claim(self, envelope: Envelope, owner: str) -> bool:
         """Record the envelope and its dedup keys atomically; True when it is new."""
 
-    def claim_now(self, envelope: Envelope, owner: str) -> bool | None:
-        """`claim`, if it can be decided without waiting (no I/O to wait on, no busy writer);
-        None when it cannot (nothing was written: call `claim` from a greenlet of its own)."""
+    def claim_many_now(self, envelopes: Sequence[Envelope], owner: str) -> list[bool | StoreError] | None:
+        """`claim` of each envelope (in one commit where the store has commits), if that can be
+        decided without waiting (no I/O to wait on, no busy writer): a StoreError stands in the
+        place of an envelope the store rejected alone. None when it cannot (nothing was written:
+        call `claim` for each from a greenlet of its own)."""
 
     def claim_key(self, key: str) -> bool:
         """Claim one free-form dedup key (for handlers' own once-only logic)."""

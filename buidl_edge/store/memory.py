@@ -14,6 +14,7 @@ from buidl_edge.protocol import Envelope
 from buidl_edge.ratelimit import GLOBAL_KEY, Bucket, PostLimits, channel_key, pause, plan
 from buidl_edge.store.base import (DEFAULT_RETENTION_S, Claimed, DeliveryOutcome, OutboxRow, PostOutcome, RelayBatch,
                                    RelayRow, Reply, check_purgeable, idempotency_keys, retention_cutoff)
+from buidl_edge.store.errors import StoreError
 from buidl_edge.store.owners import Owner
 
 DEFAULT_LEASE_S = 30.0
@@ -45,8 +46,8 @@ class MemoryStore:
                                              "order_key": None, "next_at": None, "deliveries": 0}
         return True
 
-    def claim_now(self, envelope: Envelope, owner: str) -> bool | None:
-        return self.claim(envelope, owner)
+    def claim_many_now(self, envelopes: Sequence[Envelope], owner: str) -> list[bool | StoreError] | None:
+        return [self.claim(envelope, owner) for envelope in envelopes]
 
     def claim_key(self, key: str) -> bool:
         if key in self._claims:

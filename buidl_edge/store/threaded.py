@@ -5,15 +5,18 @@ calls of a process are serialized anyway, and a single thread keeps them in
 arrival order without lock contention. Greenlets calling at once simply
 queue; each one blocks only itself.
 
-Claims and finishes, the two writes of every envelope, first try the hub itself
-(`SqliteDb.run_batch_now`): when nothing else is writing, the write is cheaper
-than the hand-off to the thread and back, and it cannot wait. Only when the
-database is busy, or a batch is already on the thread, do they queue for it.
+Claims, the first write of every envelope, are made on the hub itself
+(`SqliteDb.run_batch_now`), all the envelopes of one read in one commit: when
+nothing else is writing, that is cheaper than the hand-off to the thread and
+back, and it cannot wait. Finishes, the second write, queue for the next commit,
+a reader's or the drain loop's, so the handlers of one burst share one. Only
+when the database is busy, or a batch is already on the thread, does the queue
+go to the thread.
 """
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import gevent
 import gevent.event
@@ -45,12 +48,14 @@ class ThreadedStore:
     def claim(self, envelope: Any, owner: str) -> bool:
         return self._batcher.submit(self.inner.claim_txn(envelope, owner))  # type: ignore[no-any-return]
 
-    def claim_now(self, envelope: Any, owner: str) -> bool | None:
-        value = self._batcher.submit_now(self.inner.claim_txn(envelope, owner))
-        return None if value is NOT_NOW else bool(value)
+    def claim_many_now(self, envelopes: Sequence[Any], owner: str) -> list[bool | StoreError] | None:
+        values = self._batcher.submit_now([self.inner.claim_txn(envelope, owner) for envelope in envelopes])
+        return None if values is NOT_NOW else values  # type: ignore[no-any-return]
 
     def finish(self, envelope_id: str, replies: Any, error: str | None = None) -> None:
-        self._batcher.submit(self.inner.finish_txn(envelope_id, replies, error))
+        # Finishes ride the next commit (a burst's claims, or the batch of their own): under load
+        # the handlers of one read finish together, and one commit then serves them all.
+        self._batcher.submit(self.inner.finish_txn(envelope_id, replies, error), with_next=True)
 
     def __getattr__(self, name: str) -> Any:
         # Only called for attributes not found normally, i.e. the inner store's API.
@@ -103,26 +108,40 @@ class GroupCommit:
         self._wakeup = gevent.event.Event()
         self._loop = gevent.spawn(self._drain)
 
-    def submit(self, txn: Any) -> Any:
-        now = self.submit_now(txn)
-        if now is not NOT_NOW:
-            return now
+    def submit(self, txn: Any, with_next: bool = False) -> Any:
+        """The item's result, once committed. `with_next`: do not try the hub at once; wait for
+        the next commit, whoever makes it (the drain loop, or a reader's `submit_now`)."""
+        if not with_next:
+            now = self.submit_now([txn])
+            if now is not NOT_NOW:
+                return _value(now[0])
         result = gevent.event.AsyncResult()
         self._pending.append((txn, result))
         self._wakeup.set()
         return _value(result.get())
 
-    def submit_now(self, txn: Any) -> Any:
-        """The item's result if it could be written on the hub at once, else NOT_NOW (nothing
-        written). Only when nothing is queued or on the thread, so items keep their arrival order.
+    def submit_now(self, txns: Sequence[Any]) -> Any:
+        """The items' results (a StoreError in the place of an item that failed alone) if they
+        could be written on the hub at once, else NOT_NOW (nothing written). The items queued
+        before them go first, in the same commit, so that items keep their arrival order; never
+        while a batch is on the thread.
         """
-        if self._pending or self._on_thread:
+        if self._on_thread:
             return NOT_NOW
+        queued, self._pending = self._pending, []
         try:
-            values = self._run_now([txn])
-        except Exception as exc:
-            raise exc if isinstance(exc, StoreError) else rejected("group commit", exc) from exc
-        return NOT_NOW if values is None else _value(values[0])
+            values = self._run_now([txn for txn, _ in queued] + list(txns))
+        except Exception as exc:  # the whole commit failed: the queued items' callers hear it too
+            error = exc if isinstance(exc, StoreError) else rejected("group commit", exc)
+            for _, result in queued:
+                result.set_exception(error)
+            raise error from exc
+        if values is None:
+            self._pending = queued + self._pending
+            return NOT_NOW
+        for (_, result), value in zip(queued, values):
+            result.set(value)
+        return values[len(queued):]
 
     def stop(self, timeout: float = STOP_WAIT_S) -> None:
         """Stop taking batches. A batch already on the thread is let finish and answered: it may

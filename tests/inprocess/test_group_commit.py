@@ -187,3 +187,33 @@ def test_threaded_store_routes_claim_and_finish_through_the_group_commit(tmp_pat
         assert {threaded.inbox_row(f"E{i}")["state"] for i in range(5)} == {"done"}
     finally:
         threaded.close()
+
+
+def test_a_readers_burst_is_one_commit_on_the_hub_and_a_finish_rides_the_next_commit(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "edge.db", checkpoint_interval_s=None, hub_writes=True)  # a worker's
+    pool = ThreadPool(1)
+    hub_batches: list[int] = []
+
+    def run_now(txns: list[Any]) -> list[Any] | None:
+        hub_batches.append(len(txns))
+        return store.run_batch_now(txns)
+
+    commits = GroupCommit(pool, Recorder(store), run_now)
+    try:
+        burst = [store.claim_txn(envelope(f"E{i}"), ME) for i in range(20)]
+        burst.append(store.claim_txn(envelope("E0"), ME))  # Slack's retry inside the same read
+        assert commits.submit_now(burst) == [True] * 20 + [False]
+        assert hub_batches == [21]
+        finishing = gevent.spawn(commits.submit, store.finish_txn("E0", []), with_next=True)
+        gevent.sleep(0)  # the finish has queued itself; the drain loop has not run yet
+        assert hub_batches == [21] and store.inbox_row("E0")["state"] == "processing"
+        assert commits.submit_now([store.claim_txn(envelope("E-next"), ME)]) == [True]
+        assert hub_batches == [21, 2]  # the queued finish went first, in the claim's commit
+        finishing.join(timeout=5)
+        assert finishing.successful() and store.inbox_row("E0")["state"] == "done"
+        gevent.sleep(0.05)
+        assert hub_batches == [21, 2]  # and the drain loop found nothing left to write
+    finally:
+        commits.stop()
+        pool.kill()
+        store.close()

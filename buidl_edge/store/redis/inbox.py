@@ -15,7 +15,7 @@ import redis
 from buidl_edge import protocol
 from buidl_edge.protocol import Envelope
 from buidl_edge.store.base import DEFAULT_RETENTION_S, Reply, blocks_json, retention_cutoff
-from buidl_edge.store.errors import StoreUnavailable
+from buidl_edge.store.errors import StoreError, StoreUnavailable
 from buidl_edge.store.owners import is_dead_local
 from buidl_edge.store.redis.db import RedisDb, redis_op, rows_json
 from buidl_edge.store.redis.outbox_lua import DROP_ROWS, OUTBOX_LIB
@@ -25,7 +25,7 @@ from buidl_edge.store.redis.schema import CHUNK, GROUP, LUA_PRELUDE, STREAM_MAXL
 class RedisInbox(RedisDb):
     # ------------------------------------------------------------ dedup
 
-    def claim_now(self, envelope: Envelope, owner: str) -> bool | None:
+    def claim_many_now(self, envelopes: Sequence[Envelope], owner: str) -> list[bool | StoreError] | None:
         return None  # a round trip to Redis: the caller waits for it in a greenlet of its own
 
     @redis_op

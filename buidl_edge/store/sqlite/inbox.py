@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 from buidl_edge import protocol
 from buidl_edge.protocol import Envelope
 from buidl_edge.store.base import DEFAULT_RETENTION_S, Reply, retention_cutoff
+from buidl_edge.store.errors import StoreError
 from buidl_edge.store.sqlite.db import Abort, SqliteDb, bind, unbind
 from buidl_edge.store.sqlite.outbox import INSERT_OUTBOX, prune_outbox, reply_row
 
@@ -37,7 +38,7 @@ class SqliteInbox(SqliteDb):
         """Keys + inbox row in one transaction; False (nothing written) if any key exists."""
         return self._run(self.claim_txn(envelope, owner), write=True)
 
-    def claim_now(self, envelope: Envelope, owner: str) -> bool | None:
+    def claim_many_now(self, envelopes: Sequence[Envelope], owner: str) -> list[bool | StoreError] | None:
         return None  # sqlite3 blocks its caller: only ThreadedStore can say it will not wait
 
     def claim_txn(self, envelope: Envelope, owner: str) -> Callable[[sqlite3.Cursor], bool]:
