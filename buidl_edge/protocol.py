@@ -15,6 +15,7 @@ DISCONNECT_REASONS = frozenset(
 )
 # Slack drops an ack whose payload is 20 KB or more.
 MAX_ACK_BYTES = 20_000
+_encode_compact = json.JSONEncoder(separators=(",", ":")).encode
 # Generous ceiling for one inbound frame; Slack's own payloads are far below it.
 MAX_FRAME_BYTES = 1_000_000
 # Slack's deepest payloads (rich text in a view's state) nest some 15 levels. Far below Python's
@@ -201,11 +202,11 @@ def _int(value: Any, default: int) -> int:
 
 def build_ack(envelope_id: str, payload: dict[str, Any] | None = None) -> str:
     """The ack frame. Raises ProtocolError when the payload is too big for Slack."""
-    frame: dict[str, Any] = {"envelope_id": envelope_id}
-    if payload is not None:
-        frame["payload"] = payload
-    text = json.dumps(frame, separators=(",", ":"))
-    if len(text.encode()) >= MAX_ACK_BYTES:
+    if payload is None:  # every event's ack: no dict, no encoder made per call
+        text = '{"envelope_id":' + _encode_compact(envelope_id) + "}"
+    else:
+        text = _encode_compact({"envelope_id": envelope_id, "payload": payload})
+    if len(text) >= MAX_ACK_BYTES:  # bytes = characters: the encoder escapes all but ASCII
         raise ProtocolError("ack_too_large", f"{len(text)} bytes for {envelope_id}")
     return text
 

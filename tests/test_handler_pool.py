@@ -268,6 +268,33 @@ def test_pool_queues_past_its_size_and_starts_the_queue_in_arrival_order() -> No
     assert pool.stats() == {"handlers_running": 0, "handlers_queued": 0, "handlers_queued_max": 3}
 
 
+def test_pool_reuses_its_greenlets_and_each_job_starts_with_a_fresh_context() -> None:
+    import contextvars
+
+    import gevent
+
+    from buidl_edge.handler_pool import HandlerPool
+
+    pool = HandlerPool(3)
+    marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker", default="unset")
+    seen: list[tuple[object, str]] = []
+
+    def handler(name: str) -> None:
+        seen.append((gevent.getcurrent(), marker.get()))
+        marker.set(name)  # never reset: the next job on this greenlet must not see it
+        gevent.sleep(0.001)
+        if name == "h2":
+            raise RuntimeError("a bug below the dispatcher")  # the pool goes on
+
+    for round_ in range(4):
+        for n in range(3):
+            pool.submit(f"env-{round_}-{n}", handler, f"h{n}")
+        assert pool.join(timeout=5) is True
+    assert [value for _, value in seen] == ["unset"] * 12
+    assert len({id(g) for g, _ in seen}) == 3  # 12 jobs, the same 3 greenlets
+    assert pool.stats()["handlers_running"] == 0
+
+
 def test_hub_call_runs_a_native_threads_call_on_the_hub(tmp_path: Path) -> None:
     import threading
 
