@@ -5,13 +5,11 @@ calls of a process are serialized anyway, and a single thread keeps them in
 arrival order without lock contention. Greenlets calling at once simply
 queue; each one blocks only itself.
 
-Claims, the first write of every envelope, are made on the hub itself
-(`SqliteDb.run_batch_now`), all the envelopes of one read in one commit: when
-nothing else is writing, that is cheaper than the hand-off to the thread and
-back, and it cannot wait. Finishes, the second write, queue for the next commit,
-a reader's or the drain loop's, so the handlers of one burst share one. Only
-when the database is busy, or a batch is already on the thread, does the queue
-go to the thread.
+Claims and finishes, the two writes of every envelope, are made on the hub
+itself (`SqliteDb.run_batch_now`), the claims of all the envelopes of one read
+in one commit: when nothing else is writing, that is cheaper than the hand-off
+to the thread and back, and it cannot wait. Only when the database is busy, or
+a batch is already on the thread, do they queue for it.
 """
 from __future__ import annotations
 
@@ -53,9 +51,9 @@ class ThreadedStore:
         return None if values is NOT_NOW else values  # type: ignore[no-any-return]
 
     def finish(self, envelope_id: str, replies: Any, error: str | None = None) -> None:
-        # Finishes ride the next commit (a burst's claims, or the batch of their own): under load
-        # the handlers of one read finish together, and one commit then serves them all.
-        self._batcher.submit(self.inner.finish_txn(envelope_id, replies, error), with_next=True)
+        # Written at once, not held for the next commit: until it commits, a kill -9 makes a
+        # sweeper run the handler again (measured in the soak: holding it widened that window).
+        self._batcher.submit(self.inner.finish_txn(envelope_id, replies, error))
 
     def __getattr__(self, name: str) -> Any:
         # Only called for attributes not found normally, i.e. the inner store's API.
@@ -108,13 +106,11 @@ class GroupCommit:
         self._wakeup = gevent.event.Event()
         self._loop = gevent.spawn(self._drain)
 
-    def submit(self, txn: Any, with_next: bool = False) -> Any:
-        """The item's result, once committed. `with_next`: do not try the hub at once; wait for
-        the next commit, whoever makes it (the drain loop, or a reader's `submit_now`)."""
-        if not with_next:
-            now = self.submit_now([txn])
-            if now is not NOT_NOW:
-                return _value(now[0])
+    def submit(self, txn: Any) -> Any:
+        """The item's result, once committed: on the hub at once if it can be, else queued."""
+        now = self.submit_now([txn])
+        if now is not NOT_NOW:
+            return _value(now[0])
         result = gevent.event.AsyncResult()
         self._pending.append((txn, result))
         self._wakeup.set()

@@ -19,7 +19,7 @@ from gevent.threadpool import ThreadPool
 from buidl_edge.protocol import Envelope
 from buidl_edge.store.errors import StoreError, StoreRejected
 from buidl_edge.store.sqlite import SqliteStore
-from buidl_edge.store.threaded import MAX_BATCH, GroupCommit, ThreadedStore
+from buidl_edge.store.threaded import MAX_BATCH, NOT_NOW, GroupCommit, ThreadedStore
 from support import ME, envelope
 
 NativeEvent = get_original("threading", "Event")
@@ -189,7 +189,8 @@ def test_threaded_store_routes_claim_and_finish_through_the_group_commit(tmp_pat
         threaded.close()
 
 
-def test_a_readers_burst_is_one_commit_on_the_hub_and_a_finish_rides_the_next_commit(tmp_path: Path) -> None:
+def test_a_readers_burst_is_one_commit_on_the_hub_and_waits_while_a_batch_is_on_the_thread(
+        tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "edge.db", checkpoint_interval_s=None, hub_writes=True)  # a worker's
     pool = ThreadPool(1)
     hub_batches: list[int] = []
@@ -198,22 +199,26 @@ def test_a_readers_burst_is_one_commit_on_the_hub_and_a_finish_rides_the_next_co
         hub_batches.append(len(txns))
         return store.run_batch_now(txns)
 
-    commits = GroupCommit(pool, Recorder(store), run_now)
+    recorder = Recorder(store)
+    commits = GroupCommit(pool, recorder, run_now)
     try:
         burst = [store.claim_txn(envelope(f"E{i}"), ME) for i in range(20)]
         burst.append(store.claim_txn(envelope("E0"), ME))  # Slack's retry inside the same read
         assert commits.submit_now(burst) == [True] * 20 + [False]
         assert hub_batches == [21]
-        finishing = gevent.spawn(commits.submit, store.finish_txn("E0", []), with_next=True)
-        gevent.sleep(0)  # the finish has queued itself; the drain loop has not run yet
-        assert hub_batches == [21] and store.inbox_row("E0")["state"] == "processing"
-        assert commits.submit_now([store.claim_txn(envelope("E-next"), ME)]) == [True]
-        assert hub_batches == [21, 2]  # the queued finish went first, in the claim's commit
-        finishing.join(timeout=5)
-        assert finishing.successful() and store.inbox_row("E0")["state"] == "done"
-        gevent.sleep(0.05)
-        assert hub_batches == [21, 2]  # and the drain loop found nothing left to write
+        recorder.hold()
+        with pytest.MonkeyPatch.context() as patch:  # make the next batch go to the thread
+            patch.setattr(store, "run_batch_now", lambda txns: None)
+            [on_thread] = claims(commits, store, ["E-thread"])
+            wait_native(recorder.committing, "a commit on its thread")
+        # Arrival order: a burst read meanwhile is not written ahead of the batch on the thread.
+        assert commits.submit_now([store.claim_txn(envelope("E-later"), ME)]) is NOT_NOW
+        assert store.inbox_row("E-later") is None
+        recorder.release.set()
+        on_thread.join(timeout=5)
+        assert on_thread.value is True
     finally:
+        recorder.release.set()
         commits.stop()
         pool.kill()
         store.close()
