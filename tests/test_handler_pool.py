@@ -138,8 +138,9 @@ def test_full_pool_acks_a_slash_command_at_once_and_queues_its_handler(
     [warned] = log_lines(worker, r"handler pool full")
     assert "level=warning" in warned and f"envelope_id={command['envelope_id']}" in warned
     # The backlog shows in the heartbeat and in `status`.
-    backlog = wait_until(lambda: (s := worker_status(env)) and s["dispatch"].get("handlers_queued") == 6 and s,
-                         10, "6 handlers queued in the heartbeat")
+    # (`status` and the raw heartbeat are two reads: a heartbeat can land between them.)
+    backlog = wait_until(lambda: (s := worker_status(env)) and s["dispatch"].get("handlers_queued") == 6
+                         and s["row"]["queued"] == 6 and s, 10, "6 handlers queued in the heartbeat and in status")
     assert backlog["dispatch"]["handlers_running"] == 200
     assert backlog["dispatch"]["handlers_queued_max"] == 6 and backlog["dispatch"]["acks_pool_full"] == 1
     assert backlog["row"]["running"] == 200 and backlog["row"]["queued"] == 6
