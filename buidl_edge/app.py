@@ -283,6 +283,8 @@ class EdgeApp:
 
     def send_message(self, channel: str, text_or_dict: str | Mapping[str, Any]) -> Reply:
         """Queue a message outside a handler (inside one, prefer ctx.say); MessageError for bad input."""
+        if self._sink is None and self._included_in is not None:  # the worker bound the app it runs
+            return self._included_in.send_message(channel, text_or_dict)
         reply = validate_reply(reply_from(channel, text_or_dict))
         if self._sink is None:
             raise AppError("send_message needs a running worker (or `buidl-edge send`)")

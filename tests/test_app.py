@@ -181,6 +181,15 @@ def test_send_message_takes_text_or_a_dict() -> None:
     assert sent == [Reply("C1", "plain"), Reply("C2", "fallback", blocks), Reply("C3", None, blocks, "9.1")]
 
 
+def test_an_included_app_sends_through_the_worker_bound_to_the_app_that_included_it() -> None:
+    main, part = EdgeApp("main"), EdgeApp("part")  # part: a module's own app, as ctx.client allows
+    main.include(part)
+    sent: list[Reply] = []
+    main.bind(sent.append)  # what a worker binds: the app it runs
+    part.send_message("C1", "from the included app")
+    assert sent == [Reply("C1", "from the included app")]
+
+
 def test_send_message_refuses_bad_input_and_an_unbound_app() -> None:
     app = EdgeApp()
     with pytest.raises(AppError, match="running worker"):
