@@ -107,18 +107,15 @@ class Dispatcher:
         self._claimed(self._claim(envelope), envelope, link, received_at, in_reader=False)
 
     def _claimed(self, new: bool, envelope: Envelope, link: Link, received_at: float, in_reader: bool) -> None:
-        extra = {"connection": link.id, "envelope_id": envelope.envelope_id}
         if not new:
             self.stats.duplicates += 1
-            log.info("duplicate %s (retry %d) acked and dropped", envelope.kind, envelope.retry_attempt, extra=extra)
+            log.info("duplicate %s (retry %d) acked and dropped", envelope.kind, envelope.retry_attempt,
+                     extra=_log_fields(envelope, link))
             link.ack(envelope.envelope_id, None, received_at)
             return
         self.stats.envelopes_new += 1
         if self.relay is not None:  # the app's answer, or the inbox's delivery: both wait on I/O
-            if in_reader:
-                self.inflight.spawn(self._relay, envelope, link, received_at)
-            else:
-                self._relay(envelope, link, received_at)
+            self._off_the_reader(in_reader, self._relay, envelope, link, received_at)
             return
         if envelope.accepts_response_payload and self.app.handlers_for(envelope):
             job = self.pool.submit(envelope.envelope_id, self.handle, envelope, link.id)
@@ -126,16 +123,21 @@ class Dispatcher:
                 self.stats.acks_pool_full += 1
                 log.warning("handler pool full (%d running, %d queued): acked without payload; the handler "
                             "is queued and must answer through response_url", self.pool.running,
-                            self.pool.queued, extra=extra)
+                            self.pool.queued, extra=_log_fields(envelope, link))
                 link.ack(envelope.envelope_id, None, received_at)
                 return
-            if in_reader:  # the reader must not wait for the handler
-                self.inflight.spawn(self._ack_with_payload, job, envelope, link, received_at)
-            else:
-                self._ack_with_payload(job, envelope, link, received_at)
+            self._off_the_reader(in_reader, self._ack_with_payload, job, envelope, link, received_at)
             return
         link.ack(envelope.envelope_id, None, received_at)
         self.pool.submit(envelope.envelope_id, self.handle, envelope, link.id)
+
+    def _off_the_reader(self, in_reader: bool, fn: Any, *args: Any) -> None:
+        """`fn(*args)` here, or in a greenlet of `inflight` when called from the reader, which
+        must not wait (for a handler's answer, or for the relay's backend)."""
+        if in_reader:
+            self.inflight.spawn(fn, *args)
+        else:
+            fn(*args)
 
     def _ack_with_payload(self, job: Any, envelope: Envelope, link: Link, received_at: float) -> None:
         """Wait for the handler's answer up to the ack deadline, then ack with it (or without)."""
@@ -143,7 +145,7 @@ class Dispatcher:
         finished = job.done.wait(timeout=max(0.0, remaining))
         if not finished:
             log.warning("handler missed the %.1fs ack deadline; acked without payload",
-                        self.ack_payload_deadline, extra={"connection": link.id, "envelope_id": envelope.envelope_id})
+                        self.ack_payload_deadline, extra=_log_fields(envelope, link))
         link.ack(envelope.envelope_id, job.value if finished else None, received_at)
 
     def _relay(self, envelope: Envelope, link: Link, received_at: float) -> None:
@@ -286,3 +288,8 @@ class Dispatcher:
         log.warning("drain timed out with %d handler(s) unfinished (%d running, %d queued): %s; envelopes %s",
                     len(ids), len(running), len(queued), fate, shown)
         return False
+
+
+def _log_fields(envelope: Envelope, link: Link) -> dict[str, str]:
+    """The fields a log line about one envelope on one link carries (built only when logging)."""
+    return {"connection": link.id, "envelope_id": envelope.envelope_id}

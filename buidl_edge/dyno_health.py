@@ -41,6 +41,10 @@ class DynoView:
             beats = live_workers(self._open())
         except StoreError:
             return []
+        return self._on_this_host(beats)
+
+    def _on_this_host(self, beats: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The stats of the workers of this dyno (a heartbeat from an older worker names no host)."""
         return [w["stats"] for w in beats if (w.get("host") or self.host) == self.host]
 
     def outbox(self) -> dict[str, Any] | None:
@@ -52,7 +56,7 @@ class DynoView:
             self._open().outbox_stats()  # the store answers a read, not only our cache of it
         except StoreError as exc:
             return False, f"store not reachable: {exc}"
-        local = [w["stats"] for w in beats if (w.get("host") or self.host) == self.host]
+        local = self._on_this_host(beats)
         if not local:
             return False, f"no worker has heartbeated in the last {STALE_AFTER_S:.0f}s"
         links = sum(1 for s in local for c in s.get("connections") or [] if c.get("connected"))

@@ -49,7 +49,6 @@ class HandlerPool:
         self.max_queued = 0
         self._running: dict[HandlerJob, None] = {}  # insertion-ordered: oldest first
         self._idle: list[greenlet.greenlet] = []  # runners parked in the hub, waiting for a job
-        self._runners = 0
         self._quiet = gevent.event.Event()  # nothing running or queued
         self._quiet.set()
 
@@ -72,14 +71,16 @@ class HandlerPool:
         return job
 
     def _start(self, job: HandlerJob) -> None:
-        job.started = True
-        self._running[job] = None
-        self._quiet.clear()
+        self._mark_running(job)
         if self._idle:
             gevent.get_hub().loop.run_callback(self._idle.pop().switch, job)
         else:
-            self._runners += 1
             gevent.spawn(self._runner, job)
+
+    def _mark_running(self, job: HandlerJob) -> None:
+        job.started = True
+        self._running[job] = None
+        self._quiet.clear()
 
     def _runner(self, job: HandlerJob) -> None:
         hub = gevent.get_hub()
@@ -95,15 +96,13 @@ class HandlerPool:
                     del self._running[job]
                 if self.queue:
                     job = self.queue.popleft()
-                    job.started = True
-                    self._running[job] = None
+                    self._mark_running(job)
                     continue
                 if not self._running:
                     self._quiet.set()
                 self._idle.append(greenlet.getcurrent())
                 job = hub.switch()  # parked until `_start` hands over the next job
-        finally:
-            self._runners -= 1
+        finally:  # killed: never handed a job again
             with contextlib.suppress(ValueError):
                 self._idle.remove(greenlet.getcurrent())
 

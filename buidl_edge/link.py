@@ -17,9 +17,7 @@ import gevent.event
 import gevent.lock
 import websocket
 
-from buidl_edge import wsframes
-
-from buidl_edge import protocol
+from buidl_edge import protocol, wsframes
 from buidl_edge.config import Settings
 from buidl_edge.latency import LatencyHistogram
 from buidl_edge.link_outcomes import LinkOutcome

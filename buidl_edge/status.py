@@ -118,8 +118,11 @@ RELAY_COLUMNS: dict[str, Callable[[dict[str, Any]], Any]] = {
 
 def table_columns(rows: list[dict[str, Any]]) -> dict[str, Callable[[dict[str, Any]], Any]]:
     """TABLE_COLUMNS, and the relay's when any worker relays."""
-    relaying = any(row.get("relay_sent") is not None for row in rows)
-    return {**TABLE_COLUMNS, **RELAY_COLUMNS} if relaying else TABLE_COLUMNS
+    return {**TABLE_COLUMNS, **RELAY_COLUMNS} if any_relaying(rows) else TABLE_COLUMNS
+
+
+def any_relaying(rows: list[dict[str, Any]]) -> bool:
+    return any(row.get("relay_sent") is not None for row in rows)
 
 
 def _supervised_row(process: ProcessInfo, beat: dict[str, Any] | None, now: float) -> dict[str, Any]:
@@ -169,7 +172,7 @@ def collect_status(settings: Settings, store: EdgeStore) -> dict[str, Any]:
         if processes and key[0] == here and not alive_here(beat["pid"]):
             continue  # supervisord speaks for this host's workers; this one was replaced
         rows.append(_heartbeat_row(beat, here, bool(processes), now))
-    relaying = any(row.get("relay_sent") is not None for row in rows)
+    relaying = any_relaying(rows)
     return {"supervisor": supervisor, "processes": rows, "outbox": outbox_summary(store),
             "slots": slot_summary(settings, store), "relay": relay_summary(store) if relaying else None}
 

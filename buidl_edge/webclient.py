@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextvars
 import logging
 from typing import TYPE_CHECKING, Any, Callable
-from urllib.parse import quote
 
 from buidl_edge.config import Proxy, Secret, check_transport_url, proxy_for
 from buidl_edge.redaction import register_tokens
@@ -57,7 +56,7 @@ def build_client(api_url: str, bot_token: Secret, timeout: float, hub_call: "Hub
         retry_handlers=[RateLimitErrorRetryHandler(max_retry_count=RATE_LIMIT_RETRIES),
                         ConnectionErrorRetryHandler(max_retry_count=CONNECTION_RETRIES)])
     proxy = proxy_for(api_url)
-    client.proxy = proxy_url(proxy) if proxy else None
+    client.proxy = proxy.url() if proxy else None
     client.hub_call = hub_call
     return client
 
@@ -74,11 +73,6 @@ def client_from_env() -> "WebClient":
     settings = load_settings(require_tokens=False)
     return build_client(settings.api_url, settings.bot_token, settings.http_timeout)
 
-
-def proxy_url(proxy: Proxy) -> str:
-    host = f"[{proxy.host}]" if ":" in proxy.host else proxy.host
-    auth = f"{quote(proxy.auth[0], safe='')}:{quote(proxy.auth[1], safe='')}@" if proxy.auth else ""
-    return f"http://{auth}{host}:{proxy.port}"
 
 
 def _edge_client_class() -> type:

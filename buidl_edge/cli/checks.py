@@ -59,12 +59,11 @@ def preflight(settings: Settings) -> Preflight:
 
     check_connection_budget(settings)
     found = Preflight()
+    OutboxConfig.from_env()  # the reply sender's settings, which workers read at start
     if settings.relay:
-        OutboxConfig.from_env()
         found.add("app", {"relay": True}, "app: relay mode, no EdgeApp (BUIDL_APP is not used)")
     else:
         app = load_app(settings.app_spec)
-        OutboxConfig.from_env()  # the reply sender's settings, which workers read at start
         found.add("app", {"spec": settings.app_spec, "name": app.name},
                   f"app ok: {settings.app_spec} imports (EdgeApp {app.name!r})")
     api = WebApi(settings.api_url, timeout=settings.http_timeout)

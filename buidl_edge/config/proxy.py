@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from typing import Any, Mapping
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from buidl_edge.config.env import ConfigError, environ
 
@@ -18,6 +18,12 @@ class Proxy:
 
     def __repr__(self) -> str:  # never the password
         return f"Proxy({self.host}:{self.port}{', auth' if self.auth else ''})"
+
+    def url(self) -> str:
+        """As a proxy URL for requests and urllib3: credentials quoted, an IPv6 host bracketed."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        auth = f"{quote(self.auth[0], safe='')}:{quote(self.auth[1], safe='')}@" if self.auth else ""
+        return f"http://{auth}{host}:{self.port}"
 
 
 def proxy_for(url: str, env: Mapping[str, str] | None = None) -> Proxy | None:

@@ -15,6 +15,8 @@ from buidl_edge.config.urls import absolute, check_store_url, check_transport_ur
 
 DEFAULT_API_URL = "https://slack.com/api/"
 DEFAULT_APP = "buidl_edge.bot:app"
+# Slack retries for about 5 minutes; dedup keys must outlive that with room to spare.
+MIN_RETENTION_S = 600.0
 # Slack's ceiling on open Socket Mode connections per app.
 SLACK_MAX_CONNECTIONS = 10
 # The sizing rule: each process holds its connections plus one spare for a refresh overlap
@@ -232,8 +234,9 @@ def validate(settings: Settings) -> None:
         raise ConfigError("BUIDL_ACK_DEADLINE must be under Slack's 3 s ack deadline")
     if settings.stale_timeout <= settings.ping_interval:
         raise ConfigError("BUIDL_STALE_TIMEOUT must be longer than BUIDL_PING_INTERVAL")
-    if settings.retention_s < 600:
-        raise ConfigError("BUIDL_RETENTION_S must be at least 600: Slack retries for about 5 minutes")
+    if settings.retention_s < MIN_RETENTION_S:
+        raise ConfigError(f"BUIDL_RETENTION_S must be at least {MIN_RETENTION_S:.0f}: Slack retries for about "
+                          "5 minutes")
     if settings.store_url:
         check_store_url(settings.store_url)
     check_app_spec(settings.app_spec)

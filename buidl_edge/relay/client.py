@@ -81,8 +81,7 @@ class BackendClient:
         self.session.mount("https://", adapter)
         proxy = proxy_for(url) if parts.scheme == "https" else None  # the backend next door: always direct
         if proxy is not None:
-            auth = f"{proxy.auth[0]}:{proxy.auth[1]}@" if proxy.auth else ""
-            self.session.proxies = {"https": f"http://{auth}{proxy.host}:{proxy.port}"}
+            self.session.proxies = {"https": proxy.url()}
 
     def post(self, request: SignedRequest, timeout: float | None = None) -> Answer:
         timeout = self.timeout if timeout is None else timeout

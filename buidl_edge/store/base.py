@@ -12,12 +12,11 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol, Sequence
 
+from buidl_edge.config.settings import MIN_RETENTION_S
 from buidl_edge.protocol import Envelope
 from buidl_edge.ratelimit import PostLimits
 from buidl_edge.store.errors import BadCall, StoreError
 
-# Slack retries for about 5 minutes; dedup keys must outlive that with room to spare.
-MIN_RETENTION_S = 600.0
 DEFAULT_RETENTION_S = 3600.0
 
 
@@ -91,7 +90,6 @@ class PostOutcome:
 
 # Relay mode: an inbox row waiting for its (next) delivery to the backend is `pending`; one being
 # delivered is `processing` under the deliverer's lease, as a handled one is; then `done` or `failed`.
-INBOX_STATES = ("processing", "pending", "done", "failed")
 
 
 @dataclass(frozen=True)

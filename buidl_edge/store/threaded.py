@@ -107,10 +107,13 @@ class GroupCommit:
         self._loop = gevent.spawn(self._drain)
 
     def submit(self, txn: Any) -> Any:
-        """The item's result, once committed: on the hub at once if it can be, else queued."""
-        now = self.submit_now([txn])
-        if now is not NOT_NOW:
-            return _value(now[0])
+        """The item's result, once committed: on the hub at once if it can be, else queued.
+        With items already queued (the database was busy a moment ago), it joins them rather
+        than try the lock again for itself: the drain loop tries once for all of them."""
+        if not self._pending:
+            now = self.submit_now([txn])
+            if now is not NOT_NOW:
+                return _value(now[0])
         result = gevent.event.AsyncResult()
         self._pending.append((txn, result))
         self._wakeup.set()
