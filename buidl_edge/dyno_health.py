@@ -1,8 +1,9 @@
 """The health endpoint of a whole dyno, served by `buidl-edge run` from the workers' heartbeats.
 
-The workers already publish a snapshot to the store every heartbeat; the parent reads those of
-this host (a memory:// store has none to read: each worker would have to serve its own). The
-store is opened lazily and never created: until the first worker has made it, nothing is ready.
+The workers already publish a snapshot to the store every heartbeat; `run`'s watch (inside
+supervisord, stack_watch.py) reads those of this host (a memory:// store has none to read: each
+worker would have to serve its own). The store is opened lazily and never created: until the
+first worker has made it, nothing is ready.
 """
 from __future__ import annotations
 

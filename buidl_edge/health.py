@@ -6,8 +6,8 @@
 - /metrics: Prometheus text, rendered by prometheus_client from worker snapshots.
 
 A standalone worker serves it on its gevent hub (gevent's WSGI server); under
-`buidl-edge run` the parent serves it once for every worker of the dyno, on a
-thread. prometheus_client is imported only when the endpoint is on.
+`buidl-edge run` supervisord's process serves it once for every worker of the
+dyno, on a thread. prometheus_client is imported only when the endpoint is on.
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def serve_on_hub(host: str, port: int, app: Callable[..., Iterable[bytes]]) -> A
 
 
 def serve_on_thread(host: str, port: int, app: Callable[..., Iterable[bytes]]) -> Any:
-    """A threaded wsgiref server for the `run` parent (no gevent there); returns it (`.shutdown()`)."""
+    """A threaded wsgiref server for `run`'s supervisord process (no gevent there); returns it (`.shutdown()`)."""
     from socketserver import ThreadingMixIn
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 

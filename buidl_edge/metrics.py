@@ -166,7 +166,7 @@ def _outbox_depth(stats: Mapping[str, Any] | None) -> Iterator[Metric]:
 
 def registry_for(collector: SnapshotCollector) -> CollectorRegistry:
     """A registry of our own: the default one would add this process's own Python metrics,
-    which under `run` describe the parent, not the workers."""
+    which under `run` describe supervisord's process, not the workers."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     return registry

@@ -1,7 +1,7 @@
 """supervisord for the worker processes: the template, its rendering, XML-RPC.
 
-`buidl-edge run` (stack.py) keeps supervisord as its child and watches it through
-the client here; `buidl-edge status` reads the same client.
+`buidl-edge run` (stack.py) renders the config and becomes supervisord, with the watch
+(stack_watch.py) loaded into it; `buidl-edge status` reads supervisord through the client here.
 """
 from __future__ import annotations
 
@@ -94,7 +94,18 @@ def render_config(settings: Settings, credentials: Credentials | None = None) ->
         )
     except (KeyError, ValueError) as exc:
         raise ConfigError(f"{source}: unknown or malformed placeholder {exc}") from None
-    return write_private(state_dir / CONF_NAME, text)
+    return write_private(state_dir / CONF_NAME, text + watch_section(settings, state_dir))
+
+
+def watch_section(settings: Settings, state_dir: Path) -> str:
+    """The plugin that makes supervisord `run`'s watch (stack_watch.py). Added here, not in the
+    template, so that an operator's own template cannot leave it out."""
+    lines = ["", "[rpcinterface:buidl_edge]",
+             "supervisor.rpcinterface_factory = buidl_edge.stack_watch:make_watch",
+             f"state_dir = {state_dir}"]
+    if settings.http_port is not None:
+        lines += [f"http_host = {settings.http_host}", f"http_port = {settings.http_port}"]
+    return "\n".join(lines) + "\n"
 
 
 def read_credentials(state_dir: Path) -> Credentials:

@@ -289,7 +289,7 @@ class Worker:
 
     def _serve_health(self) -> Any:
         """/healthz /readyz /metrics of this process, when BUIDL_HTTP_PORT is set (under `run`
-        the parent serves one endpoint for the whole dyno instead)."""
+        supervisord's process serves one endpoint for the whole dyno instead)."""
         if self.settings.http_port is None:
             return None
         from buidl_edge.health import build_app, serve_on_hub

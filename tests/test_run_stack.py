@@ -331,6 +331,39 @@ def test_link_disabled_stops_the_whole_stack_with_exit_3(stacks, fresh_simulator
     assert stack.worker_pids() == set()
 
 
+def test_run_is_supervisord_itself_and_its_watch_survives_a_sighup_restart(stacks, fresh_simulator) -> None:
+    """No parent stays up only to watch: `run`'s pid is supervisord's, and the dyno holds it and the
+    workers, nothing else. A SIGHUP (supervisord's restart) makes a new watch that still logs and
+    still stops the stack for good."""
+    sim = fresh_simulator
+    stack = stacks(BUIDL_PROCESSES=2, BUIDL_CONNECTIONS=1).start()
+    first = {p.name: p.pid for p in stack.wait_up(processes=2, connections=1)}
+    assert int((stack.state_dir / "supervisord.pid").read_text()) == stack.pid
+    session = session_pids(stack.pid)
+    assert sorted(session) == sorted([stack.pid, *first.values()]), session
+    assert "buidl_edge.stack_watch" in session[stack.pid]
+
+    def restarted() -> dict[str, int] | None:
+        try:  # supervisord answers with a fault while it restarts
+            infos = stack.processes()
+        except SupervisorDown:
+            return None
+        fresh = {p.name: p.pid for p in infos if p.state == "RUNNING" and p.pid not in first.values()}
+        return fresh if len(fresh) == 2 else None
+
+    os.kill(stack.pid, signal.SIGHUP)
+    again = wait_until(restarted, 20, "both workers started again")
+    wait_until(lambda: all(f"{name} running (pid {pid})" in stack.out_path.read_text()
+                           for name, pid in again.items()), 20, "the new watch's lines")
+    sim.client.wait_for(lambda s: s["open_connections"] == 2, 20, "2 links open again")
+
+    sim.client.fault("disconnect", target="oldest", reason="link_disabled")
+    assert stack.proc is not None
+    assert stack.proc.wait(timeout=30) == 3, stack.logs()
+    assert "link_disabled" in stack.err_path.read_text()
+    assert stack.worker_pids() == set()
+
+
 def test_run_refuses_more_connections_than_slack_allows_counting_refresh_overlap(tmp_path: Path) -> None:
     env = tokens_env(tmp_path / "state", "http://127.0.0.1:9/api/", BUIDL_PROCESSES=4, BUIDL_CONNECTIONS=2)
     result = cli(env, "run", cwd=tmp_path)
@@ -447,7 +480,10 @@ def test_an_operator_template_in_deploy_wins_over_the_packaged_one(tmp_path: Pat
         monkeypatch.chdir(tmp_path)
         (tmp_path / "deploy").mkdir()
         (tmp_path / "deploy" / "supervisord.conf.tmpl").write_text("; an operator's own\n" + packaged)
-        assert render_config(settings).read_text().startswith("; an operator's own\n")
+        rendered = render_config(settings).read_text()
+        assert rendered.startswith("; an operator's own\n")
+        # run's watch is added to whatever template rendered it (an operator's copy cannot lose it)
+        assert "[rpcinterface:buidl_edge]\nsupervisor.rpcinterface_factory = buidl_edge.stack_watch:make_watch" in rendered
         (tmp_path / "deploy" / "supervisord.conf.tmpl").write_text(packaged.replace("$processes", "$procs"))
         with pytest.raises(ConfigError, match=r"deploy/supervisord.conf.tmpl: unknown or malformed placeholder"):
             render_config(settings)
