@@ -102,22 +102,34 @@ class GroupCommit:
         self._run_now = run_now or (lambda txns: None)
         self._pending: list[tuple[Any, gevent.event.AsyncResult]] = []
         self._on_thread = False  # a batch is on the pool thread: later items wait their turn
+        self._flush_due = False  # a _flush is scheduled for the end of this loop turn
+        self._hub = gevent.get_hub()
         self._stopping = False
         self._wakeup = gevent.event.Event()
         self._loop = gevent.spawn(self._drain)
 
     def submit(self, txn: Any) -> Any:
-        """The item's result, once committed: on the hub at once if it can be, else queued.
-        With items already queued (the database was busy a moment ago), it joins them rather
-        than try the lock again for itself: the drain loop tries once for all of them."""
-        if not self._pending:
-            now = self.submit_now([txn])
-            if now is not NOT_NOW:
-                return _value(now[0])
+        """The item's result, once committed. It is written at the end of this turn of the hub's
+        loop, together with every item other greenlets submit in the same turn (the handlers of
+        one read burst end one after another): one commit for all of them, with no wait beyond
+        the turn. When the hub cannot write at once, the drain loop sends them to the thread."""
         result = gevent.event.AsyncResult()
         self._pending.append((txn, result))
-        self._wakeup.set()
+        if not self._flush_due:
+            self._flush_due = True
+            self._hub.loop.run_callback(self._flush)
         return _value(result.get())
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        if not self._pending:
+            return
+        try:
+            if self.submit_now(()) is not NOT_NOW:
+                return
+        except StoreError:
+            return  # submit_now gave the error to every caller of the batch
+        self._wakeup.set()
 
     def submit_now(self, txns: Sequence[Any]) -> Any:
         """The items' results (a StoreError in the place of an item that failed alone) if they

@@ -222,3 +222,35 @@ def test_a_readers_burst_is_one_commit_on_the_hub_and_waits_while_a_batch_is_on_
         commits.stop()
         pool.kill()
         store.close()
+
+
+def test_finishes_of_handlers_that_end_in_the_same_loop_turn_share_one_commit_on_the_hub(
+        tmp_path: Path) -> None:
+    """Under load the handlers of one read burst end one after another in the same turn of the
+    hub's loop: their finishes go into one commit, not one each (a lone finish still commits at
+    once, in that same turn, so the kill -9 window does not widen)."""
+    store = SqliteStore(tmp_path / "edge.db", checkpoint_interval_s=None, hub_writes=True)  # a worker's
+    pool = ThreadPool(1)
+    hub_batches: list[int] = []
+
+    def run_now(txns: list[Any]) -> list[Any] | None:
+        hub_batches.append(len(txns))
+        return store.run_batch_now(txns)
+
+    commits = GroupCommit(pool, Recorder(store), run_now)
+    try:
+        ids = [f"E{i}" for i in range(30)]
+        assert commits.submit_now([store.claim_txn(envelope(i), ME) for i in ids]) == [True] * 30
+        hub_batches.clear()
+        handlers = [gevent.spawn(commits.submit, store.finish_txn(i, [])) for i in ids]
+        gevent.joinall(handlers, raise_error=True)
+        assert hub_batches == [30]
+        assert {store.inbox_row(i)["state"] for i in ids} == {"done"}
+
+        hub_batches.clear()
+        assert commits.submit(store.claim_txn(envelope("E-lone"), ME)) is True
+        assert hub_batches == [1]
+    finally:
+        commits.stop()
+        pool.kill()
+        store.close()
