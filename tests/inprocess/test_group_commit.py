@@ -67,6 +67,18 @@ def claims(commits: GroupCommit, store: SqliteStore, ids: list[str]) -> list[gev
     return [gevent.spawn(commits.submit, store.claim_txn(envelope(i), ME)) for i in ids]
 
 
+def counting_hub_commits(pool: ThreadPool, recorder: Recorder, store: SqliteStore
+                         ) -> tuple[GroupCommit, list[int]]:
+    """A GroupCommit as ThreadedStore builds it, with the size of each batch tried on the hub."""
+    hub_batches: list[int] = []
+
+    def run_now(txns: list[Any]) -> list[Any] | None:
+        hub_batches.append(len(txns))
+        return store.run_batch_now(txns)
+
+    return GroupCommit(pool, recorder, run_now), hub_batches
+
+
 def held_claim(commits: GroupCommit, recorder: Recorder, store: SqliteStore, envelope_id: str) -> gevent.Greenlet:
     """A claim whose commit is under way on the thread and held there until `recorder.release`."""
     recorder.hold()
@@ -193,14 +205,8 @@ def test_a_readers_burst_is_one_commit_on_the_hub_and_waits_while_a_batch_is_on_
         tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "edge.db", checkpoint_interval_s=None, hub_writes=True)  # a worker's
     pool = ThreadPool(1)
-    hub_batches: list[int] = []
-
-    def run_now(txns: list[Any]) -> list[Any] | None:
-        hub_batches.append(len(txns))
-        return store.run_batch_now(txns)
-
     recorder = Recorder(store)
-    commits = GroupCommit(pool, recorder, run_now)
+    commits, hub_batches = counting_hub_commits(pool, recorder, store)
     try:
         burst = [store.claim_txn(envelope(f"E{i}"), ME) for i in range(20)]
         burst.append(store.claim_txn(envelope("E0"), ME))  # Slack's retry inside the same read
@@ -231,13 +237,7 @@ def test_finishes_of_handlers_that_end_in_the_same_loop_turn_share_one_commit_on
     once, in that same turn, so the kill -9 window does not widen)."""
     store = SqliteStore(tmp_path / "edge.db", checkpoint_interval_s=None, hub_writes=True)  # a worker's
     pool = ThreadPool(1)
-    hub_batches: list[int] = []
-
-    def run_now(txns: list[Any]) -> list[Any] | None:
-        hub_batches.append(len(txns))
-        return store.run_batch_now(txns)
-
-    commits = GroupCommit(pool, Recorder(store), run_now)
+    commits, hub_batches = counting_hub_commits(pool, Recorder(store), store)
     try:
         ids = [f"E{i}" for i in range(30)]
         assert commits.submit_now([store.claim_txn(envelope(i), ME) for i in ids]) == [True] * 30
