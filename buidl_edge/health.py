@@ -69,7 +69,8 @@ def serve_on_hub(host: str, port: int, app: Callable[..., Iterable[bytes]]) -> A
 
 
 def serve_on_thread(host: str, port: int, app: Callable[..., Iterable[bytes]]) -> Any:
-    """A threaded wsgiref server for `run`'s supervisord process (no gevent there); returns it (`.shutdown()`)."""
+    """A threaded wsgiref server for `run`'s supervisord process (no gevent there); returns it
+    (`.shutdown()`)."""
     from socketserver import ThreadingMixIn
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 

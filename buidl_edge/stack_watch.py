@@ -56,9 +56,9 @@ class StackWatch:
                                "while starting", name)
 
     def _exited(self, name: str, exit_status: int) -> None:
-        status = "killed by a signal" if exit_status < 0 else f"status {exit_status}"
         if self._fatal_marker():
             return
+        status = "killed by a signal" if exit_status < 0 else f"status {exit_status}"
         if exit_status == EXIT_FATAL:
             self.stop_for_good(f"{name} exited with status {EXIT_FATAL} (a stop no restart can fix)", name)
         elif exit_status == 0 or self.shutting_down:
@@ -93,7 +93,12 @@ def make_watch(supervisord: Any, **config: str) -> StackWatch:
     global _health
     if config.get("http_port") and _health is None:
         _health = _serve_health(config.get("http_host") or "0.0.0.0", int(config["http_port"]))
-    return StackWatch(supervisord, Path(config["state_dir"]))
+    return StackWatch(supervisord, _state_dir())
+
+
+def _state_dir() -> Path:
+    """`run` sets BUIDL_STATE_DIR for this process and the workers alike: the one place it is read."""
+    return Path(os.environ["BUIDL_STATE_DIR"])
 
 
 def _serve_health(host: str, port: int) -> Any:
@@ -119,8 +124,7 @@ def main(argv: list[str]) -> int:
     setup_logging(level, json_lines)
     conf = argv[0]
     supervisord.main(["-n", "-c", conf])
-    state_dir = Path(os.environ["BUIDL_STATE_DIR"])
-    fatal = read_fatal(state_dir) or StackWatch.verdict
+    fatal = read_fatal(_state_dir()) or StackWatch.verdict
     if fatal:
         print(f"buidl-edge run: stopped for good: {fatal.get('reason')} "
               f"({fatal.get('process') or 'a worker'})", file=sys.stderr, flush=True)

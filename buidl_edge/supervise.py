@@ -94,15 +94,14 @@ def render_config(settings: Settings, credentials: Credentials | None = None) ->
         )
     except (KeyError, ValueError) as exc:
         raise ConfigError(f"{source}: unknown or malformed placeholder {exc}") from None
-    return write_private(state_dir / CONF_NAME, text + watch_section(settings, state_dir))
+    return write_private(state_dir / CONF_NAME, text + watch_section(settings))
 
 
-def watch_section(settings: Settings, state_dir: Path) -> str:
+def watch_section(settings: Settings) -> str:
     """The plugin that makes supervisord `run`'s watch (stack_watch.py). Added here, not in the
     template, so that an operator's own template cannot leave it out."""
     lines = ["", "[rpcinterface:buidl_edge]",
-             "supervisor.rpcinterface_factory = buidl_edge.stack_watch:make_watch",
-             f"state_dir = {state_dir}"]
+             "supervisor.rpcinterface_factory = buidl_edge.stack_watch:make_watch"]
     if settings.http_port is not None:
         lines += [f"http_host = {settings.http_host}", f"http_port = {settings.http_port}"]
     return "\n".join(lines) + "\n"
@@ -206,9 +205,6 @@ class Supervisor:
                                    uptime_s=float(info["now"] - info["start"]) if running else 0.0,
                                    exit_status=info.get("exitstatus", 0)))
         return out
-
-    def close(self) -> None:
-        self._transport.close()
 
 
 def supervisor_processes(state_dir: Path) -> list[ProcessInfo]:
