@@ -86,27 +86,44 @@ class Dispatcher:
 
         When the store can decide the claims without waiting (the common case: SQLite's write
         lock is free, or the memory store), the whole burst is claimed in one commit and acked
-        right here, in the reader, with no greenlet of its own; else each envelope's claim and
-        ack wait in a greenlet of `inflight`.
+        right here, in the reader, with no greenlet of its own; else one greenlet of `inflight`
+        claims a lone envelope, or the whole burst in one commit or round trip (Redis), and acks.
         """
+        envelopes = [envelope for envelope, _ in burst]
         try:
-            outcomes = self.store.claim_many_now([envelope for envelope, _ in burst], self.owner)
+            outcomes = self.store.claim_many_now(envelopes, self.owner)
         except StoreError as exc:  # the whole commit failed
             outcomes = [exc] * len(burst)
         if outcomes is None:
-            for envelope, received_at in burst:
-                self.inflight.spawn(self._process, envelope, link, received_at)
+            if len(burst) == 1:
+                self.inflight.spawn(self._process, envelopes[0], link, burst[0][1])
+            else:
+                self.inflight.spawn(self._process_burst, burst, link)
             return
+        self._claimed_burst(burst, outcomes, link)
+
+    def _process(self, envelope: Envelope, link: Link, received_at: float) -> None:
+        self._claimed(self._claim(envelope), envelope, link, received_at, must_not_wait=False)
+
+    def _process_burst(self, burst: Sequence[tuple[Envelope, float]], link: Link) -> None:
+        try:
+            outcomes = self.store.claim_many([envelope for envelope, _ in burst], self.owner)
+        except StoreError as exc:  # the store failed as a whole
+            outcomes = [exc] * len(burst)
+        self._claimed_burst(burst, outcomes, link)
+
+    def _claimed_burst(self, burst: Sequence[tuple[Envelope, float]], outcomes: Sequence[bool | StoreError],
+                       link: Link) -> None:
+        """Ack and hand on each envelope of a burst by its claim's outcome. Whatever waits (for a
+        handler's answer, for the relay) goes to a greenlet of its own: the burst's next acks
+        must not wait behind it."""
         if not all(isinstance(outcome, StoreError) for outcome in outcomes):
             self.health.ok()
         for (envelope, received_at), outcome in zip(burst, outcomes):
             new = self._claim_failed(envelope, outcome) if isinstance(outcome, StoreError) else outcome
-            self._claimed(new, envelope, link, received_at, in_reader=True)
+            self._claimed(new, envelope, link, received_at, must_not_wait=True)
 
-    def _process(self, envelope: Envelope, link: Link, received_at: float) -> None:
-        self._claimed(self._claim(envelope), envelope, link, received_at, in_reader=False)
-
-    def _claimed(self, new: bool, envelope: Envelope, link: Link, received_at: float, in_reader: bool) -> None:
+    def _claimed(self, new: bool, envelope: Envelope, link: Link, received_at: float, must_not_wait: bool) -> None:
         if not new:
             self.stats.duplicates += 1
             log.info("duplicate %s (retry %d) acked and dropped", envelope.kind, envelope.retry_attempt,
@@ -115,7 +132,7 @@ class Dispatcher:
             return
         self.stats.envelopes_new += 1
         if self.relay is not None:  # the app's answer, or the inbox's delivery: both wait on I/O
-            self._off_the_reader(in_reader, self._relay, envelope, link, received_at)
+            self._here_or_spawned(must_not_wait, self._relay, envelope, link, received_at)
             return
         if envelope.accepts_response_payload and self.app.handlers_for(envelope):
             job = self.pool.submit(envelope.envelope_id, self.handle, envelope, link.id)
@@ -126,15 +143,16 @@ class Dispatcher:
                             self.pool.queued, extra=_log_fields(envelope, link))
                 link.ack(envelope.envelope_id, None, received_at)
                 return
-            self._off_the_reader(in_reader, self._ack_with_payload, job, envelope, link, received_at)
+            self._here_or_spawned(must_not_wait, self._ack_with_payload, job, envelope, link, received_at)
             return
         link.ack(envelope.envelope_id, None, received_at)
         self.pool.submit(envelope.envelope_id, self.handle, envelope, link.id)
 
-    def _off_the_reader(self, in_reader: bool, fn: Any, *args: Any) -> None:
-        """`fn(*args)` here, or in a greenlet of `inflight` when called from the reader, which
-        must not wait (for a handler's answer, or for the relay's backend)."""
-        if in_reader:
+    def _here_or_spawned(self, must_not_wait: bool, fn: Any, *args: Any) -> None:
+        """`fn(*args)` here, or in a greenlet of `inflight` when the caller must not wait (for a
+        handler's answer, or for the relay's backend): the reader, or the claimer of a burst,
+        whose next acks would wait behind it."""
+        if must_not_wait:
             self.inflight.spawn(fn, *args)
         else:
             fn(*args)

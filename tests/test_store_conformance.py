@@ -226,6 +226,22 @@ def test_a_claim_the_store_cannot_take_fails_alone_as_a_store_error_and_the_stor
     assert store.claim(env("E1", "Ev-set"), ME) is True  # its keys were not left behind
 
 
+def test_claim_many_is_the_claim_of_each_in_order_and_a_bad_one_fails_alone(store: Any) -> None:
+    from buidl_edge.store.errors import StoreRejected
+
+    assert store.claim(env("E0", "Ev0"), ME)
+    unstorable = Envelope("events_api", "E-set", {"event_id": "Ev-set", "event": {"type": "m", "text": {1, 2}}})
+    burst = [env("E1", "Ev1"), env("E2", "Ev0"), env("E1", "Ev1"), unstorable, env("E3", "Ev3")]
+    outcomes = store.claim_many(burst, ME)
+    # new; a redelivery of an event claimed before; the same envelope twice in one read; the rest
+    assert outcomes[:3] == [True, False, False] and outcomes[4] is True
+    assert isinstance(outcomes[3], StoreRejected) and outcomes[3].kind == "TypeError"
+    assert store.inbox_row("E1")["state"] == "processing" and store.inbox_row("E3") is not None
+    assert store.inbox_row("E2") is None and store.inbox_row("E-set") is None
+    assert store.claim(env("E4", "Ev-set"), ME) is True  # the bad one left no key behind
+    assert store.claim_many([], ME) == []
+
+
 def test_a_reply_text_with_a_lone_surrogate_is_stored_and_read_back_as_it_was(store: Any) -> None:
     # message.py replaces lone surrogates in what handlers say; the store still keeps what it is given.
     store.claim(env("E1"), ME)
@@ -724,3 +740,22 @@ def test_racing_deliverers_take_each_row_once_and_each_channel_in_order(backend:
     for channel in ("ch:C0", "ch:C1", "ch:C2"):
         order = [eid for _, eid, key in got if key == channel]
         assert order == sorted(order)  # the claims of one channel never overtook each other
+
+
+def test_redis_claims_a_read_burst_in_one_round_trip(redis_store: RedisStore) -> None:
+    """Each claim is a script; a burst's 50 go out in one pipeline, not 50 round trips (which the
+    server counts as reads: one per command it had to wait for)."""
+    store = redis_store
+    assert store.claim(env("E-warm"), ME)  # connection and script in place
+    reads_before = int(store.r.info("stats")["total_reads_processed"])
+    outcomes = store.claim_many([env(f"E{i}", f"Ev{i}") for i in range(50)], ME)
+    reads = int(store.r.info("stats")["total_reads_processed"]) - reads_before
+    assert outcomes == [True] * 50
+    assert reads <= 8, f"{reads} reads on the server for one burst"  # 50 + 1 one claim at a time
+
+
+def test_redis_claim_many_loads_its_script_again_after_a_script_flush(redis_store: RedisStore) -> None:
+    store = redis_store
+    assert store.claim_many([env("E1")], ME) == [True]
+    store.r.script_flush()  # as after a Redis restart without persistence of scripts
+    assert store.claim_many([env("E2"), env("E1")], ME) == [True, False]

@@ -158,7 +158,12 @@ class InboxStore(Protocol):
         """`claim` of each envelope (in one commit where the store has commits), if that can be
         decided without waiting (no I/O to wait on, no busy writer): a StoreError stands in the
         place of an envelope the store rejected alone. None when it cannot (nothing was written:
-        call `claim` for each from a greenlet of its own)."""
+        call `claim_many` from a greenlet of its own)."""
+
+    def claim_many(self, envelopes: Sequence[Envelope], owner: str) -> list[bool | StoreError]:
+        """`claim` of each envelope, in order, in as few commits or round trips as the store
+        allows (one, for a read burst): a StoreError stands in the place of an envelope the store
+        rejected alone; raises StoreError when the store failed as a whole."""
 
     def claim_key(self, key: str) -> bool:
         """Claim one free-form dedup key (for handlers' own once-only logic)."""

@@ -47,6 +47,9 @@ class MemoryStore:
         return True
 
     def claim_many_now(self, envelopes: Sequence[Envelope], owner: str) -> list[bool | StoreError] | None:
+        return self.claim_many(envelopes, owner)
+
+    def claim_many(self, envelopes: Sequence[Envelope], owner: str) -> list[bool | StoreError]:
         return [self.claim(envelope, owner) for envelope in envelopes]
 
     def claim_key(self, key: str) -> bool:

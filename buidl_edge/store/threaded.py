@@ -50,6 +50,9 @@ class ThreadedStore:
         values = self._batcher.submit_now([self.inner.claim_txn(envelope, owner) for envelope in envelopes])
         return None if values is NOT_NOW else values  # type: ignore[no-any-return]
 
+    def claim_many(self, envelopes: Sequence[Any], owner: str) -> list[bool | StoreError]:
+        return self._batcher.submit_many([self.inner.claim_txn(envelope, owner) for envelope in envelopes])
+
     def finish(self, envelope_id: str, replies: Any, error: str | None = None) -> None:
         # Written at once, not held for the next commit: until it commits, a kill -9 makes a
         # sweeper run the handler again (measured in the soak: holding it widened that window).
@@ -113,12 +116,20 @@ class GroupCommit:
         loop, together with every item other greenlets submit in the same turn (the handlers of
         one read burst end one after another): one commit for all of them, with no wait beyond
         the turn. When the hub cannot write at once, the drain loop sends them to the thread."""
-        result = gevent.event.AsyncResult()
-        self._pending.append((txn, result))
+        return _value(self._enqueue([txn])[0].get())
+
+    def submit_many(self, txns: Sequence[Any]) -> list[Any]:
+        """`submit` of each item, in order, in the same commit: each one's result, or the
+        StoreError it failed with alone; raises when the commit failed as a whole."""
+        return [result.get() for result in self._enqueue(txns)]
+
+    def _enqueue(self, txns: Sequence[Any]) -> list[gevent.event.AsyncResult]:
+        results = [gevent.event.AsyncResult() for _ in txns]
+        self._pending.extend(zip(txns, results))
         if not self._flush_due:
             self._flush_due = True
             self._hub.loop.run_callback(self._flush)
-        return _value(result.get())
+        return results
 
     def _flush(self) -> None:
         self._flush_due = False

@@ -254,3 +254,31 @@ def test_finishes_of_handlers_that_end_in_the_same_loop_turn_share_one_commit_on
         commits.stop()
         pool.kill()
         store.close()
+
+
+def test_a_burst_that_waited_for_a_busy_database_is_claimed_in_one_commit_with_each_item_on_its_own(
+        tmp_path: Path) -> None:
+    """When the hub cannot write (another process holds the lock), the reader hands the whole
+    burst to one greenlet: `ThreadedStore.claim_many` queues it as one batch, not N commits."""
+    threaded = ThreadedStore(SqliteStore(tmp_path / "edge.db", checkpoint_interval_s=None))
+    other_process = sqlite3.connect(tmp_path / "edge.db", isolation_level=None)
+    batches: list[int] = []
+    run_batch = threaded.inner.run_batch
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(threaded._batcher, "_run_batch", lambda txns: batches.append(len(txns)) or run_batch(txns))
+            other_process.execute("BEGIN IMMEDIATE")
+            unstorable = Envelope("events_api", "E-set", {"event": {"type": "m", "text": {1, 2}}})
+            burst = [envelope(f"E{i}", f"Ev{i}") for i in range(20)] + [envelope("E-retry", "Ev3"), unstorable]
+            claimer = gevent.spawn(threaded.claim_many, burst, ME)
+            gevent.sleep(0.1)
+            assert not claimer.ready()  # waits for the lock, off the hub
+            other_process.execute("COMMIT")
+            outcomes = claimer.get(timeout=10)
+        assert outcomes[:21] == [True] * 20 + [False]  # Slack's retry in the same burst: a duplicate
+        assert isinstance(outcomes[21], StoreRejected)  # fails alone; the rest of the batch stands
+        assert batches == [22]
+        assert threaded.inbox_row("E19") is not None and threaded.inbox_row("E-set") is None
+    finally:
+        other_process.close()
+        threaded.close()

@@ -113,6 +113,15 @@ class RedisDb:
             script = self._scripts[source] = self.r.register_script(source)
         return script(keys=list(keys), args=[self.prefix, *args])
 
+    def _loaded_sha(self, source: str) -> str:
+        """The script's SHA1 for EVALSHA in a pipeline (loaded on first use; a server that lost it
+        answers NoScriptError, and the caller loads it again)."""
+        script = self._scripts.get(source)
+        if script is None:
+            script = self._scripts[source] = self.r.register_script(source)
+            script.sha = self.r.script_load(source)
+        return str(script.sha)
+
     def _ttl(self) -> int:
         return max(1, int(self.retention_s))
 

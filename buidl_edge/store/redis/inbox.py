@@ -15,7 +15,7 @@ import redis
 from buidl_edge import protocol
 from buidl_edge.protocol import Envelope
 from buidl_edge.store.base import DEFAULT_RETENTION_S, Reply, blocks_json, retention_cutoff
-from buidl_edge.store.errors import StoreError, StoreUnavailable
+from buidl_edge.store.errors import StoreError, StoreRejected, StoreUnavailable
 from buidl_edge.store.owners import is_dead_local
 from buidl_edge.store.redis.db import RedisDb, redis_op, rows_json
 from buidl_edge.store.redis.outbox_lua import DROP_ROWS, OUTBOX_LIB
@@ -31,14 +31,60 @@ class RedisInbox(RedisDb):
     @redis_op
     def claim(self, envelope: Envelope, owner: str) -> bool:
         """Dedup keys (SET NX EX, both or neither) + stream entry + inbox row, in one script."""
-        eid = envelope.envelope_id
+        keys, args = self._claim_call(envelope, owner)
+        return self._claimed(envelope, owner, self._script(CLAIM, args, keys))
+
+    def claim_many(self, envelopes: Sequence[Envelope], owner: str) -> list[bool | StoreError]:
+        """Every claim of a read burst in one round trip (a pipeline of CLAIM scripts)."""
+        try:
+            return self._claim_pipelined(envelopes, owner)
+        except StoreRejected:  # one of them could not even be sent: each alone, so only it fails
+            return [self._claim_alone(envelope, owner) for envelope in envelopes]
+
+    @redis_op
+    def _claim_pipelined(self, envelopes: Sequence[Envelope], owner: str) -> list[bool | StoreError]:
+        calls = [self._claim_call(envelope, owner) for envelope in envelopes]
+        sha = self._loaded_sha(CLAIM)
+        results = self._pipelined(sha, calls)
+        missing = [i for i, result in enumerate(results) if isinstance(result, redis.exceptions.NoScriptError)]
+        if missing:  # the server lost its scripts (a restart, SCRIPT FLUSH): load it, send those again
+            sha = self.r.script_load(CLAIM)
+            for i, result in zip(missing, self._pipelined(sha, [calls[i] for i in missing])):
+                results[i] = result
+        outcomes: list[bool | StoreError] = []
+        for envelope, result in zip(envelopes, results):
+            if isinstance(result, redis.RedisError):
+                error = self._failed(result)
+                if isinstance(error, StoreUnavailable):  # the store is down, not this one item
+                    raise error
+                outcomes.append(error)
+            else:
+                outcomes.append(self._claimed(envelope, owner, result))
+        return outcomes
+
+    def _claim_alone(self, envelope: Envelope, owner: str) -> bool | StoreError:
+        try:
+            return self.claim(envelope, owner)
+        except StoreRejected as exc:
+            return exc
+
+    def _pipelined(self, sha: str, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        pipe = self.r.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(sha, len(keys), *keys, self.prefix, *args)
+        return list(pipe.execute(raise_on_error=False))
+
+    def _claim_call(self, envelope: Envelope, owner: str) -> tuple[list[str], list[Any]]:
+        """CLAIM's keys and arguments (after the prefix) for one envelope."""
         keys = [self._k(f"k:{key}") for key in envelope.dedup_keys]
         text = envelope.raw_text or json.dumps(envelope.to_dict(), separators=(",", ":"))
-        new = self._script(CLAIM, [eid, self._ttl(), envelope.kind, text, owner,
-                                   repr(time.time()), STREAM_MAXLEN, GROUP], keys)
-        if new:
-            self._handling.setdefault(owner, set()).add(eid)
-        return bool(new)
+        return keys, [envelope.envelope_id, self._ttl(), envelope.kind, text, owner,
+                      repr(time.time()), STREAM_MAXLEN, GROUP]
+
+    def _claimed(self, envelope: Envelope, owner: str, result: Any) -> bool:
+        if result:
+            self._handling.setdefault(owner, set()).add(envelope.envelope_id)
+        return bool(result)
 
     @redis_op
     def claim_key(self, key: str) -> bool:

@@ -41,6 +41,9 @@ class SqliteInbox(SqliteDb):
     def claim_many_now(self, envelopes: Sequence[Envelope], owner: str) -> list[bool | StoreError] | None:
         return None  # sqlite3 blocks its caller: only ThreadedStore can say it will not wait
 
+    def claim_many(self, envelopes: Sequence[Envelope], owner: str) -> list[bool | StoreError]:
+        return self.run_batch([self.claim_txn(envelope, owner) for envelope in envelopes])
+
     def claim_txn(self, envelope: Envelope, owner: str) -> Callable[[sqlite3.Cursor], bool]:
         """The claim as a transaction body, for `claim` alone or for `run_batch`."""
         now = time.time()
