@@ -32,7 +32,7 @@ def open_store(settings: "Settings", threaded: bool = True, create: bool | None 
         # Not threaded: redis-py's sockets are gevent-cooperative once the worker is patched.
         from buidl_edge.store.redis import RedisStore
 
-        return RedisStore.from_settings(url, settings)
+        return RedisStore.from_settings(url, settings, for_worker=threaded)
     if url.startswith("sqlite:///"):
         from buidl_edge.store.sqlite import SqliteStore
         from buidl_edge.store.threaded import ThreadedStore

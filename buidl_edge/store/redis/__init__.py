@@ -25,8 +25,11 @@ class RedisStore(RedisInbox, RedisOutbox, RedisSlots, RedisRelay, RedisAdmin):
     durable = True
 
     @classmethod
-    def from_settings(cls, url: str, settings: Settings) -> RedisStore:
-        return cls(url, lease_s=settings.lease_s, retention_s=settings.retention_s)
+    def from_settings(cls, url: str, settings: Settings, for_worker: bool = False) -> RedisStore:
+        store = cls(url, lease_s=settings.lease_s, retention_s=settings.retention_s)
+        if for_worker:
+            store.batch_finishes()
+        return store
 
 
 __all__ = ["RedisStore"]

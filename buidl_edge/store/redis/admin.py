@@ -11,7 +11,7 @@ from redis.client import Pipeline
 from buidl_edge.store.base import OUTBOX_STATES, OutboxRow, check_purgeable
 from buidl_edge.store.owners import Owner
 from buidl_edge.store.redis.db import RedisDb, redis_op
-from buidl_edge.store.redis.inbox import RETRY
+from buidl_edge.store.redis.inbox_lua import RETRY
 from buidl_edge.store.redis.outbox import to_outbox_row
 from buidl_edge.store.redis.outbox_lua import DROP_ROWS, OUTBOX_RETRY
 from buidl_edge.store.redis.schema import CHUNK, GROUP, STREAM_MAXLEN, WORKER_TTL_S

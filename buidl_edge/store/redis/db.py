@@ -113,14 +113,34 @@ class RedisDb:
             script = self._scripts[source] = self.r.register_script(source)
         return script(keys=list(keys), args=[self.prefix, *args])
 
-    def _loaded_sha(self, source: str) -> str:
-        """The script's SHA1 for EVALSHA in a pipeline (loaded on first use; a server that lost it
-        answers NoScriptError, and the caller loads it again)."""
+    def _script_many(self, source: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
+        """The script run once per (keys, args) call, all in one pipeline (one round trip): each
+        call's result, or the RedisError it failed with alone. A server that lost its scripts (a
+        restart, SCRIPT FLUSH) answers NOSCRIPT: the script is loaded again and those calls resent."""
         script = self._scripts.get(source)
         if script is None:
             script = self._scripts[source] = self.r.register_script(source)
+        results = self._pipelined(script.sha, calls)
+        missing = [i for i, result in enumerate(results) if isinstance(result, redis.exceptions.NoScriptError)]
+        if missing:
             script.sha = self.r.script_load(source)
-        return str(script.sha)
+            for i, result in zip(missing, self._pipelined(script.sha, [calls[i] for i in missing])):
+                results[i] = result
+        return results
+
+    def _pipelined(self, sha: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
+        pipe = self.r.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(sha, len(keys), *keys, self.prefix, *args)
+        return list(pipe.execute(raise_on_error=False))
+
+    def _item_failed(self, exc: redis.RedisError) -> StoreError:
+        """One pipelined call's error: raised as the store's failure when Redis is down, else
+        that call's own StoreError."""
+        error = self._failed(exc)
+        if isinstance(error, StoreUnavailable):
+            raise error
+        return error
 
     def _ttl(self) -> int:
         return max(1, int(self.retention_s))

@@ -13,7 +13,7 @@ from buidl_edge import protocol
 from buidl_edge.protocol import Envelope
 from buidl_edge.store.base import DeliveryOutcome, RelayBatch, RelayRow
 from buidl_edge.store.redis.db import RedisDb, redis_op
-from buidl_edge.store.redis.inbox import STREAM_LIB
+from buidl_edge.store.redis.inbox_lua import STREAM_LIB
 from buidl_edge.store.redis.schema import CLAIM_SCAN, GROUP, LUA_PRELUDE, STREAM_MAXLEN
 
 
