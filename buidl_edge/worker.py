@@ -25,6 +25,7 @@ from buidl_edge.config import load_settings
 from buidl_edge.connection import ConnectionSlot, FatalStop
 from buidl_edge.dispatch import Dispatcher
 from buidl_edge.exitcodes import EXIT_CRASH, EXIT_FATAL, EXIT_OK
+from buidl_edge.gc_tuning import settle_heap
 from buidl_edge.handler_threads import HubCall, share_logging_with_threads
 from buidl_edge.hubwatch import HubWatch
 from buidl_edge.logs import setup_logging
@@ -152,6 +153,7 @@ class Worker:
         share_logging_with_threads()  # the monitor thread and threaded handlers log too
         # After start-up (imports, set-up), which would look like blocking to gevent's monitor.
         self.hubwatch = hubwatch = HubWatch(self.settings.hub_block_warn_s, self.dispatcher.describe).start()
+        settle_heap()
         self.up = True
         log.info("worker up: %d connection%s, %s", len(self.slots), "" if len(self.slots) == 1 else "s",
                  f"relaying to {self.relay.client.shown}" if self.relay else f"app {self.app.name}")

@@ -168,3 +168,26 @@ def test_a_warning_on_every_link_refreshes_them_within_the_processs_overlap_budg
     assert summary["max_open_connections_seen"] == 3  # 2 links + this process's one overlap, never 4
     assert summary["longest_no_connection_gap_s"] == 0.0 and summary["missed_deadlines"] == 0
     assert sorted(slot.stats.link_ends.get("refresh", 0) for slot in running.worker.slots) == [1, 1]
+
+
+# ---------------------------------------------------------------- the collector
+
+
+def test_once_up_the_start_up_heap_is_frozen_and_a_burst_does_not_trip_young_collections(
+        sim: SimulatorClient, workers: Callable[..., Running]) -> None:
+    """A full collection would walk the start-up heap on every go (a stall of every ack); once the
+    worker is up it is frozen, and the young generation holds more than a burst's objects."""
+    import gc
+
+    threshold = gc.get_threshold()
+    try:
+        running = workers()
+        up(sim, running)
+        assert gc.get_freeze_count() > 10_000  # modules, gevent, the app: frozen, not walked again
+        young_before = gc.get_stats()[0]["collections"]
+        wait_acked(sim, keys(sim.inject("message", channel="C0GC", text="burst", count=500)))
+        young = gc.get_stats()[0]["collections"] - young_before
+        assert young <= 6, f"{young} young collections for a burst of 500"  # CPython's 700: 18 here
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
