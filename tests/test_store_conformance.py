@@ -138,8 +138,15 @@ def test_concurrent_claims_from_four_processes_have_one_winner_each(backend: Bac
             from buidl_edge.protocol import Envelope
             order = list(range(600))
             random.shuffle(order)
-            won = [i for i in order if s.claim(Envelope("events_api", f"R{round_no}E{{i}}",
-                   {{"event_id": f"R{round_no}Ev{{i}}", "event": {{"type": "message"}}}}), "h:%d" % os.getpid())]
+            won = []
+            for i in order:
+                if s.claim(Envelope("events_api", f"R{round_no}E{{i}}",
+                           {{"event_id": f"R{round_no}Ev{{i}}", "event": {{"type": "message"}}}}), "h:%d" % os.getpid()):
+                    won.append(i)
+                # A pause between claims, as between envelopes: a writer that never lets go of the
+                # lock between its own commits could take all 600 while the others sleep in SQLite's
+                # busy handler, and no race would happen at all.
+                time.sleep(0.0002)
             s.close()
             print(json.dumps(won))
         """)
