@@ -143,13 +143,14 @@ class Outbox:
     def stop(self, timeout: float) -> bool:
         """Drain: flush rows that would die with us, finish posts in flight, stop. False on timeout.
 
-        Rows in the shared (durable) store are left for the other workers or the
-        next start; rows only in memory get the drain time to go out.
+        Rows in memory, and in the SQLite file on this dyno's disk (a restarted Heroku dyno
+        starts with a fresh one), get the drain time to go out; rows in Redis are left for the
+        workers of the other dynos.
         """
         if not self._greenlets:  # never started
             return True
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self._volatile_depth() > 0:
+        while time.monotonic() < deadline and self._depth_lost_with_the_dyno() > 0:
             gevent.sleep(0.05)
         self._claiming = False
         self._wake.set()
@@ -158,15 +159,19 @@ class Outbox:
         posted = self._posts.join(timeout=max(0.0, deadline - time.monotonic()))
         self._settle_leftovers()
         gevent.killall([runner, chores], timeout=1.0)
-        clean = bool(posted) and not self._unsettled and self._volatile_depth() == 0
+        left = self._depth_lost_with_the_dyno()
+        clean = bool(posted) and not self._unsettled and left == 0
         if not posted:
             log.warning("%d post(s) still in flight at exit; another worker re-sends them", len(self._posts))
+        if left:
+            log.warning("%d message(s) left unsent at exit: a start on the same disk sends them, a fresh "
+                        "dyno does not (raise BUIDL_DRAIN_TIMEOUT, or use a Redis store)", left)
         return clean
 
-    def _volatile_depth(self) -> int:
+    def _depth_lost_with_the_dyno(self) -> int:
         depth = 0
         for store in (self.store, self.health.fallback):
-            if not getattr(store, "durable", True):
+            if not getattr(store, "outlives_the_dyno", False):
                 try:
                     depth += store.outbox_stats()["depth"]
                 except StoreError:

@@ -23,6 +23,7 @@ DEFAULT_LEASE_S = 30.0
 class MemoryStore:
     # The outbox sender flushes a non-durable store before its process exits.
     durable = False
+    outlives_the_dyno = False
 
     def __init__(self) -> None:
         self._claims: dict[str, tuple[str, float]] = {}

@@ -121,14 +121,33 @@ def test_a_stop_that_runs_out_of_time_says_so_and_drops_no_row(sim: SimulatorCli
     assert [r.text for r in left] == [f"l{i}" for i in range(1, 10)]
 
 
-def test_stop_leaves_rows_of_a_shared_store_to_the_other_workers(
+def test_stop_sends_the_rows_of_the_local_sqlite_file_before_it_returns(
         sim: SimulatorClient, outboxes: Outboxes, tmp_path: Path) -> None:
-    leaving, staying = (SqliteStore(tmp_path / "edge.db", checkpoint_interval_s=None) for _ in range(2))
+    """The SQLite file is on this dyno's disk, and a restarted Heroku dyno starts with a fresh one:
+    a row left in it at exit would be a reply lost, so the drain sends them (here, rows another
+    process queued that this outbox was never woken for)."""
+    sim.configure(post_rate=100.0, post_burst=100)
+    mine, other_process = (SqliteStore(tmp_path / "edge.db", checkpoint_interval_s=None) for _ in range(2))
+    try:
+        outbox = outboxes.start(mine, limits=PostLimits(rate=4.0, burst=1))  # paced by our own bucket
+        other_process.outbox_enqueue([Reply("C0LOCAL", f"f{i}") for i in range(4)], "E-other")
+        assert outbox.stop(timeout=10) is True
+        assert texts(sim, "C0LOCAL") == [f"f{i}" for i in range(4)]
+        assert mine.outbox_stats()["depth"] == 0
+    finally:
+        mine.close()
+        other_process.close()
+
+
+def test_stop_leaves_rows_of_redis_to_the_workers_of_the_other_dynos(
+        sim: SimulatorClient, outboxes: Outboxes) -> None:
+    server = RedisServer().start()
+    leaving, staying = (RedisStore(server.url + "?prefix=shared:") for _ in range(2))
     try:
         outbox = outboxes.start(leaving, limits=PostLimits(rate=0.2, burst=1))  # the second post is 5 s away
         outbox.enqueue([Reply("C0SHARED", f"s{i}") for i in range(4)])
         wait_until(lambda: texts(sim, "C0SHARED"), 5, "the first post")
-        assert outbox.stop(timeout=10) is True  # nothing of it would die with this process
+        assert outbox.stop(timeout=10) is True  # nothing of it dies with this dyno
         assert texts(sim, "C0SHARED") == ["s0"]
         assert {r.state for r in staying.outbox_list(limit=100) if r.text != "s0"} == {"pending"}
         outboxes.start(staying, owner=f"{HOST}:1", limits=PostLimits(rate=10.0, burst=3))
@@ -139,6 +158,7 @@ def test_stop_leaves_rows_of_a_shared_store_to_the_other_workers(
             outbox.stop(timeout=1)
         leaving.close()
         staying.close()
+        server.cleanup()
 
 
 def test_replies_queued_while_redis_is_down_go_out_from_memory_and_are_flushed_by_stop(

@@ -23,6 +23,8 @@ class RedisStore(RedisInbox, RedisOutbox, RedisSlots, RedisRelay, RedisAdmin):
     """`EdgeStore` on Redis 6.2+ (XAUTOCLAIM), shared by every worker of every dyno."""
 
     durable = True
+    # Rows here are sent by the workers of the other dynos when this one stops.
+    outlives_the_dyno = True
 
     @classmethod
     def from_settings(cls, url: str, settings: Settings, for_worker: bool = False) -> RedisStore:

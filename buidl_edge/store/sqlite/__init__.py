@@ -25,6 +25,8 @@ class SqliteStore(SqliteInbox, SqliteOutbox, SqliteSlots, SqliteRelay, SqliteAdm
     """`EdgeStore` on a SQLite file, safe to share between processes."""
 
     durable = True
+    # The file is on this dyno's disk: a restarted Heroku dyno starts with a fresh one.
+    outlives_the_dyno = False
 
 
 __all__ = ["SqliteStore"]
