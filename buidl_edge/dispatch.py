@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from buidl_edge.relay.relay import Relay
 
 log = logging.getLogger("buidl_edge.dispatch")
+# ctx.logger's logger (looked up once: getLogger takes a lock on every call).
+handler_log = logging.getLogger("buidl_edge.handler")
 
 # Distinct unknown slash command names warned about; Slack only sends the app's own commands.
 MAX_UNKNOWN_COMMANDS = 1000
@@ -184,7 +186,7 @@ class Dispatcher:
 
     def _handle(self, envelope: Envelope, connection: str | None) -> dict[str, Any] | None:
         ctx = Context(envelope=envelope,
-                      logger=HubLogger(logging.getLogger("buidl_edge.handler"),
+                      logger=HubLogger(handler_log,
                                        {"envelope_id": envelope.envelope_id, "connection": connection},
                                        self.hub_call),
                       bot_user_id=self.bot_user_id, claim_once=self._claim_key_any_thread,
