@@ -119,8 +119,9 @@ class GroupCommit:
         return _value(self._enqueue([txn])[0].get())
 
     def submit_many(self, txns: Sequence[Any]) -> list[Any]:
-        """`submit` of each item, in order, in the same commit: each one's result, or the
-        StoreError it failed with alone; raises when the commit failed as a whole."""
+        """`submit` of each item, in order, together (one commit, or one per MAX_BATCH items on
+        the thread): each one's result, or the StoreError it failed with alone; raises when a
+        commit failed as a whole."""
         return [result.get() for result in self._enqueue(txns)]
 
     def _enqueue(self, txns: Sequence[Any]) -> list[gevent.event.AsyncResult]:
