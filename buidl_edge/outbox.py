@@ -41,7 +41,7 @@ import gevent.pool
 from buidl_edge.backoff import backoff_delay
 from buidl_edge.config import OutboxConfig, Secret
 from buidl_edge.message import validate_reply
-from buidl_edge.store.base import EdgeStore, OutboxRow, PostOutcome, Reply
+from buidl_edge.store.base import EdgeStore, OutboxRow, PostOutcome, Reply, left_on_this_dyno
 from buidl_edge.store.errors import StoreError
 from buidl_edge.store_health import StoreHealth
 from buidl_edge.webapi import RateLimited, SlackApiError, TransientApiError, WebApi
@@ -169,14 +169,7 @@ class Outbox:
         return clean
 
     def _depth_lost_with_the_dyno(self) -> int:
-        depth = 0
-        for store in (self.store, self.health.fallback):
-            if not getattr(store, "outlives_the_dyno", False):
-                try:
-                    depth += store.outbox_stats()["depth"]
-                except StoreError:
-                    pass
-        return depth
+        return left_on_this_dyno((self.store, self.health.fallback), lambda store: store.outbox_stats()["depth"])
 
     def _run(self) -> None:
         poll = self.config.poll_interval

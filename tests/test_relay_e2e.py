@@ -268,6 +268,30 @@ def test_a_delivery_in_flight_when_its_worker_is_killed_is_made_by_another_worke
         print(doomed.output()[-4000:], survivor.output()[-4000:])
 
 
+# ---------------------------------------------------------------- the drain
+
+
+def test_sigterm_delivers_what_waits_in_the_sqlite_inbox_before_the_worker_exits(
+        simulator: SimulatorProcess, backend: Backend, tmp_path: Path) -> None:
+    """Acked envelopes waiting in the SQLite file for their delivery (here behind a head that the
+    app fails twice) reach the app during the drain: the file is on the dyno's disk, and a
+    restarted Heroku dyno starts with a fresh one."""
+    env = relay_env(simulator, backend.url, tmp_path / "state")
+    worker = WorkerProcess(env).start()
+    try:
+        simulator.client.wait_for(lambda s: s["open_connections"] == 1, 20, "the worker's link")
+        texts = ["fail500 2 dr-1"] + [f"plain dr-{i}" for i in range(2, 6)]
+        sent = [simulator.client.inject("message", text=text, channel="C0RELAYDRAIN")[0] for text in texts]
+        support.wait_acked(simulator.client, [one["key"] for one in sent])
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+        # the head answered 200 on its third try; every other one on its first
+        assert [len(backend.got(f"dr-{i}")) for i in range(1, 6)] == [3, 1, 1, 1, 1], worker.output()[-3000:]
+        assert "not yet delivered" not in worker.output()
+    finally:
+        worker.stop()
+
+
 # ---------------------------------------------------------------- the deployable
 
 

@@ -37,7 +37,7 @@ from buidl_edge.protocol import Envelope
 from buidl_edge.relay.client import Answer, BackendClient
 from buidl_edge.relay.request import build_request
 from buidl_edge.relay.stats import BACKEND_BUCKETS_S, RECENT, Outage, RelayStats, percentile_ms
-from buidl_edge.store.base import DeliveryOutcome, EdgeStore, RelayRow
+from buidl_edge.store.base import DeliveryOutcome, EdgeStore, RelayRow, left_on_this_dyno
 from buidl_edge.store.errors import StoreError
 from buidl_edge.store_health import StoreHealth
 
@@ -167,9 +167,15 @@ class Relay:
         self._wake.set()
 
     def stop(self, timeout: float) -> bool:
-        """Stop taking rows, let deliveries and late answers in flight finish; False on timeout.
-        What is left stays in the inbox (processing or pending) for another worker or the next start."""
+        """Deliver what waits in a store that dies with the dyno (memory, or the SQLite file on
+        this dyno's disk: a restarted Heroku dyno starts with a fresh one), then stop taking rows
+        and let deliveries and late answers in flight finish; False on timeout. What is left stays
+        in the inbox (processing or pending) for another worker or the next start on that disk;
+        in Redis, for the workers of the other dynos."""
         deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._backlog_lost_with_the_dyno() > 0:
+            self._wake.set()
+            gevent.sleep(0.05)
         self._running = False
         self._wake.set()
         if self._loop is not None:
@@ -183,9 +189,11 @@ class Relay:
             log.warning("%d delivery(ies) to the app still in flight at exit; they stay in the inbox, and a live "
                         "worker's sweeper (or the next start) delivers them again",
                         len(self._posts) + len(self._answers))
-        lost = sum(self._volatile_backlog(store) for store in (self.store, self.health.fallback))
+        lost = self._backlog_lost_with_the_dyno()
         if lost:
-            log.warning("%d envelope(s) not yet delivered to the app are lost with this process (memory store)", lost)
+            log.warning("%d envelope(s) not yet delivered to the app at exit: a start on the same disk delivers "
+                        "them, a fresh dyno or a memory store does not (raise BUIDL_DRAIN_TIMEOUT, or use a "
+                        "Redis store)", lost)
         self.client.close()
         return bool(posted and answered) and not self._unsettled and not lost
 
@@ -371,14 +379,10 @@ class Relay:
             except StoreError:
                 self._unsettled.append((eid, again))
 
-    def _volatile_backlog(self, store: EdgeStore) -> int:
-        if getattr(store, "durable", True):
-            return 0
-        try:
-            stats = store.inbox_stats()
-        except StoreError:
-            return 0
-        return int(stats.get("pending", 0))
+    def _backlog_lost_with_the_dyno(self) -> int:
+        """Envelopes waiting for their delivery in the stores that do not outlive this dyno."""
+        return left_on_this_dyno((self.store, self.health.fallback),
+                                 lambda store: int(store.inbox_stats().get("pending", 0)))
 
     def _store_failed(self, operation: str, exc: StoreError) -> None:
         """Counted every time; StoreHealth says it once per episode. The call is retried next round."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, Protocol, Sequence
+from typing import Any, Callable, Literal, Protocol, Sequence
 
 from buidl_edge.config.settings import MIN_RETENTION_S
 from buidl_edge.protocol import Envelope
@@ -138,6 +138,20 @@ def idempotency_keys(replies: Sequence[Reply], keys: Sequence[str] | None) -> li
 def check_purgeable(state: str) -> None:
     if state not in PURGEABLE_STATES:
         raise BadCall(f"only failed or sent rows can be purged, not {state!r}")
+
+
+def left_on_this_dyno(stores: Sequence[Any], count: Callable[[Any], int]) -> int:
+    """`count(store)` summed over the stores whose rows die with this dyno: memory, and the SQLite
+    file on its disk (a restarted Heroku dyno starts with a fresh one); Redis outlives it. A store
+    that cannot answer counts 0: the drain does not wait on a failing store."""
+    total = 0
+    for store in stores:
+        if not getattr(store, "outlives_the_dyno", False):
+            try:
+                total += count(store)
+            except StoreError:
+                pass
+    return total
 
 
 def retention_cutoff(now: float, retention_s: float) -> float:
