@@ -89,7 +89,7 @@ class Dispatcher:
         When the store can decide the claims without waiting (the common case: SQLite's write
         lock is free, or the memory store), the whole burst is claimed in one commit and acked
         right here, in the reader, with no greenlet of its own; else one greenlet of `inflight`
-        claims a lone envelope, or the whole burst in one commit or round trip (Redis), and acks.
+        claims the whole burst in one commit or round trip (Redis) and acks.
         """
         envelopes = [envelope for envelope, _ in burst]
         try:
@@ -97,35 +97,35 @@ class Dispatcher:
         except StoreError as exc:  # the whole commit failed
             outcomes = [exc] * len(burst)
         if outcomes is None:
-            if len(burst) == 1:
-                self.inflight.spawn(self._process, envelopes[0], link, burst[0][1])
-            else:
-                self.inflight.spawn(self._process_burst, burst, link)
+            self.inflight.spawn(self._process_burst, burst, link)
             return
-        self._claimed_burst(burst, outcomes, link)
-
-    def _process(self, envelope: Envelope, link: Link, received_at: float) -> None:
-        self._claimed(self._claim(envelope), envelope, link, received_at, must_not_wait=False)
+        self._ack_burst(burst, self._decided(envelopes, outcomes), link)
 
     def _process_burst(self, burst: Sequence[tuple[Envelope, float]], link: Link) -> None:
-        try:
-            outcomes = self.store.claim_many([envelope for envelope, _ in burst], self.owner)
-        except StoreError as exc:  # the store failed as a whole
-            outcomes = [exc] * len(burst)
-        self._claimed_burst(burst, outcomes, link)
+        self._ack_burst(burst, self._claim_burst([envelope for envelope, _ in burst]), link)
 
-    def _claimed_burst(self, burst: Sequence[tuple[Envelope, float]], outcomes: Sequence[bool | StoreError],
-                       link: Link) -> None:
-        """Ack and hand on each envelope of a burst by its claim's outcome. Whatever waits (for a
-        handler's answer, for the relay) goes to a greenlet of its own: the burst's next acks
-        must not wait behind it."""
+    def _claim_burst(self, envelopes: Sequence[Envelope]) -> list[bool]:
+        """Claim each envelope (one commit or round trip for all); True for each one that is new."""
+        try:
+            outcomes = self.store.claim_many(envelopes, self.owner)
+        except StoreError as exc:  # the store failed as a whole
+            outcomes = [exc] * len(envelopes)
+        return self._decided(envelopes, outcomes)
+
+    def _decided(self, envelopes: Sequence[Envelope], outcomes: Sequence[bool | StoreError]) -> list[bool]:
+        """The store's outcomes, with local dedup deciding where the store failed."""
         if not all(isinstance(outcome, StoreError) for outcome in outcomes):
             self.health.ok()
-        for (envelope, received_at), outcome in zip(burst, outcomes):
-            new = self._claim_failed(envelope, outcome) if isinstance(outcome, StoreError) else outcome
-            self._claimed(new, envelope, link, received_at, must_not_wait=True)
+        return [self._claim_failed(envelope, outcome) if isinstance(outcome, StoreError) else outcome
+                for envelope, outcome in zip(envelopes, outcomes)]
 
-    def _claimed(self, new: bool, envelope: Envelope, link: Link, received_at: float, must_not_wait: bool) -> None:
+    def _ack_burst(self, burst: Sequence[tuple[Envelope, float]], new: Sequence[bool], link: Link) -> None:
+        for (envelope, received_at), is_new in zip(burst, new):
+            self._claimed(is_new, envelope, link, received_at)
+
+    def _claimed(self, new: bool, envelope: Envelope, link: Link, received_at: float) -> None:
+        """Ack and hand on one envelope of a burst. What waits (a handler's answer, the relay's
+        backend) goes to a greenlet of `inflight`: the burst's next acks must not wait behind it."""
         if not new:
             self.stats.duplicates += 1
             log.info("duplicate %s (retry %d) acked and dropped", envelope.kind, envelope.retry_attempt,
@@ -134,7 +134,7 @@ class Dispatcher:
             return
         self.stats.envelopes_new += 1
         if self.relay is not None:  # the app's answer, or the inbox's delivery: both wait on I/O
-            self._here_or_spawned(must_not_wait, self._relay, envelope, link, received_at)
+            self.inflight.spawn(self._relay, envelope, link, received_at)
             return
         if envelope.accepts_response_payload and self.app.handlers_for(envelope):
             job = self.pool.submit(envelope.envelope_id, self.handle, envelope, link.id)
@@ -145,19 +145,10 @@ class Dispatcher:
                             self.pool.queued, extra=_log_fields(envelope, link))
                 link.ack(envelope.envelope_id, None, received_at)
                 return
-            self._here_or_spawned(must_not_wait, self._ack_with_payload, job, envelope, link, received_at)
+            self.inflight.spawn(self._ack_with_payload, job, envelope, link, received_at)
             return
         link.ack(envelope.envelope_id, None, received_at)
         self.pool.submit(envelope.envelope_id, self.handle, envelope, link.id)
-
-    def _here_or_spawned(self, must_not_wait: bool, fn: Any, *args: Any) -> None:
-        """`fn(*args)` here, or in a greenlet of `inflight` when the caller must not wait (for a
-        handler's answer, or for the relay's backend): the reader, or the claimer of a burst,
-        whose next acks would wait behind it."""
-        if must_not_wait:
-            self.inflight.spawn(fn, *args)
-        else:
-            fn(*args)
 
     def _ack_with_payload(self, job: Any, envelope: Envelope, link: Link, received_at: float) -> None:
         """Wait for the handler's answer up to the ack deadline, then ack with it (or without)."""
@@ -254,14 +245,6 @@ class Dispatcher:
 
     def stats_dict(self) -> dict[str, Any]:
         return {**self.stats.as_dict(), **self.pool.stats()}
-
-    def _claim(self, envelope: Envelope) -> bool:
-        try:
-            new = self.store.claim(envelope, self.owner)
-        except StoreError as exc:
-            return self._claim_failed(envelope, exc)
-        self.health.ok()
-        return new
 
     def _claim_failed(self, envelope: Envelope, exc: StoreError) -> bool:
         """Ack and handle it on local dedup (this envelope alone if the store rejected it)."""

@@ -174,8 +174,7 @@ class Relay:
         in Redis, for the workers of the other dynos."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self._backlog_lost_with_the_dyno() > 0:
-            self._wake.set()
-            gevent.sleep(0.05)
+            gevent.sleep(POLL_INTERVAL_S)  # inbox_stats reads the whole file: not every 50 ms
         self._running = False
         self._wake.set()
         if self._loop is not None:

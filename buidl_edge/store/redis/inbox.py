@@ -115,6 +115,9 @@ class RedisInbox(RedisDb):
 
     @redis_op
     def _finish(self, envelope_id: str, replies: Sequence[Reply], error: str | None) -> None:
+        self._run_finish(envelope_id, replies, error)
+
+    def _run_finish(self, envelope_id: str, replies: Sequence[Reply], error: str | None) -> None:
         self._script(FINISH, self._finish_args(envelope_id, replies, error))
         self._finished(envelope_id)
 
@@ -138,8 +141,7 @@ class RedisInbox(RedisDb):
         """Mark done what was handled while Redis was away; no replies (they were sent from memory)."""
         for envelope_id, error in list(self._unfinished.items()):
             try:
-                self._script(FINISH, self._finish_args(envelope_id, [], error))
-                self._finished(envelope_id)
+                self._run_finish(envelope_id, [], error)
             except redis.RedisError:
                 return  # still failing: the next successful call tries again
 
