@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -15,13 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Self
 
-
-def fake_tokens() -> dict[str, str]:
-    """A fresh app and bot token pair of the right shapes, for the simulator only."""
-    return {
-        "SLACK_APP_TOKEN": "xapp-" + "-".join(["1", "A0SIM", secrets.token_hex(6), secrets.token_hex(16)]),
-        "SLACK_BOT_TOKEN": "xoxb-" + "-".join([secrets.token_hex(5), secrets.token_hex(6), secrets.token_hex(12)]),
-    }
+from buidl_edge.simulator.access import fake_tokens  # also imported from here by tests and scripts
 
 
 def worker_env(api_url: str, tokens: Mapping[str, str] | None = None, **extra: Any) -> dict[str, str]:

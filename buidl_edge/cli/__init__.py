@@ -4,7 +4,7 @@
 other module adds its commands to the group when imported here. Heavy modules load inside the
 commands, so that `worker` can patch the standard library for gevent before anything else does.
 """
-from buidl_edge.cli import admin, checks, run, sandbox, send, tokens  # noqa: F401 (they register commands)
+from buidl_edge.cli import admin, checks, run, sandbox, send, sim, tokens  # noqa: F401 (they register commands)
 from buidl_edge.cli.base import cli
 
 __all__ = ["cli", "main"]

@@ -21,7 +21,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 class SimulatorError(RuntimeError):
-    pass
+    def __init__(self, message: str, error: str | None = None) -> None:
+        super().__init__(message)
+        self.error = error  # the simulator's own error text, when it answered with one
 
 
 class SimulatorClient:
@@ -99,7 +101,8 @@ class SimulatorClient:
         except ValueError:
             data = {"ok": False, "error": resp.text[:200]}
         if resp.status_code >= 400 or not data.get("ok"):
-            raise SimulatorError(f"{resp.request.method} {resp.url}: HTTP {resp.status_code} {data.get('error')}")
+            raise SimulatorError(f"{resp.request.method} {resp.url}: HTTP {resp.status_code} {data.get('error')}",
+                                 str(data.get("error")))
         return data
 
 

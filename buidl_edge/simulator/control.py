@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 from . import events
+from .access import ACCEPTED
+from .events import RESPOND_PATH
 from .http import Request, Response
-from .hub import FaultError, Hub
+from .hub import DISCONNECT_REASONS, FAULT_KINDS, FaultError, Hub
 from .knobs import Knobs
 from .load import LoadError
 from .sentry import SentryIngest
@@ -24,28 +26,55 @@ class Control:
         self.hub = hub
         self.webapi = webapi
         self.sentry = sentry or SentryIngest()
+        # (method, name) -> (handler, what it does): `GET /_sim/` lists them from here.
+        self.routes: dict[tuple[str, str], tuple[Callable[[Request], Response], str]] = {
+            ("GET", ""): (self.index, "this list"),
+            ("GET", "health"): (lambda r: Response(200, {"ok": True}), "ok while the simulator answers"),
+            ("POST", "events"): (self.inject, "inject events: kind (" + ", ".join(events.KINDS) + "), "
+                                 "text, channel, user, ts, thread_ts, command (slash_command), action_id and "
+                                 "message_ts (block_action), subtype, count; answers each event's key"),
+            ("GET", "event"): (self.event, "one injected event by ?key=, with the payload Slack sends for it"),
+            ("POST", "fault"): (self.fault, "a fault on a link: kind (" + ", ".join(FAULT_KINDS) + "); "
+                                "reason for disconnect (" + ", ".join(DISCONNECT_REASONS) + "), seconds for "
+                                "silence and blackhole, key for redeliver; target oldest (default), newest, "
+                                "all or a link id"),
+            ("GET", "state"): (lambda r: Response(200, self.state()),
+                               ("links, events, acks, and what the bot did: messages, responses, reactions, "
+                                "views, assistant statuses and prompts")),
+            ("GET", "summary"): (lambda r: Response(200, self.summary()), "counters and ack latencies"),
+            ("POST", "config"): (self.configure, "set knobs: " + ", ".join(self.knobs.to_dict())),
+            ("POST", "reset"): (self.reset, "forget events, acks and what the bot did; links stay open"),
+            ("POST", "load"): (self.load, "start a load run: mode window, rate, finish or stop"),
+            ("GET", "load"): (lambda r: Response(200, self.hub.load.status(bool(r.params.get("keys")),
+                                                                          bool(r.params.get("brief")))),
+                              "the current load run"),
+            ("GET", "sentry"): (lambda r: Response(200, self.sentry.listing(
+                str(r.params.get("raw", "")).lower() in ("1", "true", "yes"))),
+                "Sentry events received (?raw=1 adds each envelope)"),
+        }
 
     def handle(self, name: str, req: Request) -> Response:
         if req.body_error:
             return _bad(req.body_error)
-        route = {
-            ("GET", "health"): lambda r: Response(200, {"ok": True}),
-            ("GET", "summary"): lambda r: Response(200, self.summary()),
-            ("GET", "state"): lambda r: Response(200, self.state()),
-            ("GET", "event"): self.event,
-            ("GET", "sentry"): lambda r: Response(200, self.sentry.listing(
-                str(r.params.get("raw", "")).lower() in ("1", "true", "yes"))),
-            ("POST", "events"): self.inject,
-            ("POST", "fault"): self.fault,
-            ("POST", "config"): self.configure,
-            ("POST", "reset"): self.reset,
-            ("POST", "load"): self.load,
-            ("GET", "load"): lambda r: Response(200, self.hub.load.status(bool(r.params.get("keys")),
-                                                                          bool(r.params.get("brief")))),
-        }.get((req.method, name))
+        route = self.routes.get((req.method, name))
         if route is None:
-            return Response(404, {"ok": False, "error": f"no route {req.method} /_sim/{name}"})
-        return route(req)
+            return Response(404, {"ok": False,
+                                  "error": f"no route {req.method} /_sim/{name}; GET /_sim/ lists them"})
+        return route[0](req)
+
+    def index(self, req: Request) -> Response:
+        """Every route of this simulator, for a user who has not read its source."""
+        routes = [{"method": method, "path": f"/_sim/{name}", "does": does}
+                  for (method, name), (_, does) in self.routes.items()]
+        return Response(200, {
+            "ok": True,
+            "routes": routes,
+            "web_api": {"path": "/api/<method>", "methods": sorted(self.webapi.methods),
+                        "tokens": ACCEPTED},
+            "socket_mode": {"path": "/link/", "does": "the wss:// URL apps.connections.open hands out"},
+            "response_urls": {"path": f"{RESPOND_PATH}<id>", "does": "recorded; see GET /_sim/state"},
+            "sentry": {"path": "/api/<project>/envelope/", "does": "Sentry ingestion; see GET /_sim/sentry"},
+        })
 
     def inject(self, req: Request) -> Response:
         params = dict(req.params)

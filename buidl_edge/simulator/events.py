@@ -95,7 +95,7 @@ def build(kind: str, fields: dict[str, Any], ts: str, base_url: str | None = Non
             "api_app_id": APP_ID,
             "user": {"id": user},
             "channel": {"id": channel},
-            "actions": [{"action_id": "buidl_action", "value": text or "clicked"}],
+            "actions": [{"action_id": str(fields.get("action_id") or "buidl_action"), "value": text or "clicked"}],
             "trigger_id": _trigger_id(),
             "response_url": _response_url(base_url, "actions"),
         }

@@ -10,6 +10,7 @@ import gevent
 from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 
+from .access import ACCEPTED, export_lines
 from .app import SimApp, SimHandler
 
 
@@ -33,6 +34,7 @@ def run(host: str, port: int, ready_file: str | None = None) -> None:
     reachable = host if host in ("127.0.0.1", "localhost") else "127.0.0.1"
     app.hub.base_url = f"http://{reachable}:{bound}"
     print(f"simulator listening on http://{host}:{bound}", flush=True)
+    print(banner(app.hub.base_url), flush=True)
     if ready_file:
         _write_atomic(ready_file, str(bound))
 
@@ -43,6 +45,16 @@ def run(host: str, port: int, ready_file: str | None = None) -> None:
     stop.wait()
     sweeper.kill()
     server.stop(timeout=1)
+
+
+def banner(base_url: str) -> str:
+    """What a user needs to point a worker at this simulator and drive it, printed at start."""
+    exports = "\n".join(f"  {line}" for line in export_lines(base_url))
+    return (f"tokens: it checks only their type ({ACCEPTED})\n"
+            f"point a worker at it with these (tokens made up just now), or `eval \"$(buidl-edge sim env)\"`:\n"
+            f"{exports}\n"
+            f"then: BUIDL_APP=module:app buidl-edge worker\n"
+            f"drive it: buidl-edge sim --help   (its control API: GET {base_url}/_sim/)")
 
 
 def _write_atomic(path: str, text: str) -> None:
