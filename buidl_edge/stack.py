@@ -1,7 +1,8 @@
 """`buidl-edge run`: check, render supervisord's config, then become supervisord (stack_watch.py).
 
 Everything that can be refused is refused here, with one line, before anything starts: the
-connection budget, the socket path, a stack already running on the state dir, the health port.
+connection budget, a state dir that cannot be used (run_checks.py), a stack already running on
+the state dir, the health port.
 Then the process execs supervisord with the watch loaded into it, so the dyno runs one
 supervisor process and the workers, and no parent stays up only to watch.
 """
@@ -15,27 +16,19 @@ import sys
 
 from buidl_edge.config import ConfigError, Settings
 from buidl_edge.fatal_marker import fatal_marker
-from buidl_edge.supervise import (
-    Credentials,
-    check_connection_budget,
-    check_socket_path,
-    live_supervisor,
-    render_config,
-)
+from buidl_edge.run_checks import check_stack
+from buidl_edge.supervise import Credentials, live_supervisor, render_config
+
 
 def run_stack(settings: Settings) -> int:
     """Exec supervisord in the foreground under the watch; returns only when a check refuses."""
     state_dir = settings.state_dir
-    check_connection_budget(settings)
-    check_socket_path(state_dir)
+    check_stack(settings)  # the sizing rule, a usable state dir, what the health port needs
     running = live_supervisor(state_dir)
     if running is not None:  # before anything is written: the running stack's config stays as it is
         pid = f" (supervisord pid {running})" if running else ""
         raise ConfigError(f"a stack is already running on {state_dir}{pid}: stop it first, "
                           "or give this one its own BUIDL_STATE_DIR")
-    if settings.http_port is not None and (settings.store_url or "").startswith("memory://"):
-        raise ConfigError("BUIDL_HTTP_PORT under `run` reads the workers' heartbeats from the shared store; "
-                          "with BUIDL_STORE_URL=memory:// there is none (run `worker` alone to serve its own)")
     _check_port_free(settings)
     _append_to_stdout()
     conf = render_config(settings, Credentials.fresh())

@@ -15,14 +15,19 @@ PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
 
 
-def private_dir(path: Path) -> Path:
-    """Create `path` and each missing parent 0700; directories already there are left as they are."""
+def _missing(path: Path) -> list[Path]:
+    """`path` and its parents that do not exist yet, deepest first."""
     missing: list[Path] = []
     probe = path
     while not probe.exists() and probe.parent != probe:
         missing.append(probe)
         probe = probe.parent
-    for folder in reversed(missing):
+    return missing
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` and each missing parent 0700; directories already there are left as they are."""
+    for folder in reversed(_missing(path)):
         try:
             os.mkdir(folder, PRIVATE_DIR)
         except FileExistsError:
@@ -73,3 +78,39 @@ def write_private(path: Path, text: str) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def unusable_dir(path: Path) -> str | None:
+    """Why `path` cannot hold private state files, in a few words (None when it can).
+
+    Tried for real, since only the kernel knows (a read-only mount, /proc, a full quota): the
+    missing directories are made as `private_dir` makes them and a private file is written and
+    removed in `path`; what this made is removed again, so a check leaves nothing behind.
+    """
+    missing = _missing(path)
+    nearest = missing[-1].parent if missing else path
+    if not nearest.is_dir():
+        return f"{nearest} is not a directory"
+    made: list[Path] = []
+    try:
+        for folder in reversed(missing):
+            try:
+                os.mkdir(folder, PRIVATE_DIR)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                return f"cannot create {folder}: {exc.strerror or exc}"
+            made.append(folder)
+        probe = path / f".probe.{os.getpid()}"
+        try:
+            write_private(probe, "")
+            probe.unlink()
+        except OSError as exc:
+            return f"cannot write in {path}: {exc.strerror or exc}"
+        return None
+    finally:
+        for folder in reversed(made):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass  # something else wrote there meanwhile: not ours to remove

@@ -267,7 +267,7 @@ def test_state_dir_defaults_to_buidl_home_and_is_absolute_for_every_command(toke
     assert relative.store_url == f"sqlite:///{Path.cwd() / 'rel' / 'edge.sqlite3'}"
 
     # Two commands started in two directories agree on where the store is.
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "user"), "BUIDL_HOME": str(home)}
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "user"), "BUIDL_HOME": str(home), **tokens}
     seen = []
     for cwd in (tmp_path, tmp_path / "elsewhere"):
         cwd.mkdir(exist_ok=True)
@@ -288,7 +288,7 @@ def test_config_prints_every_setting_with_a_missing_token_marked_and_passwords_m
            "SLACK_API_URL": "http://apiuser:api-pass-w0rd@127.0.0.1:9/api/",
            "BUIDL_STORE_URL": "redis://default:redis-pass-w0rd@127.0.0.1:6390/0?password=query-pass-w0rd"}
     table = run_cli(env, tmp_path, "config")
-    assert table.returncode == 0, table.stderr
+    assert table.returncode == 1 and table.stderr == "Error: `run` would refuse 1 setting: bot_token\n"
     rows = dict(line.split(None, 1) for line in table.stdout.splitlines())
     assert rows["app_token"] == Secret(tokens["SLACK_APP_TOKEN"]).masked()
     assert rows["bot_token"].startswith("NOT USABLE: SLACK_BOT_TOKEN is not set")

@@ -8,23 +8,35 @@ import click
 
 from buidl_edge.cli.base import admin_store, cli, json_option, state_settings
 from buidl_edge.cli.output import cell, plural, print_json
-from buidl_edge.config import SLACK_MAX_CONNECTIONS, ConfigError, OutboxConfig, Settings, load_settings
+from buidl_edge.config import SLACK_MAX_CONNECTIONS, ConfigError, Settings, load_settings
 
 
 @cli.command("config")
 @json_option("Print JSON instead of a table.")
 def show_config(as_json: bool) -> None:
-    """Print the resolved settings: tokens masked (a missing one marked), URLs without userinfo."""
+    """Print the resolved settings: tokens masked (a missing one marked), URLs without userinfo, and
+    every setting `run` would refuse flagged (then the exit status is 1)."""
+    from buidl_edge.run_checks import refusals
+
     settings = state_settings()
     values = settings.redacted()
     problems = settings.token_problems()
+    refused = refusals(settings)
+    rows = {**values, **{key: None for key in refused if key not in values}}  # `outbox` is not a field
     if as_json:
-        print_json({**values, "token_problems": problems})
-        return
-    width = max(len(k) for k in values)
-    for key, value in values.items():
-        shown = f"NOT USABLE: {problems[key]}" if key in problems else cell(value)
-        click.echo(f"{key.ljust(width)}  {shown}")
+        print_json({**values, "token_problems": problems, "refused": refused})
+    else:
+        width = max(len(k) for k in rows)
+        for key, value in rows.items():
+            shown = cell(value) if key in values else ""
+            if key in problems:
+                shown = f"NOT USABLE: {problems[key]}"
+            elif key in refused:
+                shown = f"{shown}  REFUSED: {refused[key]}".lstrip()
+            click.echo(f"{key.ljust(width)}  {shown}")
+    if refused:
+        names = [key for key in rows if key in refused]
+        raise click.ClickException(f"`run` would refuse {plural(len(names), 'setting')}: {', '.join(names)}")
 
 
 @cli.command()
@@ -54,12 +66,12 @@ class Preflight:
 def preflight(settings: Settings) -> Preflight:
     """Everything `run` needs, tried in the order `run` needs it; the first failure raises."""
     from buidl_edge.app import load_app
-    from buidl_edge.supervise import check_connection_budget, connection_need
+    from buidl_edge.run_checks import check_everything
+    from buidl_edge.supervise import connection_need
     from buidl_edge.webapi import WebApi
 
-    check_connection_budget(settings)
+    check_everything(settings)  # what `run` and its workers refuse before they call Slack
     found = Preflight()
-    OutboxConfig.from_env()  # the reply sender's settings, which workers read at start
     if settings.relay:
         found.add("app", {"relay": True}, "app: relay mode, no EdgeApp (BUIDL_APP is not used)")
     else:
