@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import urllib3
 
-from buidl_edge.config import Secret, check_transport_url, proxy_for
+from buidl_edge.config import Secret, check_transport_url, mask_url_password, proxy_for
 
 # Errors that no retry can fix: stop and tell the operator.
 FATAL_AUTH_ERRORS = frozenset(
@@ -53,6 +53,16 @@ class TransientApiError(SlackApiError):
     """5xx or a network failure: worth retrying later."""
 
 
+class SlackUnreachable(TransientApiError):
+    """The call never got an answer from Slack (refused, unresolvable, timed out, TLS): Slack
+    refused nothing. `error` stays a short code (`network:ConnectionRefused`) for logs and rows;
+    the message says what happened, where."""
+
+    def __init__(self, method: str, code: str, said: str) -> None:
+        super().__init__(method, f"network:{code}", 0)
+        self.args = (f"{said} ({method})",)
+
+
 @dataclass(frozen=True)
 class AuthInfo:
     user_id: str
@@ -72,8 +82,9 @@ class WebApi:
             response = self.pool.request("POST", self.api_url + method, body=json.dumps(data or {}).encode(),
                                          headers=headers, timeout=self.timeout, retries=False, redirect=False)
         except urllib3.exceptions.HTTPError as exc:
-            # The exception text can hold the URL but never the header; keep only its type.
-            raise TransientApiError(method, f"network:{_network_error(exc)}", 0) from None
+            # The exception's own text can hold the URL's userinfo (never the header): not repeated.
+            code, said = _network_error(exc, self.timeout, mask_url_password(self.api_url))
+            raise SlackUnreachable(method, code, said) from None
         status = response.status
         if status == 429:
             raise RateLimited(method, _retry_after(response.headers.get("Retry-After")))
@@ -163,15 +174,28 @@ def http_pool(url: str, size: int, env: Mapping[str, str] | None = None) -> urll
     return urllib3.ProxyManager(f"http://{proxy.host}:{proxy.port}", num_pools=2, proxy_headers=headers, **options)
 
 
-def _network_error(exc: Exception) -> str:
-    """A network failure named as requests names them (what logs and errors have always said)."""
+def _network_error(exc: Exception, timeout: float, where: str) -> tuple[str, str]:
+    """(code, what happened) of a call to `where` that got no answer.
+
+    urllib3's NewConnectionError (refused, unresolvable) subclasses ConnectTimeoutError, so it is
+    told apart first, as requests does: a refused connection is not a timeout.
+    """
+    unreachable = f"cannot reach Slack at {where}: "
+    if isinstance(exc, urllib3.exceptions.ProxyError):
+        return "ProxyError", unreachable + "the proxy failed (HTTPS_PROXY)"
+    if isinstance(exc, urllib3.exceptions.NameResolutionError):
+        return "NameResolution", unreachable + "cannot resolve the host"
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
+        if isinstance(exc.__cause__, ConnectionRefusedError) or "refused" in str(exc).lower():
+            return "ConnectionRefused", unreachable + "connection refused"
+        return "ConnectionError", unreachable + "connection failed"
     if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
-        return "ConnectTimeout"
+        return "ConnectTimeout", unreachable + f"no connection within {timeout:g}s"
     if isinstance(exc, urllib3.exceptions.TimeoutError):
-        return "ReadTimeout"
+        return "ReadTimeout", f"Slack at {where} did not answer within {timeout:g}s"
     if isinstance(exc, urllib3.exceptions.SSLError):
-        return "SSLError"
-    return "ConnectionError"
+        return "SSLError", unreachable + "TLS handshake failed (certificate not verified?)"
+    return "ConnectionError", f"Slack at {where} closed the connection before answering"
 
 
 def _certifi_bundle() -> str | None:

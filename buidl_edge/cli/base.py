@@ -31,10 +31,12 @@ def said(exc: BaseException) -> str | None:
     from buidl_edge.app import AppError
     from buidl_edge.message import MessageError
     from buidl_edge.store.errors import StoreError
-    from buidl_edge.webapi import RateLimited, SlackApiError
+    from buidl_edge.webapi import RateLimited, SlackApiError, SlackUnreachable
 
     if isinstance(exc, RateLimited):
         return f"Slack rate-limited {exc.method}: retry after {exc.retry_after:g}s"
+    if isinstance(exc, SlackUnreachable):  # no answer at all: Slack refused nothing
+        return one_line(str(exc))
     if isinstance(exc, SlackApiError):
         return f"Slack refused: {one_line(str(exc))}"
     if isinstance(exc, MessageError):
