@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Pattern
 
+from buidl_edge.handler_signature import signature_problem
 from buidl_edge.matching import MessageFilter
 from buidl_edge.message import validate_reply
 from buidl_edge.protocol import Envelope
@@ -33,6 +34,18 @@ class AppError(ValueError):
     """
 
     details: str | None = None
+
+
+class HandlerSignatureError(AppError):
+    """A handler that EdgeApp cannot call as `fn(payload, ctx)` (handler_signature.py); the message
+    names its file and line itself, so no traceback goes with it."""
+
+
+def checked_handler(fn: Handler) -> Handler:
+    problem = signature_problem(fn)
+    if problem:
+        raise HandlerSignatureError(problem)
+    return fn
 
 
 def reply_from(channel: str, text_or_dict: str | Mapping[str, Any], thread_ts: str | None = None) -> Reply:
@@ -175,7 +188,7 @@ class EdgeApp:
     def _register(self, table: dict[str, list[Registration]], key: str,
                   threaded: bool) -> Callable[[Handler], Handler]:
         def decorator(fn: Handler) -> Handler:
-            table.setdefault(key, []).append(Registration(fn, threaded))
+            table.setdefault(key, []).append(Registration(checked_handler(fn), threaded))
             return fn
         return decorator
 
@@ -194,6 +207,8 @@ class EdgeApp:
             raise AppError(str(exc)) from None
 
         def decorator(fn: Handler) -> Handler:
+            checked_handler(fn)
+
             @functools.wraps(fn)
             def on_message(event: dict[str, Any], ctx: Context) -> Optional[dict[str, Any]]:
                 running = ctx.app or self  # the app the worker runs, which may have included this one
@@ -316,6 +331,8 @@ def load_app(spec: str) -> EdgeApp:
         sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(module_name)
+    except HandlerSignatureError:
+        raise  # it names the handler's file and line: one line says it all
     except ModuleNotFoundError as exc:
         missing = exc.name or ""
         if missing == module_name or module_name.startswith(missing + "."):
@@ -330,6 +347,10 @@ def load_app(spec: str) -> EdgeApp:
         hint = f"; did you mean {module_name}:{close[0]}?" if close else "; it defines no EdgeApp"
         raise AppError(f"app module {module_name!r} has no attribute {attr!r}{hint}")
     app = getattr(module, attr)
+    if type(app).__module__.startswith("slack_bolt."):  # until Bolt apps run in-process
+        raise AppError(f"{spec} is a Bolt {type(app).__name__}, which buidl-edge cannot run in-process yet: "
+                       "serve it in HTTP mode and run `buidl-edge run --relay http://127.0.0.1:3000/slack/events` "
+                       "(its Request URL; see README, Relay mode)")
     if not isinstance(app, EdgeApp):
         raise AppError(f"{spec} is not an EdgeApp (it is {type(app).__name__!r}); "
                        f"make it `{attr} = EdgeApp(...)`")
