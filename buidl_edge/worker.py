@@ -30,6 +30,7 @@ from buidl_edge.handler_threads import HubCall, share_logging_with_threads
 from buidl_edge.hubwatch import HubWatch
 from buidl_edge.logs import setup_logging
 from buidl_edge.outbox import Outbox
+from buidl_edge.predecessors import forget_predecessors
 from buidl_edge.redaction import register_secret, register_tokens
 from buidl_edge.sentry import (
     flush_sentry,
@@ -141,6 +142,7 @@ class Worker:
         runners = [gevent.spawn(self._run_slot, slot) for slot in self.slots]
         for runner in runners:
             runner.link_exception(self._on_slot_crash)
+        forget_predecessors(self.store, self.owner, os.environ.get("SUPERVISOR_PROCESS_NAME", ""))
         chores = [gevent.spawn(self._every, HEARTBEAT_INTERVAL_S, self._heartbeat),
                   gevent.spawn(self._every, SWEEP_INTERVAL_S, self._sweep),
                   gevent.spawn(self._every, PRUNE_INTERVAL_S, self._prune),
