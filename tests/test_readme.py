@@ -10,13 +10,13 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from buidl_edge.harness import wait_until
+from redis_support import free_port
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -54,9 +54,7 @@ def test_your_own_bot_section_runs_as_written_and_prints_what_it_shows(tmp_path:
     part = section((ROOT / "README.md").read_text(), OWN_BOT)
     [script] = blocks(part, "sh")
     [shown] = blocks(part, "text")
-    with socket.socket() as probe:  # the simulator's port: free here, whatever 8765 is doing
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # the simulator's: free here, whatever 8765 is doing
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "BUIDL_", "SENTRY_"))}
     env.update(BUIDL_HOME=str(tmp_path / "home"), TMPDIR=str(tmp_path), BUIDL_SIM_URL=f"http://127.0.0.1:{port}")
     proc = subprocess.Popen(["bash", "-e", "-c", script], cwd=ROOT, env=env, stdout=subprocess.PIPE,

@@ -4,9 +4,9 @@ shows what the bot did. A real simulator process on loopback, the real CLI in a 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +19,7 @@ from click.testing import CliRunner, Result
 from buidl_edge.cli import cli as cli_group
 from buidl_edge.harness import WorkerProcess, wait_until, worker_env
 from buidl_edge.simulator.client import SimulatorClient, SimulatorProcess
+from redis_support import free_port
 from stack_support import cli, operator_env
 
 pytestmark = pytest.mark.timeout(60)
@@ -41,39 +42,33 @@ def test_sim_root_lists_every_control_route(simulator: SimulatorProcess) -> None
 
 def test_simulate_prints_the_exports_that_point_a_worker_at_it(tmp_path: Path) -> None:
     env = operator_env(tmp_path / "state")
-    out = tmp_path / "simulate.out"
-    with open(out, "wb") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "buidl_edge", "simulate", "--port", "0"],
-                                stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
-    try:
-        port = wait_until(lambda: _listening_port(out.read_text()), 15, "simulate's listening line")
-        exports = _exports(out.read_text())
-        assert exports, f"no exports printed at start: {out.read_text()!r}"
+    with simulate(env, tmp_path, "--port", "0") as (port, printed):
+        exports = _exports(printed)
+        assert exports, f"no exports printed at start: {printed!r}"
         assert exports["SLACK_API_URL"] == f"http://127.0.0.1:{port}/api/"
         assert exports["SLACK_APP_TOKEN"].startswith("xapp-") and exports["SLACK_BOT_TOKEN"].startswith("xoxb-")
         assert exports["BUIDL_SIM_URL"] == f"http://127.0.0.1:{port}"
         # The tokens it printed are accepted: `check` tries both against it.
         checked = cli({**env, **exports}, "check", cwd=tmp_path)
         assert checked.returncode == 0, checked.stdout + checked.stderr
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-    # Made up at each start, never the same twice.
-    assert _exports(out.read_text())["SLACK_BOT_TOKEN"] != _second_start_bot_token(env, tmp_path)
+    # Started again where BUIDL_SIM_URL says (the variable `buidl-edge sim …` reads), with
+    # tokens made up anew.
+    wanted = free_port()
+    with simulate({**env, "BUIDL_SIM_URL": f"http://127.0.0.1:{wanted}"}, tmp_path) as (port, again):
+        assert port == str(wanted)
+        assert _exports(again)["SLACK_BOT_TOKEN"] != exports["SLACK_BOT_TOKEN"]
 
 
-def _second_start_bot_token(env: dict[str, str], cwd: Path) -> str:
-    """Another start, where BUIDL_SIM_URL says (the same variable `buidl-edge sim …` reads)."""
-    out = cwd / "again.out"
-    port = _closed_port()
+@contextlib.contextmanager
+def simulate(env: dict[str, str], cwd: Path, *args: str) -> Iterator[tuple[str, str]]:
+    """`buidl-edge simulate ARGS` until the block ends: its port and what it printed at start."""
+    out = cwd / f"simulate-{len(list(cwd.glob('simulate-*')))}.out"
     with open(out, "wb") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "buidl_edge", "simulate"], stdout=sink,
-                                stderr=subprocess.STDOUT, env={**env, "BUIDL_SIM_URL": f"http://127.0.0.1:{port}"},
-                                cwd=cwd)
+        proc = subprocess.Popen([sys.executable, "-m", "buidl_edge", "simulate", *args], stdout=sink,
+                                stderr=subprocess.STDOUT, env=env, cwd=cwd)
     try:
-        assert wait_until(lambda: _listening_port(out.read_text()), 15, "the second start's listening line") \
-            == str(port)
-        return _exports(out.read_text())["SLACK_BOT_TOKEN"]
+        port = wait_until(lambda: _listening_port(out.read_text()), 15, "simulate's listening line")
+        yield port, out.read_text()
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -246,7 +241,7 @@ def test_sim_fault_breaks_the_link_and_the_worker_replaces_it(driven: str, share
 
 
 def test_sim_commands_say_in_one_line_when_no_simulator_listens(tmp_path: Path) -> None:
-    closed = f"http://127.0.0.1:{_closed_port()}"
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     for args in (["shows"], ["mention", "hi"], ["fault", "drop"], ["env", "--wait", "0"]):
         result = cli(operator_env(tmp_path), "sim", *args, "--sim-url", closed, cwd=tmp_path)
         assert result.returncode == 1, args
@@ -263,8 +258,3 @@ def test_sim_mention_with_no_worker_says_so_and_fails(simulator: SimulatorProces
     fault = sim(simulator.base_url, "fault", "drop")
     assert fault.exit_code == 1 and "no open link matches --target: is a worker connected?" in fault.stderr
 
-
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
