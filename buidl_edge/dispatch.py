@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 import gevent
 import gevent.pool
 
+from buidl_edge.ack_claims import AckClaims
 from buidl_edge.app import Context, EdgeApp
+from buidl_edge.config.settings import DEFAULT_CLAIM_WAIT_S
 from buidl_edge.handler_pool import HandlerPool
 from buidl_edge.handler_threads import HandlerThreads, HubCall, HubLogger
 from buidl_edge.link import Link
@@ -60,7 +62,7 @@ class Dispatcher:
     def __init__(self, app: EdgeApp, store: EdgeStore, outbox: Outbox, owner: str,
                  ack_payload_deadline: float, bot_user_id: str | None,
                  handler_pool_size: int = 200, handler_threads: int = 8, health: StoreHealth | None = None,
-                 relay: Relay | None = None) -> None:
+                 relay: Relay | None = None, claim_wait_s: float = DEFAULT_CLAIM_WAIT_S) -> None:
         self.app = app
         self.relay = relay  # relay mode: envelopes go to the HTTP-mode app behind it, not to `app`
         self.store = store
@@ -71,6 +73,7 @@ class Dispatcher:
         self.stats = DispatchStats()
         # Shared with the outbox and the heartbeat; while the store fails, claims use its fallback.
         self.health = health or StoreHealth()
+        self.claims = AckClaims(store, self.health, owner, claim_wait_s, self._store_failed)
         self.inflight = gevent.pool.Group()
         self.pool = HandlerPool(handler_pool_size)
         self.threads = HandlerThreads(handler_threads)
@@ -89,35 +92,18 @@ class Dispatcher:
         When the store can decide the claims without waiting (the common case: SQLite's write
         lock is free, or the memory store), the whole burst is claimed in one commit and acked
         right here, in the reader, with no greenlet of its own; else one greenlet of `inflight`
-        claims the whole burst in one commit or round trip (Redis) and acks.
+        claims the whole burst in one commit or round trip (Redis), waiting at most
+        BUIDL_CLAIM_WAIT_S before local dedup decides, and acks.
         """
         envelopes = [envelope for envelope, _ in burst]
-        try:
-            outcomes = self.store.claim_many_now(envelopes, self.owner)
-        except StoreError as exc:  # the whole commit failed
-            outcomes = [exc] * len(burst)
-        if outcomes is None:
+        new = self.claims.now(envelopes)
+        if new is None:
             self.inflight.spawn(self._process_burst, burst, link)
             return
-        self._ack_burst(burst, self._decided(envelopes, outcomes), link)
+        self._ack_burst(burst, new, link)
 
     def _process_burst(self, burst: Sequence[tuple[Envelope, float]], link: Link) -> None:
-        self._ack_burst(burst, self._claim_burst([envelope for envelope, _ in burst]), link)
-
-    def _claim_burst(self, envelopes: Sequence[Envelope]) -> list[bool]:
-        """Claim each envelope (one commit or round trip for all); True for each one that is new."""
-        try:
-            outcomes = self.store.claim_many(envelopes, self.owner)
-        except StoreError as exc:  # the store failed as a whole
-            outcomes = [exc] * len(envelopes)
-        return self._decided(envelopes, outcomes)
-
-    def _decided(self, envelopes: Sequence[Envelope], outcomes: Sequence[bool | StoreError]) -> list[bool]:
-        """The store's outcomes, with local dedup deciding where the store failed."""
-        if not all(isinstance(outcome, StoreError) for outcome in outcomes):
-            self.health.ok()
-        return [self._claim_failed(envelope, outcome) if isinstance(outcome, StoreError) else outcome
-                for envelope, outcome in zip(envelopes, outcomes)]
+        self._ack_burst(burst, self.claims.within_bound([envelope for envelope, _ in burst]), link)
 
     def _ack_burst(self, burst: Sequence[tuple[Envelope, float]], new: Sequence[bool], link: Link) -> None:
         for (envelope, received_at), is_new in zip(burst, new):
@@ -244,12 +230,7 @@ class Dispatcher:
         return f"handler {name} (envelope {envelope_id})", {"envelope_id": envelope_id}
 
     def stats_dict(self) -> dict[str, Any]:
-        return {**self.stats.as_dict(), **self.pool.stats()}
-
-    def _claim_failed(self, envelope: Envelope, exc: StoreError) -> bool:
-        """Ack and handle it on local dedup (this envelope alone if the store rejected it)."""
-        self._store_failed("claim", exc)
-        return self.health.fallback.claim(envelope, self.owner)
+        return {**self.stats.as_dict(), **self.pool.stats(), **self.claims.stats()}
 
     def _claim_key(self, key: str) -> bool:
         try:
@@ -259,11 +240,13 @@ class Dispatcher:
             return self.health.fallback.claim_key(key)
 
     def _finish(self, envelope_id: str, replies: list[Reply], error: str | None) -> bool:
+        self.claims.finished(envelope_id, error)
         try:
             self.store.finish(envelope_id, replies, error)
         except StoreError as exc:  # the replies go out from this process instead
             self._store_failed("finish", exc)
             return False
+        self.health.wrote()
         return True
 
     def _store_failed(self, operation: str, exc: StoreError) -> None:

@@ -11,6 +11,7 @@ import socket
 import threading
 from typing import TYPE_CHECKING, Any
 
+from buidl_edge import health_events
 from buidl_edge.config import Settings
 from buidl_edge.status import STALE_AFTER_S, live_workers
 from buidl_edge.store.base import EdgeStore
@@ -42,7 +43,14 @@ class DynoView:
             beats = live_workers(self._open())
         except StoreError:
             return []
-        return self._on_this_host(beats)
+        return [self._with_told_state(stats) for stats in self._on_this_host(beats)]
+
+    @staticmethod
+    def _with_told_state(stats: dict[str, Any]) -> dict[str, Any]:
+        """A worker's last heartbeat, with the degraded state it told supervisord since (a degraded
+        store may not have taken the heartbeat that says so)."""
+        cause = health_events.degraded_workers.get(stats.get("process") or "")
+        return {**stats, "degraded": True, "degraded_cause": cause} if cause is not None else stats
 
     def _on_this_host(self, beats: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The stats of the workers of this dyno (a heartbeat from an older worker names no host)."""
@@ -52,6 +60,10 @@ class DynoView:
         return self._open().outbox_stats()
 
     def readiness(self) -> tuple[bool, str]:
+        degraded = dict(health_events.degraded_workers)
+        if degraded:
+            return False, "degraded, acking with local dedup only: " + "; ".join(
+                f"{process}: {cause}" for process, cause in sorted(degraded.items()))
         try:
             beats = live_workers(self._open())
             self._open().outbox_stats()  # the store answers a read, not only our cache of it

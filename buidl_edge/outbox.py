@@ -198,8 +198,8 @@ class Outbox:
             except StoreError as exc:
                 self._store_failed("claim", exc)
                 continue
-            if store is self.store:
-                self.health.ok()
+            if store is self.store and claimed.rows:  # rows taken: a write (a read would prove nothing)
+                self.health.wrote()
             for row in claimed.rows:
                 self._posts.spawn(self._post, store, row)
             if claimed.next_at is not None:

@@ -19,6 +19,7 @@ from typing import Any
 from supervisor import events
 from supervisor.states import SupervisorStates
 
+from buidl_edge import health_events
 from buidl_edge.exitcodes import EXIT_FATAL
 from buidl_edge.fatal_marker import read_fatal
 
@@ -36,12 +37,20 @@ class StackWatch:
         self.supervisord = supervisord
         self.state_dir = state_dir
         events.subscribe(events.ProcessStateEvent, self.on_state)
+        events.subscribe(events.ProcessCommunicationStdoutEvent, self.on_told)
+
+    def on_told(self, event: Any) -> None:
+        """A worker said its store is degraded, or writable again (health_events.py)."""
+        health_events.heard(event.process.config.name, event.data)
 
     def on_state(self, event: Any) -> None:
         process = event.process
         if process.group.config.name != WORKER_GROUP:
             return
         name = process.config.name
+        if isinstance(event, (events.ProcessStateExitedEvent, events.ProcessStateStoppedEvent,
+                              events.ProcessStateBackoffEvent)):
+            health_events.gone(name)
         if isinstance(event, events.ProcessStateRunningEvent):
             log.info("%s running (pid %d)", name, process.pid)
         elif isinstance(event, events.ProcessStateStoppedEvent):

@@ -27,6 +27,7 @@ from buidl_edge.dispatch import Dispatcher
 from buidl_edge.exitcodes import EXIT_CRASH, EXIT_FATAL, EXIT_OK
 from buidl_edge.gc_tuning import settle_heap
 from buidl_edge.handler_threads import HubCall, share_logging_with_threads
+from buidl_edge.health_events import tell_supervisor, telling_supervisor
 from buidl_edge.hubwatch import HubWatch
 from buidl_edge.logs import setup_logging
 from buidl_edge.outbox import Outbox
@@ -93,7 +94,10 @@ class Worker:
         self.outbox_config = outbox_config
         self.hubwatch: HubWatch | None = None
         # App-wide connection slots (BUIDL_MAX_APP_CONNECTIONS), leased from the shared store.
-        self.gate = SlotGate(self.store, self.owner, settings.max_app_connections)
+        if telling_supervisor():  # under `run`: the dyno's /readyz hears of episodes at once
+            self.health.subscribe(tell_supervisor)
+        self.gate = SlotGate(self.store, self.owner, settings.max_app_connections,
+                             on_store_error=self.health.failed)
 
     def request_stop(self, signum: int | None = None) -> None:
         """Signal handler: only record; the main greenlet drains."""
@@ -135,7 +139,7 @@ class Worker:
         self.dispatcher = Dispatcher(self.app, self.store, self.outbox, self.owner,
                                      self.settings.ack_payload_deadline, bot_user_id,
                                      self.settings.handler_concurrency, self.settings.handler_threads,
-                                     self.health, relay=self.relay)
+                                     self.health, relay=self.relay, claim_wait_s=self.settings.claim_wait_s)
         overlap = gevent.lock.Semaphore(refresh_overlaps(self.settings))
         self.slots = [ConnectionSlot(f"c{i}", self.settings, self.webapi, self.dispatcher, self.gate, overlap)
                       for i in range(self.settings.connections)]
@@ -226,6 +230,7 @@ class Worker:
         for slot in self.slots:
             slot.close()
         handlers_done = self.dispatcher.finish_handlers(timeout=max(0.1, deadline - time.monotonic()))
+        handlers_done = self.dispatcher.claims.drain(timeout=max(0.1, deadline - time.monotonic())) and handlers_done
         if self.relay is not None:
             handlers_done = self.relay.stop(timeout=max(0.1, deadline - time.monotonic())) and handlers_done
         sent = self.outbox.stop(timeout=max(0.1, deadline - time.monotonic()))
@@ -253,14 +258,16 @@ class Worker:
         while True:
             try:
                 chore()
-            except StoreError as exc:  # chores are retried next round; acking goes on
-                log.warning("%s failed: %s", chore.__name__.strip("_"), exc)
+            except StoreError as exc:  # retried next round; said once per episode; acking goes on
+                self.health.failed(chore.__name__.strip("_"), exc)
             gevent.sleep(interval)
 
     def _heartbeat(self) -> None:
         self.store.renew(self.owner)
-        self.health.ok()  # with no traffic, this is what ends a degraded episode
-        self._publish_stats()
+        self.store.heartbeat(self.owner, self.snapshot())
+        # The heartbeat always writes a row (a renew of no lease writes nothing): with no traffic,
+        # this is the write that ends a degraded episode.
+        self.health.wrote()
 
     def _renew_slots(self) -> None:
         lost = set(self.gate.renew())
@@ -277,12 +284,6 @@ class Worker:
         dropped = self.store.prune(self.settings.retention_s)
         if dropped:
             log.info("pruned %d old rows", dropped)
-
-    def _publish_stats(self) -> None:
-        try:
-            self.store.heartbeat(self.owner, self.snapshot())
-        except StoreError as exc:  # stats are best effort; acking goes on
-            log.warning("heartbeat failed: %s", exc)
 
     def _forget_heartbeat(self) -> None:
         """A worker that stops takes its row out of `status` (a killed one is judged by its pid)."""
@@ -306,7 +307,7 @@ class Worker:
         if not any(slot.stats.connected for slot in self.slots):
             return False, "no Slack link open"
         if self.health.degraded:
-            return False, "the store is failing (degraded: acking with local dedup only)"
+            return False, f"degraded, acking with local dedup only: {self.health.cause}"
         return True, f"{sum(slot.stats.connected for slot in self.slots)} of {len(self.slots)} connection(s) open"
 
     def get_connection_stats(self) -> list[dict[str, Any]]:
@@ -318,6 +319,7 @@ class Worker:
             "pid": os.getpid(),
             "process": os.environ.get("SUPERVISOR_PROCESS_NAME", ""),
             "degraded": self.health.degraded,
+            "degraded_cause": self.health.cause if self.health.degraded else "",
             "owner": self.owner,
             "started_at": self.started_at,
             "connections": self.get_connection_stats(),

@@ -17,6 +17,10 @@ DEFAULT_API_URL = "https://slack.com/api/"
 DEFAULT_APP = "buidl_edge.bot:app"
 # Slack retries for about 5 minutes; dedup keys must outlive that with room to spare.
 MIN_RETENTION_S = 600.0
+# How long an ack may wait for the shared store to decide a claim before local dedup decides it:
+# well inside Slack's 3 s, with room for the ack's own write and a handler's payload.
+DEFAULT_CLAIM_WAIT_S = 1.0
+MAX_CLAIM_WAIT_S = 2.0
 # Slack's ceiling on open Socket Mode connections per app.
 SLACK_MAX_CONNECTIONS = 10
 # The sizing rule: each process holds its connections plus one spare for a refresh overlap
@@ -60,6 +64,7 @@ class Settings:
     lease_s: float = 30.0
     retention_s: float = 3600.0
     ack_payload_deadline: float = 2.5
+    claim_wait_s: float = DEFAULT_CLAIM_WAIT_S
     ping_interval: float = 10.0
     stale_timeout: float = 30.0
     backoff_base: float = 1.0
@@ -125,6 +130,7 @@ _NUMBERS: dict[str, tuple[str, type]] = {
     "BUIDL_PROCESSES": ("processes", int),
     "BUIDL_MAX_APP_CONNECTIONS": ("max_app_connections", int),
     "BUIDL_ACK_DEADLINE": ("ack_payload_deadline", float),
+    "BUIDL_CLAIM_WAIT_S": ("claim_wait_s", float),
     "BUIDL_PING_INTERVAL": ("ping_interval", float),
     "BUIDL_STALE_TIMEOUT": ("stale_timeout", float),
     "BUIDL_BACKOFF_BASE": ("backoff_base", float),
@@ -232,6 +238,9 @@ def validate(settings: Settings) -> None:
             raise ConfigError(f"{attr} must be positive, got {getattr(settings, attr)}")
     if settings.ack_payload_deadline >= 3.0:
         raise ConfigError("BUIDL_ACK_DEADLINE must be under Slack's 3 s ack deadline")
+    if not 0 < settings.claim_wait_s <= MAX_CLAIM_WAIT_S:
+        raise ConfigError(f"BUIDL_CLAIM_WAIT_S must be more than 0 and at most {MAX_CLAIM_WAIT_S:g} (seconds an ack "
+                          f"may wait for the store, well inside Slack's 3 s), got {settings.claim_wait_s:g}")
     if settings.stale_timeout <= settings.ping_interval:
         raise ConfigError("BUIDL_STALE_TIMEOUT must be longer than BUIDL_PING_INTERVAL")
     if settings.retention_s < MIN_RETENTION_S:

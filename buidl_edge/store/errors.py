@@ -20,6 +20,11 @@ class StoreLocked(StoreError):
     """Another process held the database lock past our bounded retries."""
 
 
+class StoreBusy(StoreError):
+    """The store did not answer within the ack path's bound (BUIDL_CLAIM_WAIT_S): a write lock held
+    elsewhere, a stalled disk, a server not answering. The call may still land later."""
+
+
 class StoreUnavailable(StoreError):
     """The store cannot be written: disk full, read-only, I/O error, closed."""
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from buidl_edge.store.base import SlotStore
 from buidl_edge.store.errors import StoreError
@@ -40,8 +40,12 @@ class SlotGate:
     """The connection slots of one worker process."""
 
     def __init__(self, store: SlotStore, owner: str, limit: int, ttl: float = SLOT_TTL_S,
-                 retry_base: float = RETRY_BASE_S, retry_cap: float = RETRY_CAP_S) -> None:
+                 retry_base: float = RETRY_BASE_S, retry_cap: float = RETRY_CAP_S,
+                 on_store_error: Callable[[str, StoreError], None] | None = None) -> None:
+        """`on_store_error` hears a release that failed (the worker's StoreHealth: said once per
+        episode); without it, each is logged."""
         self.store = store
+        self.on_store_error = on_store_error
         self.owner = owner
         self.limit = limit
         self.ttl = ttl
@@ -95,8 +99,11 @@ class SlotGate:
         self.held.discard(name)
         try:
             self.store.release_slot(self.holder(name))
-        except StoreError as exc:
-            log.warning("could not release slot %s (%s); it lapses in %.0fs", name, exc, self.ttl)
+        except StoreError as exc:  # the lease lapses in `ttl`
+            if self.on_store_error is not None:
+                self.on_store_error("release_slot", exc)
+            else:
+                log.warning("could not release slot %s (%s); it lapses in %.0fs", name, exc, self.ttl)
 
     def renew(self) -> list[str]:
         """Extend every lease held; return the names whose slot is gone (others took it meanwhile).

@@ -58,6 +58,9 @@ class ThreadedStore:
         # sweeper run the handler again (measured in the soak: holding it widened that window).
         self._batcher.submit(self.inner.finish_txn(envelope_id, replies, error))
 
+    def describe(self) -> str:
+        return self.inner.describe()  # a string: no reason to wait behind a busy thread for it
+
     def __getattr__(self, name: str) -> Any:
         # Only called for attributes not found normally, i.e. the inner store's API.
         if name.startswith("_"):
@@ -74,7 +77,7 @@ class ThreadedStore:
 
         @functools.wraps(fn)
         def call(*args: Any, **kwargs: Any) -> Any:
-            return pool.apply(fn, args, kwargs)
+            return on_thread(pool, fn, *args, **kwargs)
 
         return call
 
@@ -188,7 +191,7 @@ class GroupCommit:
                     if values is None:
                         self._on_thread = True
                         try:
-                            values = self._pool.apply(self._run_batch, (txns,))
+                            values = on_thread(self._pool, self._run_batch, txns)
                         finally:
                             self._on_thread = False
                 except Exception as exc:  # the whole batch failed (or a bug): every caller raises it
@@ -198,6 +201,25 @@ class GroupCommit:
                     continue
                 for (_, result), value in zip(batch, values):
                     result.set(value)
+
+
+def on_thread(pool: ThreadPool, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`fn(*args, **kwargs)` on the pool's thread; what it raises is raised here, in the caller.
+
+    Not `pool.apply` alone: gevent prints the traceback of anything a pool thread raises to stderr
+    (raw, not a log line), once per failed call, and a failing store fails every call.
+    """
+    ok, value = pool.apply(_capture, (fn, args, kwargs))
+    if not ok:
+        raise value
+    return value
+
+
+def _capture(fn: Callable[..., Any], args: Any, kwargs: Any) -> tuple[bool, Any]:
+    try:
+        return True, fn(*args, **kwargs)
+    except Exception as exc:
+        return False, exc
 
 
 def _value(value: Any) -> Any:

@@ -1,0 +1,174 @@
+"""The ack path's claims (ack_claims.py) and the degraded episode (store_health.py), in-process.
+
+The store is the real MemoryStore; only its timing is held back (a claim that waits for a gate, as a
+held write lock or a paused Redis holds it) or made to fail, so every reconciliation rule of
+AckClaims runs with real dedup underneath. Clocks are injected: nothing here is timed.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import gevent
+import gevent.event
+import pytest
+
+from buidl_edge.ack_claims import AckClaims
+from buidl_edge.protocol import Envelope
+from buidl_edge.store.errors import StoreError, StoreUnavailable
+from buidl_edge.store.memory import MemoryStore
+from buidl_edge.store_health import STEADY_S, StoreHealth
+from support import envelope
+
+OWNER = "host:1"
+
+
+class HeldStore(MemoryStore):
+    """A real MemoryStore whose claims wait for `gate` (a held lock) or fail (`failing`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = gevent.event.Event()
+        self.gate.set()
+        self.failing = False
+        self.finished: list[tuple[str, str | None]] = []
+
+    def claim_many(self, envelopes: Sequence[Envelope], owner: str) -> list[bool | StoreError]:
+        self.gate.wait()
+        if self.failing:
+            raise StoreUnavailable("disk full")
+        return super().claim_many(envelopes, owner)
+
+    def finish(self, envelope_id: str, replies, error=None) -> None:  # type: ignore[no-untyped-def]
+        self.finished.append((envelope_id, error))
+        super().finish(envelope_id, replies, error)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def health(clock: Clock) -> StoreHealth:
+    return StoreHealth(clock=clock)
+
+
+@pytest.fixture
+def store() -> HeldStore:
+    return HeldStore()
+
+
+def claims_for(store: HeldStore, health: StoreHealth) -> AckClaims:
+    return AckClaims(store, health, OWNER, wait_s=0.05, on_failure=health.failed)
+
+
+# -- the episode ------------------------------------------------------------------------------------
+
+
+def test_an_episode_ends_only_on_a_write_once_writes_have_stopped_failing(
+        health: StoreHealth, clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="buidl_edge")
+    for _ in range(5):  # a full disk: writes fail, now and then one fits in the WAL's free pages
+        health.failed("claim", StoreUnavailable("disk full"))
+        clock.now += 0.2
+        health.wrote()
+    assert health.degraded and health.episodes == 1
+    clock.now += STEADY_S
+    health.wrote()
+    assert not health.degraded
+    lines = [r.getMessage() for r in caplog.records if r.name == "buidl_edge.store_health"]
+    assert len([line for line in lines if "degraded" in line and "failed" in line]) == 1
+    assert len([line for line in lines if "writable again" in line]) == 1
+
+
+def test_a_busy_store_opens_one_episode_with_a_warning_that_names_the_cause(
+        health: StoreHealth, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="buidl_edge")
+    health.busy("claim", "sqlite /tmp/x", 1.0)
+    health.busy("claim", "sqlite /tmp/x", 1.0)
+    health.failed("claim", StoreUnavailable("locked"))
+    assert health.degraded and health.episodes == 1 and health.cause.startswith("store busy")
+    [line] = [r for r in caplog.records if r.name == "buidl_edge.store_health"]
+    assert line.levelno == logging.WARNING and "store busy" in line.getMessage()
+
+
+# -- deciding within the bound ----------------------------------------------------------------------
+
+
+def test_a_claim_the_store_does_not_decide_in_time_is_decided_locally_and_lands_later(
+        store: HeldStore, health: StoreHealth) -> None:
+    claims = claims_for(store, health)
+    store.gate.clear()  # the write lock is held
+    decided = claims.within_bound([envelope("E1", "Ev1"), envelope("E2", "Ev2")])
+    assert decided == [True, True] and health.degraded
+    assert claims.within_bound([envelope("E1b", "Ev1")]) == [False]  # Slack's retry, caught locally
+    claims.finished("E1", None)  # E1's handler ended before the store answered
+    store.gate.set()
+    claims.late.join(timeout=5)
+    assert store.inbox_row("E1") is not None and store.inbox_row("E2") is not None
+    assert ("E1", None) in store.finished  # finished again: on Redis the finish may overtake the claim
+    assert ("E2", None) not in store.finished  # still running here: its own finish marks it
+    assert not store.claim(envelope("E3", "Ev2"), OWNER)  # another process's retry is recognised
+
+
+def test_a_delivery_dropped_locally_but_new_to_the_store_is_finished_so_no_sweeper_runs_it(
+        store: HeldStore, health: StoreHealth) -> None:
+    claims = claims_for(store, health)
+    store.failing = True
+    assert claims.within_bound([envelope("A", "Ev9")]) == [True]  # refused by the store: unwritten
+    store.failing = False
+    store.gate.clear()
+    assert claims.within_bound([envelope("B", "Ev9")]) == [False]  # the retry: dropped here
+    store.gate.set()
+    claims.late.join(timeout=5)
+    assert ("B", None) in store.finished  # the store took B's claim: finished, nobody handles it
+
+
+def test_what_the_store_refused_is_written_back_when_the_episode_ends(
+        store: HeldStore, health: StoreHealth, clock: Clock) -> None:
+    claims = claims_for(store, health)
+    store.failing = True
+    assert claims.within_bound([envelope("E1", "Ev1"), envelope("E2", "Ev2")]) == [True, True]
+    claims.finished("E1", "RuntimeError")
+    store.failing = False
+    clock.now += STEADY_S
+    health.wrote()  # the heartbeat got through: over, and the write-back runs
+    claims.late.join(timeout=5)
+    assert claims.written_back == 2
+    assert store.inbox_row("E1")["state"] == "failed"  # finished with the error it had here
+    assert store.inbox_row("E2")["state"] == "processing"  # its handler's own finish comes later
+    assert not store.claim(envelope("E9", "Ev1"), OWNER)
+
+
+def test_a_claim_another_process_made_meanwhile_is_counted_as_decided_twice(
+        store: HeldStore, health: StoreHealth, clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    claims = claims_for(store, health)
+    store.failing = True
+    claims.within_bound([envelope("E1", "Ev1")])
+    store.failing = False
+    assert store.claim(envelope("X1", "Ev1"), "other:2")  # another process got Slack's retry
+    clock.now += STEADY_S
+    health.wrote()
+    claims.late.join(timeout=5)
+    assert claims.decided_twice == 1 and claims.written_back == 0
+    assert any("may have run twice" in r.getMessage() for r in caplog.records)
+
+
+def test_the_drain_writes_back_what_is_left_and_says_what_it_could_not(
+        store: HeldStore, health: StoreHealth, caplog: pytest.LogCaptureFixture) -> None:
+    claims = claims_for(store, health)
+    store.failing = True
+    claims.within_bound([envelope("E1", "Ev1")])
+    assert not claims.drain(timeout=1)
+    assert any("could not be written back" in r.getMessage() for r in caplog.records)
+    store.failing = False
+    assert claims.drain(timeout=1) and store.inbox_row("E1") is not None
