@@ -47,6 +47,18 @@ WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 # A checkpoint copies each page changed since the last one once, however often it changed: a
 # longer interval copies (and fsyncs) less for the same writes, at a WAL a few MB longer.
 CHECKPOINT_INTERVAL_S = 2.0
+# A PASSIVE checkpoint never resets the WAL while commits keep coming (each one lands during the
+# checkpoint, so the WAL is never wholly copied back when the next writer looks), and the file only
+# grows: 426 MB at 300 envelopes/s. Past this share of the size limit, the checkpointer follows
+# its PASSIVE pass (which copies nearly all) with a RESTART, which copies the rest under the write
+# lock and makes the next commit start the WAL over: the file stays within the limit.
+WAL_RESTART_SHARE = 0.25
+# How long the RESTART may wait for another process's writer (and readers); this process's own
+# writers wait for it (a writer committing back to back would never let it in). A database busy
+# longer than that just waits for the next round.
+RESTART_BUSY_TIMEOUT_MS = 200
+# How long the checkpointer waits for this process's writers to let go before it skips a round.
+RESTART_LOCK_WAIT_S = 1.0
 # Past this many WAL pages not yet checkpointed, writes go to the store's thread, whose
 # connection may run the backstop checkpoint: the hub never does one.
 HUB_WAL_BACKLOG_PAGES = 10_000
@@ -308,22 +320,45 @@ class SqliteDb:
         return self._run(lambda cur: cur.execute("PRAGMA user_version").fetchone() is not None, write=False)
 
     def _checkpoint_loop(self, interval_s: float) -> None:
-        """Native thread, own connection: PASSIVE checkpoints never block writers."""
+        """Native thread, own connection: PASSIVE checkpoints never block writers; a RESTART, when
+        the WAL has grown past its share of the limit, holds them for the few pages left."""
         try:
             conn = self._connect()
+            conn.execute(f"PRAGMA busy_timeout = {RESTART_BUSY_TIMEOUT_MS}")
+            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         except sqlite3.Error:
             self._checkpointer_done.release()
             return
+        restart_pages = int(WAL_SIZE_LIMIT_BYTES * WAL_RESTART_SHARE) // page_size
         try:
             while not self._stop.acquire(True, interval_s):
                 try:
                     _, pages, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if pages > restart_pages:
+                        pages, done = self._restart_wal(conn, pages, done)
                     self._wal_backlog = max(0, pages - done)
                 except sqlite3.Error:
                     pass  # busy or failing disk: the write path reports that; try later
         finally:
             conn.close()
             self._checkpointer_done.release()
+
+    def _restart_wal(self, conn: sqlite3.Connection, pages: int, done: int) -> tuple[int, int]:
+        """A RESTART checkpoint with this process's writers held off; (WAL pages, pages copied)."""
+        if not self._lock.acquire(True, RESTART_LOCK_WAIT_S):
+            return pages, done
+        try:
+            if not self._hub_lock.acquire(True, RESTART_LOCK_WAIT_S):
+                return pages, done
+            try:
+                if self._closed:
+                    return pages, done
+                _, pages, done = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                return pages, done
+            finally:
+                self._hub_lock.release()
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         with self._lock:
