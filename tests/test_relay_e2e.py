@@ -214,15 +214,18 @@ def test_a_json_answer_to_a_command_is_the_ack_payload_as_it_is(relaying: Relayi
     assert state["ack_payloads"] == [{"response_type": "in_channel", "text": "json answer"}]
 
 
-def test_a_slow_app_gets_a_plain_ack_on_time_and_its_late_answer_is_logged(relaying: Relaying,
-                                                                           backend: Backend) -> None:
+def test_a_slow_app_gets_a_plain_ack_on_time_and_its_late_answer_goes_to_the_response_url(
+        relaying: Relaying, backend: Backend) -> None:
     (sent,) = relaying.sim.client.inject("slash_command", command="/slow", text="slow 3.5", channel="C0SLOW")
     state = relaying.sim.client.wait_for(lambda s: s["events"][sent["key"]]["acked"], 10, "the ack",
                                          source="state")["events"][sent["key"]]
     assert state["ack_payloads"] == [] and state["first_ack_latency_ms"] < 3000
     settled(relaying, sent["envelope_id"], "done")
-    wait_until(lambda: "past the 2.5s ack deadline" in relaying.worker.output(), 10, "the late answer's line")
-    assert "'slow answer'" in relaying.worker.output()
+    (post,) = wait_until(lambda: [r for r in relaying.sim.client.state()["responses"] if r["channel"] == "C0SLOW"],
+                         10, "the late answer at the response_url")
+    assert (post["text"], post["response_type"]) == ("slow answer", "ephemeral")
+    said = support.log_lines(relaying.worker, "posted the app's answer to /slow to its response_url")
+    assert len(said) == 1 and "level=info" in said[0] and "slow answer" not in said[0], said
     assert len([r for r in backend.requests if r["words"][:1] == ["slow"]]) == 1  # not sent again
 
 

@@ -1,8 +1,8 @@
 """The relay: what the dispatcher calls in relay mode instead of running an EdgeApp.
 
 - An envelope that `accepts_response_payload` (a slash command, a view submission) is posted at
-  once; the backend's answer within the ack deadline becomes the ack payload. A slow backend gets
-  a plain ack on time: its request goes on, and its late answer is logged.
+  once; the backend's answer within the ack deadline becomes the ack payload. Otherwise it is acked
+  plain on time, and the answer, late or from a retry, goes to the response_url (late.py).
 - Every other envelope is acked first and delivered from the inbox: `relay_enqueue` queues it
   under its channel, and a delivery loop hands each channel's oldest row to the backend, one at
   a time per channel, in arrival order. Connection errors, timeouts and 5xx are retried with
@@ -35,8 +35,9 @@ from buidl_edge.config import Secret
 from buidl_edge.latency import LatencyHistogram
 from buidl_edge.protocol import Envelope
 from buidl_edge.relay.client import Answer, BackendClient
+from buidl_edge.relay.late import post_late_answer
 from buidl_edge.relay.request import build_request
-from buidl_edge.relay.stats import BACKEND_BUCKETS_S, RECENT, Outage, RelayStats, percentile_ms
+from buidl_edge.relay.stats import BACKEND_BUCKETS_S, RECENT, Outage, RelayStats, attempts_made, percentile_ms
 from buidl_edge.store.base import DeliveryOutcome, EdgeStore, RelayRow, left_on_this_dyno
 from buidl_edge.store.errors import StoreError
 from buidl_edge.store_health import StoreHealth
@@ -45,7 +46,6 @@ log = logging.getLogger("buidl_edge.relay")
 
 POLL_INTERVAL_S = 0.25  # how soon rows queued by another process (or retried by hand) are noticed
 SETTLE_DELAYS_S = (0.0, 0.1, 0.5)
-ANSWER_SHOWN_CHARS = 300
 SIGNATURE_HINT = ("the app refused the request's signature or timestamp: check that SLACK_SIGNING_SECRET is "
                   "the app's Signing Secret, and this host's clock")
 
@@ -137,13 +137,9 @@ class Relay:
         if answer.kind == "ok":
             self._finish(envelope, None)
             self.stats.sent += 1
-            if acked_without.is_set():
+            if acked_without.is_set():  # acked plain meanwhile: the answer goes to the response_url
                 self.stats.late_answers += 1
-                shown = answer.body.decode("utf-8", "replace")[:ANSWER_SHOWN_CHARS]
-                log.warning("the app answered %s %.1fs after it arrived, past the %.1fs ack deadline: acked "
-                            "without its answer (the app can still reply through response_url); its answer "
-                            "was HTTP %s %r", envelope.kind, time.monotonic() - received_at, self.ack_deadline,
-                            answer.status, shown, extra={"envelope_id": eid})
+                post_late_answer(envelope, answer, time.monotonic() - received_at)
         elif answer.kind == "failed":
             self._failed(envelope, answer.error or "failed", 1)
             self._finish(envelope, answer.error or "failed")
@@ -232,15 +228,19 @@ class Relay:
 
     def _deliver(self, store: EdgeStore, row: RelayRow) -> None:
         self.stats.in_flight += 1
+        answer: Answer | None = None
         try:
-            if row.attempts > self.max_attempts:  # its last attempts died with their workers
-                outcome = DeliveryOutcome("failed", f"gave up after {row.attempts - 1} attempts "
+            if attempts_made(row) > self.max_attempts:  # its last attempts died with their workers
+                outcome = DeliveryOutcome("failed", f"gave up after {attempts_made(row) - 1} attempts "
                                                     f"(last: {row.error or 'lost in flight'})")
             else:
-                outcome = self._outcome(self._post(row.envelope), row.attempts)
+                answer = self._post(row.envelope)
+                outcome = self._outcome(answer, attempts_made(row))
         finally:
             self.stats.in_flight -= 1
         self._settle(store, row, outcome)
+        if answer is not None and outcome.kind == "sent":  # delivered from the queue: after its ack
+            self._answers.spawn(post_late_answer, row.envelope, answer, time.time() - row.received_at)
         self._wake.set()
 
     def _outcome(self, answer: Answer, attempts: int) -> DeliveryOutcome:
@@ -282,21 +282,22 @@ class Relay:
                         envelope.kind, outcome.kind, extra=extra)
         elif outcome.kind == "sent":
             self.stats.sent += 1
-            if row.attempts > 1:
-                log.info("delivered %s to the app after %d attempts", envelope.kind, row.attempts, extra=extra)
+            if attempts_made(row) > 1:
+                log.info("delivered %s to the app after %d attempts (%d failed, by any worker)", envelope.kind,
+                         attempts_made(row), attempts_made(row) - 1, extra=extra)
         elif outcome.kind == "retry":
             self.stats.retried += 1
             starts = self._outage.failed()
             (log.warning if starts else log.debug)(
                 "delivering %s to the app at %s failed (%s); attempt %d of %d, next in %.1fs%s", envelope.kind,
-                self.client.shown, outcome.error, row.attempts, self.max_attempts,
+                self.client.shown, outcome.error, attempts_made(row), self.max_attempts,
                 max(0.0, outcome.retry_at - time.time()),
                 "; every envelope is kept and retried with backoff (said once until the app answers again)"
                 if starts else "", extra=extra)
         elif outcome.kind == "ratelimited":
             self.stats.rate_limited += 1
         else:
-            self._failed(envelope, outcome.error or "failed", row.attempts)
+            self._failed(envelope, outcome.error or "failed", attempts_made(row))
 
     def _count_retry(self, answer: Answer) -> None:
         if answer.kind == "ratelimited":
@@ -333,8 +334,8 @@ class Relay:
         if answer.status is not None and answer.status < 500:
             ended = self._outage.answered()
             if ended:
-                log.info("the app at %s takes deliveries again, after %.0fs and %d failed attempts",
-                         self.client.shown, *ended)
+                log.info("the app at %s takes deliveries again, after %.0fs down and %d failed attempts by "
+                         "this worker", self.client.shown, *ended)
         if answer.kind == "ratelimited":
             self._pause(answer.retry_after)
         return answer

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from buidl_edge.store.base import RelayRow
+
 BACKEND_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 RECENT = 1000  # deliveries the p50/p99 of `status` are taken over
 
@@ -48,6 +50,13 @@ class Outage:
         ended = (time.monotonic() - self.since, self.failures)
         self.since = None
         return ended
+
+
+def attempts_made(row: RelayRow) -> int:
+    """How many times a queued envelope has been posted to the app, this delivery included: the
+    queue's deliveries, and the post at ack time of one whose answer could ride on the ack (every
+    such envelope is posted then, and queued only when that failed)."""
+    return row.attempts + (1 if row.envelope.accepts_response_payload else 0)
 
 
 def percentile_ms(ordered: list[float], fraction: float) -> float | None:
