@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
@@ -19,7 +20,7 @@ from buidl_edge.logs import log_context
 from buidl_edge.outbox import Outbox
 from buidl_edge.protocol import Envelope
 from buidl_edge.sentry import report_handler_error
-from buidl_edge.store.base import EdgeStore, Reply
+from buidl_edge.store.base import EdgeStore, Reply, why_taken_over
 from buidl_edge.store.errors import StoreError, StoreRejected
 from buidl_edge.store.memory import MemoryStore
 from buidl_edge.store_health import StoreHealth
@@ -204,12 +205,14 @@ class Dispatcher:
         return payload
 
     def rerun(self, envelope: Envelope) -> None:
-        """Handle an envelope taken over from a dead worker (it was acked long ago)."""
+        """Handle an envelope the sweep took over (it was acked long ago): its worker died or stopped
+        before finishing it, or an operator retried it."""
         self.stats.recovered += 1
         if self.relay is not None:
             self.relay.recover(envelope)
             return
-        log.info("re-running %s left by a dead worker", envelope.kind, extra={"envelope_id": envelope.envelope_id})
+        log.info("re-running %s: %s", envelope.kind, why_taken_over(envelope, socket.gethostname()),
+                 extra={"envelope_id": envelope.envelope_id})
         self.pool.submit(envelope.envelope_id, self.handle, envelope)
 
     def _warn_unknown_command(self, command: str) -> None:

@@ -155,9 +155,9 @@ def test_api_url_with_wrong_scheme_is_refused(tokens: dict[str, str], url: str) 
     assert_safe_one_liner(message, tokens)
 
 
-def test_api_url_must_end_with_slash(tokens: dict[str, str]) -> None:
-    message = config_error(env_with(tokens, SLACK_API_URL="https://slack.com/api"))
-    assert "end with '/'" in message
+def test_api_url_without_its_trailing_slash_is_the_same_base(tokens: dict[str, str]) -> None:
+    for url in ("https://slack.com/api", "https://slack.com/api/"):
+        assert load_settings(env_with(tokens, SLACK_API_URL=url)).api_url == "https://slack.com/api/"
 
 
 @pytest.mark.parametrize("value", ["0", "10", "-1", "100"])

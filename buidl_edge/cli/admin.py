@@ -160,8 +160,24 @@ def outbox_line(row: OutboxRow) -> dict[str, Any]:
             "error": error, "text": text if len(text) <= 40 else text[:39] + "…"}
 
 
+class RowId(click.ParamType):
+    """An outbox row's id, as `outbox list` shows it; anything else is said plainly."""
+
+    name = "ID"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        text = str(value).strip()
+        if text.isdigit() and 1 <= int(text) < 2**63:
+            return int(text)
+        self.fail(f"{text[:40]!r} is not a row id: give the number in the id column of `buidl-edge outbox list` "
+                  "(e.g. 42)", param, ctx)
+
+
+row_id_argument = click.argument("row_id", metavar="ID", type=RowId())
+
+
 @outbox.command("retry")
-@click.argument("row_id", metavar="ID", type=click.IntRange(1, 2**63 - 1))
+@row_id_argument
 def outbox_retry(row_id: int) -> None:
     """Queue failed row ID again, with a fresh attempt count."""
     with admin_store() as store:
@@ -169,6 +185,24 @@ def outbox_retry(row_id: int) -> None:
     if not queued:
         raise click.ClickException(f"no failed row {row_id} in the outbox")
     click.echo(f"row {row_id} queued again")
+
+
+@outbox.command("cancel")
+@row_id_argument
+def outbox_cancel(row_id: int) -> None:
+    """Cancel queued row ID: it is not sent. It stays listed as failed ('cancelled by an operator'),
+    so a re-run of its envelope does not queue it again; `outbox retry ID` undoes it."""
+    with admin_store() as store:
+        if store.outbox_cancel(row_id):
+            click.echo(f"row {row_id} cancelled: it will not be sent (listed as failed, 'cancelled by an operator'; "
+                       f"`outbox retry {row_id}` queues it again)")
+            return
+        row = store.outbox_row(row_id)
+    if row is None:
+        raise click.ClickException(f"no row {row_id} in the outbox")
+    raise click.ClickException({"sending": f"row {row_id} is being sent right now; it can no longer be cancelled",
+                                "sent": f"row {row_id} was sent already; nothing to cancel",
+                                }.get(row.state, f"row {row_id} is {row.state}, not queued; nothing to cancel"))
 
 
 @outbox.command("purge")

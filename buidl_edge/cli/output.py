@@ -51,6 +51,6 @@ def print_json(value: Any, indent: int | None = 2) -> None:
 
 
 def print_mapping(values: dict[str, Any]) -> None:
-    """`key: value`, a line each."""
+    """`key: value`, a line each, values as table cells ('-' for none); seconds to one decimal."""
     for key, value in values.items():
-        click.echo(f"{key}: {value}")
+        click.echo(f"{key}: {cell(round(value, 1) if isinstance(value, float) else value)}")

@@ -36,9 +36,10 @@ def run(processes: int | None, connections: int | None, app_spec: str | None, re
     """Run the whole stack under supervisord in the foreground (the Procfile command).
 
     Renders the supervisord template shipped in the package (or ./deploy/supervisord.conf.tmpl,
-    when there is one) into BUIDL_STATE_DIR and keeps supervisord as a child. Exits non-zero with
-    the worker's reason when one stops for good (a worker that cannot start, link_disabled, a
-    refused token).
+    when there is one) into BUIDL_STATE_DIR, then becomes supervisord (exec: the same pid, no
+    parent left watching), which starts the workers and keeps them alive. Exits non-zero with the
+    worker's reason when one stops for good (a worker that cannot start, link_disabled, a refused
+    token).
     """
     from buidl_edge.stack import run_stack
 

@@ -164,7 +164,8 @@ def load_settings(env: Mapping[str, str] | None = None, require_tokens: bool = T
         "app_token": _token_or_missing(env, "app", require_tokens),
         "bot_token": _token_or_missing(env, "bot", require_tokens),
         "bot_user_id": env.get("BOT_USER_ID") or None,
-        "api_url": env.get("SLACK_API_URL") or DEFAULT_API_URL,
+        # Methods are appended to it: https://slack.com/api and https://slack.com/api/ are the same base.
+        "api_url": (env.get("SLACK_API_URL") or DEFAULT_API_URL).rstrip("/") + "/",
         "app_spec": (env.get("BUIDL_APP") or "").strip() or DEFAULT_APP,
         "websocket_debug": flag(env, "WEBSOCKET_DEBUG"),
         "log_level": log_level(env.get("BUIDL_LOG_LEVEL")),
@@ -257,8 +258,6 @@ def validate(settings: Settings) -> None:
     check_transport_url(settings.api_url, "https", "http", "SLACK_API_URL")
     if settings.relay_url is not None:
         check_relay_settings(settings)
-    if not settings.api_url.endswith("/"):
-        raise ConfigError("SLACK_API_URL must end with '/', like https://slack.com/api/")
 
 
 def check_relay_settings(settings: Settings) -> None:

@@ -21,6 +21,7 @@ apps commonly drop retries as duplicates, and the app never saw this request.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections import deque
 from dataclasses import asdict
@@ -38,7 +39,7 @@ from buidl_edge.relay.client import Answer, BackendClient
 from buidl_edge.relay.late import post_late_answer
 from buidl_edge.relay.request import build_request
 from buidl_edge.relay.stats import BACKEND_BUCKETS_S, RECENT, Outage, RelayStats, attempts_made, percentile_ms
-from buidl_edge.store.base import DeliveryOutcome, EdgeStore, RelayRow, left_on_this_dyno
+from buidl_edge.store.base import DeliveryOutcome, EdgeStore, RelayRow, left_on_this_dyno, why_taken_over
 from buidl_edge.store.errors import StoreError
 from buidl_edge.store_health import StoreHealth
 
@@ -127,8 +128,8 @@ class Relay:
 
     def recover(self, envelope: Envelope) -> None:
         """An envelope the sweeper took over (its worker died, or `inbox retry`): queue it again."""
-        log.info("delivering %s again: its worker died before it was delivered, or it was retried by hand",
-                 envelope.kind, extra={"envelope_id": envelope.envelope_id})
+        log.info("delivering %s again: %s", envelope.kind, why_taken_over(envelope, socket.gethostname()),
+                 extra={"envelope_id": envelope.envelope_id})
         self._enqueue(envelope)
 
     def _answer_now(self, envelope: Envelope, received_at: float, acked_without: gevent.event.Event) -> Answer:

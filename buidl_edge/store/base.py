@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Literal, Protocol, Sequence
 
 from buidl_edge.config.settings import MIN_RETENTION_S
 from buidl_edge.protocol import Envelope
 from buidl_edge.ratelimit import PostLimits
 from buidl_edge.store.errors import BadCall, StoreError
+from buidl_edge.store.owners import is_dead_local
 
 DEFAULT_RETENTION_S = 3600.0
 
@@ -32,6 +33,8 @@ class Reply:
 
 OUTBOX_STATES = ("pending", "sending", "sent", "failed")
 PURGEABLE_STATES = ("failed", "sent")
+# The error of a reply an operator cancelled (`outbox cancel`): failed, and never sent.
+CANCELLED = "cancelled by an operator"
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,30 @@ class PostOutcome:
 
 
 # -- rules every backend applies the same way
+
+
+@dataclass(frozen=True)
+class Swept(Envelope):
+    """An envelope a sweep took over, with the owner it was taken from ('' when an operator handed
+    it back with `inbox retry`): what its re-run's log line says."""
+
+    taken_from: str = field(default="", compare=False)
+
+    @classmethod
+    def of(cls, envelope: Envelope, taken_from: str) -> "Swept":
+        return cls(**{f.name: getattr(envelope, f.name) for f in fields(Envelope)}, taken_from=taken_from)
+
+
+def why_taken_over(envelope: Envelope, host: str) -> str:
+    """Why the sweep took `envelope` over, as far as it can tell on `host`."""
+    previous = envelope.taken_from if isinstance(envelope, Swept) else None
+    if previous is None:
+        return "a sweep took it over"
+    if not previous:
+        return "an operator retried it (`buidl-edge inbox retry`)"
+    if is_dead_local(previous, host):
+        return f"its worker {previous} is gone (killed, crashed, or stopped when its drain timed out)"
+    return f"its worker {previous} stopped renewing its lease (gone, or cut off from the store)"
 
 
 # Relay mode: an inbox row waiting for its (next) delivery to the backend is `pending`; one being
@@ -189,7 +216,8 @@ class InboxStore(Protocol):
         """Extend the leases of the envelopes this owner is still handling."""
 
     def sweep(self, owner: str, limit: int = 100) -> list[Envelope]:
-        """Take over envelopes whose owner died or whose lease ran out; return them to re-run."""
+        """Take over envelopes whose owner died or whose lease ran out (or that an operator retried);
+        return them to re-run, each a `Swept` naming the owner it was taken from."""
 
     def prune(self, retention_s: float = DEFAULT_RETENTION_S, now: float | None = None) -> int:
         """Forget handled envelopes, keys and sent replies older than the retention; return rows dropped."""
@@ -281,7 +309,7 @@ class AdminStore(Protocol):
         """Connection slot leases held now: holder and seconds left."""
 
     def inbox_stats(self) -> dict[str, Any]:
-        """Inbox rows per state, the oldest one processing (and pending), keys held, outbox pending and sent."""
+        """Inbox rows per state, the oldest one processing (and pending), dedup keys held."""
 
     def inbox_list(self, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """Most recent inbox rows, optionally of one state."""
@@ -300,6 +328,10 @@ class AdminStore(Protocol):
 
     def outbox_retry(self, row_id: int) -> bool:
         """A failed row back to pending with a fresh attempt count."""
+
+    def outbox_cancel(self, row_id: int) -> bool:
+        """A pending row out of its channel's queue: `failed` with error CANCELLED (kept, so a re-run
+        of its envelope does not queue it again; `outbox_retry` undoes it). False unless pending."""
 
     def outbox_purge(self, state: str = "failed") -> int:
         """Delete every row in `state` (failed, or sent); return how many."""

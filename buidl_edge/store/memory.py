@@ -12,8 +12,8 @@ from typing import Any, Sequence
 
 from buidl_edge.protocol import Envelope
 from buidl_edge.ratelimit import GLOBAL_KEY, Bucket, PostLimits, channel_key, pause, plan
-from buidl_edge.store.base import (DEFAULT_RETENTION_S, Claimed, DeliveryOutcome, OutboxRow, PostOutcome, RelayBatch,
-                                   RelayRow, Reply, check_purgeable, idempotency_keys, retention_cutoff)
+from buidl_edge.store.base import (CANCELLED, DEFAULT_RETENTION_S, Claimed, DeliveryOutcome, OutboxRow, PostOutcome,
+                                   RelayBatch, RelayRow, Reply, check_purgeable, idempotency_keys, retention_cutoff)
 from buidl_edge.store.errors import StoreError
 from buidl_edge.store.owners import Owner
 
@@ -223,6 +223,13 @@ class MemoryStore:
                                        lease_owner=None, lease_until=None)
         return True
 
+    def outbox_cancel(self, row_id: int) -> bool:
+        row = self._outbox.get(row_id)
+        if row is None or row.state != "pending":
+            return False
+        self._outbox[row_id] = replace(row, state="failed", error=CANCELLED)
+        return True
+
     def outbox_purge(self, state: str = "failed") -> int:
         check_purgeable(state)
         doomed = [r for r in self._outbox.values() if r.state == state]
@@ -284,8 +291,6 @@ class MemoryStore:
             times = [row["received_at"] for row in self._inbox.values() if row["state"] == state]
             stats[f"oldest_{state}_age_s"] = max(0.0, time.time() - min(times)) if times else None
         stats["keys"] = len(self._claims)
-        stats["outbox_pending"] = sum(1 for r in self._outbox.values() if r.state == "pending")
-        stats["outbox_sent"] = sum(1 for r in self._outbox.values() if r.state == "sent")
         return stats
 
     def inbox_list(self, state: str | None = None, limit: int = 50) -> list[dict[str, Any]]:

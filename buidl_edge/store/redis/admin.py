@@ -8,12 +8,12 @@ from typing import Any, Callable, Iterator
 
 from redis.client import Pipeline
 
-from buidl_edge.store.base import OUTBOX_STATES, OutboxRow, check_purgeable
+from buidl_edge.store.base import CANCELLED, OUTBOX_STATES, OutboxRow, check_purgeable
 from buidl_edge.store.owners import Owner
 from buidl_edge.store.redis.db import RedisDb, redis_op
 from buidl_edge.store.redis.inbox_lua import RETRY
 from buidl_edge.store.redis.outbox import to_outbox_row
-from buidl_edge.store.redis.outbox_lua import DROP_ROWS, OUTBOX_RETRY
+from buidl_edge.store.redis.outbox_lua import DROP_ROWS, OUTBOX_CANCEL, OUTBOX_RETRY
 from buidl_edge.store.redis.schema import CHUNK, GROUP, STREAM_MAXLEN, WORKER_TTL_S
 
 
@@ -116,8 +116,6 @@ class RedisAdmin(RedisDb):
         for st in ("processing", "pending"):
             stats[f"oldest_{st}_age_s"] = max(0.0, time.time() - oldest[st]) if st in oldest else None
         stats["keys"] = sum(1 for _ in self.r.scan_iter(match=self._k("k:*"), count=1000))
-        stats["outbox_pending"] = self.r.zcard(self._k("ob:s:pending"))
-        stats["outbox_sent"] = self.r.zcard(self._k("ob:s:sent"))
         return stats
 
     @redis_op
@@ -150,6 +148,10 @@ class RedisAdmin(RedisDb):
     @redis_op
     def outbox_retry(self, row_id: int) -> bool:
         return bool(self._script(OUTBOX_RETRY, [row_id, repr(time.time())]))
+
+    @redis_op
+    def outbox_cancel(self, row_id: int) -> bool:
+        return bool(self._script(OUTBOX_CANCEL, [row_id, repr(time.time()), CANCELLED]))
 
     @redis_op
     def outbox_purge(self, state: str = "failed") -> int:

@@ -14,7 +14,7 @@ import redis
 
 from buidl_edge import protocol
 from buidl_edge.protocol import Envelope
-from buidl_edge.store.base import DEFAULT_RETENTION_S, Reply, blocks_json, retention_cutoff
+from buidl_edge.store.base import DEFAULT_RETENTION_S, Reply, Swept, blocks_json, retention_cutoff
 from buidl_edge.store.errors import StoreError, StoreRejected, StoreUnavailable
 from buidl_edge.store.owners import is_dead_local
 from buidl_edge.store.redis.db import RedisDb, redis_op, rows_json
@@ -168,13 +168,13 @@ class RedisInbox(RedisDb):
         flat = self._script(SWEEP, [GROUP, owner, int(self.lease_s * 1000), limit, repr(time.time()), *dead])
         mine = self._handling.setdefault(owner, set())
         taken: list[Envelope] = []
-        for envelope_id, text in zip(flat[::2], flat[1::2]):
+        for envelope_id, text, taken_from in zip(flat[::3], flat[1::3], flat[2::3]):
             if envelope_id in mine:
                 continue
             frame = protocol.parse_frame(text)
             if isinstance(frame, Envelope):
                 mine.add(envelope_id)
-                taken.append(frame)
+                taken.append(Swept.of(frame, taken_from))
         return taken
 
     def _consumers(self) -> list[dict[str, Any]]:

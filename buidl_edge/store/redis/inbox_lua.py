@@ -95,7 +95,7 @@ return #ids
 """
 
 # ARGV: prefix, group, me, lease_ms, limit, now, dead consumers...
-# Returns envelope_id, envelope json, ... of the entries taken over.
+# Returns envelope_id, envelope json, previous owner, ... of the entries taken over.
 SWEEP = r"""
 local P, group, me, lease_ms, limit, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
 local stream = P .. 'inbox:stream'
@@ -123,13 +123,14 @@ for _, e in ipairs(taken) do
   if type(e) == 'table' then  -- Redis 6.2 lists entries trimmed away as nil
     local sid, fields = e[1], e[2]
     local eid = type(fields) == 'table' and fields[2]
-    local row = eid and redis.call('HMGET', P .. 'in:' .. eid, 'state', 'sid')
+    local row = eid and redis.call('HMGET', P .. 'in:' .. eid, 'state', 'sid', 'owner')
     local body = row and row[1] == 'processing' and row[2] == sid and redis.call('GET', P .. 'ine:' .. eid)
     if body then
       redis.call('HSET', P .. 'in:' .. eid, 'owner', me, 'updated_at', now)
       redis.call('HINCRBY', P .. 'in:' .. eid, 'attempts', 1)
       out[#out + 1] = eid
       out[#out + 1] = body
+      out[#out + 1] = row[3] or ''  -- who held it: '' after an operator's retry
     else
       redis.call('XACK', stream, group, sid)  -- handled or forgotten: nothing left to run
     end

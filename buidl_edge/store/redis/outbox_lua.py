@@ -248,6 +248,20 @@ refresh_channel(row[2])
 return 1
 """
 
+# ARGV: prefix, id, now, error. A pending row leaves its channel's queue as failed (kept: its key
+# still stops a re-run of its envelope from queueing it again, and `outbox retry` can undo it).
+OUTBOX_CANCEL = LUA_PRELUDE + OUTBOX_LIB + r"""
+local id, now, err = ARGV[2], ARGV[3], ARGV[4]
+local rk = P .. 'ob:r:' .. id
+local row = redis.call('HMGET', rk, 'state', 'channel')
+if row[1] ~= 'pending' then return 0 end
+redis.call('HSET', rk, 'state', 'failed', 'error', err, 'updated_at', now)
+move(id, 'pending', 'failed')
+redis.call('ZREM', P .. 'ob:q:' .. row[2], id)
+refresh_channel(row[2])
+return 1
+"""
+
 # ARGV: prefix, state, count, cutoff (sent rows created before it; '' = every row). Returns rows deleted.
 DROP_ROWS = r"""
 local P, state, count, cutoff = ARGV[1], ARGV[2], ARGV[3], ARGV[4]

@@ -7,7 +7,7 @@ import sqlite3
 import time
 from typing import Any
 
-from buidl_edge.store.base import OutboxRow, check_purgeable
+from buidl_edge.store.base import CANCELLED, OutboxRow, check_purgeable
 from buidl_edge.store.owners import Owner
 from buidl_edge.store.sqlite.db import SqliteDb, bind, row_dict
 from buidl_edge.store.sqlite.outbox import OUTBOX_COLS, to_outbox_row
@@ -59,7 +59,7 @@ class SqliteAdmin(SqliteDb):
     # ------------------------------------------------------------ inbox
 
     def inbox_stats(self) -> dict[str, Any]:
-        """Counts for `status`: inbox rows per state, oldest in-flight age, keys, outbox."""
+        """Counts for `inbox stats` and `status`: inbox rows per state, oldest in-flight age, keys."""
 
         def read(cur: sqlite3.Cursor) -> dict[str, Any]:
             stats: dict[str, Any] = {"processing": 0, "pending": 0, "done": 0, "failed": 0}
@@ -68,9 +68,6 @@ class SqliteAdmin(SqliteDb):
                 oldest = cur.execute("SELECT MIN(received_at) FROM inbox WHERE state = ?", (state,)).fetchone()[0]
                 stats[f"oldest_{state}_age_s"] = None if oldest is None else max(0.0, time.time() - oldest)
             stats["keys"] = cur.execute("SELECT COUNT(*) FROM keys").fetchone()[0]
-            outbox = dict(cur.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall())
-            stats["outbox_pending"] = outbox.get("pending", 0)
-            stats["outbox_sent"] = outbox.get("sent", 0)
             return stats
 
         return self._run(read, write=False)
@@ -159,6 +156,16 @@ class SqliteAdmin(SqliteDb):
         def txn(cur: sqlite3.Cursor) -> bool:
             cur.execute("UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?, lease_owner = NULL, "
                         "lease_until = NULL, updated_at = ? WHERE id = ? AND state = 'failed'", (now, now, row_id))
+            return cur.rowcount == 1
+
+        return self._run(txn, write=True)
+
+    def outbox_cancel(self, row_id: int) -> bool:
+        now = time.time()
+
+        def txn(cur: sqlite3.Cursor) -> bool:
+            cur.execute("UPDATE outbox SET state = 'failed', error = ?, updated_at = ? "
+                        "WHERE id = ? AND state = 'pending'", (CANCELLED, now, row_id))
             return cur.rowcount == 1
 
         return self._run(txn, write=True)

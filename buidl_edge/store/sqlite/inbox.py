@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 from buidl_edge import protocol
 from buidl_edge.protocol import Envelope
-from buidl_edge.store.base import DEFAULT_RETENTION_S, Reply, retention_cutoff
+from buidl_edge.store.base import DEFAULT_RETENTION_S, Reply, Swept, retention_cutoff
 from buidl_edge.store.errors import StoreError
 from buidl_edge.store.sqlite.db import Abort, SqliteDb, bind, unbind
 from buidl_edge.store.sqlite.outbox import INSERT_OUTBOX, prune_outbox, reply_row
@@ -135,7 +135,7 @@ class SqliteInbox(SqliteDb):
                 if cur.rowcount == 1:
                     frame = protocol.parse_frame(unbind(text))
                     if isinstance(frame, Envelope):
-                        taken.append(frame)
+                        taken.append(Swept.of(frame, old_owner))
             return taken
 
         return self._run(txn, write=True)
