@@ -93,8 +93,9 @@ class Dispatcher:
         When the store can decide the claims without waiting (the common case: SQLite's write
         lock is free, or the memory store), the whole burst is claimed in one commit and acked
         right here, in the reader, with no greenlet of its own; else one greenlet of `inflight`
-        claims the whole burst in one commit or round trip (Redis), waiting at most
-        BUIDL_CLAIM_WAIT_S before local dedup decides, and acks.
+        claims the whole burst in one commit or round trip (Redis) and acks, waiting at most
+        BUIDL_CLAIM_WAIT_S: past it, or with the store failing, the burst is acked at once and
+        each envelope handed on when the store has decided it (ack_claims.py).
         """
         envelopes = [envelope for envelope, _ in burst]
         new = self.claims.now(envelopes)
@@ -104,7 +105,27 @@ class Dispatcher:
         self._ack_burst(burst, new, link)
 
     def _process_burst(self, burst: Sequence[tuple[Envelope, float]], link: Link) -> None:
-        self._ack_burst(burst, self.claims.within_bound([envelope for envelope, _ in burst]), link)
+        new = self.claims.within_bound([envelope for envelope, _ in burst],
+                                       lambda envelope, is_new: self._decided_later(envelope, is_new, link))
+        if new is None:  # acked undecided: each is handed on by _decided_later
+            for envelope, received_at in burst:
+                link.ack(envelope.envelope_id, None, received_at)
+            return
+        self._ack_burst(burst, new, link)
+
+    def _decided_later(self, envelope: Envelope, new: bool, link: Link) -> None:
+        """The store decided an envelope acked before it could (a handler's payload is too late for
+        the ack by now: a command answers through response_url)."""
+        if not new:
+            self.stats.duplicates += 1
+            log.info("duplicate %s (retry %d) dropped; it was acked while the store decided",
+                     envelope.kind, envelope.retry_attempt, extra=_log_fields(envelope, link))
+            return
+        self.stats.envelopes_new += 1
+        if self.relay is not None:
+            self.relay.enqueue(envelope)
+        else:
+            self.pool.submit(envelope.envelope_id, self.handle, envelope, link.id)
 
     def _ack_burst(self, burst: Sequence[tuple[Envelope, float]], new: Sequence[bool], link: Link) -> None:
         for (envelope, received_at), is_new in zip(burst, new):

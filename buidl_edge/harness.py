@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Mapping, Self
+from typing import Any, Iterator, Mapping, Self
 
-from buidl_edge.simulator.access import fake_tokens  # also imported from here by tests and scripts
+from buidl_edge.simulator.access import (
+    fake_tokens,  # also imported from here by tests and scripts
+)
 
 
 def worker_env(api_url: str, tokens: Mapping[str, str] | None = None, **extra: Any) -> dict[str, str]:
@@ -115,6 +118,71 @@ class StackProcess(WorkerProcess):
     @property
     def state_dir(self) -> Path:
         return Path(self.env["BUIDL_STATE_DIR"])
+
+
+class WriteLockHolder:
+    """Another process holding a SQLite file's write lock (`BEGIN EXCLUSIVE`) until `release`, as a
+    backup, an operator's sqlite3 shell or a long admin command does: the fault of issue 21."""
+
+    SCRIPT = (
+        "import sqlite3, sys\n"
+        "conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)\n"
+        "conn.execute('BEGIN EXCLUSIVE')\n"
+        "print('held', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "conn.execute('COMMIT')\n"
+        "print('released', flush=True)\n"
+    )
+
+    def __init__(self, db: Path) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", self.SCRIPT, str(db)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if line != "held":
+            self.proc.kill()
+            raise RuntimeError(f"could not take the write lock of {db}")
+
+    def release(self) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        if self.proc.poll() is None:
+            self.proc.stdin.write("\n")
+            self.proc.stdin.flush()
+            self.proc.stdout.readline()
+        self.proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def small_filesystem(mount_point: Path, size: str) -> Iterator[str | None]:
+    """A real filesystem of `size` (tmpfs, e.g. "4m") mounted at `mount_point` for the block: a disk
+    that can really be filled. Yields None, or why it cannot be had (mounting needs root)."""
+    mount_point.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        yield "mounting a filesystem needs root"
+        return
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mount_point)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        yield f"cannot mount a tmpfs here: {done.stderr.strip()}"
+        return
+    try:
+        yield None
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, check=False)
+
+
+def fill_disk(folder: Path) -> Path:
+    """Write zeros into `folder` until its filesystem says ENOSPC; the file to delete to free it."""
+    filler = folder / "filler"
+    chunk = b"\0" * 65536
+    with open(filler, "wb") as out:
+        try:
+            while True:
+                out.write(chunk)
+                out.flush()
+        except OSError:
+            pass
+    return filler
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.05) -> Any:

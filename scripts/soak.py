@@ -33,6 +33,11 @@ and the hostile inputs of issue 10 (scripts/_soak_hostile.py says exactly what e
                 commands, which must be acked at once with the pool full
   blackhole     a link half-open for good (no `seconds`): the stack must replace it
 
+and the store under pressure of issue 21 (scripts/_soak_store.py):
+
+  write_lock    another process holds the SQLite file's write lock for 5 s
+  disk_full     the state dir's filesystem (a tmpfs mounted for the soak: root only) full for 3 s
+
 The whole stack runs with WEBSOCKET_DEBUG=1 (`--no-trace` turns it off): the frame
 trace is process-wide, and a 40,000-character frame traced on the hub while other
 envelopes wait is the case issue 10 found; tracing everything costs the soak some
@@ -51,6 +56,9 @@ At the end it reports, and exits 1 if any of these is not zero:
   slash acks late  slash commands acked more than 3 s after they were sent
   blackholes not replaced  blackholed links the stack still held open at the end
   logging errors   "--- Logging error ---" in the stack log (a line logging could not write)
+  late acks        acks past Slack's 3 s whose envelope was sent outside the windows of the faults
+                   that delay acks on purpose (a killed worker, a dropped, silenced or warned link,
+                   the ack deadline cut to 5 ms, …); the store faults' windows are not among them
 
 "Handled twice" and "replies doubled" are split by cause:
 
@@ -72,6 +80,7 @@ Every loop here is bounded in count and time; all traffic stays on loopback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -91,6 +100,9 @@ sys.path.insert(0, str(ROOT))
 from buidl_edge.harness import StackProcess, fake_tokens, worker_env  # noqa: E402
 from buidl_edge.simulator.client import SimulatorError, SimulatorProcess  # noqa: E402
 
+from buidl_edge.harness import small_filesystem  # noqa: E402
+
+from _soak_store import DISK_SIZE, STORE_SETTLE_S, StoreFaults, late_acks_outside  # noqa: E402
 from _soak_hostile import (  # noqa: E402
     BLACKHOLE_SETTLE_S, HANDLER_CONCURRENCY, PROCESSES, STALE_TIMEOUT_S, HostileFaults, as_posted, evidence,
     report_rows)
@@ -100,6 +112,7 @@ FAULT_COUNTS = {  # for 10,000 events; --scale multiplies (at least 1 of each)
     "kill": 8, "drop": 8, "silence": 4, "disconnect": 16, "redeliver": 60,
     "ack_delay": 4, "bad_frame": 40, "post_storm": 3, "open_storm": 3,
     "surrogate": 40, "long_text": 20, "deep_frame": 10, "pool_full": 3, "blackhole": 4,
+    "write_lock": 4, "disk_full": 2,
 }
 KILL_MIN_UPTIME_S = 3.0
 KILL_SPACING_S = 4.0  # as planned by `schedule`, also for kills that were held back and go together
@@ -111,6 +124,10 @@ WARNING_CLOSE_S = 2.0
 # or its ack: a slash command (never redelivered) waits that long, and none fires meanwhile.
 LINK_SETTLE_S = {"kill": 1.0, "drop": 1.0, "open_storm": 1.0, "silence": SILENCE_S + 0.5,
                  "disconnect": WARNING_CLOSE_S + 1.0, "blackhole": BLACKHOLE_SETTLE_S}
+# Faults that delay acks on purpose, and for how long after one fired an ack may still be late.
+ACK_DELAYING_S = {**LINK_SETTLE_S, "ack_delay": ACK_DELAY_S, "deep_frame": 1.0}
+SLACK_ACK_DEADLINE_MS = 3000.0
+LATE_ACK_MARGIN_S = 4.0
 
 
 @dataclass
@@ -130,10 +147,11 @@ class SoakConfig:
         return base
 
 
-class Faults(HostileFaults):
+class Faults(HostileFaults, StoreFaults):
     """Applies one fault of a kind; counts what really happened."""
 
-    def __init__(self, sim: SimulatorProcess, stack: StackProcess, rng: random.Random) -> None:
+    def __init__(self, sim: SimulatorProcess, stack: StackProcess, rng: random.Random,
+                 disk: Path | None = None) -> None:
         self.sim = sim
         self.client = sim.client
         self.stack = stack
@@ -145,20 +163,23 @@ class Faults(HostileFaults):
         self.restore_at: list[tuple[float, dict[str, Any]]] = []
         self.later: list[tuple[float, Callable[[], None]]] = []  # follow-ups of a fault, in time order
         self.link_faults: list[tuple[float, str]] = []
-        self.link_settle_s = LINK_SETTLE_S
+        # Slash commands in flight (pool_full) wait for these to settle, and hold them meanwhile: a
+        # store fault would have the commands acked undecided, not through a full pool.
+        self.link_settle_s = {**LINK_SETTLE_S, **STORE_SETTLE_S}
         self.hold_links_until = 0.0  # slash commands in flight: link faults wait
         self.later_failed = 0
         self.fired: list[tuple[float, str]] = []  # (unix time, kind): to lay over the stack log
         self.disconnects = 0
         self.init_hostile()
+        self.init_store_faults(disk)
 
     def apply(self, kind: str) -> bool:
-        held = kind in LINK_SETTLE_S and time.monotonic() < self.hold_links_until
+        held = kind in self.link_settle_s and time.monotonic() < self.hold_links_until
         try:
             done = not held and getattr(self, f"_{kind}")()
         except SimulatorError:
             done = False
-        if done and kind in LINK_SETTLE_S:
+        if done and kind in self.link_settle_s:
             self.link_faults.append((time.monotonic(), kind))
         if done:
             self.fired.append((round(time.time(), 3), kind))
@@ -314,14 +335,19 @@ def run_soak(cfg: SoakConfig, echo: Any = print) -> dict[str, Any]:
     tokens = fake_tokens()
     started = time.monotonic()
     report: dict[str, Any] = {"config": {**cfg.__dict__, "fault_counts_planned": counts}, "work_dir": str(work)}
-    with SimulatorProcess() as sim:
+    state_dir = work / "state"
+    # The mount outlives the stack (entered first, left last): the disk_full fault fills it.
+    with contextlib.ExitStack() as mounts, SimulatorProcess() as sim:
+        refused = mounts.enter_context(small_filesystem(state_dir, DISK_SIZE))
+        if refused:
+            echo(f"soak: no disk_full faults: {refused}")
         client = sim.client
         client.configure(ping_interval=1.0, warning_close_delay=WARNING_CLOSE_S, refresh_close_delay=1.0)
         dsn = sim.sentry_dsn()
         secrets = {**tokens, **{f"{name} body": value.partition("-")[2] for name, value in tokens.items()},
                    "SENTRY_DSN key": dsn.split("//", 1)[1].split("@", 1)[0]}
         extra: dict[str, Any] = {
-            "BUIDL_PROCESSES": PROCESSES, "BUIDL_CONNECTIONS": 2, "BUIDL_APP": "edge_apps:soak",
+            "BUIDL_STATE_DIR": str(state_dir), "BUIDL_PROCESSES": PROCESSES, "BUIDL_CONNECTIONS": 2, "BUIDL_APP": "edge_apps:soak",
             "BUIDL_SOAK_RECORD": str(record), "BUIDL_PING_INTERVAL": 1, "BUIDL_STALE_TIMEOUT": STALE_TIMEOUT_S,
             "BUIDL_HANDLER_CONCURRENCY": HANDLER_CONCURRENCY, "BUIDL_LOG_LEVEL": "INFO", "SENTRY_DSN": dsn,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(SCRIPTS), str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -331,7 +357,7 @@ def run_soak(cfg: SoakConfig, echo: Any = print) -> dict[str, Any]:
         env = worker_env(sim.api_url, tokens, **extra)
         stack = StackProcess(env, log_path=work / "stack.log")
         stack.start()
-        faults = Faults(sim, stack, rng)
+        faults = Faults(sim, stack, rng, None if refused else state_dir)
         try:
             client.wait_for(lambda s: s["open_connections"] >= 4, 40, "the stack's 4 connections")
             echo(f"soak: {cfg.events} events at {cfg.rate:g}/s (~{span:.0f}s) with faults {counts}")
@@ -400,8 +426,14 @@ def run_soak(cfg: SoakConfig, echo: Any = print) -> dict[str, Any]:
     report["elapsed_s"] = round(time.monotonic() - started, 1)
     for key in ("slash_acks_late", "blackholes_not_replaced", "logging_errors"):
         report[key] = report["hostile"][key]
+    delaying = [(at - 1.0, at + ACK_DELAYING_S[kind]) for at, kind in faults.fired if kind in ACK_DELAYING_S]
+    late = late_acks_outside(state["acks"], delaying, SLACK_ACK_DEADLINE_MS, LATE_ACK_MARGIN_S)
+    report["late_acks_outside_fault_windows"] = len(late)
+    report["late_acks_sample"] = late[:5]
+    report["store_fault_windows"] = [(round(start, 3), round(end - start, 1), kind)
+                                     for start, end, kind in faults.store_windows]
     gate = ["lost", "acks_missed", "replies_lost", "tokens_leaked", "slash_acks_late", "blackholes_not_replaced",
-            "logging_errors"]
+            "logging_errors", "late_acks_outside_fault_windows"]
     if cfg.tolerate_kill_window:  # handler re-runs only when a SIGKILL explains them
         gate += ["handled_twice_unexplained", "replies_doubled"]
     else:
@@ -503,6 +535,8 @@ def print_report(report: dict[str, Any], echo: Any = print) -> None:
         ("replies doubled", report["replies_doubled"]),
         ("  of which posted again after a SIGKILL (outbox window)", report["replies_resent_after_sigkill"]),
         ("tokens found in output", report["tokens_leaked"]),
+        ("acks past 3 s outside the ack-delaying faults' windows", report["late_acks_outside_fault_windows"]),
+        ("store faults (start, seconds, kind)", report["store_fault_windows"]),
         *report_rows(report["hostile"], report["inputs"]),
         ("Sentry events received", report["sentry_events"]),
         ("connections opened / open calls / open 429s", f"{sim['connections_opened']} / "

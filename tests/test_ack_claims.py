@@ -24,7 +24,8 @@ OWNER = "host:1"
 
 
 class HeldStore(MemoryStore):
-    """A real MemoryStore whose claims wait for `gate` (a held lock) or fail (`failing`)."""
+    """A real MemoryStore whose claim_many (this process's path) waits for `gate` (a held lock) or
+    fails (`failing`); `claim` stays as it is, for what other processes do meanwhile."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -104,40 +105,66 @@ def test_a_busy_store_opens_one_episode_with_a_warning_that_names_the_cause(
 # -- deciding within the bound ----------------------------------------------------------------------
 
 
-def test_a_claim_the_store_does_not_decide_in_time_is_decided_locally_and_lands_later(
+@pytest.fixture(autouse=True)
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    import buidl_edge.ack_claims as ack_claims
+
+    monkeypatch.setattr(ack_claims, "RETRY_S", 0.01)
+
+
+class Decisions:
+    """What `later` heard: (envelope id, new) in order."""
+
+    def __init__(self) -> None:
+        self.heard: list[tuple[str, bool]] = []
+
+    def __call__(self, envelope: Envelope, new: bool) -> None:
+        self.heard.append((envelope.envelope_id, new))
+
+
+def test_a_burst_the_store_decides_in_time_is_decided_by_the_store(store: HeldStore, health: StoreHealth) -> None:
+    claims = claims_for(store, health)
+    assert claims.within_bound([envelope("E1", "Ev1")], Decisions()) == [True]
+    assert claims.within_bound([envelope("E2", "Ev1")], Decisions()) == [False]
+    assert not health.degraded
+
+
+def test_past_the_bound_the_burst_is_acked_undecided_and_handed_on_when_the_store_answers(
         store: HeldStore, health: StoreHealth) -> None:
     claims = claims_for(store, health)
+    later = Decisions()
     store.gate.clear()  # the write lock is held
-    decided = claims.within_bound([envelope("E1", "Ev1"), envelope("E2", "Ev2")])
-    assert decided == [True, True] and health.degraded
-    assert claims.within_bound([envelope("E1b", "Ev1")]) == [False]  # Slack's retry, caught locally
-    claims.finished("E1", None)  # E1's handler ended before the store answered
+    assert claims.within_bound([envelope("E1", "Ev1"), envelope("E2", "Ev2")], later) is None
+    assert claims.within_bound([envelope("E1b", "Ev1")], later) is None  # Slack's retry, meanwhile
+    assert health.degraded and later.heard == []  # nothing handled on guesswork
     store.gate.set()
     claims.late.join(timeout=5)
-    assert store.inbox_row("E1") is not None and store.inbox_row("E2") is not None
-    assert ("E1", None) in store.finished  # finished again: on Redis the finish may overtake the claim
-    assert ("E2", None) not in store.finished  # still running here: its own finish marks it
-    assert not store.claim(envelope("E3", "Ev2"), OWNER)  # another process's retry is recognised
+    assert later.heard == [("E1", True), ("E2", True), ("E1b", False)]  # the store's word: E1 runs once
 
 
-def test_a_delivery_dropped_locally_but_new_to_the_store_is_finished_so_no_sweeper_runs_it(
+def test_a_store_that_fails_is_tried_again_and_decides_once_it_answers(
         store: HeldStore, health: StoreHealth) -> None:
     claims = claims_for(store, health)
+    later = Decisions()
     store.failing = True
-    assert claims.within_bound([envelope("A", "Ev9")]) == [True]  # refused by the store: unwritten
+    assert claims.within_bound([envelope("E1", "Ev1")], later) is None
+    assert store.claim(envelope("X1", "Ev1"), "other:2")  # another process, whose writes work, takes the retry
+    gevent.sleep(0.05)
+    assert later.heard == []
     store.failing = False
-    store.gate.clear()
-    assert claims.within_bound([envelope("B", "Ev9")]) == [False]  # the retry: dropped here
-    store.gate.set()
     claims.late.join(timeout=5)
-    assert ("B", None) in store.finished  # the store took B's claim: finished, nobody handles it
+    assert later.heard == [("E1", False)]  # another process claimed Ev1 meanwhile: not run here
+    assert claims.decided_locally == 0
 
 
-def test_what_the_store_refused_is_written_back_when_the_episode_ends(
+def test_a_store_still_failing_past_the_deadline_leaves_it_to_local_dedup_then_is_written_back(
         store: HeldStore, health: StoreHealth, clock: Clock) -> None:
-    claims = claims_for(store, health)
+    claims = AckClaims(store, health, OWNER, wait_s=0.05, on_failure=health.failed, decide_locally_after_s=0.05)
+    later = Decisions()
     store.failing = True
-    assert claims.within_bound([envelope("E1", "Ev1"), envelope("E2", "Ev2")]) == [True, True]
+    claims.within_bound([envelope("E1", "Ev1"), envelope("E2", "Ev2")], later)
+    claims.late.join(timeout=5)
+    assert later.heard == [("E1", True), ("E2", True)] and claims.decided_locally == 2
     claims.finished("E1", "RuntimeError")
     store.failing = False
     clock.now += STEADY_S
@@ -146,14 +173,15 @@ def test_what_the_store_refused_is_written_back_when_the_episode_ends(
     assert claims.written_back == 2
     assert store.inbox_row("E1")["state"] == "failed"  # finished with the error it had here
     assert store.inbox_row("E2")["state"] == "processing"  # its handler's own finish comes later
-    assert not store.claim(envelope("E9", "Ev1"), OWNER)
+    assert not store.claim(envelope("E9", "Ev1"), OWNER)  # a retry on another process is recognised
 
 
-def test_a_claim_another_process_made_meanwhile_is_counted_as_decided_twice(
+def test_a_write_back_that_finds_the_claim_taken_says_it_may_have_run_twice(
         store: HeldStore, health: StoreHealth, clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
-    claims = claims_for(store, health)
+    claims = AckClaims(store, health, OWNER, wait_s=0.05, on_failure=health.failed, decide_locally_after_s=0.05)
     store.failing = True
-    claims.within_bound([envelope("E1", "Ev1")])
+    claims.within_bound([envelope("E1", "Ev1")], Decisions())
+    claims.late.join(timeout=5)
     store.failing = False
     assert store.claim(envelope("X1", "Ev1"), "other:2")  # another process got Slack's retry
     clock.now += STEADY_S
@@ -165,10 +193,10 @@ def test_a_claim_another_process_made_meanwhile_is_counted_as_decided_twice(
 
 def test_the_drain_writes_back_what_is_left_and_says_what_it_could_not(
         store: HeldStore, health: StoreHealth, caplog: pytest.LogCaptureFixture) -> None:
-    claims = claims_for(store, health)
+    claims = AckClaims(store, health, OWNER, wait_s=0.05, on_failure=health.failed, decide_locally_after_s=0.05)
     store.failing = True
-    claims.within_bound([envelope("E1", "Ev1")])
-    assert not claims.drain(timeout=1)
+    claims.within_bound([envelope("E1", "Ev1")], Decisions())
+    assert not claims.drain(timeout=5)
     assert any("could not be written back" in r.getMessage() for r in caplog.records)
     store.failing = False
     assert claims.drain(timeout=1) and store.inbox_row("E1") is not None

@@ -257,16 +257,16 @@ health = StoreHealth(clock=lambda: clock[0])  # the worker's one, shared by disp
 dispatcher = Dispatcher(EdgeApp(), store, None, "test-owner", 2.5, None, health=health)
 envelope = lambda i: Envelope("events_api", f"env{i}", {"event_id": f"Ev{i}", "event": {"type": "message"}})
 for i in range(3):
-    dispatcher.claims.within_bound([envelope(i)])  # one episode of failures
+    dispatcher.claims.within_bound([envelope(i)], lambda e, new: None)  # one episode of failures
 assert health.degraded
 store.failing = False
 clock[0] += 5.0
 health.wrote()                          # the worker's heartbeat got through: the episode is over
 assert not health.degraded
-dispatcher.claims.within_bound([envelope(10)])
+dispatcher.claims.within_bound([envelope(10)], lambda e, new: None)
 store.failing = True
 for i in range(20, 23):
-    dispatcher.claims.within_bound([envelope(i)])  # a second episode
+    dispatcher.claims.within_bound([envelope(i)], lambda e, new: None)  # a second episode
 report_outbox_failure({"id": 7, "channel": "C0GONE", "error": "channel_not_found", "attempts": 1,
                        "envelope_id": "env3", "text": "a private reply", "blocks": None})
 flush_sentry()

@@ -8,12 +8,8 @@ through it), and what was decided locally reaches the shared store once it answe
 """
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import sqlite3
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -23,12 +19,12 @@ from typing import Any, Iterator
 import pytest
 import redis
 import requests
-
-from buidl_edge.harness import wait_until
-from buidl_edge.simulator.client import SimulatorClient, SimulatorProcess
 from redis_support import RedisServer, free_port
 from stack_support import stacks  # noqa: F401 (fixture)
 from support import Workers, app_folder, keys, log_lines
+
+from buidl_edge.harness import WriteLockHolder, fill_disk, small_filesystem, wait_until
+from buidl_edge.simulator.client import SimulatorClient, SimulatorProcess
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -66,33 +62,6 @@ def workers(fresh_simulator: SimulatorProcess, tmp_path: Path, app_dir: Path) ->
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-class LockHolder:
-    """Another process that holds the SQLite file's write lock (`BEGIN EXCLUSIVE`) until released,
-    as a backup, an operator's sqlite3 shell or a long admin command does."""
-
-    SCRIPT = textwrap.dedent('''
-        import sqlite3, sys
-        conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
-        conn.execute("BEGIN EXCLUSIVE")
-        print("held", flush=True)
-        sys.stdin.readline()
-        conn.execute("COMMIT")
-        print("released", flush=True)
-    ''')
-
-    def __init__(self, db: Path) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", self.SCRIPT, str(db)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "held"
-
-    def release(self) -> None:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write("\n")
-        self.proc.stdin.flush()
-        assert self.proc.stdout.readline().strip() == "released"
-        self.proc.wait(timeout=5)
 
 
 class ReadySampler:
@@ -177,7 +146,7 @@ def test_a_write_lock_held_for_seconds_holds_no_ack_and_what_was_decided_meanwhi
     wait_until(lambda: requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200, 15,
                "/readyz 200")
     ready = ReadySampler(port)
-    holder = LockHolder(db)
+    holder = WriteLockHolder(db)
     held_at = time.monotonic()
     try:
         injected = inject_spread(sim, 24, 4.0, "locked")
@@ -226,32 +195,10 @@ def test_a_write_lock_held_for_seconds_holds_no_ack_and_what_was_decided_meanwhi
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real filesystem of 4 MB (tmpfs), mounted for this test: CI runs as root."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small filesystem needs root")
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount_point)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
-
-
-def fill(path: Path) -> Path:
-    """Write zeros until the filesystem says ENOSPC."""
-    filler = path / "filler"
-    with open(filler, "wb") as out:
-        chunk = b"\0" * 65536
-        try:
-            while True:
-                out.write(chunk)
-                out.flush()
-        except OSError:
-            pass
-    return filler
+    with small_filesystem(tmp_path / "disk", "4m") as refused:
+        if refused:
+            pytest.skip(refused)
+        yield tmp_path / "disk"
 
 
 def test_a_full_disk_is_one_episode_with_readyz_503_throughout_and_writes_resume_when_space_returns(
@@ -262,7 +209,7 @@ def test_a_full_disk_is_one_episode_with_readyz_503_throughout_and_writes_resume
     wait_until(lambda: requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200, 15,
                "/readyz 200")
     ready = ReadySampler(port)
-    filler = fill(small_disk)
+    filler = fill_disk(small_disk)
     full_at = time.monotonic()
     injected = inject_spread(sim, 30, 3.0, "full")
     sim.wait_for(lambda s: all(s["events"][k]["acked"] for k in injected), 10, "every event acked", source="state")
@@ -334,7 +281,7 @@ def test_under_run_the_dynos_readyz_is_503_while_a_worker_is_degraded_though_its
     stack.wait_up(processes=1, connections=1)
     wait_until(lambda: requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200, 20,
                "/readyz 200")
-    holder = LockHolder(stack.state_dir / "edge.sqlite3")
+    holder = WriteLockHolder(stack.state_dir / "edge.sqlite3")
     try:
         injected = keys(sim.inject("message", count=3, text="held"))
         sim.wait_for(lambda s: all(s["events"][k]["acked"] for k in injected), 10, "every event acked",
