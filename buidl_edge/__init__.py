@@ -8,7 +8,7 @@ __all__ = ["EdgeApp", "Context"]
 def __getattr__(name: str) -> Any:
     # Lazy, so that `import buidl_edge` stays light and gevent patching can come first.
     if name in __all__:
-        from buidl_edge import app
+        from buidl_edge.api import app
 
         return getattr(app, name)
     raise AttributeError(name)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from buidl_edge.harness import WriteLockHolder, fill_disk
+from buidl_edge.sandbox.harness import WriteLockHolder, fill_disk
 
 WRITE_LOCK_S = 5.0
 DISK_FULL_S = 3.0

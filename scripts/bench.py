@@ -48,8 +48,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from buidl_edge.harness import StackProcess, WorkerProcess, fake_tokens, worker_env  # noqa: E402
-from buidl_edge.simulator.client import SimulatorError, SimulatorProcess  # noqa: E402
+from buidl_edge.sandbox.harness import StackProcess, WorkerProcess, fake_tokens, worker_env  # noqa: E402
+from buidl_edge.sandbox.simulator.client import SimulatorError, SimulatorProcess  # noqa: E402
 
 MEMORY_RATE = 1000
 

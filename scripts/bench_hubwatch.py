@@ -23,8 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
 sys.path.insert(0, str(ROOT))
 
-from buidl_edge.harness import WorkerProcess, worker_env  # noqa: E402
-from buidl_edge.simulator.client import SimulatorProcess  # noqa: E402
+from buidl_edge.sandbox.harness import WorkerProcess, worker_env  # noqa: E402
+from buidl_edge.sandbox.simulator.client import SimulatorProcess  # noqa: E402
 
 
 def one_run(threshold: str, count: int, window: int) -> float:
@@ -49,7 +49,7 @@ def one_run(threshold: str, count: int, window: int) -> float:
 def switch_cost(rounds: int = 5) -> None:
     import gevent
 
-    from buidl_edge.hubwatch import HubWatch
+    from buidl_edge.runtime.hubwatch import HubWatch
 
     def measure() -> float:
         def spinner() -> None:

@@ -40,8 +40,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from buidl_edge.harness import WorkerProcess, worker_env  # noqa: E402
-from buidl_edge.simulator.client import SimulatorProcess  # noqa: E402
+from buidl_edge.sandbox.harness import WorkerProcess, worker_env  # noqa: E402
+from buidl_edge.sandbox.simulator.client import SimulatorProcess  # noqa: E402
 from buidl_edge.store.base import Reply  # noqa: E402
 from buidl_edge.store.sqlite import SqliteStore  # noqa: E402
 
@@ -132,8 +132,8 @@ def ceiling(sim: SimulatorProcess, channels: int, total: int) -> float:
     from concurrent.futures import ThreadPoolExecutor
 
     from buidl_edge.config import Secret
-    from buidl_edge.harness import fake_tokens
-    from buidl_edge.webapi import sender_webapi
+    from buidl_edge.sandbox.harness import fake_tokens
+    from buidl_edge.webapi.client import sender_webapi
 
     sim.client.reset()
     sim.client.configure(post_rate=RAISED, post_burst=int(RAISED))

@@ -20,8 +20,8 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from buidl_edge.logs import LogfmtFormatter  # noqa: E402
-from buidl_edge.redaction import redact, register_secret  # noqa: E402
+from buidl_edge.observability.logs import LogfmtFormatter  # noqa: E402
+from buidl_edge.observability.redaction import redact, register_secret  # noqa: E402
 
 
 def inputs(size: int) -> dict[str, str]:

@@ -32,7 +32,7 @@ TEXT = "x" * 400  # about the size of a bench envelope's frame
 
 
 def child(mode: str, rate: float, seconds: float) -> float:
-    from buidl_edge.protocol import parse_frame
+    from buidl_edge.socketmode.protocol import parse_frame
     from buidl_edge.store.sqlite import SqliteStore
     from buidl_edge.store.sqlite.inbox import _FINISH, _INSERT_INBOX, _INSERT_KEY
 

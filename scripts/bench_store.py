@@ -40,7 +40,7 @@ from typing import Any  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from buidl_edge.protocol import Envelope  # noqa: E402
+from buidl_edge.socketmode.protocol import Envelope  # noqa: E402
 from buidl_edge.store.sqlite import SqliteStore  # noqa: E402
 
 TARGET_CLAIMS_PER_S = 10_000
@@ -78,7 +78,7 @@ def child(mode: str, db: str, count: int, offset: int, start_at: float, payload_
     import gevent
     from gevent.pool import Pool
 
-    from buidl_edge.stallprobe import TICK_S, HubTicker
+    from buidl_edge.sandbox.stallprobe import TICK_S, HubTicker
     from buidl_edge.store.threaded import ThreadedStore
 
     store = open_bench_store(mode, db) if mode.startswith("redis") else ThreadedStore(SqliteStore(db, hub_writes=True))

@@ -42,7 +42,7 @@ def rss_kb() -> int:
 
 def child(client_name: str, api_url: str, posts: int, concurrency: int, cafile: str | None) -> None:
     """One measured run, in a process of its own, patched as a worker is."""
-    from buidl_edge.gevent_patch import patch
+    from buidl_edge.runtime.gevent_patch import patch
 
     patch()
     import socket
@@ -52,7 +52,7 @@ def child(client_name: str, api_url: str, posts: int, concurrency: int, cafile: 
     import gevent.pool
 
     from buidl_edge.config import Secret
-    from buidl_edge.harness import fake_tokens
+    from buidl_edge.sandbox.harness import fake_tokens
 
     token = Secret(fake_tokens()["SLACK_BOT_TOKEN"])
     connects = [0]
@@ -65,7 +65,7 @@ def child(client_name: str, api_url: str, posts: int, concurrency: int, cafile: 
     socket.socket.connect = counting_connect  # type: ignore[method-assign]
     before = rss_kb()
     if client_name == "webapi":
-        from buidl_edge.webapi import http_pool, sender_webapi
+        from buidl_edge.webapi.client import http_pool, sender_webapi
 
         api = sender_webapi(api_url, 10.0, concurrency)
         if cafile:
@@ -74,7 +74,7 @@ def child(client_name: str, api_url: str, posts: int, concurrency: int, cafile: 
         def call(channel: str, text: str) -> None:
             api.post_message(token, channel, text)
     else:
-        from buidl_edge.webclient import build_client
+        from buidl_edge.api.webclient import build_client
 
         web = build_client(api_url, token, 10.0)
         if cafile:
@@ -161,7 +161,7 @@ def make_certificate(folder: Path) -> tuple[str, str]:
 
 
 def one_run(client_name: str, mode: str, posts: int, concurrency: int, folder: Path) -> dict[str, float]:
-    from buidl_edge.simulator.client import SimulatorProcess
+    from buidl_edge.sandbox.simulator.client import SimulatorProcess
 
     with SimulatorProcess() as sim:
         sim.client.configure(post_rate=1e6, post_burst=1_000_000)

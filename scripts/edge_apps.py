@@ -35,7 +35,7 @@ from typing import Any
 
 import gevent
 
-from buidl_edge.app import Context, EdgeApp
+from buidl_edge.api.app import Context, EdgeApp
 
 bench = EdgeApp("bench-noop")
 

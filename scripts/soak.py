@@ -97,10 +97,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from buidl_edge.harness import StackProcess, fake_tokens, worker_env  # noqa: E402
-from buidl_edge.simulator.client import SimulatorError, SimulatorProcess  # noqa: E402
+from buidl_edge.sandbox.harness import StackProcess, fake_tokens, worker_env  # noqa: E402
+from buidl_edge.sandbox.simulator.client import SimulatorError, SimulatorProcess  # noqa: E402
 
-from buidl_edge.harness import small_filesystem  # noqa: E402
+from buidl_edge.sandbox.harness import small_filesystem  # noqa: E402
 
 from _soak_store import DISK_SIZE, STORE_SETTLE_S, StoreFaults, late_acks_outside  # noqa: E402
 from _soak_hostile import (  # noqa: E402
@@ -203,7 +203,7 @@ class Faults(HostileFaults, StoreFaults):
         self.later = []
 
     def _kill(self) -> bool:
-        from buidl_edge.supervise import SupervisorDown, supervisor_processes
+        from buidl_edge.ops.supervise import SupervisorDown, supervisor_processes
 
         # supervisord reports a worker killed a moment ago as RUNNING still: only the clock can
         # keep a second kill from taking down the other worker too.

@@ -6,7 +6,7 @@ from typing import Iterator
 
 import pytest
 
-from buidl_edge.simulator.client import SimulatorProcess
+from buidl_edge.sandbox.simulator.client import SimulatorProcess
 
 IN_PROCESS_DIR = Path(__file__).resolve().parent / "inprocess"
 

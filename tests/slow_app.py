@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from buidl_edge.app import Context, EdgeApp
+from buidl_edge.api.app import Context, EdgeApp
 
 app = EdgeApp("slow-test-app")
 

@@ -19,10 +19,10 @@ from typing import Any, Iterator
 
 import pytest
 
-from buidl_edge.harness import StackProcess, fake_tokens, wait_until, worker_env
-from buidl_edge.simulator.client import SimulatorProcess
+from buidl_edge.sandbox.harness import StackProcess, fake_tokens, wait_until, worker_env
+from buidl_edge.sandbox.simulator.client import SimulatorProcess
 from buidl_edge.store.sqlite import SqliteStore
-from buidl_edge.supervise import ProcessInfo, SupervisorDown, supervisor_processes
+from buidl_edge.ops.supervise import ProcessInfo, SupervisorDown, supervisor_processes
 
 TESTS_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = TESTS_DIR.parent

@@ -16,9 +16,9 @@ from typing import Any, Iterable, Iterator, Mapping
 
 import pytest
 
-from buidl_edge.harness import WorkerProcess, worker_env
-from buidl_edge.protocol import Envelope
-from buidl_edge.simulator.client import SimulatorClient, SimulatorProcess
+from buidl_edge.sandbox.harness import WorkerProcess, worker_env
+from buidl_edge.socketmode.protocol import Envelope
+from buidl_edge.sandbox.simulator.client import SimulatorClient, SimulatorProcess
 
 HOST = socket.gethostname()
 # The owner name this test process would have as a worker (host:pid).

@@ -13,11 +13,11 @@ import gevent
 import gevent.event
 import pytest
 
-from buidl_edge.ack_claims import AckClaims
-from buidl_edge.protocol import Envelope
+from buidl_edge.dispatch.ack_claims import AckClaims
+from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.store.errors import StoreError, StoreUnavailable
 from buidl_edge.store.memory import MemoryStore
-from buidl_edge.store_health import STEADY_S, StoreHealth
+from buidl_edge.store.health import STEADY_S, StoreHealth
 from support import envelope
 
 OWNER = "host:1"
@@ -107,7 +107,7 @@ def test_a_busy_store_opens_one_episode_with_a_warning_that_names_the_cause(
 
 @pytest.fixture(autouse=True)
 def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    import buidl_edge.ack_claims as ack_claims
+    import buidl_edge.dispatch.ack_claims as ack_claims
 
     monkeypatch.setattr(ack_claims, "RETRY_S", 0.01)
 

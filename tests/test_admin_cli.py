@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from buidl_edge.harness import WorkerProcess, wait_until, worker_env
-from buidl_edge.protocol import Envelope
+from buidl_edge.sandbox.harness import WorkerProcess, wait_until, worker_env
+from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.store.base import Reply
 from buidl_edge.store.sqlite import SqliteStore
 from stack_support import PROJECT_ROOT, TESTS_DIR, cli, operator_env, stacks, tokens_env  # noqa: F401
@@ -351,7 +351,7 @@ def test_check_with_good_tokens_says_what_would_run(fresh_simulator, tmp_path: P
     result = cli(env, "check", cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
-    assert "app ok: buidl_edge.bot:app imports (EdgeApp 'buidl')" in result.stdout
+    assert "app ok: buidl_edge.api.bot:app imports (EdgeApp 'buidl')" in result.stdout
     assert "bot token ok" in result.stdout and "app token ok" in result.stdout
     assert ("would run 3 processes x 2 connections = 6 links, 9 with one refresh spare per process, "
             "of Slack's 10") in result.stdout
@@ -408,7 +408,7 @@ def test_check_json_reports_the_app_the_tokens_and_the_plan(fresh_simulator, tmp
     result = cli(env, "check", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["app"] == {"spec": "buidl_edge.bot:app", "name": "buidl"}
+    assert report["app"] == {"spec": "buidl_edge.api.bot:app", "name": "buidl"}
     assert report["bot_token"]["ok"] is True and report["bot_token"]["user_id"]
     assert report["app_token"] == {"ok": True}
     assert report["plan"] == {"processes": 1, "connections": 1, "links": 1, "links_with_refresh_spares": 2,
@@ -585,7 +585,7 @@ def test_tables_escape_control_characters_show_ages_and_no_stale_errors(tmp_path
         sent_id, hostile_id = store.outbox_enqueue([Reply(channel="CESC", text="retried then sent"),
                                                    Reply(channel="CESC2", text=hostile)])
         # The first row fails once (a 5xx), is retried, and then goes out.
-        from buidl_edge.ratelimit import PostLimits
+        from buidl_edge.delivery.ratelimit import PostLimits
         from buidl_edge.store.base import PostOutcome
 
         (row,) = [r for r in store.outbox_claim("me:1", 10, PostLimits(), 30.0).rows if r.id == sent_id] or [None]

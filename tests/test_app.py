@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from buidl_edge import bot
-from buidl_edge.app import AppError, Context, EdgeApp, load_app, reply_from
-from buidl_edge.protocol import Envelope
+from buidl_edge.api import bot
+from buidl_edge.api.app import AppError, Context, EdgeApp, load_app, reply_from
+from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.store.base import Reply
 from buidl_edge.store.memory import MemoryStore
 
@@ -206,12 +206,12 @@ def test_send_message_refuses_bad_input_and_an_unbound_app() -> None:
 
 
 def test_load_app_finds_the_default_bot() -> None:
-    assert load_app("buidl_edge.bot:app") is bot.app
+    assert load_app("buidl_edge.api.bot:app") is bot.app
 
 
 @pytest.mark.parametrize("spec,problem", [("no_such_module_xyz:app", "cannot import"),
-                                          ("buidl_edge.bot:GREETING", "not an EdgeApp"),
-                                          ("buidl_edge.bot:missing", "has no attribute 'missing'")])
+                                          ("buidl_edge.api.bot:GREETING", "not an EdgeApp"),
+                                          ("buidl_edge.api.bot:missing", "has no attribute 'missing'")])
 def test_load_app_errors(spec: str, problem: str) -> None:
     with pytest.raises(AppError, match=problem):
         load_app(spec)

@@ -18,7 +18,7 @@ from buidl_edge.config import (
     is_loopback_host,
     load_settings,
 )
-from buidl_edge.harness import fake_tokens
+from buidl_edge.sandbox.harness import fake_tokens
 from support import assert_no_secret
 
 
@@ -190,7 +190,7 @@ def test_nonpositive_timings_are_refused(tokens: dict[str, str]) -> None:
 
 
 def test_app_spec_needs_a_colon(tokens: dict[str, str]) -> None:
-    assert "module:attribute" in config_error(env_with(tokens, BUIDL_APP="buidl_edge.bot"))
+    assert "module:attribute" in config_error(env_with(tokens, BUIDL_APP="buidl_edge.api.bot"))
 
 
 # -- transport rule and the Secret wrapper ----------------------------------------------------
@@ -344,7 +344,7 @@ def test_store_url_is_checked_where_it_enters(tokens: dict[str, str], url: str, 
     (":x", "BUIDL_APP must look like module:attribute"),
     (".rel:x", "BUIDL_APP names a relative module ('.rel')"),
     ("my bot:app", "BUIDL_APP must be a dotted module path"),
-    ("buidl_edge.bot", "BUIDL_APP must look like module:attribute"),
+    ("buidl_edge.api.bot", "BUIDL_APP must look like module:attribute"),
 ])
 def test_app_spec_is_checked_where_it_enters(tokens: dict[str, str], spec: str, expected: str) -> None:
     assert config_error(env_with(tokens, BUIDL_APP=spec)).startswith(expected)

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from buidl_edge.examples import handlers
-from buidl_edge.harness import WorkerProcess, wait_until, worker_env
-from buidl_edge.simulator.client import SimulatorProcess
+from buidl_edge.sandbox.harness import WorkerProcess, wait_until, worker_env
+from buidl_edge.sandbox.simulator.client import SimulatorProcess
 
 pytestmark = pytest.mark.timeout(60)
 

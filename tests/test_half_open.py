@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from buidl_edge.harness import WorkerProcess, wait_until
-from buidl_edge.simulator.client import SimulatorClient, SimulatorProcess
+from buidl_edge.sandbox.harness import WorkerProcess, wait_until
+from buidl_edge.sandbox.simulator.client import SimulatorClient, SimulatorProcess
 from buidl_edge.store.sqlite import SqliteStore
 from stack_support import Stack, stacks  # noqa: F401 (fixture)
 from support import Workers

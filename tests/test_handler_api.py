@@ -12,10 +12,10 @@ from typing import Any, Iterator
 
 import pytest
 
-from buidl_edge.app import AppError, Context, EdgeApp
-from buidl_edge.message import MessageError
-from buidl_edge.protocol import Envelope
-from buidl_edge.respond import ResponseUrlError
+from buidl_edge.api.app import AppError, Context, EdgeApp
+from buidl_edge.api.message import MessageError
+from buidl_edge.socketmode.protocol import Envelope
+from buidl_edge.api.respond import ResponseUrlError
 
 BOT = "U0BUIDL"
 

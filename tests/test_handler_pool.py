@@ -14,9 +14,9 @@ from typing import Any, Iterator
 import pytest
 
 from buidl_edge.config import load_settings
-from buidl_edge.harness import wait_until
-from buidl_edge.simulator.client import SimulatorClient, SimulatorProcess
-from buidl_edge.status import collect_status
+from buidl_edge.sandbox.harness import wait_until
+from buidl_edge.sandbox.simulator.client import SimulatorClient, SimulatorProcess
+from buidl_edge.ops.status import collect_status
 from buidl_edge.store import open_store
 from support import Workers, app_folder, keys, log_lines, wait_acked
 
@@ -245,7 +245,7 @@ def test_pool_queues_past_its_size_and_starts_the_queue_in_arrival_order() -> No
     import gevent
     import gevent.event
 
-    from buidl_edge.handler_pool import HandlerPool
+    from buidl_edge.dispatch.handler_pool import HandlerPool
 
     pool = HandlerPool(2)
     release = gevent.event.Event()
@@ -274,7 +274,7 @@ def test_pool_reuses_its_greenlets_and_each_job_starts_with_a_fresh_context() ->
 
     import gevent
 
-    from buidl_edge.handler_pool import HandlerPool
+    from buidl_edge.dispatch.handler_pool import HandlerPool
 
     pool = HandlerPool(3)
     marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker", default="unset")
@@ -301,7 +301,7 @@ def test_hub_call_runs_a_native_threads_call_on_the_hub(tmp_path: Path) -> None:
 
     import gevent
 
-    from buidl_edge.handler_threads import HubCall
+    from buidl_edge.dispatch.handler_threads import HubCall
     from buidl_edge.store.sqlite import SqliteStore
     from buidl_edge.store.threaded import ThreadedStore
 
@@ -333,8 +333,8 @@ def test_hub_call_runs_a_native_threads_call_on_the_hub(tmp_path: Path) -> None:
 
 
 def test_threaded_handler_runs_off_the_hub_thread_in_the_callers_log_context() -> None:
-    from buidl_edge.handler_threads import HandlerThreads, HubCall
-    from buidl_edge.logs import _log_context, log_context
+    from buidl_edge.dispatch.handler_threads import HandlerThreads, HubCall
+    from buidl_edge.observability.logs import _log_context, log_context
 
     threads, hub_call = HandlerThreads(2), HubCall()
 
@@ -349,7 +349,7 @@ def test_threaded_handler_runs_off_the_hub_thread_in_the_callers_log_context() -
 def test_hub_watch_names_a_blocking_greenlet_once_per_episode(caplog: pytest.LogCaptureFixture) -> None:
     import gevent
 
-    from buidl_edge.hubwatch import HubWatch
+    from buidl_edge.runtime.hubwatch import HubWatch
 
     def busy_loop(seconds: float, secret: str) -> None:
         end = time.monotonic() + seconds
@@ -385,7 +385,7 @@ def test_hub_watch_names_a_blocking_greenlet_once_per_episode(caplog: pytest.Log
 ])
 def test_handler_settings_are_checked(name: str, value: str, problem: str) -> None:
     from buidl_edge.config import ConfigError
-    from buidl_edge.harness import fake_tokens
+    from buidl_edge.sandbox.harness import fake_tokens
 
     env = {**fake_tokens(), name: value}
     with pytest.raises(ConfigError, match=problem):

@@ -14,8 +14,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from buidl_edge.harness import WorkerProcess, wait_until, worker_env
-from buidl_edge.simulator.client import SimulatorProcess
+from buidl_edge.sandbox.harness import WorkerProcess, wait_until, worker_env
+from buidl_edge.sandbox.simulator.client import SimulatorProcess
 from stack_support import stacks  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(60)

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from buidl_edge.harness import WorkerProcess, worker_env
-from buidl_edge.message import validate_reply
-from buidl_edge.simulator.client import SimulatorClient, SimulatorProcess
+from buidl_edge.sandbox.harness import WorkerProcess, worker_env
+from buidl_edge.api.message import validate_reply
+from buidl_edge.sandbox.simulator.client import SimulatorClient, SimulatorProcess
 from buidl_edge.store.base import Reply
 from buidl_edge.store.sqlite import SqliteStore
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from buidl_edge.harness import WorkerProcess, fake_tokens, wait_until, worker_env
-from buidl_edge.logs import LogfmtFormatter
-from buidl_edge.redaction import MASK, MAX_LINE_CHARS, redact, register_secret, scrub
-from buidl_edge.sentry import ProtocolErrorWindow
-from buidl_edge.simulator.client import SimulatorProcess
+from buidl_edge.sandbox.harness import WorkerProcess, fake_tokens, wait_until, worker_env
+from buidl_edge.observability.logs import LogfmtFormatter
+from buidl_edge.observability.redaction import MASK, MAX_LINE_CHARS, redact, register_secret, scrub
+from buidl_edge.observability.sentry import ProtocolErrorWindow
+from buidl_edge.sandbox.simulator.client import SimulatorProcess
 from support import secret_fragments
 
 pytestmark = pytest.mark.timeout(60)
@@ -146,7 +146,7 @@ def test_protocol_error_window_counts_then_emits_once() -> None:
 
 LOGGING_SCRIPT = r'''
 import logging, os, sys
-from buidl_edge.logs import log_context, setup_logging
+from buidl_edge.observability.logs import log_context, setup_logging
 setup_logging()
 token = os.environ["LEAK"]
 logging.getLogger("buidl_edge.test").info("plain info")
@@ -202,7 +202,7 @@ def test_every_record_is_one_redacted_line_in_the_chosen_format(as_json: bool, l
 # -- a real worker: context fields, and message text only with WEBSOCKET_DEBUG -------------------
 
 CHATTY_APP = '''
-from buidl_edge.app import EdgeApp
+from buidl_edge.api.app import EdgeApp
 
 app = EdgeApp("chatty")
 
@@ -257,7 +257,7 @@ def test_worker_lines_carry_context_and_message_text_only_in_the_frame_trace(
 # -- a real worker: a handler failing on a 40,000-character text must not stall the acks -------------
 
 ECHO_FAILING_APP = '''
-from buidl_edge.app import EdgeApp
+from buidl_edge.api.app import EdgeApp
 
 app = EdgeApp("fails-on-long-text")
 

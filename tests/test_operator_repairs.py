@@ -15,10 +15,10 @@ from typing import Any, Iterator
 import pytest
 
 from buidl_edge.config import load_settings
-from buidl_edge.harness import WorkerProcess, fake_tokens, wait_until, worker_env
-from buidl_edge.protocol import Envelope
-from buidl_edge.ratelimit import PostLimits
-from buidl_edge.simulator.client import SimulatorProcess
+from buidl_edge.sandbox.harness import WorkerProcess, fake_tokens, wait_until, worker_env
+from buidl_edge.socketmode.protocol import Envelope
+from buidl_edge.delivery.ratelimit import PostLimits
+from buidl_edge.sandbox.simulator.client import SimulatorProcess
 from buidl_edge.store.base import PostOutcome, Reply
 from buidl_edge.store.redis import RedisStore
 from buidl_edge.store.sqlite import SqliteStore

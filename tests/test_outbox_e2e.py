@@ -18,12 +18,12 @@ from click.testing import CliRunner
 
 from buidl_edge.cli import cli
 from buidl_edge.config import Secret
-from buidl_edge.harness import wait_until, worker_env
-from buidl_edge.ratelimit import PostLimits
-from buidl_edge.simulator.client import SimulatorProcess
+from buidl_edge.sandbox.harness import wait_until, worker_env
+from buidl_edge.delivery.ratelimit import PostLimits
+from buidl_edge.sandbox.simulator.client import SimulatorProcess
 from buidl_edge.store.base import Reply
 from buidl_edge.store.sqlite import SqliteStore
-from buidl_edge.webapi import WebApi
+from buidl_edge.webapi.client import WebApi
 from support import HOST, Workers, app_folder, dead_pid
 
 pytestmark = pytest.mark.timeout(60)

@@ -14,8 +14,8 @@ from typing import Iterator
 
 import pytest
 
-from buidl_edge.protocol import Envelope
-from buidl_edge.ratelimit import GLOBAL_KEY, Bucket, PostLimits, channel_key, need, plan, ready_at
+from buidl_edge.socketmode.protocol import Envelope
+from buidl_edge.delivery.ratelimit import GLOBAL_KEY, Bucket, PostLimits, channel_key, need, plan, ready_at
 from buidl_edge.store.base import PostOutcome, Reply
 from buidl_edge.store.memory import MemoryStore
 from buidl_edge.store.sqlite import SqliteStore
@@ -198,7 +198,7 @@ def test_processes_sharing_one_file_share_one_bucket(tmp_path: Path) -> None:
     seed.close()
     code = textwrap.dedent(f"""
         import json, os, time
-        from buidl_edge.ratelimit import PostLimits
+        from buidl_edge.delivery.ratelimit import PostLimits
         from buidl_edge.store.base import PostOutcome
         from buidl_edge.store.sqlite import SqliteStore
         store = SqliteStore({str(db)!r})

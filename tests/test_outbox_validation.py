@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from buidl_edge.app import Context, EdgeApp
+from buidl_edge.api.app import Context, EdgeApp
 from buidl_edge.cli import cli
 from buidl_edge.config import ConfigError, OutboxConfig
-from buidl_edge.message import MAX_TEXT_CHARS, MessageError, parse_blocks_json, validate_reply
-from buidl_edge.protocol import Envelope
-from buidl_edge.ratelimit import PostLimits
+from buidl_edge.api.message import MAX_TEXT_CHARS, MessageError, parse_blocks_json, validate_reply
+from buidl_edge.socketmode.protocol import Envelope
+from buidl_edge.delivery.ratelimit import PostLimits
 from buidl_edge.store.base import Reply
 from buidl_edge.store.sqlite import SqliteStore
 

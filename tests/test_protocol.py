@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from buidl_edge import protocol
-from buidl_edge.protocol import (
+from buidl_edge.socketmode import protocol
+from buidl_edge.socketmode.protocol import (
     MAX_ACK_BYTES,
     MAX_DEPTH,
     MAX_FRAME_BYTES,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from buidl_edge.harness import wait_until
+from buidl_edge.sandbox.harness import wait_until
 from redis_support import free_port
 
 pytestmark = pytest.mark.timeout(90)

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from buidl_edge.harness import wait_until
+from buidl_edge.sandbox.harness import wait_until
 from buidl_edge.store.redis import RedisStore
 from redis_support import RedisServer
 from stack_support import Stack, messages_by_channel, stacks  # noqa: F401 (fixture)
@@ -208,4 +208,4 @@ def test_redis_restarted_mid_run_no_crash_loop_and_nothing_lost(stacks, fresh_si
         finally:
             store.close()
         logs = stack.logs()
-        assert "degraded" in logs and "reachable again" in logs
+        assert "degraded" in logs and "writable again" in logs

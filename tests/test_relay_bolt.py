@@ -22,8 +22,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from buidl_edge.harness import WorkerProcess, fake_tokens, wait_until
-from buidl_edge.simulator.client import SimulatorProcess
+from buidl_edge.sandbox.harness import WorkerProcess, fake_tokens, wait_until
+from buidl_edge.sandbox.simulator.client import SimulatorProcess
 import support
 from redis_support import free_port
 

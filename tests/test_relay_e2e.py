@@ -21,8 +21,8 @@ import pytest
 import requests
 from slack_sdk.signature import SignatureVerifier
 
-from buidl_edge.harness import WorkerProcess, wait_until
-from buidl_edge.simulator.client import SimulatorProcess
+from buidl_edge.sandbox.harness import WorkerProcess, wait_until
+from buidl_edge.sandbox.simulator.client import SimulatorProcess
 import support
 from redis_support import free_port
 
@@ -302,7 +302,7 @@ def test_run_with_relay_makes_every_supervised_worker_a_relay(simulator: Simulat
     import shutil
     import tempfile
 
-    from buidl_edge.harness import StackProcess
+    from buidl_edge.sandbox.harness import StackProcess
 
     state = Path(tempfile.mkdtemp(prefix="br-"))  # short: supervisord's control socket lives there
     env = relay_env(simulator, backend.url, state)

@@ -15,8 +15,8 @@ from slack_bolt.request import BoltRequest
 from slack_sdk.signature import SignatureVerifier
 
 from buidl_edge.config import ConfigError, load_settings
-from buidl_edge.harness import fake_tokens
-from buidl_edge.protocol import Envelope, parse_frame
+from buidl_edge.sandbox.harness import fake_tokens
+from buidl_edge.socketmode.protocol import Envelope, parse_frame
 from buidl_edge.relay.client import Answer
 from buidl_edge.relay.relay import order_key
 from buidl_edge.relay.request import build_request, signature

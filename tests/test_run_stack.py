@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from buidl_edge.bot import GREETING
+from buidl_edge.api.bot import GREETING
 from buidl_edge.config import ConfigError, load_settings
-from buidl_edge.harness import WorkerProcess, wait_until
-from buidl_edge.supervise import (Credentials, Supervisor, SupervisorDown, check_connection_budget,
+from buidl_edge.sandbox.harness import WorkerProcess, wait_until
+from buidl_edge.ops.supervise import (Credentials, Supervisor, SupervisorDown, check_connection_budget,
                                   render_config)
 from stack_support import (cli, mention_each_in_own_channel, messages_by_channel, session_pids,  # noqa: F401
                            stacks, tokens_env)
@@ -339,7 +339,7 @@ def test_run_is_supervisord_itself_and_its_watch_survives_a_sighup_restart(stack
     assert int((stack.state_dir / "supervisord.pid").read_text()) == stack.pid
     session = session_pids(stack.pid)
     assert sorted(session) == sorted([stack.pid, *first.values()]), session
-    assert "buidl_edge.stack_watch" in session[stack.pid]
+    assert "buidl_edge.ops.stack_watch" in session[stack.pid]
 
     def restarted() -> dict[str, int] | None:
         try:  # supervisord answers with a fault while it restarts
@@ -468,7 +468,7 @@ def test_a_worker_that_cannot_start_stops_run_for_good_with_its_reason(stacks, f
 
 
 def test_an_operator_template_in_deploy_wins_over_the_packaged_one(tmp_path: Path, monkeypatch) -> None:
-    from buidl_edge.supervise import template_text
+    from buidl_edge.ops.supervise import template_text
 
     packaged, source = template_text()
     assert source.endswith("(packaged)") and "[program:worker]" in packaged
@@ -481,7 +481,7 @@ def test_an_operator_template_in_deploy_wins_over_the_packaged_one(tmp_path: Pat
         rendered = render_config(settings).read_text()
         assert rendered.startswith("; an operator's own\n")
         # run's watch is added to whatever template rendered it (an operator's copy cannot lose it)
-        assert "[rpcinterface:buidl_edge]\nsupervisor.rpcinterface_factory = buidl_edge.stack_watch:make_watch" in rendered
+        assert "[rpcinterface:buidl_edge]\nsupervisor.rpcinterface_factory = buidl_edge.ops.stack_watch:make_watch" in rendered
         (tmp_path / "deploy" / "supervisord.conf.tmpl").write_text(packaged.replace("$processes", "$procs"))
         with pytest.raises(ConfigError, match=r"deploy/supervisord.conf.tmpl: unknown or malformed placeholder"):
             render_config(settings)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from buidl_edge.harness import WorkerProcess, fake_tokens, worker_env
-from buidl_edge.simulator.client import SimulatorProcess
+from buidl_edge.sandbox.harness import WorkerProcess, fake_tokens, worker_env
+from buidl_edge.sandbox.simulator.client import SimulatorProcess
 from support import assert_no_secret
 
 pytestmark = pytest.mark.timeout(60)

@@ -16,15 +16,15 @@ import pytest
 import requests
 
 from buidl_edge.config import sentry_options
-from buidl_edge.demo_app import FAIL_WORD
-from buidl_edge.harness import StackProcess, WorkerProcess, fake_tokens, wait_until, worker_env
-from buidl_edge.simulator.client import SimulatorProcess
-from buidl_edge.simulator.sentry import parse_envelope
+from buidl_edge.sandbox.demo_app import FAIL_WORD
+from buidl_edge.sandbox.harness import StackProcess, WorkerProcess, fake_tokens, wait_until, worker_env
+from buidl_edge.sandbox.simulator.client import SimulatorProcess
+from buidl_edge.sandbox.simulator.sentry import parse_envelope
 from support import assert_no_secret, secret_fragments
 
 pytestmark = pytest.mark.timeout(60)
 
-DEMO_APP = "buidl_edge.demo_app:app"
+DEMO_APP = "buidl_edge.sandbox.demo_app:app"
 
 # A handler that does everything careless code does with a token: logs it, leaves it in a
 # local variable, a breadcrumb and the scope's extra, crashes a greenlet with it, and raises with it.
@@ -35,7 +35,7 @@ import os
 import gevent
 import sentry_sdk
 
-from buidl_edge.app import EdgeApp
+from buidl_edge.api.app import EdgeApp
 
 app = EdgeApp("leaky")
 
@@ -211,7 +211,7 @@ def test_a_fatal_stop_is_reported_before_the_exit(simulator: SimulatorProcess, t
 
 def test_a_reply_slack_refuses_for_good_is_one_event_without_its_text(
         simulator: SimulatorProcess, tmp_path: Path) -> None:
-    from buidl_edge.bot import GREETING
+    from buidl_edge.api.bot import GREETING
 
     sim = simulator.client
     sim.configure(post_errors={"C0GONE": "channel_not_found"})
@@ -231,13 +231,13 @@ STORE_AND_OUTBOX_SCRIPT = '''
 from gevent import monkey
 monkey.patch_all()
 
-from buidl_edge.app import EdgeApp
-from buidl_edge.dispatch import Dispatcher
-from buidl_edge.protocol import Envelope
-from buidl_edge.sentry import flush_sentry, init_sentry, report_outbox_failure
+from buidl_edge.api.app import EdgeApp
+from buidl_edge.dispatch.dispatcher import Dispatcher
+from buidl_edge.socketmode.protocol import Envelope
+from buidl_edge.observability.sentry import flush_sentry, init_sentry, report_outbox_failure
 from buidl_edge.store.errors import StoreError
 from buidl_edge.store.memory import MemoryStore
-from buidl_edge.store_health import StoreHealth
+from buidl_edge.store.health import StoreHealth
 
 
 class FailingStore(MemoryStore):
@@ -353,8 +353,8 @@ def test_no_dsn_means_no_sentry_at_all(simulator: SimulatorProcess, tmp_path: Pa
 
 def test_sentry_dsn_checked_at_start_without_echoing_it(tmp_path: Path) -> None:
     script = textwrap.dedent("""
-        from buidl_edge.logs import setup_logging
-        from buidl_edge.sentry import init_sentry
+        from buidl_edge.observability.logs import setup_logging
+        from buidl_edge.observability.sentry import init_sentry
         setup_logging()
         print("enabled:", init_sentry())
     """)

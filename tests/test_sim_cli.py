@@ -17,8 +17,8 @@ import requests
 from click.testing import CliRunner, Result
 
 from buidl_edge.cli import cli as cli_group
-from buidl_edge.harness import WorkerProcess, wait_until, worker_env
-from buidl_edge.simulator.client import SimulatorClient, SimulatorProcess
+from buidl_edge.sandbox.harness import WorkerProcess, wait_until, worker_env
+from buidl_edge.sandbox.simulator.client import SimulatorClient, SimulatorProcess
 from redis_support import free_port
 from stack_support import cli, operator_env
 

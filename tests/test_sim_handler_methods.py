@@ -14,7 +14,7 @@ import requests
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from buidl_edge.simulator.client import SimulatorProcess
+from buidl_edge.sandbox.simulator.client import SimulatorProcess
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -10,8 +10,8 @@ import pytest
 import requests
 import websocket
 
-from buidl_edge.harness import fake_tokens
-from buidl_edge.simulator.client import SimulatorError, SimulatorProcess
+from buidl_edge.sandbox.harness import fake_tokens
+from buidl_edge.sandbox.simulator.client import SimulatorError, SimulatorProcess
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -11,7 +11,7 @@ import pytest
 import requests
 import websocket
 
-from buidl_edge.simulator.client import SimulatorError, SimulatorProcess
+from buidl_edge.sandbox.simulator.client import SimulatorError, SimulatorProcess
 
 pytestmark = pytest.mark.timeout(30)
 

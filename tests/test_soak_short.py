@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 import soak  # noqa: E402
 
-from buidl_edge.redaction import MAX_LINE_CHARS  # noqa: E402
+from buidl_edge.observability.redaction import MAX_LINE_CHARS  # noqa: E402
 
 pytestmark = pytest.mark.timeout(150)
 

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from buidl_edge.harness import wait_until
+from buidl_edge.sandbox.harness import wait_until
 from stack_support import stacks  # noqa: F401,F811 (the fixture)
 
 pytestmark = pytest.mark.timeout(90)

@@ -22,8 +22,8 @@ from typing import Any, Callable, Iterator
 import pytest
 
 import test_outbox_store as outbox_contract
-from buidl_edge.protocol import Envelope
-from buidl_edge.ratelimit import PostLimits
+from buidl_edge.socketmode.protocol import Envelope
+from buidl_edge.delivery.ratelimit import PostLimits
 from buidl_edge.store.base import MIN_RETENTION_S, PostOutcome, Reply
 from buidl_edge.store.errors import StoreError, StoreUnavailable
 from buidl_edge.store.redis import RedisStore
@@ -135,7 +135,7 @@ def test_concurrent_claims_from_four_processes_have_one_winner_each(backend: Bac
     for round_no in range(3):
         results = race(backend, f"""
             import random
-            from buidl_edge.protocol import Envelope
+            from buidl_edge.socketmode.protocol import Envelope
             order = list(range(600))
             random.shuffle(order)
             won = []
@@ -213,7 +213,7 @@ def test_an_envelope_with_a_lone_surrogate_is_swept_back_exactly_as_received(sto
     frame = ('{"type":"events_api","envelope_id":"E\\udc00raw","accepts_response_payload":false,'
              '"payload":{"event_id":"Ev\\udc00raw","event":{"type":"message","text":"x\\udc00y"},'
              '"unmodelled":[1,2]},"retry_attempt":0,"retry_reason":""}')
-    from buidl_edge.protocol import parse_frame
+    from buidl_edge.socketmode.protocol import parse_frame
     envelope = parse_frame(frame)
     assert envelope.envelope_id == f"E{LONE}raw"
     store.claim(envelope, f"{HOST}:{dead_pid()}")
@@ -469,8 +469,8 @@ def test_redis_claims_are_cooperative_under_gevent_without_a_thread_pool(redis_s
         from gevent import monkey; monkey.patch_all()
         import json, threading, gevent, gevent.pool
         from buidl_edge.config import load_settings
-        from buidl_edge.protocol import Envelope
-        from buidl_edge.stallprobe import HubTicker
+        from buidl_edge.socketmode.protocol import Envelope
+        from buidl_edge.sandbox.stallprobe import HubTicker
         from buidl_edge.store import open_store
         settings = load_settings({{"SLACK_APP_TOKEN": "xapp-1-A-1-{'a' * 20}", "SLACK_BOT_TOKEN": "xoxb-1-{'b' * 20}",
                                    "BUIDL_STORE_URL": {url!r}, "BUIDL_STATE_DIR": {str(tmp_path)!r}}})

@@ -23,8 +23,8 @@ from redis_support import RedisServer, free_port
 from stack_support import stacks  # noqa: F401 (fixture)
 from support import Workers, app_folder, keys, log_lines
 
-from buidl_edge.harness import WriteLockHolder, fill_disk, small_filesystem, wait_until
-from buidl_edge.simulator.client import SimulatorClient, SimulatorProcess
+from buidl_edge.sandbox.harness import WriteLockHolder, fill_disk, small_filesystem, wait_until
+from buidl_edge.sandbox.simulator.client import SimulatorClient, SimulatorProcess
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -142,8 +142,8 @@ def test_threaded_store_in_gevent_patched_process_keeps_hub_running(db: Path) ->
     result = run_py(f"""
         from gevent import monkey; monkey.patch_all()
         import json, threading, gevent, gevent.pool
-        from buidl_edge.protocol import Envelope
-        from buidl_edge.stallprobe import HubTicker
+        from buidl_edge.socketmode.protocol import Envelope
+        from buidl_edge.sandbox.stallprobe import HubTicker
         from buidl_edge.store.sqlite import SqliteStore
         from buidl_edge.store.threaded import ThreadedStore
         store = ThreadedStore(SqliteStore({str(db)!r}))
@@ -200,7 +200,7 @@ def test_group_commit_under_concurrent_greenlets_gives_one_winner_per_event(db: 
     result = run_py(f"""
         from gevent import monkey; monkey.patch_all()
         import gevent.pool
-        from buidl_edge.protocol import Envelope
+        from buidl_edge.socketmode.protocol import Envelope
         from buidl_edge.store.sqlite import SqliteStore
         from buidl_edge.store.threaded import ThreadedStore
         store = ThreadedStore(SqliteStore({str(db)!r}))
@@ -268,7 +268,7 @@ def test_group_commit_fails_only_the_caller_whose_item_fails(db: Path) -> None:
         from gevent import monkey; monkey.patch_all()
         import json
         import gevent.pool
-        from buidl_edge.protocol import Envelope
+        from buidl_edge.socketmode.protocol import Envelope
         from buidl_edge.store.errors import StoreRejected
         from buidl_edge.store.sqlite import SqliteStore
         from buidl_edge.store.threaded import ThreadedStore

@@ -18,9 +18,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from buidl_edge.config import ConfigError, Proxy, bypass_proxy, proxy_for, websocket_options
-from buidl_edge.harness import WorkerProcess, fake_tokens, wait_until, worker_env
-from buidl_edge.protocol import build_disconnect
-from buidl_edge.simulator.client import SimulatorProcess
+from buidl_edge.sandbox.harness import WorkerProcess, fake_tokens, wait_until, worker_env
+from buidl_edge.socketmode.protocol import build_disconnect
+from buidl_edge.sandbox.simulator.client import SimulatorProcess
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-from buidl_edge.app import AppError, EdgeApp
+from buidl_edge.api.app import AppError, EdgeApp
 from stack_support import cli, tokens_env
 
 pytestmark = pytest.mark.timeout(60)
@@ -93,8 +93,8 @@ def test_a_web_api_that_is_not_listening_is_said_as_unreachable_not_as_refused_o
 
 def test_refused_and_timed_out_calls_keep_different_error_codes(tmp_path: Path) -> None:
     from buidl_edge.config import Secret
-    from buidl_edge.harness import fake_tokens
-    from buidl_edge.webapi import SlackUnreachable, WebApi
+    from buidl_edge.sandbox.harness import fake_tokens
+    from buidl_edge.webapi.client import SlackUnreachable, WebApi
 
     token = Secret(fake_tokens()["SLACK_BOT_TOKEN"])
     with pytest.raises(SlackUnreachable) as refused:

@@ -18,8 +18,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from buidl_edge.harness import WorkerProcess, worker_env
-from buidl_edge.simulator.client import SimulatorClient, SimulatorProcess
+from buidl_edge.sandbox.harness import WorkerProcess, worker_env
+from buidl_edge.sandbox.simulator.client import SimulatorClient, SimulatorProcess
 from support import Workers, app_folder
 
 pytestmark = pytest.mark.timeout(60)
@@ -32,7 +32,7 @@ CLIENT_APP = textwrap.dedent('''
     from slack_sdk.http_retry import RetryHandler
 
     from buidl_edge import EdgeApp
-    from buidl_edge.respond import ResponseUrlError
+    from buidl_edge.api.respond import ResponseUrlError
 
     app = EdgeApp("client-test")
     native_ident = monkey.get_original("_thread", "get_ident")
@@ -179,9 +179,9 @@ def test_debug_logs_carry_no_request_body_and_no_token(stack: tuple[SimulatorPro
 def test_slack_sdk_is_imported_only_when_the_client_is_first_used(simulator: SimulatorProcess) -> None:
     script = textwrap.dedent('''
         import sys
-        from buidl_edge.gevent_patch import patch
+        from buidl_edge.runtime.gevent_patch import patch
         patch()
-        import buidl_edge.worker
+        import buidl_edge.runtime.worker
         from buidl_edge.examples.handlers import app
         before = "slack_sdk" in sys.modules
         user = app.client.auth_test()["user_id"]  # outside a worker: the bot token from the environment
@@ -197,13 +197,13 @@ def test_threaded_handler_app_client_is_built_once(tmp_path: Path) -> None:
     """Many native threads asking app.client at once get one client, built on the hub."""
     script = textwrap.dedent('''
         import threading
-        from buidl_edge.gevent_patch import patch
+        from buidl_edge.runtime.gevent_patch import patch
         patch()
         import gevent
-        from buidl_edge.app import EdgeApp
+        from buidl_edge.api.app import EdgeApp
         from buidl_edge.config import Secret
-        from buidl_edge.handler_threads import HandlerThreads, HubCall
-        from buidl_edge.webclient import client_factory
+        from buidl_edge.dispatch.handler_threads import HandlerThreads, HubCall
+        from buidl_edge.api.webclient import client_factory
 
         hub_call = HubCall()
         app = EdgeApp("t")

@@ -11,9 +11,9 @@ from typing import Iterator
 import pytest
 
 from buidl_edge.config import ConfigError, Secret
-from buidl_edge.harness import fake_tokens
-from buidl_edge.simulator.client import SimulatorProcess
-from buidl_edge.webapi import (
+from buidl_edge.sandbox.harness import fake_tokens
+from buidl_edge.sandbox.simulator.client import SimulatorProcess
+from buidl_edge.webapi.client import (
     FATAL_AUTH_ERRORS,
     AuthInfo,
     FatalAuthError,

@@ -17,12 +17,12 @@ from typing import Iterator
 
 import pytest
 
-from buidl_edge.harness import fake_tokens, wait_until
+from buidl_edge.sandbox.harness import fake_tokens, wait_until
 from stack_support import PROJECT_ROOT, session_pids
 
 pytestmark = pytest.mark.timeout(240)
 
-TEMPLATE_IN_WHEEL = "buidl_edge/deploy/supervisord.conf.tmpl"
+TEMPLATE_IN_WHEEL = "buidl_edge/ops/deploy/supervisord.conf.tmpl"
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_the_installed_wheel_checks_and_runs_the_stack_from_an_unrelated_directo
         check = subprocess.run([script, "check"], env=env, cwd=elsewhere, capture_output=True, text=True,
                                timeout=60, stdin=subprocess.DEVNULL)
         assert check.returncode == 0, check.stdout + check.stderr
-        assert "app ok: buidl_edge.bot:app" in check.stdout and "app token ok" in check.stdout
+        assert "app ok: buidl_edge.api.bot:app" in check.stdout and "app token ok" in check.stdout
 
         out_path = state_dir / "run.out"
         with open(out_path, "ab") as out:

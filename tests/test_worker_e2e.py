@@ -20,9 +20,9 @@ import pytest
 import requests
 import websocket
 
-from buidl_edge.bot import GREETING, HELP_TEXT
-from buidl_edge.harness import fake_tokens
-from buidl_edge.simulator.client import SimulatorClient, SimulatorProcess
+from buidl_edge.api.bot import GREETING, HELP_TEXT
+from buidl_edge.sandbox.harness import fake_tokens
+from buidl_edge.sandbox.simulator.client import SimulatorClient, SimulatorProcess
 from support import Workers, app_folder, keys, log_lines, wait_acked
 
 pytestmark = pytest.mark.timeout(60)
@@ -396,7 +396,7 @@ def test_fatal_auth_stops_with_one_clear_line_and_no_loop(sim: SimulatorClient, 
 def test_handler_exception_and_bad_frame_are_logged_and_the_connection_goes_on(
         sim: SimulatorClient, workers: Workers) -> None:
     # The --app flag wins over BUIDL_APP (which names the default bot here).
-    worker = workers.start("buidl_edge.bot:app", args=("--app", TEST_APP_SPEC))
+    worker = workers.start("buidl_edge.api.bot:app", args=("--app", TEST_APP_SPEC))
     [boom] = sim.inject("message", channel="C0BOOM", text="boom now")
     sim.fault("bad_frame", text="{not json", target="oldest")
     sim.fault("bad_frame", text='{"type": "events_api", "payload": {}}', target="oldest")

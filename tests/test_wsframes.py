@@ -8,7 +8,7 @@ import pytest
 import websocket
 from geventwebsocket.websocket import Header, WebSocket
 
-from buidl_edge import wsframes
+from buidl_edge.socketmode import wsframes
 
 
 def server_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:

@@ -21,7 +21,7 @@ OUTBOX_COLUMNS = ["id", "channel", "state", "attempts", "rate_limited", "age", "
 @json_option("Print JSON instead of a table.")
 def status(as_json: bool) -> None:
     """Show each worker process: supervisord's state joined with the worker's heartbeat."""
-    from buidl_edge.status import collect_status
+    from buidl_edge.ops.status import collect_status
 
     settings = state_settings()
     with admin_store(settings) as store:
@@ -35,7 +35,7 @@ def status(as_json: bool) -> None:
 
 
 def print_status(report: dict[str, Any]) -> None:
-    from buidl_edge.status import table_columns
+    from buidl_edge.ops.status import table_columns
 
     if report["supervisor"] != "running":
         click.echo(f"supervisor: {cell(report['supervisor'])}")

@@ -28,10 +28,10 @@ def said(exc: BaseException) -> str | None:
     """How an error that a user's input or environment can cause is said, in one line; None for
     any other (a bug keeps its traceback). Imported only once one was raised, so that `worker`
     still patches gevent first."""
-    from buidl_edge.app import AppError
-    from buidl_edge.message import MessageError
+    from buidl_edge.api.app import AppError
+    from buidl_edge.api.message import MessageError
     from buidl_edge.store.errors import StoreError
-    from buidl_edge.webapi import RateLimited, SlackApiError, SlackUnreachable
+    from buidl_edge.webapi.client import RateLimited, SlackApiError, SlackUnreachable
 
     if isinstance(exc, RateLimited):
         return f"Slack rate-limited {exc.method}: retry after {exc.retry_after:g}s"

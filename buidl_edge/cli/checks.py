@@ -16,7 +16,7 @@ from buidl_edge.config import SLACK_MAX_CONNECTIONS, ConfigError, Settings, load
 def show_config(as_json: bool) -> None:
     """Print the resolved settings: tokens masked (a missing one marked), URLs without userinfo, and
     every setting `run` would refuse flagged (then the exit status is 1)."""
-    from buidl_edge.run_checks import refusals
+    from buidl_edge.ops.run_checks import refusals
 
     settings = state_settings()
     values = settings.redacted()
@@ -65,10 +65,10 @@ class Preflight:
 
 def preflight(settings: Settings) -> Preflight:
     """Everything `run` needs, tried in the order `run` needs it; the first failure raises."""
-    from buidl_edge.app import load_app
-    from buidl_edge.run_checks import check_everything
-    from buidl_edge.supervise import connection_need
-    from buidl_edge.webapi import WebApi
+    from buidl_edge.api.app import load_app
+    from buidl_edge.ops.run_checks import check_everything
+    from buidl_edge.ops.supervise import connection_need
+    from buidl_edge.webapi.client import WebApi
 
     check_everything(settings)  # what `run` and its workers refuse before they call Slack
     found = Preflight()
@@ -115,7 +115,7 @@ def check_backend(settings: Settings) -> tuple[dict[str, Any], str]:
     import secrets
     import time
 
-    from buidl_edge.redaction import register_secret
+    from buidl_edge.observability.redaction import register_secret
     from buidl_edge.relay.client import BackendClient
     from buidl_edge.relay.request import url_verification
 

@@ -19,10 +19,10 @@ def worker(connections: int | None, app_spec: str | None, relay_url: str | None)
 
     A worker that cannot start (config, app import, store) says why in one line and exits 3.
     """
-    from buidl_edge.gevent_patch import patch
+    from buidl_edge.runtime.gevent_patch import patch
 
     patch()  # first: before the worker's modules import sockets, threads or locks
-    from buidl_edge.worker import start
+    from buidl_edge.runtime.worker import start
 
     sys.exit(start(connections=connections, app_spec=app_spec, relay_url=relay_url))
 
@@ -41,7 +41,7 @@ def run(processes: int | None, connections: int | None, app_spec: str | None, re
     worker's reason when one stops for good (a worker that cannot start, link_disabled, a refused
     token).
     """
-    from buidl_edge.stack import run_stack
+    from buidl_edge.ops.stack import run_stack
 
     sys.exit(run_stack(load_settings(processes=processes, connections=connections, app_spec=app_spec,
                                      relay_url=relay_url)))

@@ -27,8 +27,8 @@ def simulate(host: str | None, port: int | None, ready_file: str | None) -> None
     BUIDL_APP=hello:app buidl-edge worker &    # your bot, connected to it
     buidl-edge sim mention "hello"             # drive it: see `buidl-edge sim --help`
     """
-    from buidl_edge.simulator import serve
-    from buidl_edge.simulator.access import SIM_URL_VARIABLE, listen_address
+    from buidl_edge.sandbox.simulator import serve
+    from buidl_edge.sandbox.simulator.access import SIM_URL_VARIABLE, listen_address
 
     try:
         default_host, default_port = listen_address(os.environ.get(SIM_URL_VARIABLE))
@@ -40,6 +40,6 @@ def simulate(host: str | None, port: int | None, ready_file: str | None) -> None
 @cli.command()
 def demo() -> None:
     """Play a scripted conversation against the simulator; no tokens, no network needed."""
-    from buidl_edge.demo import run_demo
+    from buidl_edge.sandbox.demo import run_demo
 
     sys.exit(run_demo(click.echo))

@@ -61,7 +61,7 @@ def stdin_text() -> str:
 
 
 def utf8(raw: bytes, source: str) -> str:
-    from buidl_edge.message import MessageError
+    from buidl_edge.api.message import MessageError
 
     try:
         return raw.decode("utf-8")
@@ -72,7 +72,7 @@ def utf8(raw: bytes, source: str) -> str:
 
 def build_reply(channel: str, text: str | None, blocks_file: IO[bytes] | None, thread_ts: str | None) -> Reply:
     """A validated Reply from command-line input; MessageError says what is wrong."""
-    from buidl_edge.message import MessageError, parse_blocks_json, validate_reply
+    from buidl_edge.api.message import MessageError, parse_blocks_json, validate_reply
     from buidl_edge.store.base import Reply
 
     source = str(getattr(blocks_file, "name", "blocks file"))
@@ -86,7 +86,7 @@ def build_reply(channel: str, text: str | None, blocks_file: IO[bytes] | None, t
 
 def post_now(settings: Settings, reply: Reply) -> dict[str, Any]:
     """One chat.postMessage outside the outbox (`send --now`): no queue, no retry; errors raise."""
-    from buidl_edge.webapi import WebApi
+    from buidl_edge.webapi.client import WebApi
 
     api = WebApi(settings.api_url, timeout=settings.http_timeout)
     return api.post_message(settings.bot_token, reply.channel, reply.text, reply.blocks, reply.thread_ts)
@@ -107,7 +107,7 @@ class Queued:
 
 def queue(settings: Settings, reply: Reply) -> Queued:
     """Into the workers' outbox; a warning when no worker is heartbeating on that store."""
-    from buidl_edge.status import live_workers
+    from buidl_edge.ops.status import live_workers
 
     with admin_store(settings) as store:
         if not store.durable:

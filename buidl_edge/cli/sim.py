@@ -14,11 +14,11 @@ import click
 
 from buidl_edge.cli.base import cli, json_option
 from buidl_edge.cli.output import plural, print_json, print_table
-from buidl_edge.simulator.access import DEFAULT_SIM_URL, SIM_URL_VARIABLE, export_lines
+from buidl_edge.sandbox.simulator.access import DEFAULT_SIM_URL, SIM_URL_VARIABLE, export_lines
 
 if TYPE_CHECKING:
-    from buidl_edge.simulator.activity import Followed, Row
-    from buidl_edge.simulator.client import SimulatorClient
+    from buidl_edge.sandbox.simulator.activity import Followed, Row
+    from buidl_edge.sandbox.simulator.client import SimulatorClient
 
 F = TypeVar("F", bound=Callable[..., Any])
 BOT_USER_ID = "U0BUIDL"  # the simulator's bot (simulator/events.py), whom a mention names
@@ -72,7 +72,7 @@ def reaching(sim_url: str) -> Iterator[SimulatorClient]:
     """The simulator's client; a simulator that is not there, or refuses, is one line."""
     import requests
 
-    from buidl_edge.simulator.client import SimulatorClient, SimulatorError
+    from buidl_edge.sandbox.simulator.client import SimulatorClient, SimulatorError
 
     try:
         yield SimulatorClient(sim_url, timeout=5)
@@ -199,7 +199,7 @@ def action(value: str, action_id: str, message_ts: str | None, channel: str, use
 def follow(sim_url: str, injections: list[tuple[str, dict[str, Any]]], wait: float, as_json: bool,
            what: str) -> None:
     """Inject, wait for the ack and the answer, print them; exit 1 when it was not acked in time."""
-    from buidl_edge.simulator.activity import inject_and_follow
+    from buidl_edge.sandbox.simulator.activity import inject_and_follow
 
     with reaching(sim_url) as client:
         fields = [(kind, {k: v for k, v in f.items() if v is not None}) for kind, f in injections]
@@ -248,7 +248,7 @@ def shows(sim_url: str, as_json: bool) -> None:
     buidl-edge sim shows
     buidl-edge sim shows --json
     """
-    from buidl_edge.simulator.activity import bot_rows
+    from buidl_edge.sandbox.simulator.activity import bot_rows
 
     with reaching(sim_url) as client:
         state = client.state()

@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from buidl_edge import tokens
+from buidl_edge.ops import tokens
 from buidl_edge.cli.base import F, also_expects, cli
 from buidl_edge.config import TOKEN_KINDS, Secret, token_file
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from buidl_edge.config.env import ConfigError, at_least, environ
-from buidl_edge.ratelimit import PostLimits
+from buidl_edge.delivery.ratelimit import PostLimits
 
 RATELIMIT_SCOPES = ("channel", "global")
 

@@ -1,7 +1,7 @@
 """Slack tokens: where they come from (the environment, else a file under BUIDL_HOME), their
 shape, and `Secret`, which prints as its type and last four characters, never whole.
 
-Writing the token files is `buidl_edge.tokens` (`buidl-edge token set/rm`); reading them,
+Writing the token files is `buidl_edge.ops.tokens` (`buidl-edge token set/rm`); reading them,
 with the refusal of a file group or others can open, is here, so that loading the settings
 needs nothing else.
 """

@@ -14,7 +14,7 @@ from buidl_edge.config.secret import MissingSecret, Secret, buidl_home, load_tok
 from buidl_edge.config.urls import absolute, check_store_url, check_transport_url, mask_url_password, store_url
 
 DEFAULT_API_URL = "https://slack.com/api/"
-DEFAULT_APP = "buidl_edge.bot:app"
+DEFAULT_APP = "buidl_edge.api.bot:app"
 # Slack retries for about 5 minutes; dedup keys must outlive that with room to spare.
 MIN_RETENTION_S = 600.0
 # How long an ack may wait for the shared store to decide a claim before local dedup decides it:

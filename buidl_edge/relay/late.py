@@ -14,11 +14,11 @@ from __future__ import annotations
 import logging
 import time
 
-from buidl_edge.app import AppError
-from buidl_edge.message import MessageError
-from buidl_edge.protocol import Envelope
+from buidl_edge.api.app import AppError
+from buidl_edge.api.message import MessageError
+from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.relay.client import Answer
-from buidl_edge.respond import RESPONSE_TYPES, ResponseUrl, ResponseUrlExpired, response_body
+from buidl_edge.api.respond import RESPONSE_TYPES, ResponseUrl, ResponseUrlExpired, response_body
 
 log = logging.getLogger("buidl_edge.relay")
 

@@ -31,17 +31,17 @@ import gevent
 import gevent.event
 import gevent.pool
 
-from buidl_edge.backoff import backoff_delay
+from buidl_edge.socketmode.backoff import backoff_delay
 from buidl_edge.config import Secret
-from buidl_edge.latency import LatencyHistogram
-from buidl_edge.protocol import Envelope
+from buidl_edge.observability.latency import LatencyHistogram
+from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.relay.client import Answer, BackendClient
 from buidl_edge.relay.late import post_late_answer
 from buidl_edge.relay.request import build_request
 from buidl_edge.relay.stats import BACKEND_BUCKETS_S, RECENT, Outage, RelayStats, attempts_made, percentile_ms
 from buidl_edge.store.base import DeliveryOutcome, EdgeStore, RelayRow, left_on_this_dyno, why_taken_over
 from buidl_edge.store.errors import StoreError
-from buidl_edge.store_health import StoreHealth
+from buidl_edge.store.health import StoreHealth
 
 log = logging.getLogger("buidl_edge.relay")
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-from buidl_edge.message import utf8_text
-from buidl_edge.protocol import Envelope
+from buidl_edge.api.message import utf8_text
+from buidl_edge.socketmode.protocol import Envelope
 
 JSON_TYPE = "application/json"
 FORM_TYPE = "application/x-www-form-urlencoded"

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Literal, Protocol, Sequence
 
 from buidl_edge.config.settings import MIN_RETENTION_S
-from buidl_edge.protocol import Envelope
-from buidl_edge.ratelimit import PostLimits
+from buidl_edge.socketmode.protocol import Envelope
+from buidl_edge.delivery.ratelimit import PostLimits
 from buidl_edge.store.errors import BadCall, StoreError
 from buidl_edge.store.owners import is_dead_local
 
@@ -224,7 +224,7 @@ class InboxStore(Protocol):
 
 
 class OutboxStore(Protocol):
-    """The durable outbox: what the sender (buidl_edge/outbox.py) drives."""
+    """The durable outbox: what the sender (buidl_edge/delivery/outbox.py) drives."""
 
     durable: bool  # False: rows die with the process (the sender flushes them before exit)
 

@@ -10,8 +10,8 @@ import time
 from dataclasses import replace
 from typing import Any, Sequence
 
-from buidl_edge.protocol import Envelope
-from buidl_edge.ratelimit import GLOBAL_KEY, Bucket, PostLimits, channel_key, pause, plan
+from buidl_edge.socketmode.protocol import Envelope
+from buidl_edge.delivery.ratelimit import GLOBAL_KEY, Bucket, PostLimits, channel_key, pause, plan
 from buidl_edge.store.base import (CANCELLED, DEFAULT_RETENTION_S, Claimed, DeliveryOutcome, OutboxRow, PostOutcome,
                                    RelayBatch, RelayRow, Reply, check_purgeable, idempotency_keys, retention_cutoff)
 from buidl_edge.store.errors import StoreError

@@ -14,8 +14,8 @@ import pytest
 from gevent import monkey
 
 from buidl_edge.config import Settings, load_settings
-from buidl_edge.harness import worker_env
-from buidl_edge.simulator.client import SimulatorClient, SimulatorProcess
+from buidl_edge.sandbox.harness import worker_env
+from buidl_edge.sandbox.simulator.client import SimulatorClient, SimulatorProcess
 
 if not monkey.is_module_patched("socket"):
     raise pytest.UsageError("tests/inprocess/ runs only gevent-patched: python tests/inprocess/run.py "

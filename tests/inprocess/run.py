@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from buidl_edge.gevent_patch import patch
+from buidl_edge.runtime.gevent_patch import patch
 
 HERE = Path(__file__).resolve().parent
 # pytest-timeout's signal can only fail a test from the hub, not from the greenlet that hangs:

@@ -15,16 +15,16 @@ import gevent
 import gevent.lock
 import pytest
 
-from buidl_edge.app import EdgeApp
+from buidl_edge.api.app import EdgeApp
 from buidl_edge.config import OutboxConfig, Settings
-from buidl_edge.connection import ConnectionSlot, FatalStop, SocketModeDisabled
-from buidl_edge.dispatch import Dispatcher
-from buidl_edge.harness import wait_until
-from buidl_edge.outbox import Outbox
-from buidl_edge.simulator.client import SimulatorClient
+from buidl_edge.socketmode.connection import ConnectionSlot, FatalStop, SocketModeDisabled
+from buidl_edge.dispatch.dispatcher import Dispatcher
+from buidl_edge.sandbox.harness import wait_until
+from buidl_edge.delivery.outbox import Outbox
+from buidl_edge.sandbox.simulator.client import SimulatorClient
 from buidl_edge.store import open_store
 from buidl_edge.store.slots import SlotGate
-from buidl_edge.webapi import WebApi
+from buidl_edge.webapi.client import WebApi
 from support import ME, keys, wait_acked
 
 BASE_S, CAP_S = 0.2, 2.0  # worker_env's backoff: the bounds the delays are checked against

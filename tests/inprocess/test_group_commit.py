@@ -16,7 +16,7 @@ import pytest
 from gevent.monkey import get_original
 from gevent.threadpool import ThreadPool
 
-from buidl_edge.protocol import Envelope
+from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.store.errors import StoreError, StoreRejected
 from buidl_edge.store.sqlite import SqliteStore
 from buidl_edge.store.threaded import MAX_BATCH, NOT_NOW, GroupCommit, ThreadedStore

@@ -10,15 +10,15 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from buidl_edge.config import OutboxConfig, Secret
-from buidl_edge.harness import fake_tokens, wait_until
-from buidl_edge.outbox import Outbox
-from buidl_edge.ratelimit import PostLimits
-from buidl_edge.simulator.client import SimulatorClient, SimulatorProcess
+from buidl_edge.sandbox.harness import fake_tokens, wait_until
+from buidl_edge.delivery.outbox import Outbox
+from buidl_edge.delivery.ratelimit import PostLimits
+from buidl_edge.sandbox.simulator.client import SimulatorClient, SimulatorProcess
 from buidl_edge.store.base import OutboxRow, Reply
 from buidl_edge.store.memory import MemoryStore
 from buidl_edge.store.redis import RedisStore
 from buidl_edge.store.sqlite import SqliteStore
-from buidl_edge.webapi import WebApi
+from buidl_edge.webapi.client import WebApi
 from redis_support import RedisServer
 from support import HOST, ME
 

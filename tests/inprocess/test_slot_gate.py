@@ -13,7 +13,7 @@ import gevent
 import gevent.event
 import pytest
 
-from buidl_edge.harness import wait_until
+from buidl_edge.sandbox.harness import wait_until
 from buidl_edge.store.base import SlotStore
 from buidl_edge.store.redis import RedisStore
 from buidl_edge.store.sqlite import SqliteStore

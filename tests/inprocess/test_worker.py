@@ -12,16 +12,16 @@ from typing import Any, Callable, Iterator
 import gevent
 import pytest
 
-from buidl_edge.app import EdgeApp
+from buidl_edge.api.app import EdgeApp
 from buidl_edge.config import OutboxConfig, Settings
-from buidl_edge.connection import SocketModeDisabled
-from buidl_edge.exitcodes import EXIT_FATAL, EXIT_OK
-from buidl_edge.harness import wait_until
-from buidl_edge.ratelimit import PostLimits
-from buidl_edge.simulator.client import SimulatorClient
+from buidl_edge.socketmode.connection import SocketModeDisabled
+from buidl_edge.runtime.exitcodes import EXIT_FATAL, EXIT_OK
+from buidl_edge.sandbox.harness import wait_until
+from buidl_edge.delivery.ratelimit import PostLimits
+from buidl_edge.sandbox.simulator.client import SimulatorClient
 from buidl_edge.store.memory import MemoryStore
-from buidl_edge.webapi import WebApi
-from buidl_edge.worker import Worker
+from buidl_edge.webapi.client import WebApi
+from buidl_edge.runtime.worker import Worker
 from support import keys, wait_acked
 
 FAST_POSTS = OutboxConfig(limits=PostLimits(rate=100, burst=100))

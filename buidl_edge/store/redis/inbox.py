@@ -12,8 +12,8 @@ from typing import Any, Callable, Sequence, TypeVar
 
 import redis
 
-from buidl_edge import protocol
-from buidl_edge.protocol import Envelope
+from buidl_edge.socketmode import protocol
+from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.store.base import DEFAULT_RETENTION_S, Reply, Swept, blocks_json, retention_cutoff
 from buidl_edge.store.errors import StoreError, StoreRejected, StoreUnavailable
 from buidl_edge.store.owners import is_dead_local

@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any, Sequence
 
-from buidl_edge.ratelimit import PostLimits
+from buidl_edge.delivery.ratelimit import PostLimits
 from buidl_edge.store.base import (OUTBOX_STATES, Claimed, OutboxRow, PostOutcome, Reply, blocks_json,
                                    idempotency_keys)
 from buidl_edge.store.owners import is_dead_local

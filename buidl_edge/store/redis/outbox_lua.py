@@ -52,7 +52,7 @@ local function enqueue(eid, r, now)
   return id
 end
 
--- Token buckets (the same arithmetic as buidl_edge/ratelimit.py).
+-- Token buckets (the same arithmetic as buidl_edge/delivery/ratelimit.py).
 local function bucket(key)
   local b = redis.call('HMGET', P .. 'ob:b:' .. key, 'tokens', 'updated', 'paused')
   if not b[1] then return nil end

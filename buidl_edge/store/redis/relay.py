@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 
-from buidl_edge import protocol
-from buidl_edge.protocol import Envelope
+from buidl_edge.socketmode import protocol
+from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.store.base import DeliveryOutcome, RelayBatch, RelayRow
 from buidl_edge.store.redis.db import RedisDb, redis_op
 from buidl_edge.store.redis.inbox_lua import STREAM_LIB

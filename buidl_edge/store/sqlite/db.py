@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
-from buidl_edge.statefiles import private_dir, private_file, tighten
+from buidl_edge.ops.statefiles import private_dir, private_file, tighten
 from buidl_edge.store.errors import (StoreCorrupt, StoreError, StoreLocked, StoreMissing, StoreUnavailable,
                                      one_line, rejected)
 from buidl_edge.store.owners import is_dead_local

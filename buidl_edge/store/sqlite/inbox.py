@@ -10,8 +10,8 @@ import sqlite3
 import time
 from typing import Callable, Sequence
 
-from buidl_edge import protocol
-from buidl_edge.protocol import Envelope
+from buidl_edge.socketmode import protocol
+from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.store.base import DEFAULT_RETENTION_S, Reply, Swept, retention_cutoff
 from buidl_edge.store.errors import StoreError
 from buidl_edge.store.sqlite.db import Abort, SqliteDb, bind, unbind

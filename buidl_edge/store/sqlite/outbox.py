@@ -1,5 +1,5 @@
 """The SQLite outbox: the queue of replies, the token buckets every process spends from, and the
-leases of rows in flight (see buidl_edge/outbox.py for the sender that drives these)."""
+leases of rows in flight (see buidl_edge/delivery/outbox.py for the sender that drives these)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import time
 from dataclasses import replace
 from typing import Any, Sequence
 
-from buidl_edge.ratelimit import GLOBAL_KEY, Bucket, PostLimits, channel_key, pause, plan
+from buidl_edge.delivery.ratelimit import GLOBAL_KEY, Bucket, PostLimits, channel_key, pause, plan
 from buidl_edge.store.base import Claimed, OutboxRow, PostOutcome, Reply, blocks_json, idempotency_keys
 from buidl_edge.store.sqlite.db import SqliteDb, bind, unbind
 

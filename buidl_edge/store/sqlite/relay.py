@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlite3
 import time
 
-from buidl_edge import protocol
-from buidl_edge.protocol import Envelope
+from buidl_edge.socketmode import protocol
+from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.store.base import DeliveryOutcome, RelayBatch, RelayRow
 from buidl_edge.store.sqlite.db import SqliteDb, bind, unbind
 

@@ -58,7 +58,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                degraded INTEGER NOT NULL DEFAULT 0)""",
     ),
     (
-        # The outbox sender (buidl_edge/outbox.py): a lease for rows in flight, Slack's ts,
+        # The outbox sender (buidl_edge/delivery/outbox.py): a lease for rows in flight, Slack's ts,
         # and the token buckets every process spends from.
         "ALTER TABLE outbox ADD COLUMN lease_owner TEXT",
         "ALTER TABLE outbox ADD COLUMN lease_until REAL",

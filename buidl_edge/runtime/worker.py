@@ -1,0 +1,403 @@
+"""One worker process: K connection slots, the dispatcher, the reply sender, signals.
+
+Import it only after `gevent_patch.patch()`, the first step of the `worker` command: this
+module and everything it imports open sockets, start threads and take locks.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.lock
+
+from buidl_edge.api.app import AppError, EdgeApp, load_app
+from buidl_edge.socketmode.backoff import backoff_delay
+from buidl_edge.config import SLACK_MAX_CONNECTIONS, ConfigError, OutboxConfig, Settings, absolute, default_state_dir
+from buidl_edge.config import load_settings
+from buidl_edge.socketmode.connection import ConnectionSlot, FatalStop
+from buidl_edge.dispatch.dispatcher import Dispatcher
+from buidl_edge.runtime.exitcodes import EXIT_CRASH, EXIT_FATAL, EXIT_OK
+from buidl_edge.runtime.gc_tuning import settle_heap
+from buidl_edge.dispatch.handler_threads import HubCall, share_logging_with_threads
+from buidl_edge.ops.health_events import tell_supervisor, telling_supervisor
+from buidl_edge.runtime.hubwatch import HubWatch
+from buidl_edge.observability.logs import setup_logging
+from buidl_edge.delivery.outbox import Outbox
+from buidl_edge.runtime.predecessors import forget_predecessors
+from buidl_edge.observability.redaction import register_secret, register_tokens
+from buidl_edge.observability.sentry import (
+    flush_sentry,
+    init_sentry,
+    report_exception,
+    report_fatal,
+    report_outbox_failure,
+    report_relay_failure,
+    report_store_failure,
+)
+from buidl_edge.store.base import EdgeStore
+from buidl_edge.store import open_store
+from buidl_edge.store.errors import StoreError
+from buidl_edge.store.memory import MemoryStore
+from buidl_edge.store.slots import SlotGate
+from buidl_edge.store.health import StoreHealth
+from buidl_edge.runtime.fatal_marker import read_fatal, record_fatal
+from buidl_edge.webapi.client import FatalAuthError, SlackApiError, WebApi, sender_webapi
+from buidl_edge.api.webclient import client_factory
+
+log = logging.getLogger("buidl_edge.worker")
+
+HEARTBEAT_INTERVAL_S = 2.0
+SWEEP_INTERVAL_S = 1.0
+PRUNE_INTERVAL_S = 60.0
+AUTH_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class StopReason:
+    """Why the worker stops on its own (not for a signal): the one value its exit comes from."""
+
+    exit_code: int  # EXIT_FATAL: no restart can fix it; EXIT_CRASH: a bug, supervisord restarts it
+    reason: str
+    connection: str | None = None
+
+    @property
+    def fatal(self) -> bool:
+        return self.exit_code == EXIT_FATAL
+
+
+class Worker:
+    def __init__(self, settings: Settings, app: EdgeApp, store: EdgeStore | None = None,
+                 webapi: WebApi | None = None, outbox_config: OutboxConfig | None = None) -> None:
+        self.settings = settings
+        self.app = app
+        self.store = store or MemoryStore()
+        self.webapi = webapi or WebApi(settings.api_url, timeout=settings.http_timeout)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.started_at = time.time()
+        self.stop_requested = gevent.event.Event()
+        self.up = False  # past start-up: a failure from here on is a crash, and restarted
+        self.stop_reason: StopReason | None = None
+        # One view of the store's health for the dispatcher, the outbox and the heartbeat.
+        self.health = StoreHealth()
+        self.slots: list[ConnectionSlot] = []
+        self.dispatcher: Dispatcher | None = None
+        self.outbox: Outbox | None = None
+        self.relay: Any = None  # a buidl_edge.relay.relay.Relay in relay mode
+        self.outbox_config = outbox_config
+        self.hubwatch: HubWatch | None = None
+        # App-wide connection slots (BUIDL_MAX_APP_CONNECTIONS), leased from the shared store.
+        if telling_supervisor():  # under `run`: the dyno's /readyz hears of episodes at once
+            self.health.subscribe(tell_supervisor)
+        self.gate = SlotGate(self.store, self.owner, settings.max_app_connections,
+                             on_store_error=self.health.failed)
+
+    def request_stop(self, signum: int | None = None) -> None:
+        """Signal handler: only record; the main greenlet drains."""
+        self.stop_requested.set()
+
+    def stop_for(self, stop: StopReason) -> None:
+        """Stop on our own. A fatal reason wins over a crash: no restart could fix it."""
+        if self.stop_reason is None or stop.fatal or not self.stop_reason.fatal:
+            self.stop_reason = stop
+        self.stop_requested.set()
+
+    def run(self) -> int:
+        # First, so that a SIGTERM during start-up drains instead of killing the process.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            gevent.signal_handler(sig, self.request_stop, sig)
+        stopped_for_good = read_fatal(self.settings.state_dir) if os.environ.get("SUPERVISOR_ENABLED") else None
+        if stopped_for_good:
+            # A sibling already stopped the stack for good; a respawn racing the stop must not call Slack.
+            print(f"buidl-edge worker: not starting: {stopped_for_good.get('reason')}", file=sys.stderr, flush=True)
+            return EXIT_FATAL
+        try:
+            bot_user_id = self._resolve_bot_user_id()
+        except FatalStop as exc:
+            return self._fatal(StopReason(EXIT_FATAL, exc.reason, exc.connection))
+        config = self.outbox_config or OutboxConfig.from_env()
+        # Its own HTTP pool, sized for the posts it runs at once; on_failed is the Sentry hook.
+        self.outbox = Outbox(self.store, sender_webapi(self.settings.api_url, self.settings.http_timeout,
+                                                       config.concurrency),
+                             self.settings.bot_token, self.owner, config, self.settings.backoff_base,
+                             self.settings.backoff_cap, self.settings.lease_s,
+                             on_failed=report_outbox_failure, health=self.health).start()
+        # send_message may be called from a threaded handler: the outbox is reached on the hub.
+        hub_call = HubCall()
+        self.app.bind(hub_call.wrap(self.outbox.send_reply))
+        # app.client / ctx.client: one WebClient, made (and slack_sdk imported) on first use.
+        self.app.bind_client(client_factory(self.settings.api_url, self.settings.bot_token,
+                                            self.settings.http_timeout, hub_call), hub_call)
+        self.relay = self._start_relay()
+        self.dispatcher = Dispatcher(self.app, self.store, self.outbox, self.owner,
+                                     self.settings.ack_payload_deadline, bot_user_id,
+                                     self.settings.handler_concurrency, self.settings.handler_threads,
+                                     self.health, relay=self.relay, claim_wait_s=self.settings.claim_wait_s)
+        overlap = gevent.lock.Semaphore(refresh_overlaps(self.settings))
+        self.slots = [ConnectionSlot(f"c{i}", self.settings, self.webapi, self.dispatcher, self.gate, overlap)
+                      for i in range(self.settings.connections)]
+        runners = [gevent.spawn(self._run_slot, slot) for slot in self.slots]
+        for runner in runners:
+            runner.link_exception(self._on_slot_crash)
+        forget_predecessors(self.store, self.owner, os.environ.get("SUPERVISOR_PROCESS_NAME", ""))
+        chores = [gevent.spawn(self._every, HEARTBEAT_INTERVAL_S, self._heartbeat),
+                  gevent.spawn(self._every, SWEEP_INTERVAL_S, self._sweep),
+                  gevent.spawn(self._every, PRUNE_INTERVAL_S, self._prune),
+                  gevent.spawn(self._every, HEARTBEAT_INTERVAL_S, self._renew_slots)]
+        try:
+            http = self._serve_health()
+        except OSError as exc:
+            return cannot_start(f"cannot listen on BUIDL_HTTP_PORT {self.settings.http_port}: "
+                                f"{exc.strerror or exc}", state_dir=self.settings.state_dir)
+        share_logging_with_threads()  # the monitor thread and threaded handlers log too
+        # After start-up (imports, set-up), which would look like blocking to gevent's monitor.
+        self.hubwatch = hubwatch = HubWatch(self.settings.hub_block_warn_s, self.dispatcher.describe).start()
+        settle_heap()
+        self.up = True
+        log.info("worker up: %d connection%s, %s", len(self.slots), "" if len(self.slots) == 1 else "s",
+                 f"relaying to {self.relay.client.shown}" if self.relay else f"app {self.app.name}")
+        self.stop_requested.wait()
+        gevent.killall(chores, block=False)
+        clean = self._drain(runners)
+        hubwatch.stop()
+        if http is not None:
+            http.stop(timeout=1)
+        stop = self.stop_reason
+        if stop is not None and stop.fatal:
+            return self._fatal(stop)
+        flush_sentry()  # what handlers reported while draining goes out before exit
+        if stop is not None:
+            log.error("%s; exiting for a restart", stop.reason)
+            return stop.exit_code
+        if clean:
+            log.info("worker stopped")
+        else:  # what was left is named by the drain's own warnings
+            log.warning("worker stopped (drain timed out)")
+        return EXIT_OK
+
+    def _run_slot(self, slot: ConnectionSlot) -> None:
+        try:
+            slot.run()
+        except FatalStop as exc:  # expected: said once, in one line, by _fatal
+            self.stop_for(StopReason(EXIT_FATAL, exc.reason, exc.connection))
+
+    def _on_slot_crash(self, runner: gevent.Greenlet) -> None:
+        # A bug, not a verdict from Slack: exit so that supervisord restarts this process.
+        report_exception(runner.exception, report="connection_crash")
+        self.stop_for(StopReason(EXIT_CRASH, f"connection crashed: {type(runner.exception).__name__}"))
+
+    def _fatal(self, stop: StopReason) -> int:
+        log.error("fatal: %s; not reconnecting", stop.reason)
+        report_fatal(stop.reason, stop.connection)
+        flush_sentry()
+        if os.environ.get("SUPERVISOR_ENABLED"):
+            record_fatal(self.settings.state_dir, stop.reason)
+        print(f"buidl-edge worker: fatal: {stop.reason}", file=sys.stderr, flush=True)
+        return EXIT_FATAL
+
+    def _resolve_bot_user_id(self) -> str | None:
+        if self.settings.bot_user_id:
+            return self.settings.bot_user_id
+        for attempt in range(AUTH_ATTEMPTS):
+            try:
+                return self.webapi.auth_test(self.settings.bot_token).user_id
+            except FatalAuthError as exc:
+                raise FatalStop(f"Slack refused the bot token: {exc.error}") from None
+            except SlackApiError as exc:
+                delay = backoff_delay(attempt, self.settings.backoff_base, self.settings.backoff_cap)
+                log.warning("auth.test failed (%s); retry in %.1fs", exc.error, delay)
+                if self.stop_requested.wait(delay):
+                    return None
+        log.error("auth.test kept failing; mentions by user id are not recognised")
+        return None
+
+    def _drain(self, runners: list[gevent.Greenlet]) -> bool:
+        """Stop taking envelopes, finish acks, close sockets, finish handlers and replies."""
+        deadline = time.monotonic() + self.settings.drain_timeout
+        for slot in self.slots:
+            slot.stop_dispatching()
+        gevent.joinall(runners, timeout=1.0)
+        gevent.killall([r for r in runners if not r.dead], block=False)
+        assert self.dispatcher is not None and self.outbox is not None
+        acks_done = self.dispatcher.finish_acks(timeout=max(0.1, deadline - time.monotonic()))
+        for slot in self.slots:
+            slot.close()
+        handlers_done = self.dispatcher.finish_handlers(timeout=max(0.1, deadline - time.monotonic()))
+        handlers_done = self.dispatcher.claims.drain(timeout=max(0.1, deadline - time.monotonic())) and handlers_done
+        if self.relay is not None:
+            handlers_done = self.relay.stop(timeout=max(0.1, deadline - time.monotonic())) and handlers_done
+        sent = self.outbox.stop(timeout=max(0.1, deadline - time.monotonic()))
+        self._forget_heartbeat()
+        self.store.close()
+        return acks_done and handlers_done and sent
+
+    def _start_relay(self) -> Any:
+        """Relay mode's deliverer (None otherwise): every envelope goes to the HTTP-mode app."""
+        settings = self.settings
+        if not settings.relay or settings.relay_url is None or settings.signing_secret is None:
+            return None
+        from buidl_edge.relay.client import BackendClient
+        from buidl_edge.relay.relay import Relay
+
+        client = BackendClient(settings.relay_url, settings.relay_private_hosts, settings.relay_timeout,
+                               settings.relay_concurrency)
+        return Relay(self.store, client, settings.signing_secret, self.owner,
+                     ack_deadline=settings.ack_payload_deadline, max_attempts=settings.relay_max_attempts,
+                     backoff_base=settings.relay_backoff_base, backoff_cap=settings.relay_backoff_cap,
+                     lease_s=settings.lease_s, concurrency=settings.relay_concurrency, health=self.health,
+                     on_failed=report_relay_failure).start()
+
+    def _every(self, interval: float, chore: Any) -> None:
+        while True:
+            try:
+                chore()
+            except StoreError as exc:  # retried next round; said once per episode; acking goes on
+                self.health.failed(chore.__name__.strip("_"), exc)
+            gevent.sleep(interval)
+
+    def _heartbeat(self) -> None:
+        self.store.renew(self.owner)
+        self.store.heartbeat(self.owner, self.snapshot())
+        # The heartbeat always writes a row (a renew of no lease writes nothing): with no traffic,
+        # this is the write that ends a degraded episode.
+        self.health.wrote()
+
+    def _renew_slots(self) -> None:
+        lost = set(self.gate.renew())
+        for slot in self.slots:
+            if slot.name in lost:
+                slot.slot_lost()
+
+    def _sweep(self) -> None:
+        assert self.dispatcher is not None
+        for envelope in self.store.sweep(self.owner):
+            self.dispatcher.rerun(envelope)
+
+    def _prune(self) -> None:
+        dropped = self.store.prune(self.settings.retention_s)
+        if dropped:
+            log.info("pruned %d old rows", dropped)
+
+    def _forget_heartbeat(self) -> None:
+        """A worker that stops takes its row out of `status` (a killed one is judged by its pid)."""
+        try:
+            self.store.forget_worker(self.owner)
+        except StoreError as exc:
+            log.warning("could not remove this worker's heartbeat: %s", exc)
+
+    def _serve_health(self) -> Any:
+        """/healthz /readyz /metrics of this process, when BUIDL_HTTP_PORT is set (under `run`
+        supervisord's process serves one endpoint for the whole dyno instead)."""
+        if self.settings.http_port is None:
+            return None
+        from buidl_edge.observability.health import build_app, serve_on_hub
+
+        app = build_app(self.readiness, lambda: [self.snapshot()], self.store.outbox_stats)
+        return serve_on_hub(self.settings.http_host, self.settings.http_port, app)
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready: a Slack link is open and the store answers (not degraded)."""
+        if not any(slot.stats.connected for slot in self.slots):
+            return False, "no Slack link open"
+        if self.health.degraded:
+            return False, f"degraded, acking with local dedup only: {self.health.cause}"
+        return True, f"{sum(slot.stats.connected for slot in self.slots)} of {len(self.slots)} connection(s) open"
+
+    def get_connection_stats(self) -> list[dict[str, Any]]:
+        """Per connection, as the Buidl API named them."""
+        return [{"name": slot.name, **slot.stats.as_dict()} for slot in self.slots]
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "process": os.environ.get("SUPERVISOR_PROCESS_NAME", ""),
+            "degraded": self.health.degraded,
+            "degraded_cause": self.health.cause if self.health.degraded else "",
+            "owner": self.owner,
+            "started_at": self.started_at,
+            "connections": self.get_connection_stats(),
+            "dispatch": self.dispatcher.stats_dict() if self.dispatcher else {},
+            "outbox": self.outbox.stats.as_dict() if self.outbox else {},
+            "slots": self.gate.status(),
+            **({"relay": self.relay.stats_dict()} if self.relay is not None else {}),
+        }
+
+
+def refresh_overlaps(settings: Settings) -> int:
+    """How many extra links this process may hold while its connections refresh.
+
+    Slack's 10 per app, less P x K steady links, shared by the P processes; at least one,
+    which `run` guarantees by refusing P x K + P > 10. Not capped at K: when Slack warns a
+    replacement link while its predecessor is still closing, a connection briefly needs two.
+    """
+    spare = SLACK_MAX_CONNECTIONS - settings.processes * settings.connections
+    return max(1, spare // settings.processes)
+
+
+def start(**overrides: Any) -> int:
+    """The `worker` command: settings from the environment (flags win), then `run_worker`."""
+    try:
+        settings = load_settings(**overrides)
+    except ConfigError as exc:
+        return cannot_start(str(exc))
+    return run_worker(settings)
+
+
+def run_worker(settings: Settings) -> int:
+    """Start one worker and run it until it stops. Anything that fails before the worker is up
+    exits EXIT_FATAL with a one-line reason (and the fatal marker under supervisord): restarting
+    would fail the same way, so `run` stops the stack instead of crash-looping."""
+    setup_logging(settings.log_level, settings.log_format == "json")
+    register_tokens(settings.app_token.reveal(), settings.bot_token.reveal())  # before anything can log them
+    if settings.signing_secret is not None:
+        register_secret(settings.signing_secret.reveal())
+    init_sentry()  # after gevent's patching (the worker command's first step), before any connection
+    try:
+        # Relay mode runs no EdgeApp: the HTTP-mode app behind the relay is the handler.
+        app = EdgeApp("relay") if settings.relay else load_app(settings.app_spec)
+        outbox_config = OutboxConfig.from_env()
+    except (AppError, ConfigError) as exc:
+        return cannot_start(str(exc), getattr(exc, "details", None), settings.state_dir)
+    try:
+        store = open_store(settings)
+    except (StoreError, ConfigError) as exc:
+        report_store_failure("open", exc)
+        return cannot_start(f"cannot open the store: {exc}", state_dir=settings.state_dir)
+    worker = Worker(settings, app, store=store, outbox_config=outbox_config)
+    try:
+        return worker.run()
+    except Exception as exc:
+        if worker.up:
+            raise  # a crash: exit 1, and supervisord starts the worker again
+        import traceback
+
+        report_exception(exc, report="start_up")
+        return cannot_start(f"start-up failed: {type(exc).__name__}: {exc}", traceback.format_exc(),
+                            settings.state_dir)
+
+
+def cannot_start(reason: str, details: str | None = None, state_dir: Any = None) -> int:
+    """Say why in one line (after the user's traceback, if any), leave the marker `run` reads."""
+    reason = " ".join(reason.split())
+    if details:
+        sys.stderr.write(details if details.endswith("\n") else details + "\n")
+    print(f"buidl-edge worker: cannot start: {reason}", file=sys.stderr, flush=True)
+    report_fatal(reason)
+    flush_sentry()
+    if os.environ.get("SUPERVISOR_ENABLED"):
+        if state_dir is None:
+            raw = os.environ.get("BUIDL_STATE_DIR")
+            state_dir = absolute(raw) if raw else default_state_dir()
+        try:
+            record_fatal(state_dir, reason)
+        except OSError as exc:  # the exit code alone still stops `run`
+            print(f"buidl-edge worker: could not record the reason in {state_dir}: {exc.strerror}",
+                  file=sys.stderr, flush=True)
+    return EXIT_FATAL
