@@ -1,0 +1,1 @@
+"""Outbound: the reply outbox and chat.postMessage's rate limits."""

@@ -1,0 +1,1 @@
+"""Logs, redaction, Sentry, Prometheus metrics, the health endpoint."""

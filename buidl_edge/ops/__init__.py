@@ -1,0 +1,1 @@
+"""Operating the deployable: `run` (becomes supervisord), its watch, status, state files, tokens."""

@@ -1,0 +1,1 @@
+"""The bundled Slack simulator, and what only the demo, tests and benchmarks use."""

@@ -1,0 +1,1 @@
+"""Socket Mode: WebSocket frames and protocol (sans-I/O), one link, one connection slot."""
