@@ -7,7 +7,6 @@ AckClaims runs with real dedup underneath. Clocks are injected: nothing here is 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
 import gevent
 import gevent.event
@@ -15,34 +14,12 @@ import pytest
 
 from buidl_edge.dispatch.ack_claims import AckClaims
 from buidl_edge.socketmode.protocol import Envelope
-from buidl_edge.store.errors import StoreError, StoreUnavailable
-from buidl_edge.store.memory import MemoryStore
+from buidl_edge.store.errors import StoreUnavailable
 from buidl_edge.store.health import STEADY_S, StoreHealth
+from held_store import HeldStore
 from support import envelope
 
 OWNER = "host:1"
-
-
-class HeldStore(MemoryStore):
-    """A real MemoryStore whose claim_many (this process's path) waits for `gate` (a held lock) or
-    fails (`failing`); `claim` stays as it is, for what other processes do meanwhile."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate = gevent.event.Event()
-        self.gate.set()
-        self.failing = False
-        self.finished: list[tuple[str, str | None]] = []
-
-    def claim_many(self, envelopes: Sequence[Envelope], owner: str) -> list[bool | StoreError]:
-        self.gate.wait()
-        if self.failing:
-            raise StoreUnavailable("disk full")
-        return super().claim_many(envelopes, owner)
-
-    def finish(self, envelope_id: str, replies, error=None) -> None:  # type: ignore[no-untyped-def]
-        self.finished.append((envelope_id, error))
-        super().finish(envelope_id, replies, error)
 
 
 class Clock:

@@ -22,7 +22,7 @@ def worker(connections: int | None, app_spec: str | None, relay_url: str | None)
     from buidl_edge.runtime.gevent_patch import patch
 
     patch()  # first: before the worker's modules import sockets, threads or locks
-    from buidl_edge.runtime.worker import start
+    from buidl_edge.runtime.start import start
 
     sys.exit(start(connections=connections, app_spec=app_spec, relay_url=relay_url))
 

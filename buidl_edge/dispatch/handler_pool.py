@@ -38,6 +38,10 @@ class HandlerJob:
         finally:
             self.done.set()
 
+    def wait(self, timeout: float) -> bool:
+        """True once the handlers returned (an `Answer` for the ack path)."""
+        return bool(self.done.wait(timeout=timeout))
+
 
 class HandlerPool:
     """Up to `size` handler greenlets, kept and reused: a new greenlet per envelope (and its

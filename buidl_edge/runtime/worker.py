@@ -12,16 +12,15 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import gevent.event
 import gevent.lock
 
-from buidl_edge.api.app import AppError, EdgeApp, load_app
+from buidl_edge.api.app import EdgeApp
 from buidl_edge.socketmode.backoff import backoff_delay
-from buidl_edge.config import SLACK_MAX_CONNECTIONS, ConfigError, OutboxConfig, Settings, absolute, default_state_dir
-from buidl_edge.config import load_settings
+from buidl_edge.config import SLACK_MAX_CONNECTIONS, OutboxConfig, Settings
 from buidl_edge.socketmode.connection import ConnectionSlot, FatalStop
 from buidl_edge.dispatch.dispatcher import Dispatcher
 from buidl_edge.runtime.exitcodes import EXIT_CRASH, EXIT_FATAL, EXIT_OK
@@ -29,21 +28,13 @@ from buidl_edge.runtime.gc_tuning import settle_heap
 from buidl_edge.dispatch.handler_threads import HubCall, share_logging_with_threads
 from buidl_edge.ops.health_events import tell_supervisor, telling_supervisor
 from buidl_edge.runtime.hubwatch import HubWatch
-from buidl_edge.observability.logs import setup_logging
 from buidl_edge.delivery.outbox import Outbox
 from buidl_edge.runtime.predecessors import forget_predecessors
-from buidl_edge.observability.redaction import register_secret, register_tokens
-from buidl_edge.observability.sentry import (
-    flush_sentry,
-    init_sentry,
-    report_exception,
-    report_fatal,
-    report_outbox_failure,
-    report_relay_failure,
-    report_store_failure,
-)
+from buidl_edge.observability.sentry import (flush_sentry, report_exception, report_fatal,
+                                              report_outbox_failure, report_relay_failure)
+from buidl_edge.runtime.chores import Chore, Chores
+from buidl_edge.runtime.start import cannot_start
 from buidl_edge.store.base import EdgeStore
-from buidl_edge.store import open_store
 from buidl_edge.store.errors import StoreError
 from buidl_edge.store.memory import MemoryStore
 from buidl_edge.store.slots import SlotGate
@@ -51,6 +42,10 @@ from buidl_edge.store.health import StoreHealth
 from buidl_edge.runtime.fatal_marker import read_fatal, record_fatal
 from buidl_edge.webapi.client import FatalAuthError, SlackApiError, WebApi, sender_webapi
 from buidl_edge.api.webclient import client_factory
+
+if TYPE_CHECKING:
+    from buidl_edge.dispatch.targets import Target
+    from buidl_edge.relay.relay import Relay
 
 log = logging.getLogger("buidl_edge.worker")
 
@@ -90,7 +85,7 @@ class Worker:
         self.slots: list[ConnectionSlot] = []
         self.dispatcher: Dispatcher | None = None
         self.outbox: Outbox | None = None
-        self.relay: Any = None  # a buidl_edge.relay.relay.Relay in relay mode
+        self.relay: Relay | None = None  # relay mode: envelopes go to the HTTP-mode app behind it
         self.outbox_config = outbox_config
         self.hubwatch: HubWatch | None = None
         # App-wide connection slots (BUIDL_MAX_APP_CONNECTIONS), leased from the shared store.
@@ -110,9 +105,44 @@ class Worker:
         self.stop_requested.set()
 
     def run(self) -> int:
+        """Build, serve until told to stop, drain: the exit code."""
         # First, so that a SIGTERM during start-up drains instead of killing the process.
         for sig in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(sig, self.request_stop, sig)
+        refused = self._build()
+        if refused is not None:
+            return refused
+        runners = [gevent.spawn(self._run_slot, slot) for slot in self.slots]
+        for runner in runners:
+            runner.link_exception(self._on_slot_crash)
+        forget_predecessors(self.store, self.owner, os.environ.get("SUPERVISOR_PROCESS_NAME", ""))
+        chores = self._chores().start()
+        try:
+            http = self._serve_health()
+        except OSError as exc:
+            return cannot_start(f"cannot listen on BUIDL_HTTP_PORT {self.settings.http_port}: "
+                                f"{exc.strerror or exc}", state_dir=self.settings.state_dir)
+        share_logging_with_threads()  # the monitor thread and threaded handlers log too
+        assert self.dispatcher is not None
+        # After start-up (imports, set-up), which would look like blocking to gevent's monitor.
+        self.hubwatch = hubwatch = HubWatch(self.settings.hub_block_warn_s, self.dispatcher.describe).start()
+        settle_heap()
+        self.up = True
+        log.info("worker up: %d connection%s, %s", len(self.slots), "" if len(self.slots) == 1 else "s",
+                 f"relaying to {self.relay.client.shown}" if self.relay else f"app {self.app.name}")
+
+        self.stop_requested.wait()
+
+        chores.stop()
+        clean = self._drain(runners)
+        hubwatch.stop()
+        if http is not None:
+            http.stop(timeout=1)
+        return self._exit(clean)
+
+    def _build(self) -> int | None:
+        """The composition root: outbox, relay or handlers, dispatcher, connection slots. An exit
+        code when the worker must not start."""
         stopped_for_good = read_fatal(self.settings.state_dir) if os.environ.get("SUPERVISOR_ENABLED") else None
         if stopped_for_good:
             # A sibling already stopped the stack for good; a respawn racing the stop must not call Slack.
@@ -139,36 +169,19 @@ class Worker:
         self.dispatcher = Dispatcher(self.app, self.store, self.outbox, self.owner,
                                      self.settings.ack_payload_deadline, bot_user_id,
                                      self.settings.handler_concurrency, self.settings.handler_threads,
-                                     self.health, relay=self.relay, claim_wait_s=self.settings.claim_wait_s)
+                                     self.health, target=self._relay_target(), claim_wait_s=self.settings.claim_wait_s)
         overlap = gevent.lock.Semaphore(refresh_overlaps(self.settings))
         self.slots = [ConnectionSlot(f"c{i}", self.settings, self.webapi, self.dispatcher, self.gate, overlap)
                       for i in range(self.settings.connections)]
-        runners = [gevent.spawn(self._run_slot, slot) for slot in self.slots]
-        for runner in runners:
-            runner.link_exception(self._on_slot_crash)
-        forget_predecessors(self.store, self.owner, os.environ.get("SUPERVISOR_PROCESS_NAME", ""))
-        chores = [gevent.spawn(self._every, HEARTBEAT_INTERVAL_S, self._heartbeat),
-                  gevent.spawn(self._every, SWEEP_INTERVAL_S, self._sweep),
-                  gevent.spawn(self._every, PRUNE_INTERVAL_S, self._prune),
-                  gevent.spawn(self._every, HEARTBEAT_INTERVAL_S, self._renew_slots)]
-        try:
-            http = self._serve_health()
-        except OSError as exc:
-            return cannot_start(f"cannot listen on BUIDL_HTTP_PORT {self.settings.http_port}: "
-                                f"{exc.strerror or exc}", state_dir=self.settings.state_dir)
-        share_logging_with_threads()  # the monitor thread and threaded handlers log too
-        # After start-up (imports, set-up), which would look like blocking to gevent's monitor.
-        self.hubwatch = hubwatch = HubWatch(self.settings.hub_block_warn_s, self.dispatcher.describe).start()
-        settle_heap()
-        self.up = True
-        log.info("worker up: %d connection%s, %s", len(self.slots), "" if len(self.slots) == 1 else "s",
-                 f"relaying to {self.relay.client.shown}" if self.relay else f"app {self.app.name}")
-        self.stop_requested.wait()
-        gevent.killall(chores, block=False)
-        clean = self._drain(runners)
-        hubwatch.stop()
-        if http is not None:
-            http.stop(timeout=1)
+        return None
+
+    def _chores(self) -> Chores:
+        return Chores([Chore("heartbeat", HEARTBEAT_INTERVAL_S, self._heartbeat),
+                       Chore("sweep", SWEEP_INTERVAL_S, self._sweep),
+                       Chore("prune", PRUNE_INTERVAL_S, self._prune),
+                       Chore("renew_slots", HEARTBEAT_INTERVAL_S, self._renew_slots)], self.health)
+
+    def _exit(self, clean: bool) -> int:
         stop = self.stop_reason
         if stop is not None and stop.fatal:
             return self._fatal(stop)
@@ -230,15 +243,19 @@ class Worker:
         for slot in self.slots:
             slot.close()
         handlers_done = self.dispatcher.finish_handlers(timeout=max(0.1, deadline - time.monotonic()))
-        handlers_done = self.dispatcher.claims.drain(timeout=max(0.1, deadline - time.monotonic())) and handlers_done
-        if self.relay is not None:
-            handlers_done = self.relay.stop(timeout=max(0.1, deadline - time.monotonic())) and handlers_done
         sent = self.outbox.stop(timeout=max(0.1, deadline - time.monotonic()))
         self._forget_heartbeat()
         self.store.close()
         return acks_done and handlers_done and sent
 
-    def _start_relay(self) -> Any:
+    def _relay_target(self) -> Target | None:
+        if self.relay is None:
+            return None
+        from buidl_edge.relay.target import RelayTarget  # imported only in relay mode
+
+        return RelayTarget(self.relay)
+
+    def _start_relay(self) -> Relay | None:
         """Relay mode's deliverer (None otherwise): every envelope goes to the HTTP-mode app."""
         settings = self.settings
         if not settings.relay or settings.relay_url is None or settings.signing_secret is None:
@@ -253,14 +270,6 @@ class Worker:
                      backoff_base=settings.relay_backoff_base, backoff_cap=settings.relay_backoff_cap,
                      lease_s=settings.lease_s, concurrency=settings.relay_concurrency, health=self.health,
                      on_failed=report_relay_failure).start()
-
-    def _every(self, interval: float, chore: Any) -> None:
-        while True:
-            try:
-                chore()
-            except StoreError as exc:  # retried next round; said once per episode; acking goes on
-                self.health.failed(chore.__name__.strip("_"), exc)
-            gevent.sleep(interval)
 
     def _heartbeat(self) -> None:
         self.store.renew(self.owner)
@@ -339,65 +348,3 @@ def refresh_overlaps(settings: Settings) -> int:
     """
     spare = SLACK_MAX_CONNECTIONS - settings.processes * settings.connections
     return max(1, spare // settings.processes)
-
-
-def start(**overrides: Any) -> int:
-    """The `worker` command: settings from the environment (flags win), then `run_worker`."""
-    try:
-        settings = load_settings(**overrides)
-    except ConfigError as exc:
-        return cannot_start(str(exc))
-    return run_worker(settings)
-
-
-def run_worker(settings: Settings) -> int:
-    """Start one worker and run it until it stops. Anything that fails before the worker is up
-    exits EXIT_FATAL with a one-line reason (and the fatal marker under supervisord): restarting
-    would fail the same way, so `run` stops the stack instead of crash-looping."""
-    setup_logging(settings.log_level, settings.log_format == "json")
-    register_tokens(settings.app_token.reveal(), settings.bot_token.reveal())  # before anything can log them
-    if settings.signing_secret is not None:
-        register_secret(settings.signing_secret.reveal())
-    init_sentry()  # after gevent's patching (the worker command's first step), before any connection
-    try:
-        # Relay mode runs no EdgeApp: the HTTP-mode app behind the relay is the handler.
-        app = EdgeApp("relay") if settings.relay else load_app(settings.app_spec)
-        outbox_config = OutboxConfig.from_env()
-    except (AppError, ConfigError) as exc:
-        return cannot_start(str(exc), getattr(exc, "details", None), settings.state_dir)
-    try:
-        store = open_store(settings)
-    except (StoreError, ConfigError) as exc:
-        report_store_failure("open", exc)
-        return cannot_start(f"cannot open the store: {exc}", state_dir=settings.state_dir)
-    worker = Worker(settings, app, store=store, outbox_config=outbox_config)
-    try:
-        return worker.run()
-    except Exception as exc:
-        if worker.up:
-            raise  # a crash: exit 1, and supervisord starts the worker again
-        import traceback
-
-        report_exception(exc, report="start_up")
-        return cannot_start(f"start-up failed: {type(exc).__name__}: {exc}", traceback.format_exc(),
-                            settings.state_dir)
-
-
-def cannot_start(reason: str, details: str | None = None, state_dir: Any = None) -> int:
-    """Say why in one line (after the user's traceback, if any), leave the marker `run` reads."""
-    reason = " ".join(reason.split())
-    if details:
-        sys.stderr.write(details if details.endswith("\n") else details + "\n")
-    print(f"buidl-edge worker: cannot start: {reason}", file=sys.stderr, flush=True)
-    report_fatal(reason)
-    flush_sentry()
-    if os.environ.get("SUPERVISOR_ENABLED"):
-        if state_dir is None:
-            raw = os.environ.get("BUIDL_STATE_DIR")
-            state_dir = absolute(raw) if raw else default_state_dir()
-        try:
-            record_fatal(state_dir, reason)
-        except OSError as exc:  # the exit code alone still stops `run`
-            print(f"buidl-edge worker: could not record the reason in {state_dir}: {exc.strerror}",
-                  file=sys.stderr, flush=True)
-    return EXIT_FATAL

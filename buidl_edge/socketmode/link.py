@@ -10,7 +10,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import gevent
 import gevent.event
@@ -27,10 +27,39 @@ from buidl_edge.observability.sentry import report_exception, report_protocol_er
 log = logging.getLogger("buidl_edge.connection")
 
 
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """An ack for the link to write: the envelope's id, the payload it carries (if any), and when
+    the envelope was read (for the ack latency)."""
+
+    envelope_id: str
+    payload: dict[str, Any] | None
+    received_at: float
+
+
+class LaterAcks(Protocol):
+    """Where acks decided after `accept` returned go: one link's writer (never the link itself)."""
+
+    connection: str
+
+    def put(self, ack: Ack) -> None: ...
+
+
 class EnvelopeSink(Protocol):
-    def accept(self, burst: Sequence[tuple[protocol.Envelope, float]], link: "Link") -> None:
-        """Take the envelopes of one read on `link`, each with the monotonic time it was read;
-        must return quickly (the read loop waits)."""
+    def accept(self, burst: Sequence[tuple[protocol.Envelope, float]], later: LaterAcks) -> list[Ack]:
+        """Take the envelopes of one read, each with the monotonic time it was read, and return
+        the acks decided now (the reader writes them with the rest of its burst); acks decided
+        later go to `later`. Must return quickly (the read loop waits)."""
+
+
+class _LinkAcks:
+    """The `LaterAcks` a link hands its sink: acks written at once, under the link's send lock."""
+
+    __slots__ = ("connection", "put")
+
+    def __init__(self, connection: str, write: Callable[[Ack], bool]) -> None:
+        self.connection = connection
+        self.put = write
 
 
 @dataclass
@@ -81,8 +110,8 @@ class Link:
         self._send_lock = gevent.lock.Semaphore()
         # While the reader works through one recv's frames, what it sends (acks, pongs) waits
         # here and leaves in one write at the end of the burst.
-        self._reader: Any = None
         self._held: list[bytes] = []
+        self._later = _LinkAcks(link_id, self.ack)
         # The envelopes of one recv go to the sink together: one commit claims them all.
         self._burst: list[tuple[protocol.Envelope, float]] = []
 
@@ -101,17 +130,12 @@ class Link:
         return self._outcome.value if self._outcome.ready() else None
 
     def send_text(self, text: str) -> bool:
+        """Write a text frame now (not part of a read burst)."""
         trace_frame(self.settings.websocket_debug, self.id, "out", text)
-        if not self._send(wsframes.encode(wsframes.OP_TEXT, text.encode())):
+        if not self._write(wsframes.encode(wsframes.OP_TEXT, text.encode())):
             return False
         self.stats.messages_sent += 1
         return True
-
-    def _send(self, frame: bytes) -> bool:
-        if self._reader is not None and gevent.getcurrent() is self._reader:
-            self._held.append(frame)  # the reader's burst: out with the rest of it
-            return True
-        return self._write(frame)
 
     def _write(self, data: bytes) -> bool:
         # One lock for every writer (acks from many greenlets, pongs, pings): frames never interleave.
@@ -128,23 +152,38 @@ class Link:
         if held:
             self._write(held[0] if len(held) == 1 else b"".join(held))
 
-    def ack(self, envelope_id: str, payload: dict[str, Any] | None, received_at: float) -> bool:
-        try:
-            frame = protocol.build_ack(envelope_id, payload)
-        except protocol.ProtocolError as exc:
-            log.error("ack payload refused (%s); acking without it", exc.reason,
-                      extra={"connection": self.id, "envelope_id": envelope_id})
-            frame = protocol.build_ack(envelope_id)
-        if not self.send_text(frame):
+    def ack(self, ack: Ack) -> bool:
+        """Write one ack now (one decided after its burst was read)."""
+        if not self.send_text(self._ack_text(ack)):
             return False
-        self.stats.envelopes_acked += 1
-        latency = time.monotonic() - received_at
-        self.stats.last_ack_latency_ms = round(latency * 1000, 3)
-        self.stats.ack_latency.observe(latency)
+        self._acked(ack)
         return True
 
+    def _hold_acks(self, acks: list[Ack]) -> None:
+        """The acks of the burst being read: out in the reader's one write at its end."""
+        debug = self.settings.websocket_debug
+        for ack in acks:
+            text = self._ack_text(ack)
+            trace_frame(debug, self.id, "out", text)
+            self._held.append(wsframes.encode(wsframes.OP_TEXT, text.encode()))
+            self.stats.messages_sent += 1
+            self._acked(ack)
+
+    def _ack_text(self, ack: Ack) -> str:
+        try:
+            return protocol.build_ack(ack.envelope_id, ack.payload)
+        except protocol.ProtocolError as exc:
+            log.error("ack payload refused (%s); acking without it", exc.reason,
+                      extra={"connection": self.id, "envelope_id": ack.envelope_id})
+            return protocol.build_ack(ack.envelope_id)
+
+    def _acked(self, ack: Ack) -> None:
+        self.stats.envelopes_acked += 1
+        latency = time.monotonic() - ack.received_at
+        self.stats.last_ack_latency_ms = round(latency * 1000, 3)
+        self.stats.ack_latency.observe(latency)
+
     def read_loop(self) -> None:
-        self._reader = gevent.getcurrent()
         try:
             while True:
                 data = self.sock.recv(65536)
@@ -165,7 +204,6 @@ class Link:
             log.exception("link %s reader failed", self.id, extra={"connection": self.id})
             report_exception(exc, report="link_reader", connection=self.id)
         finally:
-            self._reader = None
             # Nobody reads this link any more: close it, or Slack goes on routing envelopes to it.
             self.close()
             self.closed.set()
@@ -174,7 +212,7 @@ class Link:
     def _hand_over(self) -> None:
         burst, self._burst = self._burst, []
         if burst:
-            self.sink.accept(burst, self)
+            self._hold_acks(self.sink.accept(burst, self._later))
 
     def _on_frame(self, opcode: int, payload: bytes) -> bool:
         """Handle one frame; False once the peer closed."""
@@ -185,7 +223,7 @@ class Link:
             self.stats.last_ping = time.time()
             trace_frame(debug, self.id, "in", "<ping>")
             trace_frame(debug, self.id, "out", "<pong>")
-            self._send(wsframes.encode(wsframes.OP_PONG, payload))
+            self._held.append(wsframes.encode(wsframes.OP_PONG, payload))  # out with the burst
         elif opcode == wsframes.OP_PONG:
             self.stats.last_ping = time.time()
             trace_frame(debug, self.id, "in", "<pong>")

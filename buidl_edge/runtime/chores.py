@@ -1,0 +1,66 @@
+"""A worker's periodic store work, on one greenlet and one timer.
+
+Each chore has an interval; the timer sleeps until the earliest one is due, runs every chore that
+is due, and sleeps again. A chore that fails on the store is tried again at its next turn, and the
+failure counts into the worker's one degraded episode (StoreHealth says it once), never a line per
+round. Any other exception is a bug: logged with its traceback, and the chore goes on.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gevent
+
+from buidl_edge.store.errors import StoreError
+from buidl_edge.store.health import StoreHealth
+
+log = logging.getLogger("buidl_edge.worker")
+
+
+@dataclass
+class Chore:
+    name: str
+    interval_s: float
+    run: Callable[[], None]
+    due_at: float = 0.0  # monotonic; 0: at the first turn
+
+
+class Chores:
+    def __init__(self, chores: list[Chore], health: StoreHealth,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.chores = chores
+        self.health = health
+        self._clock = clock
+        self._greenlet: gevent.Greenlet | None = None
+
+    def start(self) -> Chores:
+        self._greenlet = gevent.spawn(self._loop)
+        return self
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+
+    def run_due(self) -> float:
+        """Run every chore that is due; the monotonic time the next one is."""
+        for chore in self.chores:
+            if self._clock() >= chore.due_at:
+                self._run(chore)
+                chore.due_at = self._clock() + chore.interval_s
+        return min(chore.due_at for chore in self.chores)
+
+    def _run(self, chore: Chore) -> None:
+        try:
+            chore.run()
+        except StoreError as exc:  # retried at its next turn; said once per episode; acking goes on
+            self.health.failed(chore.name, exc)
+        except Exception:  # a bug: said with its traceback, and the other chores go on
+            log.exception("chore %s failed", chore.name)
+
+    def _loop(self) -> None:
+        while True:
+            next_at = self.run_due()
+            gevent.sleep(max(0.0, next_at - self._clock()))
