@@ -17,7 +17,7 @@ import gevent
 import gevent.event
 import greenlet
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("buidl_edge.handler_pool")  # the name it has always logged under
 
 
 class HandlerJob:
