@@ -586,13 +586,13 @@ def test_tables_escape_control_characters_show_ages_and_no_stale_errors(tmp_path
                                                    Reply(channel="CESC2", text=hostile)])
         # The first row fails once (a 5xx), is retried, and then goes out.
         from buidl_edge.delivery.ratelimit import PostLimits
-        from buidl_edge.store.base import PostOutcome
+        from buidl_edge.store.base import DeliveryOutcome
 
         (row,) = [r for r in store.outbox_claim("me:1", 10, PostLimits(), 30.0).rows if r.id == sent_id] or [None]
         assert row is not None
-        store.outbox_settle(sent_id, "me:1", PostOutcome("retry", error="HTTP 503", retry_at=0.0))
+        store.outbox_settle(sent_id, "me:1", DeliveryOutcome("retry", error="HTTP 503", retry_at=0.0))
         (row,) = [r for r in store.outbox_claim("me:1", 10, PostLimits(), 30.0).rows if r.id == sent_id]
-        store.outbox_settle(sent_id, "me:1", PostOutcome("sent", ts="2.000100"))
+        store.outbox_settle(sent_id, "me:1", DeliveryOutcome("sent", ts="2.000100"))
     finally:
         store.close()
     env = operator_env(state_dir)

@@ -19,7 +19,7 @@ from buidl_edge.sandbox.harness import WorkerProcess, fake_tokens, wait_until, w
 from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.delivery.ratelimit import PostLimits
 from buidl_edge.sandbox.simulator.client import SimulatorProcess
-from buidl_edge.store.base import PostOutcome, Reply
+from buidl_edge.store.base import DeliveryOutcome, Reply
 from buidl_edge.store.redis import RedisStore
 from buidl_edge.store.sqlite import SqliteStore
 from stack_support import PROJECT_ROOT, TESTS_DIR, cli, operator_env, tokens_env
@@ -119,7 +119,7 @@ def test_outbox_cancel_takes_a_queued_reply_out_of_the_queue_on_both_stores(outb
     busy = cli(env, "outbox", "cancel", str(first), cwd=tmp_path)
     assert busy.returncode == 1 and busy.stderr.strip() == (
         f"Error: row {first} is being sent right now; it can no longer be cancelled")
-    store.outbox_settle(first, "host:1", PostOutcome("sent", ts="1.000200"))
+    store.outbox_settle(first, "host:1", DeliveryOutcome("sent", ts="1.000200"))
     assert store.outbox_claim("host:1", 10, FAST).rows == []  # C0ONE has nothing left to send
 
     for row_id, said in ((first, f"row {first} was sent already"), (second, f"row {second} is failed, not queued"),

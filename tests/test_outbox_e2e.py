@@ -321,13 +321,14 @@ def test_outbox_commands_and_status_show_depth_failures_and_429s(fresh_simulator
                                                                  tmp_path: Path) -> None:
     state = tmp_path / "state"
     store = SqliteStore(state / "edge.sqlite3", checkpoint_interval_s=None)
-    from buidl_edge.store.base import PostOutcome
+    from buidl_edge.store.base import DeliveryOutcome
 
     ids = store.outbox_enqueue([Reply("C0A", "bad"), Reply("C0B", "waiting"), Reply("C0C", "limited")])
     owner = "ops:1"
     bad, _, limited = store.outbox_claim(owner, 3, PostLimits(rate=100, burst=100)).rows
-    store.outbox_settle(bad.id, owner, PostOutcome("failed", error="is_archived"))
-    store.outbox_settle(limited.id, owner, PostOutcome("ratelimited", error="ratelimited", retry_at=time.time() + 30))
+    store.outbox_settle(bad.id, owner, DeliveryOutcome("failed", error="is_archived"))
+    store.outbox_settle(limited.id, owner,
+                        DeliveryOutcome("ratelimited", error="ratelimited", retry_at=time.time() + 30))
     store.close()
     runner = CliRunner()
     env = {"BUIDL_STATE_DIR": str(state), "SLACK_APP_TOKEN": None, "SLACK_BOT_TOKEN": None}

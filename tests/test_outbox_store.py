@@ -16,7 +16,7 @@ import pytest
 
 from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.delivery.ratelimit import GLOBAL_KEY, Bucket, PostLimits, channel_key, need, plan, ready_at
-from buidl_edge.store.base import PostOutcome, Reply
+from buidl_edge.store.base import DeliveryOutcome, Reply
 from buidl_edge.store.memory import MemoryStore
 from buidl_edge.store.sqlite import SqliteStore
 from support import HOST, ME, dead_pid
@@ -72,7 +72,7 @@ def test_only_the_oldest_unsent_row_of_a_channel_is_claimed_and_channels_go_in_p
     first = store.outbox_claim(ME, 10, FAST).rows
     assert texts(first) == ["c1-a", "c2-a"] and {r.state for r in first} == {"sending"}
     assert store.outbox_claim(ME, 10, FAST).rows == []  # both heads in flight: nothing else may go
-    store.outbox_settle(first[0].id, ME, PostOutcome("sent", ts="1.1"))
+    store.outbox_settle(first[0].id, ME, DeliveryOutcome("sent", ts="1.1"))
     assert texts(store.outbox_claim(ME, 10, FAST).rows) == ["c1-b"]
     assert store.outbox_row(first[0].id).ts == "1.1"
 
@@ -87,8 +87,8 @@ def test_a_row_waiting_for_its_retry_holds_back_its_channel_only(store) -> None:
     store.outbox_enqueue([Reply("C1", "first"), Reply("C1", "second"), Reply("C2", "other")])
     rows = store.outbox_claim(ME, 10, FAST).rows
     retry_at = time.time() + 60
-    store.outbox_settle(rows[0].id, ME, PostOutcome("retry", error="http_503", retry_at=retry_at))
-    store.outbox_settle(rows[1].id, ME, PostOutcome("sent"))
+    store.outbox_settle(rows[0].id, ME, DeliveryOutcome("retry", error="http_503", retry_at=retry_at))
+    store.outbox_settle(rows[1].id, ME, DeliveryOutcome("sent"))
     again = store.outbox_claim(ME, 10, FAST)
     assert again.rows == [] and again.next_at == pytest.approx(retry_at)
     row = store.outbox_row(rows[0].id)
@@ -98,7 +98,7 @@ def test_a_row_waiting_for_its_retry_holds_back_its_channel_only(store) -> None:
 def test_failed_is_final_and_does_not_block_the_rest_of_the_channel(store) -> None:
     store.outbox_enqueue([Reply("C1", "bad"), Reply("C1", "good")])
     bad = store.outbox_claim(ME, 10, FAST).rows[0]
-    final = store.outbox_settle(bad.id, ME, PostOutcome("failed", error="msg_too_long"))
+    final = store.outbox_settle(bad.id, ME, DeliveryOutcome("failed", error="msg_too_long"))
     assert (final.state, final.error, final.attempts) == ("failed", "msg_too_long", 1)
     assert texts(store.outbox_claim(ME, 10, FAST).rows) == ["good"]
 
@@ -106,7 +106,7 @@ def test_failed_is_final_and_does_not_block_the_rest_of_the_channel(store) -> No
 def test_settling_a_row_that_is_no_longer_ours_changes_nothing(store) -> None:
     store.outbox_enqueue([Reply("C1", "x")])
     row = store.outbox_claim(ME, 10, FAST).rows[0]
-    assert store.outbox_settle(row.id, OTHER, PostOutcome("sent")) is None
+    assert store.outbox_settle(row.id, OTHER, DeliveryOutcome("sent")) is None
     assert store.outbox_row(row.id).state == "sending"
 
 
@@ -122,7 +122,7 @@ def test_a_channel_gets_its_burst_then_one_token_per_interval(store) -> None:
         claimed = store.outbox_claim(ME, 10, limits)
         for row in claimed.rows:
             sent.append(row.text)
-            store.outbox_settle(row.id, ME, PostOutcome("sent"))
+            store.outbox_settle(row.id, ME, DeliveryOutcome("sent"))
         if not claimed.rows:
             assert claimed.next_at is not None
             time.sleep(max(0.0, claimed.next_at - time.time()))
@@ -135,9 +135,9 @@ def test_a_429_pauses_its_channel_without_counting_an_attempt(store) -> None:
     store.outbox_enqueue([Reply("C1", "a"), Reply("C2", "b")])
     a, b = store.outbox_claim(ME, 10, FAST).rows
     until = time.time() + 30
-    row = store.outbox_settle(a.id, ME, PostOutcome("ratelimited", error="ratelimited", retry_at=until))
+    row = store.outbox_settle(a.id, ME, DeliveryOutcome("ratelimited", error="ratelimited", retry_at=until))
     assert (row.state, row.attempts, row.rate_limited) == ("pending", 0, 1)
-    store.outbox_settle(b.id, ME, PostOutcome("sent"))
+    store.outbox_settle(b.id, ME, DeliveryOutcome("sent"))
     store.outbox_enqueue([Reply("C2", "c")])
     claimed = store.outbox_claim(ME, 10, FAST)
     assert texts(claimed.rows) == ["c"] and claimed.next_at == pytest.approx(until)
@@ -149,7 +149,7 @@ def test_a_global_429_pauses_every_channel(store) -> None:
     store.outbox_enqueue([Reply("C1", "a")])
     a = store.outbox_claim(ME, 10, FAST).rows[0]
     until = time.time() + 30
-    store.outbox_settle(a.id, ME, PostOutcome("ratelimited", retry_at=until, pause="global"))
+    store.outbox_settle(a.id, ME, DeliveryOutcome("ratelimited", retry_at=until, pause="global"))
     store.outbox_enqueue([Reply("C2", "b")])
     claimed = store.outbox_claim(ME, 10, FAST)
     assert claimed.rows == [] and claimed.next_at == pytest.approx(until)
@@ -199,7 +199,7 @@ def test_processes_sharing_one_file_share_one_bucket(tmp_path: Path) -> None:
     code = textwrap.dedent(f"""
         import json, os, time
         from buidl_edge.delivery.ratelimit import PostLimits
-        from buidl_edge.store.base import PostOutcome
+        from buidl_edge.store.base import DeliveryOutcome
         from buidl_edge.store.sqlite import SqliteStore
         store = SqliteStore({str(db)!r})
         owner = "h:" + str(os.getpid())
@@ -211,7 +211,7 @@ def test_processes_sharing_one_file_share_one_bucket(tmp_path: Path) -> None:
         while time.time() < start + 2.0:
             for row in store.outbox_claim(owner, 5, limits, lease_s=30.0).rows:
                 got.append((row.id, row.lease_until - 30.0))  # the claim's own clock, inside the lock
-                store.outbox_settle(row.id, owner, PostOutcome("sent"))
+                store.outbox_settle(row.id, owner, DeliveryOutcome("sent"))
             time.sleep(0.002)
         store.close()
         print(json.dumps(got))
@@ -266,8 +266,8 @@ def test_renew_keeps_a_long_post_from_being_taken_over(sqlite_store: SqliteStore
 def test_retry_list_purge_and_prune(store) -> None:
     store.outbox_enqueue([Reply("C1", "bad"), Reply("C2", "good")])
     bad, good = store.outbox_claim(ME, 10, FAST).rows
-    store.outbox_settle(bad.id, ME, PostOutcome("failed", error="channel_not_found"))
-    store.outbox_settle(good.id, ME, PostOutcome("sent"))
+    store.outbox_settle(bad.id, ME, DeliveryOutcome("failed", error="channel_not_found"))
+    store.outbox_settle(good.id, ME, DeliveryOutcome("sent"))
     assert [r.id for r in store.outbox_list(state="failed")] == [bad.id]
     assert [r.id for r in store.outbox_list()] == [good.id, bad.id]  # newest first
     assert [r.id for r in store.outbox_list(channel="C2")] == [good.id]
@@ -275,7 +275,7 @@ def test_retry_list_purge_and_prune(store) -> None:
     row = store.outbox_row(bad.id)
     assert (row.state, row.attempts) == ("pending", 0)
     again = store.outbox_claim(ME, 10, FAST).rows[0]
-    store.outbox_settle(again.id, ME, PostOutcome("failed", error="channel_not_found"))
+    store.outbox_settle(again.id, ME, DeliveryOutcome("failed", error="channel_not_found"))
     assert store.outbox_purge("failed") == 1 and store.outbox_row(bad.id) is None
     with pytest.raises(ValueError):
         store.outbox_purge("pending")

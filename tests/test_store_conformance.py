@@ -24,7 +24,7 @@ import pytest
 import test_outbox_store as outbox_contract
 from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.delivery.ratelimit import PostLimits
-from buidl_edge.store.base import MIN_RETENTION_S, PostOutcome, Reply
+from buidl_edge.store.base import MIN_RETENTION_S, DeliveryOutcome, Reply
 from buidl_edge.store.errors import StoreError, StoreUnavailable
 from buidl_edge.store.redis import RedisStore
 from buidl_edge.store.sqlite import SqliteStore
@@ -339,7 +339,7 @@ def test_prune_drops_old_handled_rows_and_sent_replies_but_keeps_work_in_flight(
         store.claim(env(name, f"Ev{name}"), ME)
     store.finish("Old", [Reply("C", "x")])
     (row,) = store.outbox_claim(ME, 10, FAST).rows
-    store.outbox_settle(row.id, ME, PostOutcome("sent", ts="1.1"))
+    store.outbox_settle(row.id, ME, DeliveryOutcome("sent", ts="1.1"))
     store.finish("Fresh", [])
     assert store.prune(3600) == 0  # nothing is old yet
     dropped = store.prune(3600, now=time.time() + 2 * 3600)
@@ -571,7 +571,6 @@ def test_redis_without_persistence_restarted_recreates_the_stream_group(tmp_path
 
 # ---------------------------------------------------------------- relay mode's delivery queue
 
-from buidl_edge.store.base import DeliveryOutcome  # noqa: E402
 from buidl_edge.store.memory import MemoryStore  # noqa: E402
 
 

@@ -110,7 +110,7 @@ def queue(settings: Settings, reply: Reply) -> Queued:
     from buidl_edge.ops.status import live_workers
 
     with admin_store(settings) as store:
-        if not store.durable:
+        if not store.lifespan.outlives_the_process:
             raise click.ClickException("not sent: the outbox lives in each worker's memory (BUIDL_STORE_URL="
                                        "memory://), so nothing here reaches it; use --now")
         row_id = store.outbox_enqueue([reply])[0]

@@ -34,14 +34,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import gevent
-import gevent.event
-import gevent.pool
-
-from buidl_edge.socketmode.backoff import backoff_delay
-from buidl_edge.config import OutboxConfig, Secret
 from buidl_edge.api.message import validate_reply
-from buidl_edge.store.base import EdgeStore, OutboxRow, PostOutcome, Reply, left_on_this_dyno
+from buidl_edge.config import OutboxConfig, Secret
+from buidl_edge.delivery.loop import Delivered, DeliveryLoop, RetryPolicy
+from buidl_edge.store.base import Claimed, DeliveryOutcome, EdgeStore, OutboxRow, Reply
 from buidl_edge.store.errors import StoreError
 from buidl_edge.store.health import StoreHealth
 from buidl_edge.webapi.client import RateLimited, SlackApiError, TransientApiError, WebApi
@@ -51,9 +47,6 @@ log = logging.getLogger("buidl_edge.outbox")
 # ok:false codes that say "try again later" rather than "this message is wrong". Not
 # `fatal_error`: Slack says part of the operation may have succeeded, so a retry could post twice.
 RETRYABLE_ERRORS = frozenset({"internal_error", "service_unavailable", "request_timeout"})
-# Settling a post's outcome is retried this often before it is kept for the next chore round.
-SETTLE_DELAYS_S = (0.0, 0.1, 0.5)
-CHORE_INTERVAL_S = 1.0
 # How far before a row's enqueue time a check for its earlier post looks (Slack's clock vs ours).
 CLOCK_SKEW_S = 60.0
 
@@ -78,7 +71,11 @@ class OutboxStats:
 
 
 class Outbox:
-    """One per worker process: a claiming greenlet, a pool of posting greenlets, and chores."""
+    """One per worker process: posts on a `DeliveryLoop` (this is its `Delivery`), and the
+    producers' way in."""
+
+    name = "outbox"
+    log = log
 
     def __init__(self, store: EdgeStore, webapi: WebApi, bot_token: Secret, owner: str,
                  config: OutboxConfig | None = None, backoff_base: float = 1.0, backoff_cap: float = 30.0,
@@ -89,8 +86,7 @@ class Outbox:
         self.bot_token = bot_token
         self.owner = owner
         self.config = config or OutboxConfig()
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
+        self.retry = RetryPolicy(self.config.max_attempts, backoff_base, backoff_cap)
         self.lease_s = lease_s
         self.on_failed = on_failed  # called with each row that failed for good (Sentry hooks in here)
         # Shared with the dispatcher and the heartbeat. Replies whose envelope could not be finished
@@ -98,12 +94,9 @@ class Outbox:
         # own buckets.
         self.health = health or StoreHealth()
         self.stats = OutboxStats()
+        self.loop = DeliveryLoop(self, store, self.health, self.stats, concurrency=self.config.concurrency,
+                                 poll_s=self.config.poll_interval)
         self._history_refusals: set[str] = set()  # said once each
-        self._posts = gevent.pool.Pool(self.config.concurrency)
-        self._wake = gevent.event.Event()
-        self._claiming = False
-        self._unsettled: list[tuple[EdgeStore, OutboxRow, PostOutcome]] = []
-        self._greenlets: list[gevent.Greenlet] = []
         self._last_renew = 0.0
 
     # ------------------------------------------------------------ producers
@@ -111,11 +104,12 @@ class Outbox:
     def enqueue(self, replies: Sequence[Reply], envelope_id: str = "", keys: Sequence[str] | None = None) -> list[int]:
         """Validate and queue; MessageError for bad input (nothing queued then)."""
         replies = [validate_reply(r) for r in replies]
+        shared, local = self.loop.stores()
         try:
-            ids = self.store.outbox_enqueue(replies, envelope_id, keys)
+            ids = shared.outbox_enqueue(replies, envelope_id, keys)
         except StoreError as exc:
-            self._store_failed("enqueue", exc)
-            ids = self.health.fallback.outbox_enqueue(replies, envelope_id, keys)
+            self.loop.store_failed("outbox_enqueue", exc)
+            ids = local.outbox_enqueue(replies, envelope_id, keys)
         self.wake()
         return ids
 
@@ -126,18 +120,18 @@ class Outbox:
     def enqueue_local(self, envelope_id: str, replies: Sequence[Reply]) -> None:
         """A handler's replies whose `finish` failed: send them from this process's memory."""
         if replies:
-            self.health.fallback.outbox_enqueue(replies, envelope_id, [f"{envelope_id}:{i}" for i in range(len(replies))])
+            _, local = self.loop.stores()
+            local.outbox_enqueue(replies, envelope_id, [f"{envelope_id}:{i}" for i in range(len(replies))])
             self.wake()
 
     def wake(self) -> None:
         """Look for sendable rows now (new rows, or a post just finished)."""
-        self._wake.set()
+        self.loop.wake()
 
     # ------------------------------------------------------------ running
 
     def start(self) -> "Outbox":
-        self._claiming = True
-        self._greenlets = [gevent.spawn(self._run), gevent.spawn(self._chores)]
+        self.loop.start()
         return self
 
     def stop(self, timeout: float) -> bool:
@@ -147,81 +141,30 @@ class Outbox:
         starts with a fresh one), get the drain time to go out; rows in Redis are left for the
         workers of the other dynos.
         """
-        if not self._greenlets:  # never started
-            return True
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self._depth_lost_with_the_dyno() > 0:
-            gevent.sleep(0.05)
-        self._claiming = False
-        self._wake.set()
-        runner, chores = self._greenlets
-        runner.join(timeout=max(0.1, deadline - time.monotonic()))  # a claim in progress ends cleanly
-        posted = self._posts.join(timeout=max(0.0, deadline - time.monotonic()))
-        self._settle_leftovers()
-        gevent.killall([runner, chores], timeout=1.0)
-        left = self._depth_lost_with_the_dyno()
-        clean = bool(posted) and not self._unsettled and left == 0
-        if not posted:
-            log.warning("%d post(s) still in flight at exit; another worker re-sends them", len(self._posts))
-        if left:
+        drained = self.loop.stop(timeout)
+        if drained.in_flight:
+            log.warning("%d post(s) still in flight at exit; another worker re-sends them", drained.in_flight)
+        if drained.left:
             log.warning("%d message(s) left unsent at exit: a start on the same disk sends them, a fresh "
-                        "dyno does not (raise BUIDL_DRAIN_TIMEOUT, or use a Redis store)", left)
-        return clean
+                        "dyno does not (raise BUIDL_DRAIN_TIMEOUT, or use a Redis store)", drained.left)
+        return drained.clean
 
-    def _depth_lost_with_the_dyno(self) -> int:
-        return left_on_this_dyno((self.store, self.health.fallback), lambda store: store.outbox_stats()["depth"])
+    # ------------------------------------------------------------ the loop's side: one post
 
-    def _run(self) -> None:
-        poll = self.config.poll_interval
-        while self._claiming:
-            self._wake.clear()
-            try:
-                next_at = self._fill()
-            except Exception:  # a bug here must not silently stop all sending
-                log.exception("outbox claim loop failed; retrying")
-                next_at = None
-            if self._posts.full() or next_at is None:
-                timeout = poll
-            else:
-                timeout = min(poll, max(0.002, next_at - time.time()))
-            self._wake.wait(timeout)
+    def claim(self, store: EdgeStore, limit: int) -> Claimed[OutboxRow]:
+        return store.outbox_claim(self.owner, limit, self.config.limits, self.lease_s)
 
-    def _fill(self) -> float | None:
-        """Claim as many sendable rows as there are free posting greenlets; earliest next chance."""
-        next_at: float | None = None
-        for store in (self.store, self.health.fallback):
-            free = self._posts.free_count()
-            if free <= 0 or not self._claiming:
-                break
-            try:
-                claimed = store.outbox_claim(self.owner, free, self.config.limits, self.lease_s)
-            except StoreError as exc:
-                self._store_failed("claim", exc)
-                continue
-            if store is self.store and claimed.rows:  # rows taken: a write (a read would prove nothing)
-                self.health.wrote()
-            for row in claimed.rows:
-                self._posts.spawn(self._post, store, row)
-            if claimed.next_at is not None:
-                next_at = claimed.next_at if next_at is None else min(next_at, claimed.next_at)
-        return next_at
+    def deliver(self, row: OutboxRow) -> Delivered:
+        # Its last tries may have died with their workers: then it is not tried again.
+        return Delivered(self.retry.gave_up(row.attempts, row.error) or self._attempt(row))
 
-    # ------------------------------------------------------------ one post
+    def settle(self, store: EdgeStore, row: OutboxRow, outcome: DeliveryOutcome) -> OutboxRow | None:
+        return store.outbox_settle(row.id, self.owner, outcome)
 
-    def _post(self, store: EdgeStore, row: OutboxRow) -> None:
-        self.stats.in_flight += 1
-        try:
-            if row.attempts > self.config.max_attempts:  # its last tries died with their workers
-                outcome = PostOutcome("failed", error=f"gave up after {row.attempts - 1} attempts "
-                                                      f"(last: {row.error or 'lost in flight'})")
-            else:
-                outcome = self._attempt(row)
-        finally:
-            self.stats.in_flight -= 1
-        self._settle(store, row, outcome)
-        self._wake.set()
+    def waiting(self, store: EdgeStore) -> int:
+        return int(store.outbox_stats()["depth"])
 
-    def _attempt(self, row: OutboxRow) -> PostOutcome:
+    def _attempt(self, row: OutboxRow) -> DeliveryOutcome:
         try:
             if row.attempts > 1:  # an earlier try may have reached Slack before it failed or its sender died
                 landed = self._find_landed(row)
@@ -229,26 +172,26 @@ class Outbox:
                     self.stats.found_posted += 1
                     log.info("row %d to %s had reached Slack already (ts %s); not posting it again",
                              row.id, row.channel, landed)
-                    return PostOutcome("sent", ts=landed)
+                    return DeliveryOutcome("sent", ts=landed)
             body = self.webapi.post_message(self.bot_token, row.channel, row.text, row.blocks, row.thread_ts,
                                             reply_key=row.idempotency_key)
         except RateLimited as exc:
             self.stats.rate_limited += 1
             scope = self.config.ratelimit_scope
             log.info("429 on %s: waiting %.0fs (%s)", row.channel, exc.retry_after, scope)
-            return PostOutcome("ratelimited", error="ratelimited", retry_at=time.time() + exc.retry_after,
-                               pause="global" if scope == "global" else "channel")
+            return DeliveryOutcome("ratelimited", error="ratelimited", retry_at=time.time() + exc.retry_after,
+                                   pause="global" if scope == "global" else "channel")
         except TransientApiError as exc:
-            return self._retry_or_fail(row, exc.error)
+            return self.retry.retry_or_fail(exc.error, row.attempts)
         except SlackApiError as exc:
             if exc.error in RETRYABLE_ERRORS:
-                return self._retry_or_fail(row, exc.error)
-            return PostOutcome("failed", error=exc.error)
+                return self.retry.retry_or_fail(exc.error, row.attempts)
+            return DeliveryOutcome("failed", error=exc.error)
         except Exception as exc:  # a bug must not kill the sender; the row is retried, then failed
             log.exception("posting row %d raised", row.id)
-            return self._retry_or_fail(row, f"exception:{type(exc).__name__}")
+            return self.retry.retry_or_fail(f"exception:{type(exc).__name__}", row.attempts)
         ts = body.get("ts")
-        return PostOutcome("sent", ts=ts if isinstance(ts, str) else None)
+        return DeliveryOutcome("sent", ts=ts if isinstance(ts, str) else None)
 
     def _find_landed(self, row: OutboxRow) -> str | None:
         """The ts of this row's message if an earlier try posted it; None when unknown (post again)."""
@@ -264,29 +207,7 @@ class Outbox:
                             exc.method, exc.error)
             return None
 
-    def _retry_or_fail(self, row: OutboxRow, error: str) -> PostOutcome:
-        if row.attempts >= self.config.max_attempts:
-            return PostOutcome("failed", error=f"{error} (after {row.attempts} attempts)")
-        delay = backoff_delay(row.attempts - 1, self.backoff_base, self.backoff_cap)
-        return PostOutcome("retry", error=error, retry_at=time.time() + delay)
-
-    def _settle(self, store: EdgeStore, row: OutboxRow, outcome: PostOutcome) -> None:
-        error: StoreError | None = None
-        for delay in SETTLE_DELAYS_S:
-            if delay:
-                gevent.sleep(delay)
-            try:
-                final = store.outbox_settle(row.id, self.owner, outcome)
-            except StoreError as exc:
-                error = exc
-                continue
-            self._record(row, outcome, final)
-            return
-        # Still ours and `sending` in the store: the chores keep renewing its lease and retry this.
-        self._store_failed("settle", error)  # type: ignore[arg-type]
-        self._unsettled.append((store, row, outcome))
-
-    def _record(self, row: OutboxRow, outcome: PostOutcome, final: OutboxRow | None) -> None:
+    def record(self, row: OutboxRow, outcome: DeliveryOutcome, final: OutboxRow | None) -> None:
         if final is None:
             self.stats.lease_lost += 1
             log.warning("row %d to %s was taken over while in flight (lease lost); outcome %s not recorded",
@@ -308,38 +229,18 @@ class Outbox:
 
     # ------------------------------------------------------------ chores
 
-    def _chores(self) -> None:
-        while True:
-            gevent.sleep(CHORE_INTERVAL_S)
-            self._settle_leftovers()
-            try:
-                now = time.monotonic()
-                if (self.stats.in_flight or self._unsettled) and now - self._last_renew >= self.lease_s / 3:
-                    self.store.outbox_renew(self.owner, self.lease_s)
-                    self._last_renew = now
-                recovered = self.store.outbox_recover(self.owner)
-            except StoreError as exc:
-                self._store_failed("recover", exc)
-                continue
-            except Exception:
-                log.exception("outbox chores failed; retrying")
-                continue
-            if recovered:
-                self.stats.recovered += recovered
-                log.warning("%d message(s) left in flight by a dead worker queued again", recovered)
-                self.wake()
-
-    def _settle_leftovers(self) -> None:
-        leftovers, self._unsettled = self._unsettled, []
-        for store, row, outcome in leftovers:
-            try:
-                final = store.outbox_settle(row.id, self.owner, outcome)
-            except StoreError:
-                self._unsettled.append((store, row, outcome))
-                continue
-            self._record(row, outcome, final)
-
-    def _store_failed(self, operation: str, exc: StoreError) -> None:
-        """Counted every time; StoreHealth says it once per episode. The call is retried next round."""
-        self.stats.store_errors += 1
-        self.health.failed(f"outbox_{operation}", exc)
+    def chores(self) -> None:
+        """Renew the leases of rows in flight (or not yet settled); queue again the rows of dead workers."""
+        try:
+            now = time.monotonic()
+            if (self.stats.in_flight or self.loop.unsettled) and now - self._last_renew >= self.lease_s / 3:
+                self.store.outbox_renew(self.owner, self.lease_s)
+                self._last_renew = now
+            recovered = self.store.outbox_recover(self.owner)
+        except StoreError as exc:
+            self.loop.store_failed("outbox_recover", exc)
+            return
+        if recovered:
+            self.stats.recovered += recovered
+            log.warning("%d message(s) left in flight by a dead worker queued again", recovered)
+            self.wake()

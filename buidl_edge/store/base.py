@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable, Literal, Protocol, Sequence
+from enum import Enum
+from typing import Any, Generic, Literal, Protocol, Sequence, TypeVar
 
 from buidl_edge.config.settings import MIN_RETENTION_S
 from buidl_edge.socketmode.protocol import Envelope
@@ -63,29 +64,50 @@ class OutboxRow:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class Claimed:
-    """What `outbox_claim` handed to one sender: rows now `sending` under its lease."""
-
-    rows: list[OutboxRow]
-    next_at: float | None  # earliest time a row left behind may be sendable; None: none waits on time
+RowT = TypeVar("RowT")
 
 
 @dataclass(frozen=True)
-class PostOutcome:
-    """How one post ended, for `outbox_settle`.
+class Claimed(Generic[RowT]):
+    """What a claim (`outbox_claim`, `relay_claim`) handed to one deliverer: rows now in flight
+    under its lease (`sending` outbox rows, `processing` relayed envelopes)."""
 
-    sent: done (`ts` from Slack). retry: back to pending, not before `retry_at`.
-    failed: for good, `error` recorded. ratelimited: back to pending without
-    counting the attempt, and the `pause` bucket ("channel" or "global") sends
-    nothing before `retry_at`.
+    rows: list[RowT]
+    next_at: float | None  # earliest time a row left behind may be due; None: none waits on time
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    """How one delivery ended (a post, a relayed request), for `outbox_settle` and `relay_settle`.
+
+    sent: done (`ts`: Slack's, for a post). retry: back to pending, not before `retry_at`.
+    failed: for good, `error` recorded. ratelimited: back to pending not before `retry_at`,
+    the attempt not counted; for a post, its `pause` bucket ("channel" or "global") sends
+    nothing before then either.
     """
 
     kind: Literal["sent", "retry", "failed", "ratelimited"]
     error: str | None = None
-    ts: str | None = None
     retry_at: float = 0.0
+    ts: str | None = None
     pause: Literal["channel", "global"] = "channel"
+
+
+class Lifespan(Enum):
+    """How long a store's rows last: the one answer to "is what waits here lost if this process,
+    or this dyno, goes?" (the drain, `send`, the drain's warnings ask it)."""
+
+    PROCESS = "process"  # memory: rows die with the worker process
+    DYNO = "dyno"  # a file on this dyno's disk: a start on that disk finds them, a fresh dyno does not
+    BEYOND_THE_DYNO = "beyond the dyno"  # a server (Redis): the workers of the other dynos take them
+
+    @property
+    def outlives_the_process(self) -> bool:
+        return self is not Lifespan.PROCESS
+
+    @property
+    def outlives_the_dyno(self) -> bool:
+        return self is Lifespan.BEYOND_THE_DYNO
 
 
 # -- rules every backend applies the same way
@@ -130,25 +152,6 @@ class RelayRow:
     error: str | None = None  # how the last attempt ended
 
 
-@dataclass(frozen=True)
-class RelayBatch:
-    rows: list[RelayRow]
-    next_at: float | None  # earliest time a head left waiting may be due; None: none waits on time
-
-
-@dataclass(frozen=True)
-class DeliveryOutcome:
-    """How one delivery ended, for `relay_settle`.
-
-    sent: done. retry: back to pending, not before `retry_at`. failed: for good, `error` kept.
-    ratelimited: back to pending not before `retry_at`, the attempt not counted.
-    """
-
-    kind: Literal["sent", "retry", "failed", "ratelimited"]
-    error: str | None = None
-    retry_at: float = 0.0
-
-
 def blocks_json(blocks: list[dict[str, Any]] | None) -> str | None:
     """A reply's blocks as a stored backend writes them: compact JSON, or nothing."""
     return None if blocks is None else json.dumps(blocks, separators=(",", ":"))
@@ -165,20 +168,6 @@ def idempotency_keys(replies: Sequence[Reply], keys: Sequence[str] | None) -> li
 def check_purgeable(state: str) -> None:
     if state not in PURGEABLE_STATES:
         raise BadCall(f"only failed or sent rows can be purged, not {state!r}")
-
-
-def left_on_this_dyno(stores: Sequence[Any], count: Callable[[Any], int]) -> int:
-    """`count(store)` summed over the stores whose rows die with this dyno: memory, and the SQLite
-    file on its disk (a restarted Heroku dyno starts with a fresh one); Redis outlives it. A store
-    that cannot answer counts 0: the drain does not wait on a failing store."""
-    total = 0
-    for store in stores:
-        if not getattr(store, "outlives_the_dyno", False):
-            try:
-                total += count(store)
-            except StoreError:
-                pass
-    return total
 
 
 def retention_cutoff(now: float, retention_s: float) -> float:
@@ -226,17 +215,16 @@ class InboxStore(Protocol):
 class OutboxStore(Protocol):
     """The durable outbox: what the sender (buidl_edge/delivery/outbox.py) drives."""
 
-    durable: bool  # False: rows die with the process (the sender flushes them before exit)
-
     def outbox_enqueue(self, replies: Sequence[Reply], envelope_id: str = "",
                        keys: Sequence[str] | None = None) -> list[int]:
         """Queue replies (a key seen before is not queued again); return their row ids."""
 
-    def outbox_claim(self, owner: str, limit: int, limits: PostLimits, lease_s: float | None = None) -> Claimed:
+    def outbox_claim(self, owner: str, limit: int, limits: PostLimits,
+                     lease_s: float | None = None) -> Claimed[OutboxRow]:
         """In one transaction: take each channel's oldest unsent row if it is due and the
         channel's (and the global) bucket has a token; mark it sending under `owner`'s lease."""
 
-    def outbox_settle(self, row_id: int, owner: str, outcome: PostOutcome) -> OutboxRow | None:
+    def outbox_settle(self, row_id: int, owner: str, outcome: DeliveryOutcome) -> OutboxRow | None:
         """Record how a post ended; None when the row is no longer ours (lease lost)."""
 
     def outbox_renew(self, owner: str, lease_s: float | None = None) -> int:
@@ -279,7 +267,7 @@ class RelayStore(Protocol):
         """This owner's processing row becomes pending under `order_key`, due at `not_before`
         (now by default); False when it is not this owner's processing row."""
 
-    def relay_claim(self, owner: str, limit: int, lease_s: float | None = None) -> RelayBatch:
+    def relay_claim(self, owner: str, limit: int, lease_s: float | None = None) -> Claimed[RelayRow]:
         """In one transaction: each key's oldest undelivered row, if it is pending and due,
         becomes processing under `owner`'s lease with one more attempt counted."""
 
@@ -341,3 +329,5 @@ class AdminStore(Protocol):
 
 class EdgeStore(InboxStore, OutboxStore, SlotStore, RelayStore, AdminStore, Protocol):
     """All of them: what `open_store` returns and a worker holds."""
+
+    lifespan: Lifespan  # how long its rows last (every backend and every wrapper says)

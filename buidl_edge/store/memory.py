@@ -12,8 +12,8 @@ from typing import Any, Sequence
 
 from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.delivery.ratelimit import GLOBAL_KEY, Bucket, PostLimits, channel_key, pause, plan
-from buidl_edge.store.base import (CANCELLED, DEFAULT_RETENTION_S, Claimed, DeliveryOutcome, OutboxRow, PostOutcome,
-                                   RelayBatch, RelayRow, Reply, check_purgeable, idempotency_keys, retention_cutoff)
+from buidl_edge.store.base import (CANCELLED, DEFAULT_RETENTION_S, Claimed, DeliveryOutcome, Lifespan, OutboxRow,
+                                   RelayRow, Reply, check_purgeable, idempotency_keys, retention_cutoff)
 from buidl_edge.store.errors import StoreError
 from buidl_edge.store.owners import Owner
 
@@ -21,9 +21,8 @@ DEFAULT_LEASE_S = 30.0
 
 
 class MemoryStore:
-    # The outbox sender flushes a non-durable store before its process exits.
-    durable = False
-    outlives_the_dyno = False
+    # Rows die with the process: the delivery loop sends them before it exits, and `send` refuses.
+    lifespan = Lifespan.PROCESS
 
     def __init__(self) -> None:
         self._claims: dict[str, tuple[str, float]] = {}
@@ -82,7 +81,7 @@ class MemoryStore:
                    at=now, error=row["error"] if error is None else error)
         return True
 
-    def relay_claim(self, owner: str, limit: int, lease_s: float | None = None) -> RelayBatch:
+    def relay_claim(self, owner: str, limit: int, lease_s: float | None = None) -> Claimed[RelayRow]:
         now = time.time()
         heads: dict[str, tuple[str, dict[str, Any]]] = {}
         for envelope_id, row in sorted(self._inbox.items(), key=lambda item: item[1]["received_at"]):
@@ -97,7 +96,7 @@ class MemoryStore:
             row.update(state="processing", owner=owner, deliveries=row["deliveries"] + 1, at=now)
             rows.append(RelayRow(row["envelope"], row["order_key"], row["deliveries"], row["received_at"],
                                  row["error"]))
-        return RelayBatch(rows, next_at)
+        return Claimed(rows, next_at)
 
     def relay_settle(self, envelope_id: str, owner: str, outcome: DeliveryOutcome) -> bool:
         row = self._inbox.get(envelope_id)
@@ -147,7 +146,8 @@ class MemoryStore:
             ids.append(self._outbox_keys[key])
         return ids
 
-    def outbox_claim(self, owner: str, limit: int, limits: PostLimits, lease_s: float | None = None) -> Claimed:
+    def outbox_claim(self, owner: str, limit: int, limits: PostLimits,
+                     lease_s: float | None = None) -> Claimed[OutboxRow]:
         lease = DEFAULT_LEASE_S if lease_s is None else lease_s
         if limit <= 0:
             return Claimed([], None)
@@ -165,7 +165,7 @@ class MemoryStore:
             taken.append(row)
         return Claimed(taken, decision.next_at)
 
-    def outbox_settle(self, row_id: int, owner: str, outcome: PostOutcome) -> OutboxRow | None:
+    def outbox_settle(self, row_id: int, owner: str, outcome: DeliveryOutcome) -> OutboxRow | None:
         row = self._outbox.get(row_id)
         if row is None or row.state != "sending" or row.lease_owner != owner:
             return None

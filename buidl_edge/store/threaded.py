@@ -23,6 +23,7 @@ from gevent.threadpool import ThreadPool
 from buidl_edge.store.errors import StoreError, rejected
 
 if TYPE_CHECKING:
+    from buidl_edge.store.base import Lifespan
     from buidl_edge.store.sqlite import SqliteStore
 
 # Enough to amortise a commit over a burst, small enough to keep one transaction short.
@@ -60,6 +61,10 @@ class ThreadedStore:
 
     def describe(self) -> str:
         return self.inner.describe()  # a string: no reason to wait behind a busy thread for it
+
+    @property
+    def lifespan(self) -> Lifespan:
+        return self.inner.lifespan  # the wrapped file's: a thread in front does not change it
 
     def __getattr__(self, name: str) -> Any:
         # Only called for attributes not found normally, i.e. the inner store's API.

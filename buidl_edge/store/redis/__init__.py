@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from buidl_edge.store.base import Lifespan
 from buidl_edge.store.redis.admin import RedisAdmin
 from buidl_edge.store.redis.inbox import RedisInbox
 from buidl_edge.store.redis.outbox import RedisOutbox
@@ -22,9 +23,8 @@ if TYPE_CHECKING:
 class RedisStore(RedisInbox, RedisOutbox, RedisSlots, RedisRelay, RedisAdmin):
     """`EdgeStore` on Redis 6.2+ (XAUTOCLAIM), shared by every worker of every dyno."""
 
-    durable = True
     # Rows here are sent by the workers of the other dynos when this one stops.
-    outlives_the_dyno = True
+    lifespan = Lifespan.BEYOND_THE_DYNO
 
     @classmethod
     def from_settings(cls, url: str, settings: Settings, for_worker: bool = False) -> RedisStore:

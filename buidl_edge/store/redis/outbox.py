@@ -7,7 +7,7 @@ import time
 from typing import Any, Sequence
 
 from buidl_edge.delivery.ratelimit import PostLimits
-from buidl_edge.store.base import (OUTBOX_STATES, Claimed, OutboxRow, PostOutcome, Reply, blocks_json,
+from buidl_edge.store.base import (OUTBOX_STATES, Claimed, DeliveryOutcome, OutboxRow, Reply, blocks_json,
                                    idempotency_keys)
 from buidl_edge.store.owners import is_dead_local
 from buidl_edge.store.redis.db import RedisDb, redis_op, rows_json
@@ -28,7 +28,8 @@ class RedisOutbox(RedisDb):
         return [int(i) for i in self._script(OUTBOX_ENQUEUE, [repr(time.time()), envelope_id, rows_json(rows)])]
 
     @redis_op
-    def outbox_claim(self, owner: str, limit: int, limits: PostLimits, lease_s: float | None = None) -> Claimed:
+    def outbox_claim(self, owner: str, limit: int, limits: PostLimits,
+                     lease_s: float | None = None) -> Claimed[OutboxRow]:
         """One script per send decision: due channel heads, token buckets spent, rows leased."""
         if limit <= 0:
             return Claimed([], None)
@@ -41,7 +42,7 @@ class RedisOutbox(RedisDb):
         return Claimed(rows, float(out[0]) if out[0] else None)
 
     @redis_op
-    def outbox_settle(self, row_id: int, owner: str, outcome: PostOutcome) -> OutboxRow | None:
+    def outbox_settle(self, row_id: int, owner: str, outcome: DeliveryOutcome) -> OutboxRow | None:
         flat = self._script(OUTBOX_SETTLE, [row_id, owner, outcome.kind, outcome.error or "", outcome.ts or "",
                                             repr(outcome.retry_at), outcome.pause, repr(time.time())])
         return to_outbox_row(flat) if flat else None

@@ -11,7 +11,7 @@ import time
 
 from buidl_edge.socketmode import protocol
 from buidl_edge.socketmode.protocol import Envelope
-from buidl_edge.store.base import DeliveryOutcome, RelayBatch, RelayRow
+from buidl_edge.store.base import Claimed, DeliveryOutcome, RelayRow
 from buidl_edge.store.redis.db import RedisDb, redis_op
 from buidl_edge.store.redis.inbox_lua import STREAM_LIB
 from buidl_edge.store.redis.schema import CLAIM_SCAN, GROUP, LUA_PRELUDE, STREAM_MAXLEN
@@ -28,7 +28,7 @@ class RedisRelay(RedisDb):
         return bool(queued)
 
     @redis_op
-    def relay_claim(self, owner: str, limit: int, lease_s: float | None = None) -> RelayBatch:
+    def relay_claim(self, owner: str, limit: int, lease_s: float | None = None) -> Claimed[RelayRow]:
         # The lease is the stream entry's idle time, as for a handled envelope: `lease_s` is the store's.
         next_at, flat = self._script(RELAY_CLAIM, [GROUP, owner, max(0, limit), repr(time.time()), CLAIM_SCAN,
                                                    STREAM_MAXLEN])
@@ -40,7 +40,7 @@ class RedisRelay(RedisDb):
             if isinstance(frame, Envelope):
                 mine.add(envelope_id)
                 rows.append(RelayRow(frame, key, int(attempts), float(received_at), error or None))
-        return RelayBatch(rows, float(next_at) if next_at else None)
+        return Claimed(rows, float(next_at) if next_at else None)
 
     @redis_op
     def relay_settle(self, envelope_id: str, owner: str, outcome: DeliveryOutcome) -> bool:

@@ -14,6 +14,7 @@ One file a topic, mirrored by store/redis/: `db` (connection, retries, group com
 `inbox`, `outbox`, `slots`, `relay`, `admin`. Each topic is a subclass of `SqliteDb`; `SqliteStore` is
 all of them on one connection.
 """
+from buidl_edge.store.base import Lifespan
 from buidl_edge.store.sqlite.admin import SqliteAdmin
 from buidl_edge.store.sqlite.inbox import SqliteInbox
 from buidl_edge.store.sqlite.outbox import SqliteOutbox
@@ -24,9 +25,8 @@ from buidl_edge.store.sqlite.slots import SqliteSlots
 class SqliteStore(SqliteInbox, SqliteOutbox, SqliteSlots, SqliteRelay, SqliteAdmin):
     """`EdgeStore` on a SQLite file, safe to share between processes."""
 
-    durable = True
     # The file is on this dyno's disk: a restarted Heroku dyno starts with a fresh one.
-    outlives_the_dyno = False
+    lifespan = Lifespan.DYNO
 
 
 __all__ = ["SqliteStore"]

@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any, Sequence
 
 from buidl_edge.delivery.ratelimit import GLOBAL_KEY, Bucket, PostLimits, channel_key, pause, plan
-from buidl_edge.store.base import Claimed, OutboxRow, PostOutcome, Reply, blocks_json, idempotency_keys
+from buidl_edge.store.base import Claimed, DeliveryOutcome, OutboxRow, Reply, blocks_json, idempotency_keys
 from buidl_edge.store.sqlite.db import SqliteDb, bind, unbind
 
 INSERT_OUTBOX = """INSERT INTO outbox(envelope_id, channel, text, blocks, thread_ts, idempotency_key,
@@ -61,7 +61,8 @@ class SqliteOutbox(SqliteDb):
 
         return self._run(txn, write=True)
 
-    def outbox_claim(self, owner: str, limit: int, limits: PostLimits, lease_s: float | None = None) -> Claimed:
+    def outbox_claim(self, owner: str, limit: int, limits: PostLimits,
+                     lease_s: float | None = None) -> Claimed[OutboxRow]:
         """Take the sendable channel heads (see `ratelimit.plan`) in one write transaction.
 
         A read-only pass first: when nothing is sendable (the common case while
@@ -91,7 +92,7 @@ class SqliteOutbox(SqliteDb):
             if not peek:
                 return Claimed([], next_at)
 
-        def txn(cur: sqlite3.Cursor) -> Claimed:
+        def txn(cur: sqlite3.Cursor) -> Claimed[OutboxRow]:
             now = time.time()
             chosen, changed, next_at = decide(cur, now)
             taken = []
@@ -107,7 +108,7 @@ class SqliteOutbox(SqliteDb):
         self._outbox_busy = bool(claimed.rows)
         return claimed
 
-    def outbox_settle(self, row_id: int, owner: str, outcome: PostOutcome) -> OutboxRow | None:
+    def outbox_settle(self, row_id: int, owner: str, outcome: DeliveryOutcome) -> OutboxRow | None:
         """Record a post's end, only while the row is still ours and in flight."""
 
         def txn(cur: sqlite3.Cursor) -> OutboxRow | None:

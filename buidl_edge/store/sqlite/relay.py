@@ -11,7 +11,7 @@ import time
 
 from buidl_edge.socketmode import protocol
 from buidl_edge.socketmode.protocol import Envelope
-from buidl_edge.store.base import DeliveryOutcome, RelayBatch, RelayRow
+from buidl_edge.store.base import Claimed, DeliveryOutcome, RelayRow
 from buidl_edge.store.sqlite.db import SqliteDb, bind, unbind
 
 # SQLite's documented min() rule: the bare columns come from the row holding the minimum.
@@ -46,10 +46,10 @@ class SqliteRelay(SqliteDb):
 
         return self._run(txn, write=True)
 
-    def relay_claim(self, owner: str, limit: int, lease_s: float | None = None) -> RelayBatch:
+    def relay_claim(self, owner: str, limit: int, lease_s: float | None = None) -> Claimed[RelayRow]:
         lease = self.lease_s if lease_s is None else lease_s
 
-        def due_now(cur: sqlite3.Cursor) -> RelayBatch | None:
+        def due_now(cur: sqlite3.Cursor) -> Claimed[RelayRow] | None:
             """The answer when nothing is due, without the write lock (idle deliverers poll often)."""
             now, next_at = time.time(), None
             for _, state, next_attempt_at, *_ in cur.execute(_HEADS):
@@ -57,13 +57,13 @@ class SqliteRelay(SqliteDb):
                     return None
                 if state == "pending":
                     next_at = next_attempt_at if next_at is None else min(next_at, next_attempt_at)
-            return RelayBatch([], next_at)
+            return Claimed([], next_at)
 
         idle = self._run(due_now, write=False)
         if idle is not None or limit <= 0:
-            return idle or RelayBatch([], time.time())
+            return idle or Claimed([], time.time())
 
-        def txn(cur: sqlite3.Cursor) -> RelayBatch:
+        def txn(cur: sqlite3.Cursor) -> Claimed[RelayRow]:
             now = time.time()
             due, next_at = [], None
             for eid, state, next_attempt_at, text, deliveries, key, error, received_at in cur.execute(_HEADS):
@@ -86,7 +86,7 @@ class SqliteRelay(SqliteDb):
                 cur.execute(_TAKE, (owner, now + lease, now, eid))
                 if cur.rowcount == 1:
                     rows.append(RelayRow(envelope, unbind(key), deliveries + 1, received_at, unbind(error)))
-            return RelayBatch(rows, next_at)
+            return Claimed(rows, next_at)
 
         return self._run(txn, write=True)
 
