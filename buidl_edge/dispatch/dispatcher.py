@@ -23,7 +23,6 @@ from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.store.base import EdgeStore, Reply
 from buidl_edge.store.errors import StoreError, StoreRejected
 from buidl_edge.store.health import StoreHealth
-from buidl_edge.store.memory import MemoryStore
 
 if TYPE_CHECKING:
     from buidl_edge.delivery.outbox import Outbox
@@ -46,7 +45,7 @@ class Dispatcher:
         if target is None:
             target = self.handlers = HandlerTarget(
                 app, outbox, self.stats, bot_user_id, self._claim_key, self._finish, handler_pool_size,
-                handler_threads, lost_with_process=isinstance(store, MemoryStore))
+                handler_threads, lost_with_process=not store.lifespan.outlives_the_process)
         self.target = target
         self.acks = AckPath(self.claims, target, self.stats, ack_payload_deadline)
 

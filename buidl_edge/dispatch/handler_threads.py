@@ -26,14 +26,14 @@ _native_ident = monkey.get_original("_thread", "get_ident")
 
 
 def share_logging_with_threads() -> None:
-    """Give logging's module lock and the root handlers native locks.
+    """Give the root handlers native locks (Handler.lock, which createLock makes).
 
     A patched (gevent) lock contended between the hub's thread and a native thread
     can leave its waiter unwoken for good: greenlets logging while a threaded handler
     logged hung (tests/test_handler_pool.py). A native lock is held only for one
-    record's write. Call it once logging is set up, before any native thread logs.
+    record's write. logging's own module lock is kept native by the gevent patch
+    (runtime/gevent_patch.py). Call it once logging is set up, before any native thread logs.
     """
-    logging._lock = _native_rlock()  # type: ignore[attr-defined]
     for handler in logging.getLogger().handlers:
         handler.lock = _native_rlock()
 

@@ -14,6 +14,14 @@ def patch() -> None:
     nothing else is writing, and a shorter interval made every GIL holder switch five times as
     often, for the whole process, to shorten a hand-off that is now the exception.
     """
+    # logging's module lock is taken by any thread that logs (a level-cache miss, getLogger): it
+    # must stay a native lock, held for one record at a time, since a gevent lock contended
+    # between the hub's thread and a native thread (a threaded handler, the hub monitor) can
+    # leave its waiter unwoken for good. So logging is imported first, and its existing locks
+    # are not converted to gevent's (`logging=False`, `existing_locks=False`).
+    import logging  # noqa: F401
+
     from gevent import monkey
 
-    monkey.patch_all()
+    monkey.patch_thread(logging=False, existing_locks=False)
+    monkey.patch_all(thread=False)
