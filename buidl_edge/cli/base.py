@@ -1,8 +1,9 @@
 """What every command shares: the `buidl-edge` group with the CLI's one error boundary, the
 options defined once, the settings of commands that never call Slack, and the admin store.
 
-Nothing here imports more than click and the configuration at load time, so that `worker`
-can patch the standard library for gevent before anything opens a socket.
+Nothing here imports more than click, the configuration and redaction (leaves that open no
+socket) at load time, so that `worker` can patch the standard library for gevent before anything
+opens a socket.
 """
 from __future__ import annotations
 
@@ -13,15 +14,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 import click
 
 from buidl_edge.config import MAX_CONNECTIONS_PER_PROCESS, MAX_PROCESSES, ConfigError, Settings, load_settings
+from buidl_edge.observability.redaction import one_line
 
 if TYPE_CHECKING:
     from buidl_edge.store.base import EdgeStore
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def said(exc: BaseException) -> str | None:
@@ -42,7 +40,7 @@ def said(exc: BaseException) -> str | None:
     if isinstance(exc, MessageError):
         return f"not sent: {one_line(str(exc))}"
     if isinstance(exc, (ConfigError, StoreError, AppError)):
-        return one_line(str(exc)) or type(exc).__name__
+        return one_line(exc)
     return None
 
 

@@ -78,6 +78,14 @@ def clip_middle(text: str, limit: int = MAX_LINE_CHARS) -> str:
     return f"{text[:head]}...[cut {len(text) - limit} chars]...{text[len(text) - (limit - head):]}"
 
 
+def one_line(what: str | BaseException) -> str:
+    """Text, or an exception's message, as one line: every run of whitespace (newlines too) one
+    space. An exception without a message is named by its type. Errors users see are one line."""
+    if isinstance(what, BaseException):
+        return " ".join(str(what).split()) or type(what).__name__
+    return " ".join(what.split())
+
+
 def printable(text: str) -> str:
     """What a UTF-8 stream can write: a lone surrogate (from a hostile frame) as its `\\udc00` escape."""
     if text.isascii():

@@ -9,6 +9,9 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
+# Store errors are one line, like config errors (the store modules import one_line from here too).
+from buidl_edge.observability.redaction import one_line
+
 log = logging.getLogger("buidl_edge.store")
 
 
@@ -54,11 +57,6 @@ class StoreMissing(StoreError):
 
 class BadCall(ValueError):
     """A call with arguments no store takes: the caller's mistake, raised as it is (not a StoreError)."""
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one line of text (store errors are one line, like config errors)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 # Unclassified failures per kind (exception type), this process: the count `status` can show.
