@@ -1,17 +1,25 @@
-"""The edge's own Web API calls: webapi.py (requests, one pooled Session) against slack_sdk's WebClient.
+"""The edge's own Web API calls: which HTTP stack, and webapi.py against slack_sdk's WebClient.
 
     .venv/bin/python scripts/bench_webapi.py                 # 3 interleaved runs each, plain http and TLS
+    .venv/bin/python scripts/bench_webapi.py --clients urllib3,session   # the two stacks alone
     .venv/bin/python scripts/bench_webapi.py --runs 1 --posts 500 --modes http
 
-What it decides: whether the outbox sender and the connection slots should call Slack through
-slack_sdk's WebClient (what handlers get as ctx.client) instead of webapi.py. Each run is a
-fresh gevent-patched child process (as a worker is) that sends `--posts` chat.postMessage
-calls from `--concurrency` greenlets at once, spread over 50 channels, to a fresh simulator
-(rate limits off). `tls` puts a TLS-terminating relay (a self-signed P-256 certificate the
-clients trust) in front of the simulator, as Slack is reached in production. It reports
-calls/s, the latency of one call (p50/p99), the TCP connections opened, the client process's
-CPU time per call (what the hub spends), and the resident memory that importing the client
-adds. Prints each run, then the medians.
+What it decides:
+- `urllib3` against `session`: which one HTTP stack the edge's own calls (webapi, ctx.respond,
+  the relay's posts) stand on. Both post the same JSON with the same headers and read the whole
+  answer; `urllib3` is a bare `urllib3.PoolManager`, `session` a bare `requests.Session` on an
+  HTTPAdapter as big as the concurrency, `trust_env` off (proxies come from config.proxy_for
+  either way, so requests' own environment lookups are not what is measured).
+- `webapi` against `webclient`: whether the outbox sender and the connection slots should call
+  Slack through slack_sdk's WebClient (what handlers get as ctx.client) instead of webapi.
+
+Each run is a fresh gevent-patched child process (as a worker is) that sends `--posts`
+chat.postMessage calls from `--concurrency` greenlets at once, spread over 50 channels, to a
+fresh simulator (rate limits off). `tls` puts a TLS-terminating relay (a self-signed P-256
+certificate the clients trust) in front of the simulator, as Slack is reached in production. It
+reports calls/s, the latency of one call (p50/p99), the TCP connections opened, the client
+process's CPU time per 1,000 calls (what the hub spends), and the resident memory that importing
+the client adds. Prints each run, then the medians side by side.
 """
 from __future__ import annotations
 
@@ -23,12 +31,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-CLIENTS = ("webapi", "webclient")
+CLIENTS = ("urllib3", "session", "webapi", "webclient")
 CHANNELS = 50
 
 
@@ -64,15 +73,20 @@ def child(client_name: str, api_url: str, posts: int, concurrency: int, cafile: 
 
     socket.socket.connect = counting_connect  # type: ignore[method-assign]
     before = rss_kb()
+    call: Callable[[str, str], None]
     if client_name == "webapi":
-        from buidl_edge.webapi.client import http_pool, sender_webapi
+        from buidl_edge.webapi.client import sender_webapi
+        from buidl_edge.webapi.http import http_pool
 
         api = sender_webapi(api_url, 10.0, concurrency)
         if cafile:
             api.pool = http_pool(api_url, concurrency, {"SSL_CERT_FILE": cafile})
 
-        def call(channel: str, text: str) -> None:
+        def post_webapi(channel: str, text: str) -> None:
             api.post_message(token, channel, text)
+        call = post_webapi
+    elif client_name in ("urllib3", "session"):
+        call = bare_stack(client_name, api_url, token.reveal(), concurrency, cafile)
     else:
         from buidl_edge.api.webclient import build_client
 
@@ -80,8 +94,9 @@ def child(client_name: str, api_url: str, posts: int, concurrency: int, cafile: 
         if cafile:
             web.ssl = ssl.create_default_context(cafile=cafile)
 
-        def call(channel: str, text: str) -> None:
+        def post_webclient(channel: str, text: str) -> None:
             web.chat_postMessage(channel=channel, text=text)
+        call = post_webclient
     imported_kb = rss_kb() - before
 
     latencies: list[float] = []
@@ -110,6 +125,40 @@ def child(client_name: str, api_url: str, posts: int, concurrency: int, cafile: 
         "cpu_ms_per_call": round(cpu / posts * 1000, 3),
         "import_rss_mb": round(imported_kb / 1024, 1),
     }))
+
+
+def bare_stack(name: str, api_url: str, token: str, concurrency: int, cafile: str | None) -> Callable[[str, str], None]:
+    """chat.postMessage on a bare urllib3 pool or a bare requests.Session: the same JSON, the same
+    headers, the whole answer read and decoded, no redirects, no retries."""
+    url = api_url + "chat.postMessage"
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json; charset=utf-8"}
+    if name == "urllib3":
+        import certifi
+        import urllib3
+
+        pool = urllib3.PoolManager(num_pools=2, maxsize=concurrency, block=False, cert_reqs="CERT_REQUIRED",
+                                   ca_certs=cafile or certifi.where())
+
+        def post_urllib3(channel: str, text: str) -> None:
+            response = pool.request("POST", url, body=json.dumps({"channel": channel, "text": text}).encode(),
+                                    headers=headers, timeout=10.0, retries=False, redirect=False)
+            assert json.loads(response.data)["ok"]
+        return post_urllib3
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = cafile or True
+    adapter = HTTPAdapter(pool_connections=2, pool_maxsize=concurrency, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+
+    def post_session(channel: str, text: str) -> None:
+        response = session.post(url, json={"channel": channel, "text": text}, headers=headers, timeout=10.0,
+                                allow_redirects=False)
+        assert response.json()["ok"]
+    return post_session
 
 
 def relay(certfile: str, keyfile: str, target_port: int, ready_file: str) -> None:
@@ -214,22 +263,23 @@ def main() -> None:
     parser.add_argument("--posts", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=8, help="posts in flight at once (the outbox's default)")
     parser.add_argument("--modes", default="http,tls", help="http, tls or both")
+    parser.add_argument("--clients", default=",".join(CLIENTS), help=f"any of {', '.join(CLIENTS)}")
     args = parser.parse_args()
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-webapi-") as tmp:
         for run in range(1, args.runs + 1):
             for mode in args.modes.split(","):
-                for name in CLIENTS:
+                for name in args.clients.split(","):
                     figures = one_run(name, mode, args.posts, args.concurrency, Path(tmp))
                     results.setdefault((mode, name), []).append(figures)
                     print(f"run {run} {mode:4} {name:9} {figures}", flush=True)
     print(f"\nmedians of {args.runs} run(s), {args.posts} chat.postMessage calls, {args.concurrency} at once")
     print(f"{'mode':5} {'client':10} {'calls/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'conns':>6} "
-          f"{'cpu ms/call':>11} {'import MB':>9}")
-    for (mode, name), runs in results.items():
+          f"{'cpu ms/1k calls':>15} {'import MB':>9}")
+    for (mode, name), runs in sorted(results.items()):
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         print(f"{mode:5} {name:10} {med['calls_per_s']:>8.0f} {med['p50_ms']:>7.2f} {med['p99_ms']:>7.2f} "
-              f"{med['connections']:>6.0f} {med['cpu_ms_per_call']:>11.3f} {med['import_rss_mb']:>9.1f}")
+              f"{med['connections']:>6.0f} {med['cpu_ms_per_call'] * 1000:>15.0f} {med['import_rss_mb']:>9.1f}")
 
 
 if __name__ == "__main__":

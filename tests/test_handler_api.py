@@ -17,6 +17,8 @@ from buidl_edge.api.message import MessageError
 from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.api.respond import ResponseUrlError
 
+from http_support import write_answer
+
 BOT = "U0BUIDL"
 
 
@@ -177,13 +179,7 @@ class Recorder(http.server.BaseHTTPRequestHandler):
     def _record(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.hits.append((self.command, self.path, body))
-        status, headers, text = self.answer
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(text)))
-        self.end_headers()
-        self.wfile.write(text)
+        write_answer(self, self.answer)
 
     def log_message(self, *args: Any) -> None:
         pass

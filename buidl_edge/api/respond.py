@@ -7,30 +7,43 @@ envelope), so a sixth answer fails at once with a clear error instead of a round
 Choices:
 - The URL must be https://, or http:// to loopback (the simulator); anything else is refused
   before any connection. A redirect is never followed: Slack's response_url does not redirect,
-  and following one could carry the answer to another host. This is why it is requests with
-  `allow_redirects=False` and not slack_sdk's WebhookClient, whose urllib follows redirects.
+  and following one could carry the answer to another host. This is why it is the edge's own
+  HTTP stack (webapi.http, redirects off) and not slack_sdk's WebhookClient, whose urllib
+  follows redirects.
+- One pool for the process: every response_url is on the same host (hooks.slack.com), so
+  answers to different envelopes reuse the connections kept open, instead of a TLS handshake
+  each; the proxy is chosen per URL as for the Web API (HTTPS_PROXY, NO_PROXY).
 - Retried on 5xx and network errors (ATTEMPTS in all); any other refusal is an error at once.
 - The URL is a credential of sorts (anyone holding it can post as the app): no error or log
   line names it.
 """
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
-import requests
+import urllib3
 
 from buidl_edge.api.app import AppError
-from buidl_edge.config import ConfigError, check_transport_url
 from buidl_edge.api.message import validate_content
+from buidl_edge.config import ConfigError, check_transport_url
+from buidl_edge.observability.redaction import one_line
+from buidl_edge.webapi.http import PoolsByProxy, network_failure
 
 RESPONSE_URL_USES = 5
 RESPONSE_URL_TTL_S = 30 * 60.0
 RESPONSE_TYPES = ("ephemeral", "in_channel")
 ATTEMPTS = 3
+JSON_HEADERS = {"Content-Type": "application/json"}
 RETRY_DELAYS_S = (0.5, 1.0)
 TIMEOUT_S = 10.0
+# Kept connections to the response_url host: answers in flight at once beyond this open their own.
+POOL_SIZE = 8
+
+_pools = PoolsByProxy(POOL_SIZE)
 
 
 class ResponseUrlError(AppError):
@@ -89,11 +102,13 @@ class ResponseUrl:
             if attempt:
                 time.sleep(RETRY_DELAYS_S[min(attempt - 1, len(RETRY_DELAYS_S) - 1)])
             try:
-                response = requests.post(self.url, json=body, timeout=TIMEOUT_S, allow_redirects=False)
-            except requests.RequestException as exc:  # its text can hold the URL: keep the type only
-                problem = f"network error ({type(exc).__name__})"
+                response = _pools.for_url(self.url).request(
+                    "POST", self.url, body=json.dumps(body).encode(), headers=JSON_HEADERS, timeout=TIMEOUT_S,
+                    retries=False, redirect=False)
+            except urllib3.exceptions.HTTPError as exc:  # its text can hold the URL: never repeated
+                problem = f"network error ({network_failure(exc).code})"
                 continue
-            status = response.status_code
+            status = response.status
             if 200 <= status < 300:
                 self.uses += 1
                 return
@@ -109,6 +124,6 @@ class ResponseUrl:
         raise ResponseUrlError(f"response_url failed {ATTEMPTS} times; last: {problem}")
 
 
-def _said(response: requests.Response) -> str:
+def _said(response: urllib3.BaseHTTPResponse) -> str:
     """What Slack answered, short and on one line (it is `expired_url`, `no_text` …)."""
-    return " ".join(response.text[:100].split()) or "no body"
+    return one_line(response.data[:400].decode("utf-8", "replace")[:100]) or "no body"

@@ -4,10 +4,12 @@ ended as an `Answer` the relay decides on (done, retry later, or failed for good
 Outcomes, as a Slack-facing edge treats them: any 2xx is delivered; connection errors, timeouts
 and 5xx are worth retrying; 429 waits for its Retry-After; any other 3xx or 4xx is the app's
 verdict on this request (a 401 is a signature it refuses) and is not retried.
+
+The POST goes over the edge's one HTTP stack (webapi.http: urllib3, its pool keeping the
+connections to the backend between posts).
 """
 from __future__ import annotations
 
-import email.utils
 import ipaddress
 import json
 import socket
@@ -16,18 +18,20 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import requests
-from requests.adapters import HTTPAdapter
+import urllib3
 
 from buidl_edge.config import is_loopback_host, mask_url_password, proxy_for
 from buidl_edge.config.relay import is_private_address
 from buidl_edge.relay.request import SignedRequest
+from buidl_edge.webapi.http import NetworkFailure, network_failure, pool_manager
+from buidl_edge.webapi.retry_after import parse_retry_after
 
 # More than Slack's ack payload limit (20 KB) and any sane answer; the rest is not read.
 MAX_ANSWER_BYTES = 256 * 1024
 # How long a name in BUIDL_RELAY_PRIVATE_HOSTS is trusted to resolve to what it resolved to.
 RESOLVE_CACHE_S = 30.0
-MAX_RETRY_AFTER_S = 3600.0
+# Connecting gives up sooner than waiting for the app's answer: a backend that is down shows at once.
+MAX_CONNECT_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,7 @@ class Answer:
 
 
 class BackendClient:
-    """POSTs signed requests to one URL, over one pooled session."""
+    """POSTs signed requests to one URL, over one pool of kept connections."""
 
     def __init__(self, url: str, private_hosts: tuple[str, ...] = (), timeout: float = 10.0,
                  pool_size: int = 16) -> None:
@@ -74,14 +78,8 @@ class BackendClient:
         self._guarded = host if parts.scheme == "http" and not is_loopback_host(host) and \
             host in private_hosts and not _is_ip(host) else None
         self._resolved_at = 0.0
-        self.session = requests.Session()
-        self.session.trust_env = False  # no .netrc, and proxies only as chosen here
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(1, pool_size), max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
         proxy = proxy_for(url) if parts.scheme == "https" else None  # the backend next door: always direct
-        if proxy is not None:
-            self.session.proxies = {"https": proxy.url()}
+        self.pool = pool_manager(proxy, max(1, pool_size))
 
     def post(self, request: SignedRequest, timeout: float | None = None) -> Answer:
         timeout = self.timeout if timeout is None else timeout
@@ -90,13 +88,17 @@ class BackendClient:
         if refused:
             return Answer("retry", error=refused)
         try:
-            response = self.session.post(self.url, data=request.body, headers=request.headers,
-                                         timeout=(min(timeout, 5.0), timeout), allow_redirects=False, stream=True)
+            response = self.pool.request(
+                "POST", self.url, body=request.body, headers=request.headers, retries=False, redirect=False,
+                timeout=urllib3.Timeout(connect=min(timeout, MAX_CONNECT_TIMEOUT_S), read=timeout),
+                preload_content=False)
             try:
                 body = _read_capped(response)
             finally:
+                # Read to its end, the connection went back to the pool already; cut short, this
+                # closes it rather than leave the rest of the answer for the next post to read.
                 response.close()
-        except requests.RequestException as exc:
+        except urllib3.exceptions.HTTPError as exc:
             return Answer("retry", error=_network_error(exc, timeout), elapsed=time.monotonic() - started)
         return _classify(response, body, time.monotonic() - started)
 
@@ -116,17 +118,17 @@ class BackendClient:
         return None
 
     def close(self) -> None:
-        self.session.close()
+        self.pool.clear()
 
 
-def _classify(response: requests.Response, body: bytes, elapsed: float) -> Answer:
-    status = response.status_code
+def _classify(response: urllib3.BaseHTTPResponse, body: bytes, elapsed: float) -> Answer:
+    status = response.status
     content_type = response.headers.get("Content-Type", "")
     if 200 <= status < 300:
         return Answer("ok", status, None, body, content_type, elapsed=elapsed)
     if status == 429:
-        return Answer("ratelimited", status, "HTTP 429", retry_after=_retry_after(response.headers.get("Retry-After")),
-                      elapsed=elapsed)
+        return Answer("ratelimited", status, "HTTP 429",
+                      retry_after=parse_retry_after(response.headers.get("Retry-After")), elapsed=elapsed)
     if 300 <= status < 400:
         where = response.headers.get("Location")
         to = f" to {mask_url_password(where)[:200]}" if where else ""
@@ -137,9 +139,9 @@ def _classify(response: requests.Response, body: bytes, elapsed: float) -> Answe
     return Answer("failed", status, f"HTTP {status}", body, content_type, elapsed=elapsed)
 
 
-def _read_capped(response: requests.Response) -> bytes:
+def _read_capped(response: urllib3.BaseHTTPResponse) -> bytes:
     chunks, size = [], 0
-    for chunk in response.iter_content(65536):
+    for chunk in response.stream(65536):
         chunks.append(chunk)
         size += len(chunk)
         if size >= MAX_ANSWER_BYTES:
@@ -147,38 +149,14 @@ def _read_capped(response: requests.Response) -> bytes:
     return b"".join(chunks)[:MAX_ANSWER_BYTES]
 
 
-def _network_error(exc: requests.RequestException, timeout: float) -> str:
-    """One line without the URL: requests' own text names the host and path at length."""
-    text = str(exc)
-    if isinstance(exc, requests.exceptions.SSLError):
-        return "TLS handshake failed (certificate not verified?)"
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return f"no connection within {min(timeout, 5.0):g}s"
-    if isinstance(exc, requests.exceptions.ReadTimeout):
+def _network_error(exc: urllib3.exceptions.HTTPError, timeout: float) -> str:
+    """One line without the URL: urllib3's own text names the host and path at length."""
+    failure = network_failure(exc)
+    if failure is NetworkFailure.CONNECT_TIMEOUT:
+        return f"no connection within {min(timeout, MAX_CONNECT_TIMEOUT_S):g}s"
+    if failure is NetworkFailure.READ_TIMEOUT:
         return f"no answer within {timeout:g}s"
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        if "refused" in text.lower():
-            return "connection refused"
-        if "resolve" in text.lower() or "name or service" in text.lower():
-            return "cannot resolve the host"
-        if "reset" in text.lower() or "aborted" in text.lower() or "disconnected" in text.lower():
-            return "connection closed before an answer"
-        return "connection failed"
-    return f"request failed ({type(exc).__name__})"
-
-
-def _retry_after(value: str | None) -> float:
-    """Retry-After as seconds or an HTTP date; 1 s when absent or unreadable."""
-    if not value:
-        return 1.0
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError):
-            return 1.0
-    return min(MAX_RETRY_AFTER_S, max(0.0, seconds))
+    return failure.value
 
 
 def _is_ip(host: str) -> bool:

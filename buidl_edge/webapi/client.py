@@ -1,22 +1,18 @@
-"""Slack Web API over one urllib3 connection pool. Every call has a timeout; errors are exceptions.
-
-urllib3 rather than requests (which wraps it): the edge only ever POSTs JSON to one host, and
-requests' sessions, hooks and charset detection cost a worker about 4 MB of memory and some CPU
-per call for nothing it uses. The pool keeps its TLS connections open (a new one per call costs
-a handshake: scripts/bench_webapi.py), certificates are checked against certifi's bundle (or
-REQUESTS_CA_BUNDLE / SSL_CERT_FILE, as requests would), and the proxy is chosen as for the
-WebSocket (config.proxy_for), so both always agree.
+"""Slack Web API over one pooled urllib3 connection manager (webapi.http, the edge's one HTTP
+stack: why urllib3 is said there). Every call has a timeout; errors are exceptions. The proxy is
+chosen as for the WebSocket (config.proxy_for), so both always agree.
 """
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import urllib3
 
-from buidl_edge.config import Secret, check_transport_url, mask_url_password, proxy_for
+from buidl_edge.config import Secret, check_transport_url, mask_url_password
+from buidl_edge.webapi.http import NetworkFailure, http_pool, network_failure
+from buidl_edge.webapi.retry_after import parse_retry_after
 
 # Errors that no retry can fix: stop and tell the operator.
 FATAL_AUTH_ERRORS = frozenset(
@@ -87,7 +83,7 @@ class WebApi:
             raise SlackUnreachable(method, code, said) from None
         status = response.status
         if status == 429:
-            raise RateLimited(method, _retry_after(response.headers.get("Retry-After")))
+            raise RateLimited(method, parse_retry_after(response.headers.get("Retry-After")))
         if status >= 500:
             raise TransientApiError(method, f"http_{status}", status)
         try:
@@ -99,7 +95,7 @@ class WebApi:
         if not body.get("ok"):
             error = str(body.get("error") or "unknown_error")
             if error == "ratelimited":
-                raise RateLimited(method, _retry_after(response.headers.get("Retry-After")))
+                raise RateLimited(method, parse_retry_after(response.headers.get("Retry-After")))
             cls = FatalAuthError if error in FATAL_AUTH_ERRORS else SlackApiError
             raise cls(method, error, status)
         return body
@@ -162,52 +158,13 @@ def sender_webapi(api_url: str, timeout: float, pool_size: int) -> WebApi:
     return WebApi(api_url, timeout=timeout, pool_size=pool_size)
 
 
-def http_pool(url: str, size: int, env: Mapping[str, str] | None = None) -> urllib3.PoolManager:
-    """Connections to `url`'s host, through the proxy chosen for it; TLS verified."""
-    env = os.environ if env is None else env
-    ca_certs = env.get("REQUESTS_CA_BUNDLE") or env.get("SSL_CERT_FILE") or _certifi_bundle()
-    options: dict[str, Any] = {"maxsize": size, "block": False, "cert_reqs": "CERT_REQUIRED", "ca_certs": ca_certs}
-    proxy = proxy_for(url, env)
-    if proxy is None:
-        return urllib3.PoolManager(num_pools=2, **options)
-    headers = urllib3.make_headers(proxy_basic_auth=":".join(proxy.auth)) if proxy.auth else None
-    return urllib3.ProxyManager(f"http://{proxy.host}:{proxy.port}", num_pools=2, proxy_headers=headers, **options)
-
-
-def _network_error(exc: Exception, timeout: float, where: str) -> tuple[str, str]:
-    """(code, what happened) of a call to `where` that got no answer.
-
-    urllib3's NewConnectionError (refused, unresolvable) subclasses ConnectTimeoutError, so it is
-    told apart first, as requests does: a refused connection is not a timeout.
-    """
-    unreachable = f"cannot reach Slack at {where}: "
-    if isinstance(exc, urllib3.exceptions.ProxyError):
-        return "ProxyError", unreachable + "the proxy failed (HTTPS_PROXY)"
-    if isinstance(exc, urllib3.exceptions.NameResolutionError):
-        return "NameResolution", unreachable + "cannot resolve the host"
-    if isinstance(exc, urllib3.exceptions.NewConnectionError):
-        if isinstance(exc.__cause__, ConnectionRefusedError) or "refused" in str(exc).lower():
-            return "ConnectionRefused", unreachable + "connection refused"
-        return "ConnectionError", unreachable + "connection failed"
-    if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
-        return "ConnectTimeout", unreachable + f"no connection within {timeout:g}s"
-    if isinstance(exc, urllib3.exceptions.TimeoutError):
-        return "ReadTimeout", f"Slack at {where} did not answer within {timeout:g}s"
-    if isinstance(exc, urllib3.exceptions.SSLError):
-        return "SSLError", unreachable + "TLS handshake failed (certificate not verified?)"
-    return "ConnectionError", f"Slack at {where} closed the connection before answering"
-
-
-def _certifi_bundle() -> str | None:
-    try:
-        import certifi
-    except ImportError:  # the system's store, then
-        return None
-    return certifi.where()
-
-
-def _retry_after(value: str | None) -> float:
-    try:
-        return max(0.0, float(value)) if value is not None else 1.0
-    except ValueError:
-        return 1.0
+def _network_error(exc: urllib3.exceptions.HTTPError, timeout: float, where: str) -> tuple[str, str]:
+    """(code, what happened) of a call to `where` that got no answer."""
+    failure = network_failure(exc)
+    if failure is NetworkFailure.READ_TIMEOUT:
+        return failure.code, f"Slack at {where} did not answer within {timeout:g}s"
+    if failure is NetworkFailure.CLOSED:
+        return failure.code, f"Slack at {where} closed the connection before answering"
+    what = {NetworkFailure.PROXY: "the proxy failed (HTTPS_PROXY)",
+            NetworkFailure.CONNECT_TIMEOUT: f"no connection within {timeout:g}s"}.get(failure, failure.value)
+    return failure.code, f"cannot reach Slack at {where}: {what}"
