@@ -24,6 +24,7 @@ from slack_sdk.signature import SignatureVerifier
 from buidl_edge.sandbox.harness import WorkerProcess, wait_until
 from buidl_edge.sandbox.simulator.client import SimulatorProcess
 import support
+from http_support import write_answer
 from redis_support import free_port
 
 pytestmark = pytest.mark.timeout(90)
@@ -46,14 +47,9 @@ class Backend:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                status, headers, answer = backend.answer(self.path, dict(self.headers.items()), body)
+                answer = backend.answer(self.path, dict(self.headers.items()), body)
                 try:
-                    self.send_response(status)
-                    for name, value in headers.items():
-                        self.send_header(name, value)
-                    self.send_header("Content-Length", str(len(answer)))
-                    self.end_headers()
-                    self.wfile.write(answer)
+                    write_answer(self, answer)
                 except OSError:  # the worker was killed while we waited
                     pass
 
