@@ -15,6 +15,7 @@ import pytest
 from buidl_edge.dispatch.ack_claims import AckClaims
 from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.store.errors import StoreUnavailable
+from buidl_edge.store.failover import Failover
 from buidl_edge.store.health import STEADY_S, StoreHealth
 from held_store import HeldStore
 from support import envelope
@@ -45,8 +46,9 @@ def store() -> HeldStore:
     return HeldStore()
 
 
-def claims_for(store: HeldStore, health: StoreHealth) -> AckClaims:
-    return AckClaims(store, health, OWNER, wait_s=0.05, on_failure=health.failed)
+def claims_for(store: HeldStore, health: StoreHealth, decide_locally_after_s: float = 5.0) -> AckClaims:
+    return AckClaims(Failover(store, health, OWNER), OWNER, wait_s=0.05, on_failure=health.failed,
+                     decide_locally_after_s=decide_locally_after_s)
 
 
 # -- the episode ------------------------------------------------------------------------------------
@@ -136,18 +138,18 @@ def test_a_store_that_fails_is_tried_again_and_decides_once_it_answers(
 
 def test_a_store_still_failing_past_the_deadline_leaves_it_to_local_dedup_then_is_written_back(
         store: HeldStore, health: StoreHealth, clock: Clock) -> None:
-    claims = AckClaims(store, health, OWNER, wait_s=0.05, on_failure=health.failed, decide_locally_after_s=0.05)
+    claims = claims_for(store, health, decide_locally_after_s=0.05)
     later = Decisions()
     store.failing = True
     claims.within_bound([envelope("E1", "Ev1"), envelope("E2", "Ev2")], later)
     claims.late.join(timeout=5)
     assert later.heard == [("E1", True), ("E2", True)] and claims.decided_locally == 2
-    claims.finished("E1", "RuntimeError")
+    claims.failover.finished("E1", "RuntimeError")
     store.failing = False
     clock.now += STEADY_S
     health.wrote()  # the heartbeat got through: over, and the write-back runs
-    claims.late.join(timeout=5)
-    assert claims.written_back == 2
+    claims.failover.late.join(timeout=5)
+    assert claims.failover.written_back == 2
     assert store.inbox_row("E1")["state"] == "failed"  # finished with the error it had here
     assert store.inbox_row("E2")["state"] == "processing"  # its handler's own finish comes later
     assert not store.claim(envelope("E9", "Ev1"), OWNER)  # a retry on another process is recognised
@@ -155,7 +157,7 @@ def test_a_store_still_failing_past_the_deadline_leaves_it_to_local_dedup_then_i
 
 def test_a_write_back_that_finds_the_claim_taken_says_it_may_have_run_twice(
         store: HeldStore, health: StoreHealth, clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
-    claims = AckClaims(store, health, OWNER, wait_s=0.05, on_failure=health.failed, decide_locally_after_s=0.05)
+    claims = claims_for(store, health, decide_locally_after_s=0.05)
     store.failing = True
     claims.within_bound([envelope("E1", "Ev1")], Decisions())
     claims.late.join(timeout=5)
@@ -163,14 +165,14 @@ def test_a_write_back_that_finds_the_claim_taken_says_it_may_have_run_twice(
     assert store.claim(envelope("X1", "Ev1"), "other:2")  # another process got Slack's retry
     clock.now += STEADY_S
     health.wrote()
-    claims.late.join(timeout=5)
-    assert claims.decided_twice == 1 and claims.written_back == 0
+    claims.failover.late.join(timeout=5)
+    assert claims.failover.decided_twice == 1 and claims.failover.written_back == 0
     assert any("may have run twice" in r.getMessage() for r in caplog.records)
 
 
 def test_the_drain_writes_back_what_is_left_and_says_what_it_could_not(
         store: HeldStore, health: StoreHealth, caplog: pytest.LogCaptureFixture) -> None:
-    claims = AckClaims(store, health, OWNER, wait_s=0.05, on_failure=health.failed, decide_locally_after_s=0.05)
+    claims = claims_for(store, health, decide_locally_after_s=0.05)
     store.failing = True
     claims.within_bound([envelope("E1", "Ev1")], Decisions())
     assert not claims.drain(timeout=5)

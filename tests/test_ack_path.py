@@ -20,6 +20,7 @@ from buidl_edge.dispatch.handlers import HandlerTarget
 from buidl_edge.dispatch.stats import DispatchStats
 from buidl_edge.socketmode.link import Ack
 from buidl_edge.socketmode.protocol import Envelope
+from buidl_edge.store.failover import Failover
 from buidl_edge.store.health import StoreHealth
 from held_store import HeldStore
 
@@ -98,7 +99,7 @@ def test_ack_routing(case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
         release.wait()
 
     stats = DispatchStats()
-    claims = AckClaims(store, health, OWNER, wait_s=0.05, on_failure=health.failed)
+    claims = AckClaims(Failover(store, health, OWNER), OWNER, wait_s=0.05, on_failure=health.failed)
     target = HandlerTarget(app, None, stats, None, claim_key=store.claim_key,
                            finish=lambda eid, replies, error: store.finish(eid, replies, error) is None,
                            pool_size=1)

@@ -32,7 +32,7 @@ import gevent.pool
 from buidl_edge.socketmode.backoff import backoff_delay
 from buidl_edge.store.base import Claimed, DeliveryOutcome, EdgeStore
 from buidl_edge.store.errors import StoreError
-from buidl_edge.store.health import StoreHealth
+from buidl_edge.store.failover import Failover
 
 # Settling an outcome is retried this often before it is kept for the next chore round.
 SETTLE_DELAYS_S = (0.0, 0.1, 0.5)
@@ -127,11 +127,12 @@ class Delivery(Protocol[RowT]):
 class DeliveryLoop(Generic[RowT]):
     """One per kind of delivery per worker: a claiming greenlet, a pool of delivering ones, chores."""
 
-    def __init__(self, delivery: Delivery[RowT], store: EdgeStore, health: StoreHealth, counters: Counters, *,
+    def __init__(self, delivery: Delivery[RowT], failover: Failover, counters: Counters, *,
                  concurrency: int, poll_s: float, drain_poll_s: float = 0.05) -> None:
         self.delivery = delivery
-        self.store = store
-        self.health = health
+        self.failover = failover
+        self.store = failover.store
+        self.health = failover.health
         self.counters = counters
         self.poll_s = poll_s  # how soon rows queued by another process are noticed
         self.drain_poll_s = drain_poll_s  # how often the drain counts what is left
@@ -149,9 +150,8 @@ class DeliveryLoop(Generic[RowT]):
 
     def stores(self) -> tuple[EdgeStore, EdgeStore]:
         """Where rows wait, in the order they are claimed: the shared store, then this process's
-        fallback (StoreHealth.fallback), which holds what was queued while the shared store
-        failed. The one place a delivery pairs them: a failover store would stand here alone."""
-        return (self.store, self.health.fallback)
+        fallback, which holds what was queued while the shared store failed (store/failover.py)."""
+        return self.failover.stores()
 
     # ------------------------------------------------------------ running
 
@@ -238,7 +238,7 @@ class DeliveryLoop(Generic[RowT]):
                 self.store_failed(f"{self.delivery.name}_claim", exc)
                 continue
             if store is self.store and claimed.rows:  # rows taken: a write (a read would prove nothing)
-                self.health.wrote()
+                self.failover.wrote()
             for row in claimed.rows:
                 self._deliveries.spawn(self._deliver, store, row)
             if claimed.next_at is not None:
@@ -290,7 +290,7 @@ class DeliveryLoop(Generic[RowT]):
     def store_failed(self, operation: str, exc: StoreError) -> None:
         """Counted every time; StoreHealth says it once per episode. The call is retried next round."""
         self.counters.store_errors += 1
-        self.health.failed(operation, exc)
+        self.failover.failed(operation, exc)
 
     def _chores(self) -> None:
         while True:

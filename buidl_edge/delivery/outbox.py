@@ -39,7 +39,7 @@ from buidl_edge.config import OutboxConfig, Secret
 from buidl_edge.delivery.loop import Delivered, DeliveryLoop, RetryPolicy
 from buidl_edge.store.base import Claimed, DeliveryOutcome, EdgeStore, OutboxRow, Reply
 from buidl_edge.store.errors import StoreError
-from buidl_edge.store.health import StoreHealth
+from buidl_edge.store.failover import Failover
 from buidl_edge.webapi.client import RateLimited, SlackApiError, TransientApiError, WebApi
 
 log = logging.getLogger("buidl_edge.outbox")
@@ -80,7 +80,7 @@ class Outbox:
     def __init__(self, store: EdgeStore, webapi: WebApi, bot_token: Secret, owner: str,
                  config: OutboxConfig | None = None, backoff_base: float = 1.0, backoff_cap: float = 30.0,
                  lease_s: float = 30.0, on_failed: FailedHook | None = None,
-                 health: StoreHealth | None = None) -> None:
+                 failover: Failover | None = None) -> None:
         self.store = store
         self.webapi = webapi
         self.bot_token = bot_token
@@ -89,12 +89,12 @@ class Outbox:
         self.retry = RetryPolicy(self.config.max_attempts, backoff_base, backoff_cap)
         self.lease_s = lease_s
         self.on_failed = on_failed  # called with each row that failed for good (Sentry hooks in here)
-        # Shared with the dispatcher and the heartbeat. Replies whose envelope could not be finished
-        # in the shared store (it is failing) still go out from its fallback, under this process's
-        # own buckets.
-        self.health = health or StoreHealth()
+        # Shared with the dispatcher and the chores. Replies queued while the shared store failed
+        # go out from its fallback, under this process's own buckets.
+        self.failover = failover or Failover(store, owner=owner)
+        self.health = self.failover.health
         self.stats = OutboxStats()
-        self.loop = DeliveryLoop(self, store, self.health, self.stats, concurrency=self.config.concurrency,
+        self.loop = DeliveryLoop(self, self.failover, self.stats, concurrency=self.config.concurrency,
                                  poll_s=self.config.poll_interval)
         self._history_refusals: set[str] = set()  # said once each
         self._last_renew = 0.0
@@ -104,25 +104,13 @@ class Outbox:
     def enqueue(self, replies: Sequence[Reply], envelope_id: str = "", keys: Sequence[str] | None = None) -> list[int]:
         """Validate and queue; MessageError for bad input (nothing queued then)."""
         replies = [validate_reply(r) for r in replies]
-        shared, local = self.loop.stores()
-        try:
-            ids = shared.outbox_enqueue(replies, envelope_id, keys)
-        except StoreError as exc:
-            self.loop.store_failed("outbox_enqueue", exc)
-            ids = local.outbox_enqueue(replies, envelope_id, keys)
+        ids, _ = self.failover.write("outbox_enqueue", lambda store: store.outbox_enqueue(replies, envelope_id, keys))
         self.wake()
         return ids
 
     def send_reply(self, reply: Reply) -> None:
         """`app.send_message`'s sink."""
         self.enqueue([reply])
-
-    def enqueue_local(self, envelope_id: str, replies: Sequence[Reply]) -> None:
-        """A handler's replies whose `finish` failed: send them from this process's memory."""
-        if replies:
-            _, local = self.loop.stores()
-            local.outbox_enqueue(replies, envelope_id, [f"{envelope_id}:{i}" for i in range(len(replies))])
-            self.wake()
 
     def wake(self) -> None:
         """Look for sendable rows now (new rows, or a post just finished)."""

@@ -11,8 +11,8 @@ the others', so a Slack retry that lands on another process meanwhile would run 
   says is new is handled, and each it says another delivery had is dropped;
 - a claim the store refused is tried again every RETRY_S, for up to DECIDE_LOCALLY_AFTER_S;
 - past that, an outage is no longer a blip: local dedup decides, the new ones are handled, and
-  their claims are written back when the episode ends (`StoreHealth` calls `_on_health`), or at
-  the drain, so that a later retry on another process is still recognised.
+  their claims are written back when the episode ends, or at the drain (store/failover.py), so
+  that a later retry on another process is still recognised.
 """
 from __future__ import annotations
 
@@ -25,18 +25,14 @@ import gevent
 import gevent.pool
 
 from buidl_edge.socketmode.protocol import Envelope
-from buidl_edge.store.base import EdgeStore
 from buidl_edge.store.errors import StoreError, StoreRejected, rejected
-from buidl_edge.store.health import StoreHealth
+from buidl_edge.store.failover import Failover
 
 log = logging.getLogger("buidl_edge.dispatch")
 
 # How often a claim the store refused is tried again, and for how long before local dedup decides.
 RETRY_S = 0.5
 DECIDE_LOCALLY_AFTER_S = 5.0
-# Claims written back per store call (one commit, or one pipeline).
-WRITE_BACK_CHUNK = 500
-
 Outcome = bool | StoreError
 FailureHook = Callable[[str, StoreError], None]
 # Called once per envelope of a burst acked before it was decided: (envelope, new).
@@ -49,27 +45,22 @@ def _failed_whole(outcomes: Sequence[Outcome]) -> bool:
 
 
 class AckClaims:
-    """Decides each burst's claims for the dispatcher; owns the write-back of local decisions."""
+    """Decides each burst's claims for the dispatcher."""
 
-    def __init__(self, store: EdgeStore, health: StoreHealth, owner: str, wait_s: float,
-                 on_failure: FailureHook, decide_locally_after_s: float = DECIDE_LOCALLY_AFTER_S) -> None:
-        self.store = store
-        self.health = health
+    def __init__(self, failover: Failover, owner: str, wait_s: float, on_failure: FailureHook,
+                 decide_locally_after_s: float = DECIDE_LOCALLY_AFTER_S) -> None:
+        self.failover = failover
+        self.store = failover.store
+        self.health = failover.health
         self.owner = owner
         self.wait_s = wait_s
         self.decide_locally_after_s = decide_locally_after_s
         self._on_failure = on_failure  # counts the failure, and opens the episode
-        self._where = store.describe()
-        # Claims still being decided after their ack, and write-backs: the drain waits for them.
+        self._where = self.store.describe()
+        # Claims still being decided after their ack: the drain waits for them.
         self.late = gevent.pool.Group()
-        self._unwritten: dict[str, Envelope] = {}  # decided here, on local dedup; not in the store
-        self._finished: dict[str, str | None] = {}  # of those, handled here: envelope id -> error
         self.acked_undecided = 0
         self.decided_locally = 0
-        self.written_back = 0
-        self.decided_twice = 0
-        self._writing_back = False  # one write-back at a time: a second would see its claims as taken
-        health.subscribe(self._on_health)
 
     # ------------------------------------------------------------ deciding
 
@@ -109,12 +100,6 @@ class AckClaims:
         self.acked_undecided += len(envelopes)
         return None
 
-    def finished(self, envelope_id: str, error: str | None) -> None:
-        """The dispatcher handled this envelope: if its claim is written back later, it is
-        finished with it."""
-        if envelope_id in self._unwritten:
-            self._finished[envelope_id] = error
-
     def _claim_many(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
         try:
             return self.store.claim_many(envelopes, self.owner)
@@ -128,8 +113,8 @@ class AckClaims:
         decided: list[bool] = []
         for envelope, outcome in zip(envelopes, outcomes):
             if isinstance(outcome, StoreError):
-                self._on_failure("claim", outcome)
-                decided.append(self.health.fallback.claim(envelope, self.owner))
+                self._on_failure("claim", outcome)  # this one alone: local dedup, never written back
+                decided.append(self.failover.fallback.claim(envelope, self.owner))
                 continue
             if outcome:
                 self.health.wrote()
@@ -170,79 +155,17 @@ class AckClaims:
                     "(a Slack retry of one on another process meanwhile would run it again); their claims are "
                     "written back when the store answers", self.decide_locally_after_s, len(envelopes))
         for envelope in envelopes:
-            new = self.health.fallback.claim(envelope, self.owner)
             self.decided_locally += 1
-            if new:
-                self._unwritten[envelope.envelope_id] = envelope
-            later(envelope, new)
-
-    # ------------------------------------------------------------ write-back
-
-    def _on_health(self, degraded: bool, cause: str) -> None:
-        if not degraded and self._unwritten:
-            self.late.spawn(self.write_back)
-
-    def write_back(self) -> int:
-        """Claim in the shared store what local dedup decided while it failed (and finish what was
-        handled); returns how many are still unwritten."""
-        if self._writing_back:
-            return len(self._unwritten)
-        self._writing_back = True
-        try:
-            return self._write_back()
-        finally:
-            self._writing_back = False
-
-    def _write_back(self) -> int:
-        while self._unwritten:
-            chunk = list(self._unwritten.values())[:WRITE_BACK_CHUNK]
-            outcomes = self._claim_many(chunk)
-            finishes: list[tuple[str, str | None]] = []
-            twice = written = 0
-            for envelope, outcome in zip(chunk, outcomes):
-                eid = envelope.envelope_id
-                if isinstance(outcome, StoreError) and not isinstance(outcome, StoreRejected):
-                    self._on_failure("write back", outcome)
-                    return len(self._unwritten)
-                self._unwritten.pop(eid, None)
-                handled = eid in self._finished
-                error = self._finished.pop(eid, None)
-                if outcome is True:
-                    written += 1
-                    if handled:  # done here already (its replies went out): done in the store too
-                        finishes.append((eid, error))
-                elif outcome is False:
-                    twice += 1
-            self._finish_all(finishes)
-            self.written_back += written
-            if twice:
-                self.decided_twice += twice
-                log.warning("%d envelope(s) handled on local dedup while the store failed had been claimed by "
-                            "another process too: their handlers may have run twice", twice)
-            if written:
-                self.health.wrote()
-                log.info("wrote back %d claim(s) decided on local dedup while the store failed", written)
-        return 0
-
-    def _finish_all(self, finishes: Sequence[tuple[str, str | None]]) -> None:
-        for eid, error in finishes:
-            try:
-                self.store.finish(eid, [], error)
-            except StoreError as exc:
-                self._on_failure("finish", exc)
+            later(envelope, self.failover.decide_locally(envelope))
 
     # ------------------------------------------------------------ drain
 
     def drain(self, timeout: float) -> bool:
-        """Let claims still being decided land and write back what is left; False when some could
-        not be."""
-        self.late.join(timeout=timeout)
-        left = self.write_back() if self._unwritten else 0
-        if left:
-            log.warning("%d claim(s) decided on local dedup could not be written back before exit: a Slack "
-                        "retry of them reaching another process would run them again", left)
-        return not left and not self.late
+        """Let claims still being decided land, then the write-back; False when some could not be."""
+        deadline = time.monotonic() + timeout
+        landed = bool(self.late.join(timeout=timeout))
+        return self.failover.drain(max(0.1, deadline - time.monotonic())) and landed
 
     def stats(self) -> dict[str, Any]:
         return {"acked_undecided": self.acked_undecided, "claims_decided_locally": self.decided_locally,
-                "claims_written_back": self.written_back, "claims_decided_twice": self.decided_twice}
+                "claims_written_back": self.failover.written_back, "claims_decided_twice": self.failover.decided_twice}

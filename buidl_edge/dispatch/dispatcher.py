@@ -8,8 +8,8 @@ process's memory while the store fails, and count into the one degraded episode 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from buidl_edge.api.app import EdgeApp
 from buidl_edge.config.settings import DEFAULT_CLAIM_WAIT_S
@@ -22,25 +22,30 @@ from buidl_edge.socketmode.link import Ack, LaterAcks
 from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.store.base import EdgeStore, Reply
 from buidl_edge.store.errors import StoreError, StoreRejected
+from buidl_edge.store.failover import Failover
 from buidl_edge.store.health import StoreHealth
 
 if TYPE_CHECKING:
     from buidl_edge.delivery.outbox import Outbox
+
+T = TypeVar("T")
 
 
 class Dispatcher:
     def __init__(self, app: EdgeApp, store: EdgeStore, outbox: Outbox | None, owner: str,
                  ack_payload_deadline: float, bot_user_id: str | None,
                  handler_pool_size: int = 200, handler_threads: int = 8, health: StoreHealth | None = None,
-                 target: Target | None = None, claim_wait_s: float = DEFAULT_CLAIM_WAIT_S) -> None:
-        """`target`: where new envelopes go; by default `app`'s handlers."""
+                 target: Target | None = None, claim_wait_s: float = DEFAULT_CLAIM_WAIT_S,
+                 failover: Failover | None = None) -> None:
+        """`target`: where new envelopes go; by default `app`'s handlers. `failover`: the worker's
+        one, shared with the outbox, the relay and the chores (one degraded episode)."""
         self.store = store
         self.owner = owner
         self.bot_user_id = bot_user_id
         self.stats = DispatchStats()
-        # Shared with the outbox, the relay and the chores: one degraded episode for the worker.
-        self.health = health or StoreHealth()
-        self.claims = AckClaims(store, self.health, owner, claim_wait_s, self._store_failed)
+        self.failover = failover or Failover(store, health, owner)
+        self.health = self.failover.health
+        self.claims = AckClaims(self.failover, owner, claim_wait_s, self._store_failed)
         self.handlers: HandlerTarget | None = None
         if target is None:
             target = self.handlers = HandlerTarget(
@@ -68,21 +73,23 @@ class Dispatcher:
     # ------------------------------------------------------------ the handlers' store calls
 
     def _claim_key(self, key: str) -> bool:
-        try:
-            return self.store.claim_key(key)
-        except StoreError as exc:
-            self._store_failed("claim_key", exc)
-            return self.health.fallback.claim_key(key)
+        return self._write("claim_key", lambda store: store.claim_key(key))[0]
 
     def _finish(self, envelope_id: str, replies: list[Reply], error: str | None) -> bool:
-        self.claims.finished(envelope_id, error)
+        """True when the finish (and its replies) landed in the shared store; else the replies are
+        queued in the fallback's outbox and go out from this process."""
+        self.failover.finished(envelope_id, error)
+        return self._write("finish", lambda store: store.finish(envelope_id, replies, error))[1]
+
+    def _write(self, operation: str, call: Callable[[Any], T]) -> tuple[T, bool]:
+        """A handler's write through the failover, its failures counted here too."""
         try:
-            self.store.finish(envelope_id, replies, error)
-        except StoreError as exc:  # the replies go out from this process instead
-            self._store_failed("finish", exc)
-            return False
-        self.health.wrote()
-        return True
+            result = call(self.store)
+        except StoreError as exc:
+            self._store_failed(operation, exc)
+            return call(self.failover.fallback), False
+        self.failover.wrote()
+        return result, True
 
     def _store_failed(self, operation: str, exc: StoreError) -> None:
         """Counted every time; StoreHealth says it once per episode (or per kind, if rejected)."""
@@ -90,7 +97,7 @@ class Dispatcher:
             self.stats.store_rejected += 1
         else:
             self.stats.store_errors += 1
-        self.health.failed(operation, exc)
+        self.failover.failed(operation, exc)
 
     # ------------------------------------------------------------ drain
 

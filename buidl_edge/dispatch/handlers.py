@@ -147,13 +147,11 @@ class HandlerTarget:
                 self._busy.pop(me, None)
             if payload is None and isinstance(result, dict):
                 payload = result
-        finished = self._finish(envelope.envelope_id, ctx.replies, error)
+        self._finish(envelope.envelope_id, ctx.replies, error)
         self._stats.handled += 1
         if ctx.replies and self.outbox is not None:
-            if finished:  # the replies are in the shared outbox now: the sender posts them
-                self.outbox.wake()
-            else:  # the store is failing: send them from this process rather than drop them
-                self.outbox.enqueue_local(envelope.envelope_id, ctx.replies)
+            # In the shared outbox, or (the store failing) in the fallback's: the sender posts them.
+            self.outbox.wake()
         return payload
 
     def _warn_unknown_command(self, command: str) -> None:

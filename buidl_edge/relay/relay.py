@@ -39,7 +39,7 @@ from buidl_edge.relay.stats import BACKEND_BUCKETS_S, RECENT, Outage, RelayStats
 from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.store.base import Claimed, DeliveryOutcome, EdgeStore, RelayRow, why_taken_over
 from buidl_edge.store.errors import StoreError
-from buidl_edge.store.health import StoreHealth
+from buidl_edge.store.failover import Failover
 
 log = logging.getLogger("buidl_edge.relay")
 
@@ -81,7 +81,7 @@ class Relay:
 
     def __init__(self, store: EdgeStore, client: BackendClient, signing_secret: Secret, owner: str, *,
                  ack_deadline: float, max_attempts: int = 25, backoff_base: float = 1.0, backoff_cap: float = 60.0,
-                 lease_s: float = 30.0, concurrency: int = 16, health: StoreHealth | None = None,
+                 lease_s: float = 30.0, concurrency: int = 16, failover: Failover | None = None,
                  on_failed: FailedHook | None = None) -> None:
         self.store = store
         self.client = client
@@ -90,13 +90,13 @@ class Relay:
         self.ack_deadline = ack_deadline
         self.retry = RetryPolicy(max_attempts, backoff_base, backoff_cap)
         self.lease_s = lease_s
-        self.health = health or StoreHealth()
+        self.failover = failover or Failover(store, owner=owner)
         self.on_failed = on_failed  # each envelope that failed for good (Sentry hooks in here)
         self.stats = RelayStats()
         self.latency = LatencyHistogram(BACKEND_BUCKETS_S)
         # Its companions are the answers within the ack deadline and the late answers: the drain
         # lets them finish. inbox_stats reads the whole file: the drain counts every 0.25 s, not 50 ms.
-        self.loop = DeliveryLoop(self, store, self.health, self.stats, concurrency=concurrency,
+        self.loop = DeliveryLoop(self, self.failover, self.stats, concurrency=concurrency,
                                  poll_s=POLL_INTERVAL_S, drain_poll_s=POLL_INTERVAL_S)
         self._recent: deque[float] = deque(maxlen=RECENT)
         self._outage = Outage()

@@ -38,6 +38,7 @@ from buidl_edge.store.base import EdgeStore
 from buidl_edge.store.errors import StoreError
 from buidl_edge.store.memory import MemoryStore
 from buidl_edge.store.slots import SlotGate
+from buidl_edge.store.failover import Failover
 from buidl_edge.store.health import StoreHealth
 from buidl_edge.runtime.fatal_marker import read_fatal, record_fatal
 from buidl_edge.webapi.client import FatalAuthError, SlackApiError, WebApi, sender_webapi
@@ -82,6 +83,8 @@ class Worker:
         self.stop_reason: StopReason | None = None
         # One view of the store's health for the dispatcher, the outbox and the heartbeat.
         self.health = StoreHealth()
+        # The store with this process's fallback and the write-back: every part writes through it.
+        self.failover = Failover(self.store, self.health, self.owner)
         self.slots: list[ConnectionSlot] = []
         self.dispatcher: Dispatcher | None = None
         self.outbox: Outbox | None = None
@@ -158,7 +161,7 @@ class Worker:
                                                        config.concurrency),
                              self.settings.bot_token, self.owner, config, self.settings.backoff_base,
                              self.settings.backoff_cap, self.settings.lease_s,
-                             on_failed=report_outbox_failure, health=self.health).start()
+                             on_failed=report_outbox_failure, failover=self.failover).start()
         # send_message may be called from a threaded handler: the outbox is reached on the hub.
         hub_call = HubCall()
         self.app.bind(hub_call.wrap(self.outbox.send_reply))
@@ -169,7 +172,8 @@ class Worker:
         self.dispatcher = Dispatcher(self.app, self.store, self.outbox, self.owner,
                                      self.settings.ack_payload_deadline, bot_user_id,
                                      self.settings.handler_concurrency, self.settings.handler_threads,
-                                     self.health, target=self._relay_target(), claim_wait_s=self.settings.claim_wait_s)
+                                     self.health, target=self._relay_target(), claim_wait_s=self.settings.claim_wait_s,
+                                     failover=self.failover)
         overlap = gevent.lock.Semaphore(refresh_overlaps(self.settings))
         self.slots = [ConnectionSlot(f"c{i}", self.settings, self.webapi, self.dispatcher, self.gate, overlap)
                       for i in range(self.settings.connections)]
@@ -268,7 +272,7 @@ class Worker:
         return Relay(self.store, client, settings.signing_secret, self.owner,
                      ack_deadline=settings.ack_payload_deadline, max_attempts=settings.relay_max_attempts,
                      backoff_base=settings.relay_backoff_base, backoff_cap=settings.relay_backoff_cap,
-                     lease_s=settings.lease_s, concurrency=settings.relay_concurrency, health=self.health,
+                     lease_s=settings.lease_s, concurrency=settings.relay_concurrency, failover=self.failover,
                      on_failed=report_relay_failure).start()
 
     def _heartbeat(self) -> None:

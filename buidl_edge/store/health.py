@@ -18,7 +18,6 @@ from typing import Callable
 
 from buidl_edge.observability.sentry import report_store_failure
 from buidl_edge.store.errors import StoreBusy, StoreError, StoreRejected
-from buidl_edge.store.memory import MemoryStore
 
 log = logging.getLogger("buidl_edge.store_health")
 
@@ -33,9 +32,6 @@ class StoreHealth:
         self.degraded = False
         self.cause = ""  # what started the episode, for /readyz and `status`
         self.episodes = 0
-        # This process's own dedup and reply queue while the shared store fails: acking goes on,
-        # the process at least never answers twice, and replies go out from here.
-        self.fallback = MemoryStore()
         self._clock = clock
         self._started_at = 0.0
         self._last_failure_at = 0.0

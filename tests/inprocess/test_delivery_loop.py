@@ -19,7 +19,7 @@ from buidl_edge.delivery.ratelimit import PostLimits
 from buidl_edge.sandbox.harness import wait_until
 from buidl_edge.store.base import Claimed, DeliveryOutcome, Lifespan, OutboxRow, Reply
 from buidl_edge.store.errors import StoreError
-from buidl_edge.store.health import StoreHealth
+from buidl_edge.store.failover import Failover
 from buidl_edge.store.memory import MemoryStore
 from buidl_edge.store.redis import RedisStore
 from buidl_edge.store.sqlite import SqliteStore
@@ -97,7 +97,7 @@ class Loops:
         self.made: list[DeliveryLoop[OutboxRow]] = []
 
     def start(self, chimes: Chimes, store: Any, concurrency: int = 4) -> DeliveryLoop[OutboxRow]:
-        loop = DeliveryLoop(chimes, store, StoreHealth(), Counters(), concurrency=concurrency, poll_s=0.05)
+        loop = DeliveryLoop(chimes, Failover(store), Counters(), concurrency=concurrency, poll_s=0.05)
         loop.start()
         self.made.append(loop)
         return loop
@@ -175,12 +175,12 @@ def test_stop_delivers_what_dies_with_the_dyno_first(sqlite_store: SqliteStore, 
     loop = loops.start(chimes, sqlite_store)
     # Rows another process queued (this loop is never woken for them), and rows only memory holds.
     sqlite_store.outbox_enqueue([Reply("C1", f"file{i}") for i in range(4)])
-    loop.health.fallback.outbox_enqueue([Reply("C2", f"memory{i}") for i in range(3)])
+    loop.failover.fallback.outbox_enqueue([Reply("C2", f"memory{i}") for i in range(3)])
     drained = loop.stop(timeout=10)
     assert drained.clean, drained
     assert [t for t in chimes.delivered if t.startswith("file")] == [f"file{i}" for i in range(4)]
     assert [t for t in chimes.delivered if t.startswith("memory")] == [f"memory{i}" for i in range(3)]
-    assert sqlite_store.outbox_stats()["depth"] == 0 and loop.health.fallback.outbox_stats()["depth"] == 0
+    assert sqlite_store.outbox_stats()["depth"] == 0 and loop.failover.fallback.outbox_stats()["depth"] == 0
 
 
 def test_stop_leaves_the_rows_of_a_store_that_outlives_the_dyno(loops: Loops) -> None:

@@ -1,0 +1,151 @@
+"""The shared store with this process's fallback: the one place a failing store is handled.
+
+Every part of a worker that writes (the ack path, the handlers' finish, the outbox, the relay,
+the chores) writes through one `Failover`. It owns:
+
+- the degraded episode (`StoreHealth`): a failed write starts it, a write that works once writes
+  have stopped failing ends it; one log line and one Sentry event for the whole of it;
+- the fallback, a MemoryStore: while the shared store fails, a write lands there instead, so
+  acking goes on on local dedup and replies go out from this process (`stores()` gives a
+  delivery loop both, shared first);
+- the write-back: a claim decided on local dedup is written to the shared store once the episode
+  ends (or at the drain), so that a Slack retry reaching another process afterwards is still
+  recognised.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import gevent.pool
+
+from buidl_edge.socketmode.protocol import Envelope
+from buidl_edge.store.base import EdgeStore
+from buidl_edge.store.errors import StoreError, StoreRejected
+from buidl_edge.store.health import StoreHealth
+from buidl_edge.store.memory import MemoryStore
+
+log = logging.getLogger("buidl_edge.dispatch")
+
+T = TypeVar("T")
+
+# Claims written back per store call (one commit, or one pipeline).
+WRITE_BACK_CHUNK = 500
+
+
+class Failover:
+    def __init__(self, store: EdgeStore, health: StoreHealth | None = None, owner: str = "") -> None:
+        self.store = store
+        self.health = health or StoreHealth()
+        self.owner = owner
+        self.fallback = MemoryStore()
+        self._unwritten: dict[str, Envelope] = {}  # claimed on local dedup; not in the shared store
+        self._finished: dict[str, str | None] = {}  # of those, handled here: envelope id -> error
+        self._writing_back = False  # one write-back at a time: a second would see its claims as taken
+        self.written_back = 0
+        self.decided_twice = 0
+        # Write-backs under way: the drain waits for them.
+        self.late = gevent.pool.Group()
+        self.health.subscribe(self._on_health)
+
+    # ------------------------------------------------------------ writes
+
+    def stores(self) -> tuple[EdgeStore, EdgeStore]:
+        """Where rows wait, in the order a delivery claims them: the shared store, then the fallback
+        (what was queued here while the shared store failed)."""
+        return (self.store, self.fallback)
+
+    def write(self, operation: str, call: Callable[[EdgeStore], T],
+              on_fallback: Callable[[MemoryStore], T] | None = None) -> tuple[T, bool]:
+        """`call(shared store)`; when the store fails, `on_fallback(fallback)` (by default the same
+        call on the fallback) instead. The result, and whether it landed in the shared store."""
+        try:
+            result = call(self.store)
+        except StoreError as exc:
+            self.failed(operation, exc)
+            return (on_fallback or call)(self.fallback), False
+        self.wrote()
+        return result, True
+
+    def failed(self, operation: str, exc: StoreError) -> None:
+        self.health.failed(operation, exc)
+
+    def wrote(self) -> None:
+        self.health.wrote()
+
+    # ------------------------------------------------------------ local dedup and the write-back
+
+    def decide_locally(self, envelope: Envelope) -> bool:
+        """Claim on this process's own dedup (the store cannot decide); True when new here. A new one
+        is written back to the shared store when it answers again."""
+        new = self.fallback.claim(envelope, self.owner)
+        if new:
+            self._unwritten[envelope.envelope_id] = envelope
+        return new
+
+    def finished(self, envelope_id: str, error: str | None) -> None:
+        """A handler finished this envelope: if its claim is written back later, finish it there too."""
+        if envelope_id in self._unwritten:
+            self._finished[envelope_id] = error
+
+    def _on_health(self, degraded: bool, cause: str) -> None:
+        if not degraded and self._unwritten:
+            self.late.spawn(self.write_back)
+
+    def write_back(self) -> int:
+        """Claim in the shared store what local dedup decided while it failed (and finish what was
+        handled); returns how many are still unwritten."""
+        if self._writing_back:
+            return len(self._unwritten)
+        self._writing_back = True
+        try:
+            return self._write_back()
+        finally:
+            self._writing_back = False
+
+    def _write_back(self) -> int:
+        while self._unwritten:
+            chunk = list(self._unwritten.values())[:WRITE_BACK_CHUNK]
+            try:
+                outcomes: Sequence[bool | StoreError] = self.store.claim_many(chunk, self.owner)
+            except StoreError as exc:
+                self.failed("write back", exc)
+                return len(self._unwritten)
+            finishes: list[tuple[str, str | None]] = []
+            twice = written = 0
+            for envelope, outcome in zip(chunk, outcomes):
+                eid = envelope.envelope_id
+                if isinstance(outcome, StoreError) and not isinstance(outcome, StoreRejected):
+                    self.failed("write back", outcome)
+                    return len(self._unwritten)
+                self._unwritten.pop(eid, None)
+                handled = eid in self._finished
+                error = self._finished.pop(eid, None)
+                if outcome is True:
+                    written += 1
+                    if handled:  # done here already (its replies went out): done in the store too
+                        finishes.append((eid, error))
+                elif outcome is False:
+                    twice += 1
+            for eid, error in finishes:
+                self.write("finish", lambda store, eid=eid, error=error: store.finish(eid, [], error),
+                           on_fallback=lambda fallback: None)
+            self.written_back += written
+            if twice:
+                self.decided_twice += twice
+                log.warning("%d envelope(s) handled on local dedup while the store failed had been claimed by "
+                            "another process too: their handlers may have run twice", twice)
+            if written:
+                self.wrote()
+                log.info("wrote back %d claim(s) decided on local dedup while the store failed", written)
+        return 0
+
+    def drain(self, timeout: float) -> bool:
+        """Let write-backs under way finish, and try once more; False (said) when some are left."""
+        self.late.join(timeout=timeout)
+        left = self.write_back() if self._unwritten else 0
+        if left:
+            log.warning("%d claim(s) decided on local dedup could not be written back before exit: a Slack "
+                        "retry of them reaching another process would run them again", left)
+        return not left and not self.late
