@@ -154,7 +154,7 @@ def test_threaded_store_in_gevent_patched_process_keeps_hub_running(db: Path) ->
         workers_before = store.workers()
         probe.stop(); store.close()
         print(json.dumps({{"wins": wins, "ticks": probe.ticks, "max_gap": probe.max_gap,
-                          "threads": threading.active_count(), "lease": store.lease_s}}))
+                          "threads": threading.active_count(), "lease": store.inner.lease_s}}))
     """)
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)

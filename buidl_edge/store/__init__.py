@@ -1,20 +1,20 @@
 """The shared store: dedup claims, the inbox, the outbox, connection slots and worker stats.
 
-`base` has the four protocols every backend implements (InboxStore, OutboxStore, SlotStore,
-AdminStore); `memory`, `sqlite/` and `redis/` are the backends, `open_store` picks one.
+`base` has the five protocols every backend implements (InboxStore, OutboxStore, SlotStore,
+RelayStore, AdminStore; EdgeStore is all of them); `memory`, `sqlite/` and `redis/` are the
+backends, `open_store` picks one. `threaded` runs SQLite off the hub, `failover` pairs the
+shared store with this process's fallback, `health` is the degraded episode.
+
+Nothing is imported here at the top: importing a leaf such as `store.errors` runs this file.
 """
 from typing import TYPE_CHECKING
 
-from buidl_edge.store.base import EdgeStore, Reply
-from buidl_edge.store.memory import MemoryStore
-
 if TYPE_CHECKING:
     from buidl_edge.config import Settings
+    from buidl_edge.store.base import EdgeStore
 
-__all__ = ["EdgeStore", "MemoryStore", "Reply"]
 
-
-def open_store(settings: "Settings", threaded: bool = True, create: bool | None = None) -> EdgeStore:
+def open_store(settings: "Settings", threaded: bool = True, create: bool | None = None) -> "EdgeStore":
     """The store named by BUIDL_STORE_URL, else SQLite at BUIDL_DB (or in the state dir).
 
     Workers want `threaded` (sqlite3 would block the gevent hub); admin commands do not. A
@@ -27,6 +27,8 @@ def open_store(settings: "Settings", threaded: bool = True, create: bool | None 
 
     url = settings.store_url or f"sqlite:///{settings.database_path}"
     if url.startswith("memory://"):
+        from buidl_edge.store.memory import MemoryStore
+
         return MemoryStore()
     if url.startswith(("redis://", "rediss://")):
         # Not threaded: redis-py's sockets are gevent-cooperative once the worker is patched.

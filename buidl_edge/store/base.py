@@ -330,4 +330,6 @@ class AdminStore(Protocol):
 class EdgeStore(InboxStore, OutboxStore, SlotStore, RelayStore, AdminStore, Protocol):
     """All of them: what `open_store` returns and a worker holds."""
 
-    lifespan: Lifespan  # how long its rows last (every backend and every wrapper says)
+    @property
+    def lifespan(self) -> Lifespan:
+        """How long its rows last (every backend and every wrapper says)."""

@@ -7,13 +7,25 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any
 
-from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.delivery.ratelimit import GLOBAL_KEY, Bucket, PostLimits, channel_key, pause, plan
-from buidl_edge.store.base import (CANCELLED, DEFAULT_RETENTION_S, Claimed, DeliveryOutcome, Lifespan, OutboxRow,
-                                   RelayRow, Reply, check_purgeable, idempotency_keys, retention_cutoff)
+from buidl_edge.socketmode.protocol import Envelope
+from buidl_edge.store.base import (
+    CANCELLED,
+    DEFAULT_RETENTION_S,
+    Claimed,
+    DeliveryOutcome,
+    Lifespan,
+    OutboxRow,
+    RelayRow,
+    Reply,
+    check_purgeable,
+    idempotency_keys,
+    retention_cutoff,
+)
 from buidl_edge.store.errors import StoreError
 from buidl_edge.store.owners import Owner
 
@@ -92,7 +104,7 @@ class MemoryStore:
         waiting = [r["next_at"] for _, r in pending if r["next_at"] > now]
         next_at = now if len(due) > limit else (min(waiting) if waiting else None)
         rows = []
-        for envelope_id, row in due[:max(0, limit)]:
+        for _, row in due[:max(0, limit)]:
             row.update(state="processing", owner=owner, deliveries=row["deliveries"] + 1, at=now)
             rows.append(RelayRow(row["envelope"], row["order_key"], row["deliveries"], row["received_at"],
                                  row["error"]))
@@ -194,7 +206,7 @@ class MemoryStore:
 
     def outbox_stats(self) -> dict[str, Any]:
         now = time.time()
-        stats: dict[str, Any] = {state: 0 for state in ("pending", "sending", "sent", "failed")}
+        stats: dict[str, Any] = dict.fromkeys(("pending", "sending", "sent", "failed"), 0)
         for row in self._outbox.values():
             stats[row.state] += 1
         stats["depth"] = stats["pending"] + stats["sending"]

@@ -17,7 +17,7 @@ class Owner:
     pid: int | None
 
     @classmethod
-    def parse(cls, owner: str) -> "Owner":
+    def parse(cls, owner: str) -> Owner:
         host, _, pid = owner.rpartition(":")
         return cls(host, int(pid) if pid.isdigit() else None)
 

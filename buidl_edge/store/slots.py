@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from buidl_edge.store.base import SlotStore
 from buidl_edge.store.errors import StoreError
@@ -33,7 +34,7 @@ OVERLAP_SUFFIX = "+"
 class Waitable(Protocol):
     def is_set(self) -> bool: ...
 
-    def wait(self, timeout: float | None = None) -> Any: ...
+    def wait(self, timeout: float) -> Any: ...  # the gate always passes a timeout
 
 
 class SlotGate:

@@ -7,7 +7,8 @@ the turn it was submitted in, so a kill -9 finds no more unfinished envelopes th
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Generic, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 import gevent
 import gevent.event
@@ -28,7 +29,7 @@ class TurnBatch(Generic[T]):
         self._pending: list[tuple[T, gevent.event.AsyncResult]] = []
 
     def submit(self, item: T) -> Any:
-        result = gevent.event.AsyncResult()
+        result: gevent.event.AsyncResult[Any] = gevent.event.AsyncResult()
         if not self._pending:  # the first of this turn: one sender for all of them, at its end
             gevent.spawn(self._send)
         self._pending.append((item, result))

@@ -19,7 +19,8 @@ from gevent.threadpool import ThreadPool
 from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.store.errors import StoreError, StoreRejected
 from buidl_edge.store.sqlite import SqliteStore
-from buidl_edge.store.threaded import MAX_BATCH, NOT_NOW, GroupCommit, ThreadedStore
+from buidl_edge.store.group_commit import MAX_BATCH, NOT_NOW, GroupCommit
+from buidl_edge.store.threaded import ThreadedStore
 from support import ME, envelope
 
 NativeEvent = get_original("threading", "Event")

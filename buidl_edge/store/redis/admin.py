@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 from redis.client import Pipeline
 
@@ -45,12 +46,13 @@ class RedisAdmin(RedisDb):
     def workers(self, max_age_s: float | None = None) -> list[dict[str, Any]]:
         """Workers of every dyno that reported, newest first; `max_age_s` hides ones gone quiet."""
         since = "-inf" if max_age_s is None else repr(time.time() - max_age_s)
-        owners = self.r.zrevrangebyscore(self._k("workers"), "+inf", since)
+        # decode_responses=True (db.py): every reply is str, which redis-py's types cannot tell.
+        owners = cast(list[str], self.r.zrevrangebyscore(self._k("workers"), "+inf", since))
         pipe = self.r.pipeline(transaction=False)
         for owner in owners:
             pipe.hgetall(self._k(f"w:{owner}"))
         out = []
-        for owner, row in zip(owners, pipe.execute() if owners else []):
+        for row in pipe.execute() if owners else []:
             if not row:
                 continue  # its hash expired: long gone
             out.append({"owner": row["owner"], "pid": int(row["pid"]), "host": row["host"],
@@ -63,7 +65,8 @@ class RedisAdmin(RedisDb):
         """Leases held now, for `status`: holder and seconds left."""
         seconds, micros = self.r.time()
         now = seconds + micros / 1e6
-        held = self.r.zrangebyscore(self._k("slots"), repr(now), "+inf", withscores=True)
+        held = cast(list[tuple[str, float]],
+                    self.r.zrangebyscore(self._k("slots"), repr(now), "+inf", withscores=True))
         return [{"holder": h, "expires_in": round(until - now, 3)} for h, until in sorted(held)]
 
     # ------------------------------------------------------------ inbox
@@ -76,7 +79,8 @@ class RedisAdmin(RedisDb):
             return None
         lease_until = None
         if row.get("state") == "processing" and row.get("sid"):
-            pending = self.r.xpending_range(self._k("inbox:stream"), GROUP, row["sid"], row["sid"], 1)
+            pending = cast(list[dict[str, Any]],
+                           self.r.xpending_range(self._k("inbox:stream"), GROUP, row["sid"], row["sid"], 1))
             if pending:
                 lease_until = time.time() - pending[0]["time_since_delivered"] / 1000 + self.lease_s
         next_at = row.get("next_at")

@@ -14,7 +14,8 @@ import json
 import random
 import socket
 import time
-from typing import Any, Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
@@ -25,7 +26,6 @@ from redis.retry import Retry
 from buidl_edge.store.base import DEFAULT_RETENTION_S
 from buidl_edge.store.errors import BadCall, StoreError, StoreUnavailable, one_line, rejected
 from buidl_edge.store.redis.schema import DEFAULT_PREFIX
-
 
 T = TypeVar("T")
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import redis
 
@@ -39,7 +40,7 @@ def _alone(call: Callable[..., T], *args: Any) -> T | StoreError:
 
 
 class RedisInbox(RedisDb):
-    _finish_batch: "TurnBatch[Finish] | None" = None
+    _finish_batch: TurnBatch[Finish] | None = None
 
     # ------------------------------------------------------------ dedup
 
@@ -102,7 +103,7 @@ class RedisInbox(RedisDb):
             self._unfinished[envelope_id] = error
             raise
 
-    def finish_many(self, items: Sequence[Finish]) -> list[None | StoreError]:
+    def finish_many(self, items: Sequence[Finish]) -> list[StoreError | None]:
         """`finish` of each (envelope_id, replies, error), in one pipeline of FINISH scripts."""
         try:
             return self._finish_pipelined(items)
@@ -122,10 +123,16 @@ class RedisInbox(RedisDb):
         self._finished(envelope_id)
 
     @redis_op
-    def _finish_pipelined(self, items: Sequence[Finish]) -> list[None | StoreError]:
+    def _finish_pipelined(self, items: Sequence[Finish]) -> list[StoreError | None]:
         results = self._script_many(FINISH, [((), self._finish_args(*item)) for item in items])
-        return [self._item_failed(result) if isinstance(result, redis.RedisError) else self._finished(item[0])
-                for item, result in zip(items, results)]
+        failures: list[StoreError | None] = []
+        for item, result in zip(items, results):
+            if isinstance(result, redis.RedisError):
+                failures.append(self._item_failed(result))
+            else:
+                self._finished(item[0])
+                failures.append(None)
+        return failures
 
     def _finish_args(self, envelope_id: str, replies: Sequence[Reply], error: str | None) -> list[Any]:
         rows = [[r.channel, r.text, blocks_json(r.blocks), r.thread_ts] for r in replies]

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any, cast
 
 from buidl_edge.delivery.ratelimit import PostLimits
-from buidl_edge.store.base import (OUTBOX_STATES, Claimed, DeliveryOutcome, OutboxRow, Reply, blocks_json,
-                                   idempotency_keys)
+from buidl_edge.store.base import (
+    OUTBOX_STATES,
+    Claimed,
+    DeliveryOutcome,
+    OutboxRow,
+    Reply,
+    blocks_json,
+    idempotency_keys,
+)
 from buidl_edge.store.owners import is_dead_local
 from buidl_edge.store.redis.db import RedisDb, redis_op, rows_json
-from buidl_edge.store.redis.outbox_lua import (OUTBOX_CLAIM, OUTBOX_ENQUEUE, OUTBOX_RECOVER, OUTBOX_RENEW,
-                                               OUTBOX_SETTLE)
+from buidl_edge.store.redis.outbox_lua import OUTBOX_CLAIM, OUTBOX_ENQUEUE, OUTBOX_RECOVER, OUTBOX_RENEW, OUTBOX_SETTLE
 from buidl_edge.store.redis.schema import CLAIM_SCAN
 
 
@@ -55,7 +62,7 @@ class RedisOutbox(RedisDb):
     @redis_op
     def outbox_recover(self, owner: str) -> int:
         """Rows left `sending` by a dead local process or past their lease go back to pending."""
-        ids = self.r.zrange(self._k("ob:s:sending"), 0, -1)
+        ids = cast(list[str], self.r.zrange(self._k("ob:s:sending"), 0, -1))  # decode_responses=True: str
         if not ids:
             return 0
         pipe = self.r.pipeline(transaction=False)

@@ -2,7 +2,8 @@
 for the gate that holds them); its Lua scripts below the class."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import cast
 
 from buidl_edge.store.owners import holder_owner, is_dead_local
 from buidl_edge.store.redis.db import RedisDb, redis_op
@@ -18,7 +19,8 @@ class RedisSlots(RedisDb):
         """
         if self._script(SLOT_ACQUIRE, [holder, limit, repr(ttl)]):
             return True
-        dead = [h for h in self.r.zrange(self._k("slots"), 0, -1) if is_dead_local(holder_owner(h), self.host)]
+        holders = cast(list[str], self.r.zrange(self._k("slots"), 0, -1))  # decode_responses=True: str
+        dead = [h for h in holders if is_dead_local(holder_owner(h), self.host)]
         if not dead:
             return False
         self.r.zrem(self._k("slots"), *dead)

@@ -9,7 +9,8 @@ from typing import Any
 
 from buidl_edge.store.base import CANCELLED, OutboxRow, check_purgeable
 from buidl_edge.store.owners import Owner
-from buidl_edge.store.sqlite.db import SqliteDb, bind, row_dict
+from buidl_edge.store.sqlite.binding import bind, row_dict
+from buidl_edge.store.sqlite.db import SqliteDb
 from buidl_edge.store.sqlite.outbox import OUTBOX_COLS, to_outbox_row
 
 

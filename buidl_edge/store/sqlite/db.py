@@ -10,13 +10,22 @@ import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from buidl_edge.ops.statefiles import private_dir, private_file, tighten
-from buidl_edge.store.errors import (StoreCorrupt, StoreError, StoreLocked, StoreMissing, StoreUnavailable,
-                                     one_line, rejected)
+from buidl_edge.store.errors import (
+    StoreCorrupt,
+    StoreError,
+    StoreLocked,
+    StoreMissing,
+    StoreUnavailable,
+    one_line,
+    rejected,
+)
 from buidl_edge.store.owners import is_dead_local
+from buidl_edge.store.sqlite.checkpoint import checkpoint_loop
 from buidl_edge.store.sqlite.schema import migrate
 
 try:  # in a monkey-patched process we still want real OS primitives here:
@@ -47,18 +56,6 @@ WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 # A checkpoint copies each page changed since the last one once, however often it changed: a
 # longer interval copies (and fsyncs) less for the same writes, at a WAL a few MB longer.
 CHECKPOINT_INTERVAL_S = 2.0
-# A PASSIVE checkpoint never resets the WAL while commits keep coming (each one lands during the
-# checkpoint, so the WAL is never wholly copied back when the next writer looks), and the file only
-# grows: 426 MB at 300 envelopes/s. Past this share of the size limit, the checkpointer follows
-# its PASSIVE pass (which copies nearly all) with a RESTART, which copies the rest under the write
-# lock and makes the next commit start the WAL over: the file stays within the limit.
-WAL_RESTART_SHARE = 0.25
-# How long the RESTART may wait for another process's writer (and readers); this process's own
-# writers wait for it (a writer committing back to back would never let it in). A database busy
-# longer than that just waits for the next round.
-RESTART_BUSY_TIMEOUT_MS = 200
-# How long the checkpointer waits for this process's writers to let go before it skips a round.
-RESTART_LOCK_WAIT_S = 1.0
 # Past this many WAL pages not yet checkpointed, writes go to the store's thread, whose
 # connection may run the backstop checkpoint: the hub never does one.
 HUB_WAL_BACKLOG_PAGES = 10_000
@@ -104,7 +101,7 @@ class SqliteDb:
         self._checkpointer_done = _new_lock()
         if checkpoint_interval_s:
             self._checkpointer_done.acquire()
-            _start_thread(self._checkpoint_loop, (checkpoint_interval_s,))
+            _start_thread(checkpoint_loop, (self, checkpoint_interval_s, WAL_SIZE_LIMIT_BYTES))
 
     # ---------------------------------------------------------------- open
 
@@ -177,7 +174,7 @@ class SqliteDb:
                         result = fn(cur)
                     except Abort as abort:
                         cur.execute("ROLLBACK")
-                        return abort.value  # type: ignore[no-any-return]
+                        return abort.value
                     if cur.connection.in_transaction:  # (a batch of one that failed rolled back)
                         cur.execute("COMMIT")
                     return result
@@ -319,47 +316,6 @@ class SqliteDb:
         """A read of the file's header (its schema version): the file is there and is a database."""
         return self._run(lambda cur: cur.execute("PRAGMA user_version").fetchone() is not None, write=False)
 
-    def _checkpoint_loop(self, interval_s: float) -> None:
-        """Native thread, own connection: PASSIVE checkpoints never block writers; a RESTART, when
-        the WAL has grown past its share of the limit, holds them for the few pages left."""
-        try:
-            conn = self._connect()
-            conn.execute(f"PRAGMA busy_timeout = {RESTART_BUSY_TIMEOUT_MS}")
-            page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        except sqlite3.Error:
-            self._checkpointer_done.release()
-            return
-        restart_pages = int(WAL_SIZE_LIMIT_BYTES * WAL_RESTART_SHARE) // page_size
-        try:
-            while not self._stop.acquire(True, interval_s):
-                try:
-                    _, pages, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                    if pages > restart_pages:
-                        pages, done = self._restart_wal(conn, pages, done)
-                    self._wal_backlog = max(0, pages - done)
-                except sqlite3.Error:
-                    pass  # busy or failing disk: the write path reports that; try later
-        finally:
-            conn.close()
-            self._checkpointer_done.release()
-
-    def _restart_wal(self, conn: sqlite3.Connection, pages: int, done: int) -> tuple[int, int]:
-        """A RESTART checkpoint with this process's writers held off; (WAL pages, pages copied)."""
-        if not self._lock.acquire(True, RESTART_LOCK_WAIT_S):
-            return pages, done
-        try:
-            if not self._hub_lock.acquire(True, RESTART_LOCK_WAIT_S):
-                return pages, done
-            try:
-                if self._closed:
-                    return pages, done
-                _, pages, done = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-                return pages, done
-            finally:
-                self._hub_lock.release()
-        finally:
-            self._lock.release()
-
     def close(self) -> None:
         with self._lock:
             if self._closed:
@@ -377,28 +333,6 @@ class SqliteDb:
             except sqlite3.Error:
                 pass
             self._conn.close()
-
-
-def bind(value: Any) -> Any:
-    """A value sqlite3 can bind: a str holding a lone surrogate becomes its surrogatepass bytes.
-
-    Injective: every other str stays TEXT, and SQLite never finds a BLOB equal to a TEXT.
-    """
-    if isinstance(value, str) and not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return value.encode("utf-8", "surrogatepass")
-    return value
-
-
-def unbind(value: Any) -> Any:
-    """What `bind` bound, read back: the str it came from."""
-    return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else value
-
-
-def row_dict(names: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
-    return {name: unbind(value) for name, value in zip(names, row)}
 
 
 def _operation(fn: Callable[..., Any]) -> str:

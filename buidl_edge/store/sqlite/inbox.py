@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from buidl_edge.socketmode import protocol
 from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.store.base import DEFAULT_RETENTION_S, Reply, Swept, retention_cutoff
 from buidl_edge.store.errors import StoreError
-from buidl_edge.store.sqlite.db import Abort, SqliteDb, bind, unbind
+from buidl_edge.store.sqlite.binding import bind, unbind
+from buidl_edge.store.sqlite.db import Abort, SqliteDb
 from buidl_edge.store.sqlite.outbox import INSERT_OUTBOX, prune_outbox, reply_row
 
 # Hot-path SQL kept as constants so sqlite3's statement cache reuses the prepared form.

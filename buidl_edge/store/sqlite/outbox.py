@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any
 
 from buidl_edge.delivery.ratelimit import GLOBAL_KEY, Bucket, PostLimits, channel_key, pause, plan
 from buidl_edge.store.base import Claimed, DeliveryOutcome, OutboxRow, Reply, blocks_json, idempotency_keys
-from buidl_edge.store.sqlite.db import SqliteDb, bind, unbind
+from buidl_edge.store.sqlite.binding import bind, unbind
+from buidl_edge.store.sqlite.db import SqliteDb
 
 INSERT_OUTBOX = """INSERT INTO outbox(envelope_id, channel, text, blocks, thread_ts, idempotency_key,
                                       next_attempt_at, created_at)
@@ -189,7 +191,8 @@ class SqliteOutbox(SqliteDb):
             stats: dict[str, Any] = {"pending": 0, "sending": 0, "sent": 0, "failed": 0}
             stats.update(cur.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall())
             stats["depth"] = stats["pending"] + stats["sending"]
-            oldest = cur.execute("SELECT MIN(created_at) FROM outbox WHERE state IN ('pending', 'sending')").fetchone()[0]
+            oldest = cur.execute(
+                "SELECT MIN(created_at) FROM outbox WHERE state IN ('pending', 'sending')").fetchone()[0]
             stats["oldest_unsent_age_s"] = None if oldest is None else round(max(0.0, now - oldest), 3)
             stats["rate_limited"] = cur.execute("SELECT COALESCE(SUM(rate_limited), 0) FROM outbox").fetchone()[0]
             stats["channels_waiting"] = cur.execute(

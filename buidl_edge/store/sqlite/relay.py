@@ -12,7 +12,8 @@ import time
 from buidl_edge.socketmode import protocol
 from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.store.base import Claimed, DeliveryOutcome, RelayRow
-from buidl_edge.store.sqlite.db import SqliteDb, bind, unbind
+from buidl_edge.store.sqlite.binding import bind, unbind
+from buidl_edge.store.sqlite.db import SqliteDb
 
 # SQLite's documented min() rule: the bare columns come from the row holding the minimum.
 _HEADS = """SELECT envelope_id, state, next_attempt_at, envelope, deliveries, order_key, error,

@@ -88,8 +88,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE inbox ADD COLUMN next_attempt_at REAL",
         "ALTER TABLE inbox ADD COLUMN deliveries INTEGER NOT NULL DEFAULT 0",
         # Partial: the undelivered rows only, which is all that relay_claim reads (each queue's head).
-        "CREATE INDEX inbox_relay ON inbox(order_key, received_at) "
-        "WHERE order_key IS NOT NULL AND state IN ('pending', 'processing')",
+        ("CREATE INDEX inbox_relay ON inbox(order_key, received_at) "
+         "WHERE order_key IS NOT NULL AND state IN ('pending', 'processing')"),
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from buidl_edge.store.owners import holder_owner
 from buidl_edge.store.sqlite.db import SqliteDb

@@ -1,0 +1,160 @@
+"""Group commit: the claims and finishes of many greenlets in one SQLite commit.
+
+A batch is first tried on the hub (`run_now`, which never waits and says None when it would);
+else it goes to the store's one pool thread (`run_batch`). `on_thread` runs anything on that
+thread and raises what it raised in the caller.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import gevent
+import gevent.event
+from gevent.threadpool import ThreadPool
+
+from buidl_edge.store.errors import StoreError, rejected
+
+T = TypeVar("T")
+
+# Enough to amortise a commit over a burst, small enough to keep one transaction short.
+MAX_BATCH = 64
+# How long `stop` lets a batch already on the thread finish (a lock wait is bounded below this).
+STOP_WAIT_S = 20.0
+# What submit_now says when the item could not be written without waiting.
+NOT_NOW: Any = object()
+
+
+class GroupCommit:
+    """Claims and finishes that arrive while a commit runs go into the next one together.
+
+    A batch is first tried on the hub (`run_now`, which never waits and says None when it
+    would); else it goes to the pool thread (`run_batch`). With one call at a time that is a
+    plain transaction on the hub; under a burst, N commits become one per batch.
+    """
+
+    def __init__(self, pool: ThreadPool, run_batch: Callable[[list[Any]], list[Any]],
+                 run_now: Callable[[list[Any]], list[Any] | None] | None = None) -> None:
+        self._pool = pool
+        self._run_batch = run_batch
+        self._run_now = run_now or (lambda txns: None)
+        self._pending: list[tuple[Any, gevent.event.AsyncResult]] = []
+        self._on_thread = False  # a batch is on the pool thread: later items wait their turn
+        self._flush_due = False  # a _flush is scheduled for the end of this loop turn
+        self._hub = gevent.get_hub()
+        self._stopping = False
+        self._wakeup = gevent.event.Event()
+        self._loop = gevent.spawn(self._drain)
+
+    def submit(self, txn: Any) -> Any:
+        """The item's result, once committed. It is written at the end of this turn of the hub's
+        loop, together with every item other greenlets submit in the same turn (the handlers of
+        one read burst end one after another): one commit for all of them, with no wait beyond
+        the turn. When the hub cannot write at once, the drain loop sends them to the thread."""
+        return _value(self._enqueue([txn])[0].get())
+
+    def submit_many(self, txns: Sequence[Any]) -> list[Any]:
+        """`submit` of each item, in order, together (one commit, or one per MAX_BATCH items on
+        the thread): each one's result, or the StoreError it failed with alone; raises when a
+        commit failed as a whole."""
+        return [result.get() for result in self._enqueue(txns)]
+
+    def _enqueue(self, txns: Sequence[Any]) -> list[gevent.event.AsyncResult]:
+        results = [gevent.event.AsyncResult() for _ in txns]
+        self._pending.extend(zip(txns, results))
+        if not self._flush_due:
+            self._flush_due = True
+            self._hub.loop.run_callback(self._flush)
+        return results
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        if not self._pending:
+            return
+        try:
+            if self.submit_now(()) is not NOT_NOW:
+                return
+        except StoreError:
+            return  # submit_now gave the error to every caller of the batch
+        self._wakeup.set()
+
+    def submit_now(self, txns: Sequence[Any]) -> Any:
+        """The items' results (a StoreError in the place of an item that failed alone) if they
+        could be written on the hub at once, else NOT_NOW (nothing written). The items queued
+        before them go first, in the same commit, so that items keep their arrival order; never
+        while a batch is on the thread.
+        """
+        if self._on_thread:
+            return NOT_NOW
+        queued, self._pending = self._pending, []
+        try:
+            values = self._run_now([txn for txn, _ in queued] + list(txns))
+        except Exception as exc:  # the whole commit failed: the queued items' callers hear it too
+            error = exc if isinstance(exc, StoreError) else rejected("group commit", exc)
+            for _, result in queued:
+                result.set_exception(error)
+            raise error from exc
+        if values is None:
+            self._pending = queued + self._pending
+            return NOT_NOW
+        for (_, result), value in zip(queued, values):
+            result.set(value)
+        return values[len(queued):]
+
+    def stop(self, timeout: float = STOP_WAIT_S) -> None:
+        """Stop taking batches. A batch already on the thread is let finish and answered: it may
+        have committed, so its callers must hear how it went, not that the store closed."""
+        self._stopping = True
+        self._wakeup.set()
+        self._loop.join(timeout=timeout)
+        self._loop.kill(block=True)
+        for _, result in self._pending:
+            result.set_exception(StoreError("store closed"))
+
+    def _drain(self) -> None:
+        while not self._stopping:
+            self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending and not self._stopping:
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                txns = [txn for txn, _ in batch]
+                try:
+                    values = self._run_now(txns)
+                    if values is None:
+                        self._on_thread = True
+                        try:
+                            values = on_thread(self._pool, self._run_batch, txns)
+                        finally:
+                            self._on_thread = False
+                except Exception as exc:  # the whole batch failed (or a bug): every caller raises it
+                    error = exc if isinstance(exc, StoreError) else rejected("group commit", exc)
+                    for _, result in batch:
+                        result.set_exception(error)
+                    continue
+                for (_, result), value in zip(batch, values):
+                    result.set(value)
+
+
+def on_thread(pool: ThreadPool, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`fn(*args, **kwargs)` on the pool's thread; what it raises is raised here, in the caller.
+
+    Not `pool.apply` alone: gevent prints the traceback of anything a pool thread raises to stderr
+    (raw, not a log line), once per failed call, and a failing store fails every call.
+    """
+    ok, value = pool.apply(_capture, (fn, args, kwargs))
+    if not ok:
+        raise value
+    return value
+
+
+def _capture(fn: Callable[..., Any], args: Any, kwargs: Any) -> tuple[bool, Any]:
+    try:
+        return True, fn(*args, **kwargs)
+    except Exception as exc:
+        return False, exc
+
+
+def _value(value: Any) -> Any:
+    if isinstance(value, StoreError):  # this item failed on its own; the rest of its batch stands
+        raise value
+    return value
