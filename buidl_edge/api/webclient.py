@@ -24,15 +24,25 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from buidl_edge.config import Proxy, Secret, check_transport_url, proxy_for
+from buidl_edge.config import Secret, check_transport_url, proxy_for
 from buidl_edge.observability.redaction import register_tokens
 
 if TYPE_CHECKING:
     from slack_sdk import WebClient
 
-    from buidl_edge.dispatch.handler_threads import HubCall
+T = TypeVar("T")
+
+
+class HubCall(Protocol):
+    """Runs a call on the hub's thread from any thread (dispatch/handler_threads.HubCall is one;
+    named here so that the handler API needs nothing from the dispatcher)."""
+
+    def __call__(self, fn: Callable[..., T], *args: Any) -> T: ...
+
+    def on_hub_thread(self) -> bool: ...
 
 RATE_LIMIT_RETRIES = 2
 CONNECTION_RETRIES = 1
@@ -41,7 +51,7 @@ LOGGER_NAME = "buidl_edge.webclient"
 _client_class: type | None = None
 
 
-def build_client(api_url: str, bot_token: Secret, timeout: float, hub_call: "HubCall | None" = None) -> "WebClient":
+def build_client(api_url: str, bot_token: Secret, timeout: float, hub_call: HubCall | None = None) -> WebClient:
     """A WebClient for the bot; with `hub_call`, its HTTP always runs on that hub."""
     check_transport_url(api_url, "https", "http", "SLACK_API_URL")
     token = bot_token.reveal()
@@ -61,12 +71,12 @@ def build_client(api_url: str, bot_token: Secret, timeout: float, hub_call: "Hub
     return client
 
 
-def client_factory(api_url: str, bot_token: Secret, timeout: float, hub_call: "HubCall") -> Callable[[], "WebClient"]:
+def client_factory(api_url: str, bot_token: Secret, timeout: float, hub_call: HubCall) -> Callable[[], WebClient]:
     """What a worker binds to its app: builds the process's client when a handler first asks."""
     return lambda: build_client(api_url, bot_token, timeout, hub_call)
 
 
-def client_from_env() -> "WebClient":
+def client_from_env() -> WebClient:
     """app.client outside a worker (a script, a shell): SLACK_BOT_TOKEN and SLACK_API_URL."""
     from buidl_edge.config import load_settings
 
@@ -82,8 +92,8 @@ def _edge_client_class() -> type:
         return _client_class
     from slack_sdk import WebClient
 
-    class EdgeWebClient(WebClient):  # type: ignore[misc]
-        hub_call: "HubCall | None" = None
+    class EdgeWebClient(WebClient):
+        hub_call: HubCall | None = None
 
         # The two places where slack_sdk's WebClient does HTTP: every API method, and uploads.
         def _perform_urllib_http_request(self, *, url: str, args: dict[str, Any]) -> dict[str, Any]:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import socket
 import time
-from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from buidl_edge.config import Settings
+from buidl_edge.ops.supervise import ProcessInfo, SupervisorDown, supervisor_processes
 from buidl_edge.store.base import AdminStore, EdgeStore, OutboxStore
 from buidl_edge.store.errors import StoreError
-from buidl_edge.store.owners import Owner, holder_owner, pid_alive
-from buidl_edge.ops.supervise import ProcessInfo, SupervisorDown, supervisor_processes
+from buidl_edge.store.owners import alive_here, dead_here, holder_owner
 
 # Workers publish a heartbeat every 2 s (worker.HEARTBEAT_INTERVAL_S; not imported: it patches gevent).
 HEARTBEAT_INTERVAL_S = 2.0
@@ -27,24 +27,6 @@ SHOWN_FOR_S = 60.0
 Stats = dict[str, Any]
 
 
-def alive_here(pid: int) -> bool:
-    """A process of this host that still runs: one killed but not yet reaped (a zombie, as a
-    SIGKILLed tree leaves until init collects it) is dead."""
-    if not pid_alive(pid):
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc: kill(pid, 0) is all we know
-    return stat[stat.rindex(")") + 2:].split(" ", 1)[0] != "Z"
-
-
-def dead_here(owner: str, here: str) -> bool:
-    """True only for an owner (`host:pid`) on this host whose process is gone."""
-    parsed = Owner.parse(owner)
-    return parsed.host == here and parsed.pid is not None and not alive_here(parsed.pid)
-
-
 def _connections(stats: Stats) -> list[dict[str, Any]]:
     return stats.get("connections") or []
 
@@ -52,6 +34,10 @@ def _connections(stats: Stats) -> list[dict[str, Any]]:
 def _last_ack_ms(stats: Stats) -> float | None:
     latencies = [c["last_ack_latency_ms"] for c in _connections(stats) if c.get("last_ack_latency_ms") is not None]
     return min(latencies) if latencies else None
+
+
+def _relay_field(key: str) -> Callable[[Stats], Any]:
+    return lambda s: (s["relay"] or {}).get(key) if "relay" in s else None
 
 
 # What each column reads from a heartbeat's stats; a row without a live heartbeat has None in all.
@@ -74,8 +60,7 @@ HEARTBEAT_FIELDS: dict[str, Callable[[Stats], Any]] = {
     "degraded": lambda s: bool(s.get("degraded")),
     "slot_wait": lambda s: len((s.get("slots") or {}).get("waiting") or {}),
     # Relay mode's deliveries to the app behind it; None for a worker that runs an EdgeApp.
-    **{f"relay_{key}": (lambda s, key=key: (s["relay"] or {}).get(key) if "relay" in s else None)
-       for key in ("sent", "retried", "failed", "latency_p50_ms", "latency_p99_ms")},
+    **{f"relay_{key}": _relay_field(key) for key in ("sent", "retried", "failed", "latency_p50_ms", "latency_p99_ms")},
 }
 
 
@@ -98,13 +83,15 @@ def _links(row: dict[str, Any]) -> Any:
     return None if row["connections"] is None else f"{row['connections_open']}/{row['connections']}"
 
 
+def _cell(key: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda row: row[key]
+
+
 TABLE_COLUMNS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "process": lambda r: r["process"], "state": lambda r: r["state"], "pid": lambda r: r["pid"],
     "uptime": _uptime, "connections": _links,
-    **{name: (lambda r, key=name: r[key]) for name in ("acked", "duplicates", "handler_errors", "running", "queued",
-                                                       "reconnects",
-                                                       "last_ack_ms", "sent", "429s", "post_failed",
-                                                       "degraded", "slot_wait")},
+    **{name: _cell(name) for name in ("acked", "duplicates", "handler_errors", "running", "queued", "reconnects",
+                                      "last_ack_ms", "sent", "429s", "post_failed", "degraded", "slot_wait")},
 }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import socket
 
-from buidl_edge.ops.status import dead_here
+from buidl_edge.store.owners import dead_here
 from buidl_edge.store.base import AdminStore
 from buidl_edge.store.errors import StoreError
 

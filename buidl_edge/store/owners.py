@@ -8,6 +8,7 @@ be judged by its lease running out. Pure functions, no I/O beyond `kill(pid, 0)`
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from dataclasses import dataclass
 
 
@@ -42,3 +43,21 @@ def is_dead_local(owner: str, host: str) -> bool:
 def holder_owner(holder: str) -> str:
     """The owner part of a connection slot holder, `host:pid/c0` → `host:pid`."""
     return holder.split("/", 1)[0]
+
+
+def alive_here(pid: int) -> bool:
+    """A process of this host that still runs: one killed but not yet reaped (a zombie, as a
+    SIGKILLed tree leaves until init collects it) is dead."""
+    if not pid_alive(pid):
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: kill(pid, 0) is all we know
+    return stat[stat.rindex(")") + 2:].split(" ", 1)[0] != "Z"
+
+
+def dead_here(owner: str, here: str) -> bool:
+    """True only for an owner (`host:pid`) on this host whose process is gone."""
+    parsed = Owner.parse(owner)
+    return parsed.host == here and parsed.pid is not None and not alive_here(parsed.pid)
