@@ -2,7 +2,7 @@
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["EdgeApp", "Context"]
+__all__ = ["Context", "EdgeApp"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from buidl_edge.sandbox.simulator.client import SimulatorProcess
+
+if TYPE_CHECKING:  # for the annotation only: the fixture imports it when it runs
+    from redis_support import RedisServer
 
 IN_PROCESS_DIR = Path(__file__).resolve().parent / "inprocess"
 
@@ -50,7 +54,7 @@ def fresh_simulator(shared_simulator: SimulatorProcess) -> Iterator[SimulatorPro
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator["RedisServer"]:
+def redis_server() -> Iterator[RedisServer]:
     """A real redis-server of our own on a free loopback port (no persistence), stopped at the end.
 
     Fails (does not skip) without redis-server: scripts/test installs Debian's package.

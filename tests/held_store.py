@@ -32,7 +32,7 @@ class HeldStore(MemoryStore):
             raise StoreUnavailable("disk full")
         return super().claim_many(envelopes, owner)
 
-    def finish(self, envelope_id: str, replies, error=None) -> None:  # type: ignore[no-untyped-def]
+    def finish(self, envelope_id: str, replies, error=None) -> None:
         self.finished.append((envelope_id, error))
         super().finish(envelope_id, replies, error)
 

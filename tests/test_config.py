@@ -352,12 +352,12 @@ def test_app_spec_is_checked_where_it_enters(tokens: dict[str, str], spec: str, 
 
 @pytest.mark.parametrize("env_extra, expected", [
     ({"BUIDL_APP": ":x"}, "Error: BUIDL_APP must look like module:attribute (e.g. my_bot:app), got ':x'"),
-    ({"BUIDL_APP": ".rel:x"}, "Error: BUIDL_APP names a relative module ('.rel'): give the full dotted "
-                              "path, like my_package.rel:x"),
-    ({"BUIDL_STORE_URL": "redis://127.0.0.1:abc/0"}, "Error: BUIDL_STORE_URL has a bad port 'abc': it must be "
-                                                     "a number (1..65535), like redis://host:6379/0"),
-    ({"BUIDL_LOG_LEVEL": "LOUD"}, "Error: BUIDL_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, "
-                                  "CRITICAL, got 'LOUD'"),
+    ({"BUIDL_APP": ".rel:x"}, ("Error: BUIDL_APP names a relative module ('.rel'): give the full dotted "
+                               "path, like my_package.rel:x")),
+    ({"BUIDL_STORE_URL": "redis://127.0.0.1:abc/0"}, ("Error: BUIDL_STORE_URL has a bad port 'abc': it must be "
+                                                      "a number (1..65535), like redis://host:6379/0")),
+    ({"BUIDL_LOG_LEVEL": "LOUD"}, ("Error: BUIDL_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, "
+                                   "CRITICAL, got 'LOUD'")),
 ])
 def test_bad_settings_are_one_line_in_every_command(tmp_path: Path, env_extra: dict[str, str], expected: str) -> None:
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "BUIDL_STATE_DIR": str(tmp_path / "state"),

@@ -46,7 +46,8 @@ def samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def total(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
-    return sum(v for (n, ls), v in found.items() if n == name and all(dict(ls).get(k) == v2 for k, v2 in labels.items()))
+    return sum(v for (n, ls), v in found.items()
+               if n == name and all(dict(ls).get(k) == v2 for k, v2 in labels.items()))
 
 
 def test_worker_serves_health_readiness_and_prometheus_metrics(fresh_simulator: SimulatorProcess,
@@ -107,7 +108,8 @@ def test_worker_on_a_busy_port_cannot_start_and_says_so(fresh_simulator: Simulat
     assert "Traceback" not in worker.output()
 
 
-def test_run_serves_one_endpoint_for_every_worker_of_the_dyno(stacks: Any, fresh_simulator: SimulatorProcess) -> None:
+def test_run_serves_one_endpoint_for_every_worker_of_the_dyno(stacks: Any,  # noqa: F811 (the fixture)
+                                                              fresh_simulator: SimulatorProcess) -> None:
     port = free_port()
     stack = stacks(BUIDL_HTTP_PORT=port, BUIDL_HTTP_HOST="127.0.0.1").start()
     stack.wait_up(processes=2, connections=1)

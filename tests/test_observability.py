@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from buidl_edge.sandbox.harness import WorkerProcess, fake_tokens, wait_until, worker_env
 from buidl_edge.observability.logs import LogfmtFormatter
 from buidl_edge.observability.redaction import MASK, MAX_LINE_CHARS, redact, register_secret, scrub
 from buidl_edge.observability.sentry import ProtocolErrorWindow
+from buidl_edge.sandbox.harness import WorkerProcess, fake_tokens, wait_until, worker_env
 from buidl_edge.sandbox.simulator.client import SimulatorProcess
 from support import secret_fragments
 

@@ -9,16 +9,17 @@ import os
 import re
 import signal
 import socket
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from buidl_edge.config import load_settings
-from buidl_edge.sandbox.harness import WorkerProcess, fake_tokens, wait_until, worker_env
-from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.delivery.ratelimit import PostLimits
+from buidl_edge.sandbox.harness import WorkerProcess, fake_tokens, wait_until, worker_env
 from buidl_edge.sandbox.simulator.client import SimulatorProcess
+from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.store.base import DeliveryOutcome, Reply
 from buidl_edge.store.redis import RedisStore
 from buidl_edge.store.sqlite import SqliteStore
@@ -170,7 +171,7 @@ def test_a_rerun_says_why_the_envelope_runs_again(fresh_simulator: SimulatorProc
             second = WorkerProcess(env, log_path=tmp_path / "second.log").start()
             expected = (f"its worker {socket.gethostname()}:{first.pid} is gone "
                         "(killed, crashed, or stopped when its drain timed out)")
-        (line,) = wait_until(lambda: reruns(second), 20, "the re-run's line")  # type: ignore[arg-type]
+        (line,) = wait_until(lambda: reruns(second), 20, "the re-run's line")
         said = re.search(r'msg="re-running app_mention: (.*)"', line)
         assert said is not None and said.group(1) == expected, line
         assert "dead worker" not in line

@@ -11,11 +11,11 @@ import pytest
 from click.testing import CliRunner
 
 from buidl_edge.api.app import Context, EdgeApp
+from buidl_edge.api.message import MAX_TEXT_CHARS, MessageError, parse_blocks_json, validate_reply
 from buidl_edge.cli import cli
 from buidl_edge.config import ConfigError, OutboxConfig
-from buidl_edge.api.message import MAX_TEXT_CHARS, MessageError, parse_blocks_json, validate_reply
-from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.delivery.ratelimit import PostLimits
+from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.store.base import Reply
 from buidl_edge.store.sqlite import SqliteStore
 
@@ -116,7 +116,8 @@ def test_send_reads_text_from_stdin_and_queues_it(tmp_path: Path) -> None:
     row_id = json.loads(result.output)["id"]
     store = SqliteStore(state / "edge.sqlite3", checkpoint_interval_s=None)
     try:
-        assert store.outbox_row(row_id).text == "from stdin"  # the one trailing newline is stripped
+        row = store.outbox_row(row_id)
+        assert row is not None and row.text == "from stdin"  # the one trailing newline is stripped
     finally:
         store.close()
 

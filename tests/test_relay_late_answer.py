@@ -19,7 +19,7 @@ import support
 from buidl_edge.sandbox.harness import WorkerProcess, wait_until
 from buidl_edge.sandbox.simulator.client import SimulatorProcess
 from buidl_edge.store.sqlite import SqliteStore
-from test_relay_bolt import BoltApp, bolt_dir, relay_env  # noqa: F401,F811 (bolt_dir is a fixture)
+from test_relay_bolt import BoltApp, bolt_dir, relay_env  # noqa: F401 (bolt_dir is a fixture)
 
 pytestmark = pytest.mark.timeout(90)
 

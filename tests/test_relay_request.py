@@ -15,11 +15,11 @@ from slack_bolt.request import BoltRequest
 from slack_sdk.signature import SignatureVerifier
 
 from buidl_edge.config import ConfigError, load_settings
-from buidl_edge.sandbox.harness import fake_tokens
-from buidl_edge.socketmode.protocol import Envelope, parse_frame
 from buidl_edge.relay.client import Answer
 from buidl_edge.relay.relay import order_key
 from buidl_edge.relay.request import build_request, signature
+from buidl_edge.sandbox.harness import fake_tokens
+from buidl_edge.socketmode.protocol import Envelope, parse_frame
 
 SECRET = secrets.token_hex(16)
 LONE = "\udc00"
@@ -36,7 +36,7 @@ ACTION = Envelope("interactive", "E3", {"type": "block_actions", "user": {"id": 
 
 def as_bolt_sees_it(envelope: Envelope, secret: str = SECRET, now: float | None = None) -> BoltRequest:
     request = build_request(envelope, secret, time.time() if now is None else now)
-    return BoltRequest(body=request.body.decode("utf-8"), headers=request.headers)
+    return BoltRequest(body=request.body.decode("utf-8"), headers=dict(request.headers))
 
 
 @pytest.mark.parametrize("envelope", [EVENT, COMMAND, ACTION], ids=["events_api", "slash_commands", "interactive"])
@@ -80,6 +80,7 @@ def test_lone_surrogates_travel_losslessly_in_json_and_as_replacement_characters
     frame = ('{"type":"events_api","envelope_id":"E5","payload":{"event_id":"Ev5","event":'
              '{"type":"message","channel":"C5","text":"x\\udc00y"}},"accepts_response_payload":false}')
     event = parse_frame(frame)
+    assert isinstance(event, Envelope)
     assert as_bolt_sees_it(event).body["event"]["text"] == f"x{LONE}y"
     command = Envelope("slash_commands", "E6", {"command": "/c", "text": f"a{LONE}b"})
     assert as_bolt_sees_it(command).body["text"] == "a\ufffdb"
@@ -118,8 +119,8 @@ def test_relay_urls_to_loopback_or_over_tls_are_taken(url: str) -> None:
 
 
 @pytest.mark.parametrize("url, private, said", [
-    ("http://bolt:3000/slack/events", "", "http:// to bolt is refused; use https://, a loopback address, or name "
-                                          "the host in BUIDL_RELAY_PRIVATE_HOSTS"),
+    ("http://bolt:3000/slack/events", "", ("http:// to bolt is refused; use https://, a loopback address, or name "
+                                           "the host in BUIDL_RELAY_PRIVATE_HOSTS")),
     ("http://8.8.8.8/slack/events", "8.8.8.8", "8.8.8.8 is refused: it is a public address"),
     ("ftp://127.0.0.1/x", "", "must be the app's Request URL"),
     ("http://127.0.0.1:99999/x", "", "not a valid URL"),

@@ -9,8 +9,9 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -56,7 +57,8 @@ def test_simulate_prints_the_exports_that_point_a_worker_at_it(tmp_path: Path) -
     wanted = free_port()
     with simulate({**env, "BUIDL_SIM_URL": f"http://127.0.0.1:{wanted}"}, tmp_path) as (port, again):
         assert port == str(wanted)
-        assert _exports(again)["SLACK_BOT_TOKEN"] != exports["SLACK_BOT_TOKEN"]
+        exports_again = _exports(again)
+        assert exports_again is not None and exports_again["SLACK_BOT_TOKEN"] != exports["SLACK_BOT_TOKEN"]
 
 
 @contextlib.contextmanager
@@ -163,7 +165,9 @@ def test_sim_mention_sends_both_events_and_prints_the_ack_and_the_answer(driven:
     result = sim(driven, "mention", "hi there", "--channel", "C0TALK")
     assert result.exit_code == 0, result.output
     assert re.search(r"^acked by link c\d+ in \d+ ms$", result.output, re.M), result.output
-    ts = re.search(r"sent mention in C0TALK, ts (\S+) ", result.output).group(1)
+    sent_line = re.search(r"sent mention in C0TALK, ts (\S+) ", result.output)
+    assert sent_line is not None, result.output
+    ts = sent_line.group(1)
     # Slack's two events for one mention: app_mention and message, the same message.
     sent = [client.event(key)["payload"]["event"] for key in client.state()["events"]]
     assert sorted(e["type"] for e in sent) == ["app_mention", "message"]

@@ -23,9 +23,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-import soak  # noqa: E402
-
-from buidl_edge.observability.redaction import MAX_LINE_CHARS  # noqa: E402
+import soak
+from buidl_edge.observability.redaction import MAX_LINE_CHARS
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -94,7 +93,7 @@ def test_every_fault_but_sigkill_loses_doubles_and_leaks_nothing() -> None:
 
 def test_sigkill_is_the_only_way_to_a_second_run_or_post() -> None:
     cfg = soak.SoakConfig(events=600, rate=60, seed=11, tolerate_kill_window=True, drain_timeout=60,
-                          counts={k: 0 for k in soak.FAULT_COUNTS} | {"kill": 2})
+                          counts=dict.fromkeys(soak.FAULT_COUNTS, 0) | {"kill": 2})
     report = _run(cfg)
     assert report["faults_injected"].get("kill", 0) >= 1
     assert report["events_handled"] == report["events_sent"] == 600

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from buidl_edge.ops import tokens
 from buidl_edge.config import ConfigError, load_settings
+from buidl_edge.ops import tokens
 from buidl_edge.sandbox.harness import WorkerProcess, fake_tokens, worker_env
 from buidl_edge.sandbox.simulator.client import SimulatorProcess
 from support import assert_no_secret

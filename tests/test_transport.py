@@ -10,17 +10,18 @@ import socket
 import ssl
 import subprocess
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
 from buidl_edge.config import ConfigError, Proxy, bypass_proxy, proxy_for, websocket_options
 from buidl_edge.sandbox.harness import WorkerProcess, fake_tokens, wait_until, worker_env
-from buidl_edge.socketmode.protocol import build_disconnect
 from buidl_edge.sandbox.simulator.client import SimulatorProcess
+from buidl_edge.socketmode.protocol import build_disconnect
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -33,7 +34,9 @@ def test_proxy_variables_are_read_like_requests_reads_them() -> None:
     assert proxy_for("wss://wss-primary.slack.com/link/", env) == Proxy("proxy.corp", 3128, ("u", "p@ss"))
     assert proxy_for("https://slack.com/api/", env) == Proxy("proxy.corp", 3128, ("u", "p@ss"))
     assert proxy_for("ws://127.0.0.1:9/link/", env) == Proxy("proxy.corp", 8080)
-    assert proxy_for("wss://x.test/", {"https_proxy": "http://lower:1", "HTTPS_PROXY": "http://upper:2"}).host == "lower"
+    both = {"https_proxy": "http://lower:1", "HTTPS_PROXY": "http://upper:2"}
+    lower_case_first = proxy_for("wss://x.test/", both)
+    assert lower_case_first is not None and lower_case_first.host == "lower"
     assert proxy_for("wss://x.test/", {}) is None
     assert proxy_for("wss://x.test/", {"HTTP_PROXY": "http://only-http:1"}) is None
     assert "p@ss" not in repr(proxy_for("wss://x.test/", env))
@@ -205,7 +208,7 @@ class FakeSlack:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 method = self.path.rsplit("/", 1)[-1]
                 body = ({"ok": True, "url": outer.socket_url} if method == "apps.connections.open"

@@ -11,8 +11,8 @@ import json
 import socket
 import subprocess
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -176,23 +176,23 @@ def test_handlers_that_take_payload_and_ctx_by_any_names_are_accepted() -> None:
     app = EdgeApp("fine")
 
     @app.event("app_mention")
-    def mention(event, ctx):  # type: ignore[no-untyped-def]
+    def mention(event, ctx):
         return None
 
     @app.command("/x", threaded=True)
-    def command(command, context):  # type: ignore[no-untyped-def]
+    def command(command, context):
         return None
 
     app.register_handler("message", lambda e, c: None)
 
     @app.interactive("block_actions")
-    def clicked(payload, ctx, extra=None):  # type: ignore[no-untyped-def]
+    def clicked(payload, ctx, extra=None):
         return None
 
     app.message("hi")(lambda event, ctx: None)
     with pytest.raises(AppError, match=r"handler on_hi\(event, say\) at .* does not take EdgeApp's arguments"):
         @app.message("hi")
-        def on_hi(event, say):  # type: ignore[no-untyped-def]
+        def on_hi(event, say):
             return None
 
 

@@ -5,8 +5,10 @@ import functools
 import importlib
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Pattern
+from re import Pattern
+from typing import TYPE_CHECKING, Any
 
 from buidl_edge.api.handler_signature import signature_problem
 from buidl_edge.api.matching import MessageFilter
@@ -18,7 +20,7 @@ if TYPE_CHECKING:
     from slack_sdk import WebClient
     from slack_sdk.web import SlackResponse
 
-Handler = Callable[[dict[str, Any], "Context"], Optional[dict[str, Any]]]
+Handler = Callable[[dict[str, Any], "Context"], dict[str, Any] | None]
 # Where app.send_message goes once a worker binds one (the outbox).
 ReplySink = Callable[[Reply], None]
 # Runs a call on the worker's hub, from any thread (handler_threads.HubCall).
@@ -76,7 +78,7 @@ class Context:
     bot_user_id: str | None = None
     claim_once: Callable[[str], bool] | None = None
     replies: list[Reply] = field(default_factory=list)
-    app: "EdgeApp | None" = None
+    app: EdgeApp | None = None
     hub_call: HubRunner | None = None
     # What the pattern of an @app.message handler matched (its regex groups), while it runs.
     matches: tuple[str | None, ...] = ()
@@ -110,7 +112,7 @@ class Context:
         return reply
 
     @property
-    def client(self) -> "WebClient":
+    def client(self) -> WebClient:
         """The worker's slack_sdk WebClient (the bot token, SLACK_API_URL): calls go out at once."""
         if self.app is None:
             raise AppError("ctx.client needs a running worker (or use app.client)")
@@ -143,14 +145,14 @@ class Context:
                            "this one names none")
         return channel, ts
 
-    def set_status(self, status: str, loading_messages: list[str] | None = None) -> "SlackResponse":
+    def set_status(self, status: str, loading_messages: list[str] | None = None) -> SlackResponse:
         """Show `status` (e.g. "is thinking…") in the event's thread: assistant.threads.setStatus.
         Slack clears it when the app posts in the thread, or after two minutes."""
         channel, thread_ts = self.assistant_thread()
         return self.client.assistant_threads_setStatus(channel_id=channel, thread_ts=thread_ts, status=status,
                                                        loading_messages=loading_messages)
 
-    def clear_status(self) -> "SlackResponse":
+    def clear_status(self) -> SlackResponse:
         return self.set_status("")
 
 
@@ -180,8 +182,8 @@ class EdgeApp:
         self._commands: dict[str, list[Registration]] = {}
         self._interactive: dict[str, list[Registration]] = {}
         self._sink: ReplySink | None = None
-        self._client: "WebClient | None" = None
-        self._client_factory: Callable[[], "WebClient"] | None = None
+        self._client: WebClient | None = None
+        self._client_factory: Callable[[], WebClient] | None = None
         self._hub_call: HubRunner | None = None
         self._included_in: EdgeApp | None = None
 
@@ -210,7 +212,7 @@ class EdgeApp:
             checked_handler(fn)
 
             @functools.wraps(fn)
-            def on_message(event: dict[str, Any], ctx: Context) -> Optional[dict[str, Any]]:
+            def on_message(event: dict[str, Any], ctx: Context) -> dict[str, Any] | None:
                 running = ctx.app or self  # the app the worker runs, which may have included this one
                 matches = wanted.match(event, ctx.bot_user_id, running.has_handlers("app_mention"))
                 if matches is None:
@@ -239,7 +241,7 @@ class EdgeApp:
         """The Buidl API's name for `event`."""
         return self.event(event_type, threaded)(fn)
 
-    def include(self, other: "EdgeApp") -> "EdgeApp":
+    def include(self, other: EdgeApp) -> EdgeApp:
         """Add every handler of `other` (after this app's own); returns self for chaining."""
         for mine, theirs in ((self._events, other._events), (self._commands, other._commands),
                              (self._interactive, other._interactive)):
@@ -265,12 +267,12 @@ class EdgeApp:
     def bind(self, sink: ReplySink | None) -> None:
         self._sink = sink
 
-    def bind_client(self, factory: Callable[[], "WebClient"] | None, hub_call: HubRunner | None = None) -> None:
+    def bind_client(self, factory: Callable[[], WebClient] | None, hub_call: HubRunner | None = None) -> None:
         """The worker's way to build `client` on first use (on the hub, with `hub_call`)."""
         self._client_factory, self._hub_call, self._client = factory, hub_call, None
 
     @property
-    def client(self) -> "WebClient":
+    def client(self) -> WebClient:
         """slack_sdk's WebClient for the bot, one per process, made on first use: in a worker the
         one every handler's ctx.client is; outside one, from SLACK_BOT_TOKEN and SLACK_API_URL."""
         client = self._client
@@ -279,16 +281,16 @@ class EdgeApp:
         if self._client_factory is None and self._included_in is not None:
             return self._included_in.client
         if self._hub_call is not None:  # built on the hub, so two threads cannot build two
-            return self._hub_call(self._make_client)  # type: ignore[no-any-return]
+            return self._hub_call(self._make_client)
         return self._make_client()
 
-    def _make_client(self) -> "WebClient":
+    def _make_client(self) -> WebClient:
         if self._client is None:
             if self._client_factory is not None:
                 self._client = self._client_factory()
             else:
-                from buidl_edge.config import ConfigError
                 from buidl_edge.api.webclient import client_from_env
+                from buidl_edge.config import ConfigError
 
                 try:
                     self._client = client_from_env()

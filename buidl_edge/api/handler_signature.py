@@ -14,7 +14,8 @@ Imports nothing of ours.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 # What Bolt injects by name: a listener's payload-like arguments, and its utilities.
 BOLT_PAYLOAD_NAMES = frozenset({"body", "event", "command", "action", "payload", "message", "view", "shortcut",

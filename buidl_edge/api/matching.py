@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Pattern
+from re import Pattern
+from typing import Any
 
 Matches = tuple[str | None, ...]
 

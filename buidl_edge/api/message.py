@@ -44,7 +44,8 @@ def validate_reply(reply: Reply) -> Reply:
     """Return `reply` when Slack would take it (lone surrogates replaced), else raise MessageError."""
     channel = reply.channel
     if not isinstance(channel, str) or not CHANNEL_ID.fullmatch(channel):
-        hint = " (use the channel id, not its name)" if isinstance(channel, str) and channel.lstrip("#").islower() else ""
+        by_name = isinstance(channel, str) and channel.lstrip("#").islower()
+        hint = " (use the channel id, not its name)" if by_name else ""
         raise MessageError(f"channel {str(channel)[:40]!r} is not a Slack channel id like C0123ABCD "
                            f"(C, G or D, then capitals and digits){hint}")
     text, blocks = validate_content(reply.text, reply.blocks, reply.thread_ts)

@@ -5,9 +5,9 @@ import sys
 
 import click
 
-from buidl_edge.ops import tokens
 from buidl_edge.cli.base import F, also_expects, cli
 from buidl_edge.config import TOKEN_KINDS, Secret, token_file
+from buidl_edge.ops import tokens
 
 
 @cli.group()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Mapping, TypeVar
+from collections.abc import Mapping
+from typing import TypeVar
 
 Number = TypeVar("Number", int, float)
 

@@ -3,8 +3,8 @@ not by `load_settings`: a bad value stops the workers with their reason, which i
 reports it (tests/test_run_stack.py)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from buidl_edge.config.env import ConfigError, at_least, environ
 from buidl_edge.delivery.ratelimit import PostLimits
@@ -21,7 +21,7 @@ class OutboxConfig:
     poll_interval: float = 0.25  # how soon rows queued by another process are noticed
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "OutboxConfig":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OutboxConfig:
         """BUIDL_POST_RATE, _BURST, _GLOBAL_RATE, _GLOBAL_BURST, _MAX_ATTEMPTS, _CONCURRENCY, _429_SCOPE."""
         env = environ(env)
         rate = at_least(env, "BUIDL_POST_RATE", 1.0, float, 0.0)

@@ -3,8 +3,9 @@ WebSocket explicitly, so that the Web API and the Socket Mode link always take t
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from buidl_edge.config.env import ConfigError, environ

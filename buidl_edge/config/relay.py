@@ -10,7 +10,7 @@ addresses only; that is checked where the request is made (buidl_edge/relay/clie
 from __future__ import annotations
 
 import ipaddress
-from typing import Mapping
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from buidl_edge.config.env import ConfigError

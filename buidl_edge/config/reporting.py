@@ -8,8 +8,8 @@ warning, which `sentry.init_sentry` logs). The strict check of the log settings 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from buidl_edge.config.env import environ, flag
 

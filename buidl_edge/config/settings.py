@@ -3,9 +3,10 @@ by `load_settings`, with one-line errors that never echo a token."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from buidl_edge.config.env import ConfigError, environ, flag, number
 from buidl_edge.config.relay import check_relay_url, load_signing_secret, private_hosts

@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 log = logging.getLogger("buidl_edge.health")
 

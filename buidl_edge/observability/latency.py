@@ -14,7 +14,7 @@ ACK_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 
 
 class LatencyHistogram:
-    __slots__ = ("buckets", "counts", "total", "sum_s")
+    __slots__ = ("buckets", "counts", "sum_s", "total")
 
     def __init__(self, buckets: tuple[float, ...] = ACK_BUCKETS_S) -> None:
         self.buckets = buckets  # the relay's backend latency has wider ones

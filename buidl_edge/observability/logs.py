@@ -9,16 +9,27 @@ import json
 import logging
 import sys
 import time
-from typing import Any, Iterator, Mapping, TextIO
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
+from typing import Any, TextIO
 
 from buidl_edge.config import log_options, process_name
-from buidl_edge.observability.redaction import (MAX_FIELD_CHARS, MAX_LINE_CHARS, clip, clip_middle, format_exception, printable,
-                                  redact)
+from buidl_edge.observability.redaction import (
+    MAX_FIELD_CHARS,
+    MAX_LINE_CHARS,
+    clip,
+    clip_middle,
+    format_exception,
+    printable,
+    redact,
+)
 
 # -- log context: which connection and envelope a line belongs to ---------------------------
 
 CONTEXT_FIELDS = ("connection", "envelope_id")
-_log_context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar("buidl_log_context", default={})
+# The default is read-only: log_context() always sets a new mapping, never updates the one it got.
+_log_context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "buidl_log_context", default=MappingProxyType({}))
 
 
 @contextlib.contextmanager
@@ -147,9 +158,9 @@ def setup_logging(level: str | None = None, json_lines: bool | None = None,
         json_lines = env_json
     if redact_streams:
         if not isinstance(sys.stdout, RedactingStream):
-            sys.stdout = RedactingStream(sys.stdout)  # type: ignore[assignment]
+            sys.stdout = RedactingStream(sys.stdout)
         if not isinstance(sys.stderr, RedactingStream):
-            sys.stderr = RedactingStream(sys.stderr)  # type: ignore[assignment]
+            sys.stderr = RedactingStream(sys.stderr)
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(LogfmtFormatter(json_lines=json_lines))
     handler.addFilter(RedactingFilter())

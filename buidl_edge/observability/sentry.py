@@ -9,11 +9,15 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from buidl_edge.config import process_name, sentry_options
 from buidl_edge.observability.logs import frame_log
 from buidl_edge.observability.redaction import MAX_LINE_CHARS, redact, register_secret, scrub
+
+if TYPE_CHECKING:  # sentry_sdk is imported only when a DSN is set
+    from sentry_sdk.types import Event, Hint
 
 log = logging.getLogger("buidl_edge.sentry")
 
@@ -22,9 +26,9 @@ _REPORTED_KEEP = 10_000
 
 class _State:
     enabled = False
-    reported: "OrderedDict[str, None]" = OrderedDict()
+    reported: ClassVar[OrderedDict[str, None]] = OrderedDict()
     lock = threading.Lock()
-    window: "ProtocolErrorWindow | None" = None
+    window: ProtocolErrorWindow | None = None
 
 
 def init_sentry(process: str | None = None, env: Mapping[str, str] | None = None) -> bool:
@@ -84,7 +88,7 @@ def flush_sentry(timeout: float = 2.0) -> None:
     sentry_sdk.flush(timeout=timeout)
 
 
-def _before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
+def _before_send(event: Event, hint: Hint) -> Event:
     return scrub(event, limit=MAX_LINE_CHARS)
 
 

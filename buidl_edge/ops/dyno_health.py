@@ -11,8 +11,8 @@ import socket
 import threading
 from typing import TYPE_CHECKING, Any
 
-from buidl_edge.ops import health_events
 from buidl_edge.config import Settings
+from buidl_edge.ops import health_events
 from buidl_edge.ops.status import STALE_AFTER_S, live_workers
 from buidl_edge.store.base import EdgeStore
 from buidl_edge.store.errors import StoreError

@@ -4,7 +4,7 @@ with the same one line.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from buidl_edge.config import ConfigError, OutboxConfig, Settings
 from buidl_edge.ops.statefiles import unusable_dir

@@ -15,9 +15,9 @@ import stat
 import sys
 
 from buidl_edge.config import ConfigError, Settings
-from buidl_edge.runtime.fatal_marker import fatal_marker
 from buidl_edge.ops.run_checks import check_stack
 from buidl_edge.ops.supervise import Credentials, live_supervisor, render_config
+from buidl_edge.runtime.fatal_marker import fatal_marker
 
 
 def run_stack(settings: Settings) -> int:

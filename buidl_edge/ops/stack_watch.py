@@ -115,8 +115,8 @@ def _serve_health(host: str, port: int) -> Any:
     workers get no BUIDL_HTTP_PORT, so this is the dyno's one endpoint."""
     import dataclasses
 
-    from buidl_edge.ops import dyno_health
     from buidl_edge.config import load_settings
+    from buidl_edge.ops import dyno_health
 
     settings = dataclasses.replace(load_settings(), http_host=host, http_port=port)
     return dyno_health.serve(settings)

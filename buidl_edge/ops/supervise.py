@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from string import Template
+from typing import Any, cast
 
 from buidl_edge.config import REFRESH_SPARE, SLACK_MAX_CONNECTIONS, ConfigError, Settings
-from buidl_edge.runtime.exitcodes import EXIT_FATAL
 from buidl_edge.ops.statefiles import private_dir, write_private
+from buidl_edge.runtime.exitcodes import EXIT_FATAL
 
 TEMPLATE_NAME = "supervisord.conf.tmpl"
 # An operator's copy, relative to the directory `run` starts in, wins over the packaged one.
@@ -75,7 +76,7 @@ class Credentials:
     password: str | None = None
 
     @classmethod
-    def fresh(cls) -> "Credentials":
+    def fresh(cls) -> Credentials:
         return cls(f"run{secrets.token_hex(4)}", secrets.token_urlsafe(24))
 
 
@@ -162,7 +163,7 @@ def _transport(sock: Path, credentials: Credentials) -> xmlrpc.client.Transport:
     """supervisor's own unix-socket transport, with a timeout so a stuck supervisord never hangs us."""
     from supervisor.xmlrpc import SupervisorTransport, UnixStreamHTTPConnection
 
-    class Connection(UnixStreamHTTPConnection):  # type: ignore[misc]
+    class Connection(UnixStreamHTTPConnection):
         def connect(self) -> None:
             super().connect()
             self.sock.settimeout(RPC_TIMEOUT_S)
@@ -191,7 +192,9 @@ class Supervisor:
         if not self.sock.exists():
             raise SupervisorDown(f"no supervisor is running for {self.state_dir} (no {self.sock.name})")
         try:
-            infos = self._proxy.supervisor.getAllProcessInfo()
+            # XML-RPC answers are typed as any marshallable value; supervisord's API documents this
+            # one as a list of structs.
+            infos = cast(list[dict[str, Any]], self._proxy.supervisor.getAllProcessInfo())
         except (OSError, xmlrpc.client.Error) as exc:
             self._transport.close()  # a broken keep-alive connection is not reused
             raise SupervisorDown(f"supervisor for {self.state_dir} does not answer: "

@@ -14,9 +14,9 @@ import contextlib
 import os
 import stat
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from buidl_edge.config import (
     TOKEN_KINDS,

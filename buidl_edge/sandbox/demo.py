@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from buidl_edge.api.bot import GREETING, HELP_TEXT
 from buidl_edge.sandbox.demo_app import DEPLOY_WORD, DEPLOYED, FAIL_WORD, REACTION, REVIEW_COMMAND, REVIEW_QUEUED

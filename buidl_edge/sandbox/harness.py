@@ -12,8 +12,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Self
+from typing import Any, Self
 
 from buidl_edge.sandbox.simulator.access import (
     fake_tokens,  # also imported from here by tests and scripts
@@ -185,7 +186,7 @@ def fill_disk(folder: Path) -> Path:
     return filler
 
 
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.05) -> Any:
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
     """Poll `predicate` until it returns something truthy; AssertionError naming `what` on timeout."""
     deadline = time.monotonic() + timeout
     last: Any = None

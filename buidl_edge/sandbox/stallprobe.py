@@ -18,7 +18,7 @@ class HubTicker:
         self.max_gap = 0.0  # seconds, the 1 ms sleep included
         self._greenlet: gevent.Greenlet | None = None
 
-    def start(self) -> "HubTicker":
+    def start(self) -> HubTicker:
         self._greenlet = gevent.spawn(self._run)
         return self
 

@@ -18,12 +18,12 @@ import gevent.event
 import gevent.lock
 import websocket
 
+from buidl_edge.config import ConfigError, Settings, websocket_options
+from buidl_edge.observability.logs import trace_frame
 from buidl_edge.socketmode import protocol
 from buidl_edge.socketmode.backoff import backoff_delay
-from buidl_edge.config import ConfigError, Settings, websocket_options
 from buidl_edge.socketmode.link import ConnectionStats, EnvelopeSink, Link, teardown
 from buidl_edge.socketmode.link_outcomes import BACK_OFF, RECONNECT_AT_ONCE, REPLACE_FIRST, STOP_FOR_GOOD, LinkOutcome
-from buidl_edge.observability.logs import trace_frame
 from buidl_edge.store.slots import OVERLAP_SUFFIX, SlotGate, Waitable
 from buidl_edge.webapi.client import FatalAuthError, RateLimited, SlackApiError, WebApi
 
@@ -112,7 +112,8 @@ class ConnectionSlot:
             except ConfigError as exc:  # a ws:// URL to a non-loopback host, a bad proxy: never downgrade
                 raise FatalStop(f"refusing to connect: {exc}", self.name) from None
             except RateLimited as exc:
-                delay = max(exc.retry_after, backoff_delay(attempt, self.settings.backoff_base, self.settings.backoff_cap))
+                backoff = backoff_delay(attempt, self.settings.backoff_base, self.settings.backoff_cap)
+                delay = max(exc.retry_after, backoff)
                 log.warning("apps.connections.open rate limited; retrying in %.1fs", delay,
                             extra={"connection": self.name})
                 attempt += 1
@@ -272,7 +273,7 @@ class ConnectionSlot:
     def _forget(self, link: Link) -> None:
         if link in self.links:
             self.links.remove(link)
-        self.stats.connected = any(not l.closed.is_set() for l in self.links)
+        self.stats.connected = any(not link.closed.is_set() for link in self.links)
 
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 ENVELOPE_TYPES = frozenset({"events_api", "slash_commands", "interactive"})
 DISCONNECT_REASONS = frozenset(
@@ -111,7 +111,7 @@ class Envelope:
         return data
 
 
-Frame = Union[Hello, Disconnect, Envelope]
+Frame = Hello | Disconnect | Envelope
 
 
 def parse_frame(text: str | bytes) -> Frame:

@@ -6,8 +6,9 @@ Only run.py may collect this folder (tests/conftest.py keeps the suite's own pro
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import gevent
 import pytest

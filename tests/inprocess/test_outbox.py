@@ -4,15 +4,16 @@ failure hook, and the drain (`stop`): what it flushes, what it leaves for others
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
 from buidl_edge.config import OutboxConfig, Secret
-from buidl_edge.sandbox.harness import fake_tokens, wait_until
 from buidl_edge.delivery.outbox import Outbox
 from buidl_edge.delivery.ratelimit import PostLimits
+from buidl_edge.sandbox.harness import fake_tokens, wait_until
 from buidl_edge.sandbox.simulator.client import SimulatorClient, SimulatorProcess
 from buidl_edge.store.base import OutboxRow, Reply
 from buidl_edge.store.memory import MemoryStore
@@ -79,7 +80,8 @@ def test_a_transient_error_is_retried_with_growing_backoff_then_failed_once_to_t
     retries = records("chat.postMessage to %s failed (%s); attempt")
     assert [r.args[2] for r in retries] == [1, 2, 3]  # type: ignore[index]
     for record in retries:
-        attempt, delay = record.args[2], record.args[4]  # type: ignore[index]
+        figures: Any = record.args  # the log call's tuple
+        attempt, delay = figures[2], figures[4]
         assert delay <= min(CAP_S, BASE_S * 2 ** (attempt - 1)), (attempt, delay)
     assert (outbox.stats.retried, outbox.stats.failed, outbox.stats.sent) == (3, 2, 1)
     assert sim.summary()["post_errors"] == 4 + 1

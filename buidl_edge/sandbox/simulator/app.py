@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import socket
-
 import traceback
 from collections import Counter
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from gevent.pywsgi import WSGIHandler
 from geventwebsocket.handler import WebSocketHandler
@@ -15,8 +15,7 @@ from .events import RESPOND_PATH
 from .http import Response, read_request
 from .hub import Hub
 from .knobs import Knobs
-from .sentry import SentryIngest
-from .sentry import match as sentry_route
+from .sentry import SentryIngest, match as sentry_route
 from .socketmode import Tickets, admission, run_link
 from .webapi import WebApi
 

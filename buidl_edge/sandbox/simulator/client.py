@@ -10,9 +10,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote
 
 import requests
@@ -130,7 +131,7 @@ class SimulatorProcess:
         """A DSN aimed at this simulator's Sentry endpoint, with a key made up now."""
         return f"http://{secrets.token_hex(16)}@127.0.0.1:{self.port}/{project}"
 
-    def start(self) -> "SimulatorProcess":
+    def start(self) -> SimulatorProcess:
         ready = os.path.join(self._tmp.name, "port")
         env = dict(os.environ)
         # The project may not be installed: let the child import it from here.
@@ -175,7 +176,7 @@ class SimulatorProcess:
         except OSError:
             return ""
 
-    def __enter__(self) -> "SimulatorProcess":
+    def __enter__(self) -> SimulatorProcess:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

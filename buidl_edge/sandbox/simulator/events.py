@@ -75,6 +75,7 @@ def build(kind: str, fields: dict[str, Any], ts: str, base_url: str | None = Non
             "event_ts": ts,
         }
         return _events_api(event, fields)
+    payload: dict[str, Any]  # each kind's own JSON shape
     if kind == "slash_command":
         payload = {
             "token": "sim-verification",

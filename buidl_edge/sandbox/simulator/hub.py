@@ -9,11 +9,13 @@ import json
 import time
 import uuid
 from collections import Counter, deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gevent
 
 from buidl_edge.socketmode.protocol import Envelope, ProtocolError, build_disconnect, build_hello, parse_ack
+
 from . import events
 from .knobs import Knobs
 from .link import Link, attach
@@ -139,9 +141,10 @@ class Hub:
     def _pick(self) -> Link | None:
         """Round-robin over greeted links, preferring ones not told to go away."""
         now = time.monotonic()
-        usable = [l for l in self.open.values() if l.state == "open" and l.hello_sent and not l.silenced(now)]
+        usable = [link for link in self.open.values()
+                  if link.state == "open" and link.hello_sent and not link.silenced(now)]
         if not usable:
-            usable = [l for l in self.open.values() if l.state == "warned" and not l.silenced(now)]
+            usable = [link for link in self.open.values() if link.state == "warned" and not link.silenced(now)]
         if not usable:
             return None
         self._rr += 1
@@ -228,8 +231,8 @@ class Hub:
         elif kind == "blackhole":
             # Half-open for good (or for `seconds`, then dropped). Slack does not know: the link
             # stays open here and still gets envelopes, which go unacked and are redelivered.
-            seconds = fields.get("seconds")
-            link.blackhole(None if seconds is None else float(seconds))
+            hole_s = fields.get("seconds")
+            link.blackhole(None if hole_s is None else float(hole_s))
         elif kind == "bad_frame":
             text = str(fields.get("text", "not json {"))
             if fields.get("opcode") is None:
@@ -255,16 +258,16 @@ class Hub:
         return [link.id] if link else []
 
     def _targets(self, target: str) -> list[Link]:
-        links = [l for l in self.open.values() if l.state != "closing"]
+        links = [link for link in self.open.values() if link.state != "closing"]
         if target == "all":
             return links
         if target == "oldest":
             return links[:1]
         if target == "oldest_open":  # not already told to go away
-            return [l for l in links if l.state == "open"][:1]
+            return [link for link in links if link.state == "open"][:1]
         if target == "newest":
             return links[-1:]
-        return [l for l in links if l.id == target]
+        return [link for link in links if link.id == target]
 
     # -- reporting ---------------------------------------------------------
 

@@ -44,7 +44,7 @@ class SimWebSocket(WebSocket):
 
     __slots__ = ()
 
-    def _link(self) -> "Link | None":
+    def _link(self) -> Link | None:
         env = self.environ
         return env.get("sim.link") if env else None
 
@@ -146,7 +146,7 @@ class Link:
 def attach(ws: WebSocket, link_id: str) -> Link:
     ws.__class__ = SimWebSocket  # same slots, so the swap is safe
     ws.environ["sim.wlock"] = Semaphore()
-    link = Link(id=link_id, ws=ws, sock=getattr(ws.handler, "socket", None), opened_at=time.time())  # type: ignore[arg-type]
+    link = Link(id=link_id, ws=ws, sock=getattr(ws.handler, "socket", None), opened_at=time.time())
     ws.environ["sim.link"] = link
     return link
 

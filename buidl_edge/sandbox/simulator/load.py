@@ -43,7 +43,7 @@ class LoadError(ValueError):
 
 
 class LoadRun:
-    def __init__(self, hub: "Hub", mode: str, count: int, window: int, rate: float,
+    def __init__(self, hub: Hub, mode: str, count: int, window: int, rate: float,
                  fields: dict[str, Any], channel_prefix: str | None, timeout_s: float) -> None:
         self.hub = hub
         self.mode = mode
@@ -104,7 +104,7 @@ class LoadRun:
 
     # -- acks --------------------------------------------------------------
 
-    def on_ack(self, delivery: "Delivery", now: float) -> None:
+    def on_ack(self, delivery: Delivery, now: float) -> None:
         key = delivery.key
         if key not in self._mine:
             return
@@ -170,7 +170,7 @@ class LoadRun:
 class LoadGenerator:
     """Holds the current run; a new run stops the previous one."""
 
-    def __init__(self, hub: "Hub") -> None:
+    def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.run: LoadRun | None = None
 
@@ -187,7 +187,7 @@ class LoadGenerator:
         rate = _number(params, "rate", 0.0, MAX_RATE, required=mode == "rate")
         count = params.get("count")
         if count is None and mode == "rate" and params.get("duration") is not None:
-            count = int(round(_number(params, "duration", 0.001, 86_400.0) * rate))
+            count = round(_number(params, "duration", 0.001, 86_400.0) * rate)
         count = int(_number({"count": count}, "count", 1, MAX_COUNT, required=True))
         window = int(_number(params, "window", 1, MAX_WINDOW, required=mode == "window") or 1)
         timeout_s = _number(params, "timeout", 0.1, 86_400.0) or DEFAULT_TIMEOUT_S

@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import gevent
+import gevent.event
 from geventwebsocket.exceptions import WebSocketError
 
 from .hub import Hub
@@ -74,7 +75,8 @@ def run_link(hub: Hub, ws: Any) -> None:
         return
     reader = gevent.spawn(_read_frames, hub, link, ws)
     try:
-        gevent.wait([reader, link.hole], count=1)
+        ends: list[gevent.Greenlet[..., None] | gevent.event.Event] = [reader, link.hole]
+        gevent.wait(ends, count=1)
         if link.hole.is_set():
             reader.kill()  # nothing more is read: the client's pings and acks pile up unread
             link.hold_blackhole()

@@ -10,7 +10,8 @@ import math
 import secrets
 import time
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import events
 from .http import Request, Response, json_param, slack_error
@@ -265,7 +266,7 @@ def _token_refused(req: Request, prefix: str) -> Response | None:
     return None
 
 
-def blocks_param(params: dict[str, Any]) -> list[Any] | None | Response:
+def blocks_param(params: dict[str, Any]) -> list[Any] | Response | None:
     """`blocks` as Slack takes it (a JSON list, or a JSON text of one); invalid_blocks otherwise."""
     try:
         blocks = json_param(params.get("blocks"))

@@ -12,7 +12,8 @@ import re
 import secrets
 import time
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from . import events
 from .http import Request, Response, json_param, slack_error
