@@ -53,8 +53,7 @@ def run(app: EdgeApp, envelope: Envelope, ctx: Context) -> list[Any]:
 
 
 def test_edge_app_is_importable_from_the_package() -> None:
-    from buidl_edge import Context as PublicContext
-    from buidl_edge import EdgeApp as PublicEdgeApp
+    from buidl_edge import Context as PublicContext, EdgeApp as PublicEdgeApp
 
     assert PublicEdgeApp is EdgeApp and PublicContext is Context
 
