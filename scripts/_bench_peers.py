@@ -59,7 +59,7 @@ def run_raw(api_url: str, app_token: str, bot_token: str) -> None:
                 if not text:
                     break
                 if '"envelope_id"' in text:
-                    ws.send('{"envelope_id":"%s"}' % json.loads(text)["envelope_id"])
+                    ws.send(f'{{"envelope_id":"{json.loads(text)["envelope_id"]}"}}')
         except (OSError, websocket.WebSocketException):
             pass
         finally:
@@ -69,10 +69,10 @@ def run_raw(api_url: str, app_token: str, bot_token: str) -> None:
                 pass
 
 
-def _sdk_listener():  # type: ignore[no-untyped-def]
+def _sdk_listener():
     from slack_sdk.socket_mode.response import SocketModeResponse
 
-    def ack(client, req):  # type: ignore[no-untyped-def]
+    def ack(client, req):
         client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
 
     return ack

@@ -27,7 +27,8 @@ import re
 import time
 import uuid
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 PROCESSES = 2
 HANDLER_CONCURRENCY = 16
@@ -59,7 +60,7 @@ def long_text(n: int, fail: bool) -> str:
 def deep_frame(n: int) -> str:
     if n % 2 == 0:
         return "[" * DEEP_LEVELS + "]" * DEEP_LEVELS
-    return ('{"type":"events_api","envelope_id":"deep-%d","payload":' % n
+    return (f'{{"type":"events_api","envelope_id":"deep-{n}","payload":'
             + '{"a":' * DEEP_LEVELS + "1" + "}" * DEEP_LEVELS + "}")
 
 
@@ -218,11 +219,11 @@ def report_rows(hostile: dict[str, Any], inputs: dict[str, dict[str, int]]) -> l
 
     rejected = h["bad_frames_rejected"]
     return [
-        ("lone surrogates (events)", f"{fate('surrogate')}; in {h['surrogate_places']}, "
-                                     f"{h['surrogate_redelivered']} redelivered"),
+        ("lone surrogates (events)", (f"{fate('surrogate')}; in {h['surrogate_places']}, "
+                                      f"{h['surrogate_redelivered']} redelivered")),
         ("40,000-character texts", f"{fate('long_text')}; {h['long_texts_failing']} failing a handler"),
-        ("  handler failures logged / reported to Sentry", f"{h['handler_failures_logged']} / "
-                                                            f"{h['sentry_handler_failures']}"),
+        ("  handler failures logged / reported to Sentry", (f"{h['handler_failures_logged']} / "
+                                                            f"{h['sentry_handler_failures']}")),
         ("  longest Sentry exception value / stack log line (chars)",
          f"{h['sentry_longest_exception_value']} / {h['longest_log_line']}"),
         ("  logging errors", h["logging_errors"]),
@@ -231,8 +232,8 @@ def report_rows(hostile: dict[str, Any], inputs: dict[str, dict[str, int]]) -> l
         ("  bad frames rejected by the workers (log)", f"{sum(rejected.values())} {rejected}"),
         ("slow handlers (pool full)", fate("slow")),
         ("slash commands during a full pool", fate("slash")),
-        ("  acked / without payload / late (> 3 s)", f"{h['slash_acked']} / {h['slash_acked_without_payload']} / "
-                                                     f"{h['slash_acks_late']}"),
+        ("  acked / without payload / late (> 3 s)", (f"{h['slash_acked']} / {h['slash_acked_without_payload']} / "
+                                                      f"{h['slash_acks_late']}")),
         ("  slowest slash ack (ms)", h["slash_ack_ms_max"]),
         ("  'handler pool full' acks logged", h["pool_full_acks_logged"]),
         ("blackholed links / not replaced", f"{h['blackholed_links']} / {h['blackholes_not_replaced']}"),

@@ -11,8 +11,9 @@ an event, or a reply. Without root the disk is not mounted and `disk_full` finds
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from buidl_edge.sandbox.harness import WriteLockHolder, fill_disk
 

@@ -40,9 +40,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent
@@ -205,7 +206,7 @@ def redis_url() -> str:
     import redis
 
     redis.Redis.from_url(_REDIS[0].url).flushall()
-    return _REDIS[0].url  # type: ignore[no-any-return]
+    return _REDIS[0].url
 
 
 def rss_tree_kb(root: int) -> dict[str, Any]:
@@ -449,7 +450,7 @@ def tables(meds: dict[str, dict[str, Any]], cfg: argparse.Namespace) -> str:
     ref = meds.get(REFERENCE, {})
     names = {c.key: c.label for c in CLIENTS}
     lines = [f"Medians of {cfg.runs} run(s); ratio = client / `{names[REFERENCE]}`.", ""]
-    lines += ["### Throughput (window of %d unacked, %s events)" % (cfg.window, f"{cfg.count:,}"), "",
+    lines += [f"### Throughput (window of {cfg.window} unacked, {cfg.count:,} events)", "",
               "| client | acked/s | ratio |", "| --- | ---: | ---: |"]
     for key, m in meds.items():
         lines.append(f"| {names[key]} | {fmt(m['throughput_acked_per_s'], 0)} | "
@@ -474,14 +475,15 @@ def tables(meds: dict[str, dict[str, Any]], cfg: argparse.Namespace) -> str:
               + f" | ratio to {names[CPU_REFERENCE]} at {CPU_RATE}/s |",
               "| --- |" + " ---: |" * (len(cfg.rates) + 1)]
     for key, m in meds.items():
+        cpu_ratio = ratio(m.get(f"cpu_{CPU_RATE}_ms_per_1000"), cpu_ref.get(f"cpu_{CPU_RATE}_ms_per_1000"))
         lines.append(f"| {names[key]} | " + " | ".join(fmt(m.get(f"cpu_{r}_ms_per_1000"), 0) for r in cfg.rates)
-                     + f" | {ratio(m.get(f'cpu_{CPU_RATE}_ms_per_1000'), cpu_ref.get(f'cpu_{CPU_RATE}_ms_per_1000'))} |")
-    lines += ["", f"### Refresh gap at {cfg.refresh_rate}/s: {cfg.faults} warning + {cfg.faults} "
-              f"refresh_requested, one due every {cfg.fault_spacing:g} s to a link not yet told to go "
-              f"(warned links close after {cfg.warning_close:g} s, refreshed ones after {cfg.refresh_close:g} s)",
+                     + f" | {cpu_ratio} |")
+    lines += ["", (f"### Refresh gap at {cfg.refresh_rate}/s: {cfg.faults} warning + {cfg.faults} "
+                   f"refresh_requested, one due every {cfg.fault_spacing:g} s to a link not yet told to go "
+                   f"(warned links close after {cfg.warning_close:g} s, refreshed ones after {cfg.refresh_close:g} s)"),
               "",
-              "| client | faults fired | seconds to fire them | deliveries past 3 s | redeliveries "
-              "| events never acked | longest gap, no open connection (s) |",
+              ("| client | faults fired | seconds to fire them | deliveries past 3 s | redeliveries "
+               "| events never acked | longest gap, no open connection (s) |"),
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     skipped = {c.key: c.no_refresh for c in CLIENTS if c.no_refresh}
     for key, m in meds.items():
@@ -507,10 +509,10 @@ def machine() -> dict[str, Any]:
     model = ""
     try:
         with open("/proc/cpuinfo") as fh:
-            model = next((l.split(":", 1)[1].strip() for l in fh if l.startswith("model name")), "")
+            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), "")
     except OSError:
         pass
-    versions = {}
+    versions: dict[str, str | None] = {}
     for dist in ("buidl-edge", "slack_sdk", "slack_bolt", "websocket-client", "gevent", "gevent-websocket",
                  "requests"):
         try:
@@ -591,7 +593,8 @@ def main() -> int:
             runs[c.key].append(result)
             tp = _get(result, "throughput.acked_per_s")
             print(f"  run {run} {c.label}: {fmt(tp, 0)} acked/s, refresh missed "
-                  f"{_get(result, 'refresh.missed_deadlines')}, gap {_get(result, 'refresh.longest_no_connection_gap_s')}s"
+                  f"{_get(result, 'refresh.missed_deadlines')}, "
+                  f"gap {_get(result, 'refresh.longest_no_connection_gap_s')}s"
                   f"{', ERROR ' + result['error'] if 'error' in result else ''} ({time.monotonic() - t0:.0f}s)",
                   flush=True)
     for server in _REDIS:
@@ -608,7 +611,7 @@ def main() -> int:
           "(anything else running on the machine skews every figure)")
     print(f"\nbench took {elapsed}s; results in {cfg.output}")
     Path(cfg.output).write_text(json.dumps({
-        "machine": info, "config": {k: v for k, v in vars(cfg).items()}, "elapsed_s": elapsed,
+        "machine": info, "config": dict(vars(cfg)), "elapsed_s": elapsed,
         "clients": {c.key: c.label for c in clients}, "reference": REFERENCE,
         "medians": meds, "runs": runs, "unavailable": unavailable, "tables_markdown": text,
     }, indent=2, default=str))

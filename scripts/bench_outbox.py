@@ -40,10 +40,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from buidl_edge.sandbox.harness import WorkerProcess, worker_env  # noqa: E402
-from buidl_edge.sandbox.simulator.client import SimulatorProcess  # noqa: E402
-from buidl_edge.store.base import Reply  # noqa: E402
-from buidl_edge.store.sqlite import SqliteStore  # noqa: E402
+from buidl_edge.sandbox.harness import WorkerProcess, worker_env
+from buidl_edge.sandbox.simulator.client import SimulatorProcess
+from buidl_edge.store.base import Reply
+from buidl_edge.store.sqlite import SqliteStore
 
 RAISED = 1_000_000.0
 TIMEOUT_S = 120.0

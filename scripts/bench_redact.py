@@ -12,16 +12,17 @@ Prints one line per input: the best of N runs, in milliseconds.
 from __future__ import annotations
 
 import argparse
+import functools
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from buidl_edge.observability.logs import LogfmtFormatter  # noqa: E402
-from buidl_edge.observability.redaction import redact, register_secret  # noqa: E402
+from buidl_edge.observability.logs import LogfmtFormatter
+from buidl_edge.observability.redaction import redact, register_secret
 
 
 def inputs(size: int) -> dict[str, str]:
@@ -65,7 +66,7 @@ def main() -> int:
     print(f"redact() on {args.size:,} characters, best of {args.repeat}")
     worst = 0.0
     for name, text in cases.items():
-        ms = best_ms(lambda: redact(text), args.repeat)
+        ms = best_ms(functools.partial(redact, text), args.repeat)
         worst = max(worst, ms)
         print(f"  {name.ljust(width)}  {ms:8.2f} ms")
     import logging

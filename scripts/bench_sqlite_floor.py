@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -32,15 +33,15 @@ TEXT = "x" * 400  # about the size of a bench envelope's frame
 
 
 def child(mode: str, rate: float, seconds: float) -> float:
-    from buidl_edge.socketmode.protocol import parse_frame
+    from buidl_edge.socketmode.protocol import Envelope, parse_frame
     from buidl_edge.store.sqlite import SqliteStore
     from buidl_edge.store.sqlite.inbox import _FINISH, _INSERT_INBOX, _INSERT_KEY
 
     path = Path(tempfile.mkdtemp(prefix="floor-")) / "edge.db"
     store = SqliteStore(path, checkpoint_interval_s=None, hub_writes=True)
     count = int(rate * seconds) if rate else 20_000
-    frames = [parse_frame(json.dumps({"envelope_id": f"E{i}", "type": "events_api", "payload": {
-        "event_id": f"Ev{i}", "event": {"type": "message", "text": TEXT, "channel": "C1"}}}))
+    frames = [cast(Envelope, parse_frame(json.dumps({"envelope_id": f"E{i}", "type": "events_api", "payload": {
+        "event_id": f"Ev{i}", "event": {"type": "message", "text": TEXT, "channel": "C1"}}})))
         for i in range(count)]
     import sqlite3
 

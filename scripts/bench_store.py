@@ -26,22 +26,22 @@ if len(sys.argv) > 2 and sys.argv[1] == "--child" and sys.argv[2] in ("threaded"
 
     monkey.patch_all()
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import platform  # noqa: E402
-import sqlite3  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import json
+import os
+import platform
+import sqlite3
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from buidl_edge.socketmode.protocol import Envelope  # noqa: E402
-from buidl_edge.store.sqlite import SqliteStore  # noqa: E402
+from buidl_edge.socketmode.protocol import Envelope
+from buidl_edge.store.sqlite import SqliteStore
 
 TARGET_CLAIMS_PER_S = 10_000
 TARGET_STALL_MS = 10.0

@@ -89,23 +89,33 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from buidl_edge.sandbox.harness import StackProcess, fake_tokens, worker_env  # noqa: E402
-from buidl_edge.sandbox.simulator.client import SimulatorError, SimulatorProcess  # noqa: E402
-
-from buidl_edge.sandbox.harness import small_filesystem  # noqa: E402
-
-from _soak_store import DISK_SIZE, STORE_SETTLE_S, StoreFaults, late_acks_outside  # noqa: E402
 from _soak_hostile import (  # noqa: E402
-    BLACKHOLE_SETTLE_S, HANDLER_CONCURRENCY, PROCESSES, STALE_TIMEOUT_S, HostileFaults, as_posted, evidence,
-    report_rows)
+    BLACKHOLE_SETTLE_S,
+    HANDLER_CONCURRENCY,
+    PROCESSES,
+    STALE_TIMEOUT_S,
+    HostileFaults,
+    as_posted,
+    evidence,
+    report_rows,
+)
+from _soak_store import DISK_SIZE, STORE_SETTLE_S, StoreFaults, late_acks_outside  # noqa: E402
+from buidl_edge.sandbox.harness import (  # noqa: E402
+    StackProcess,
+    fake_tokens,
+    small_filesystem,
+    worker_env,
+)
+from buidl_edge.sandbox.simulator.client import SimulatorError, SimulatorProcess  # noqa: E402
 
 CHANNEL_PREFIX = "CSOAK"
 FAULT_COUNTS = {  # for 10,000 events; --scale multiplies (at least 1 of each)
@@ -347,7 +357,8 @@ def run_soak(cfg: SoakConfig, echo: Any = print) -> dict[str, Any]:
         secrets = {**tokens, **{f"{name} body": value.partition("-")[2] for name, value in tokens.items()},
                    "SENTRY_DSN key": dsn.split("//", 1)[1].split("@", 1)[0]}
         extra: dict[str, Any] = {
-            "BUIDL_STATE_DIR": str(state_dir), "BUIDL_PROCESSES": PROCESSES, "BUIDL_CONNECTIONS": 2, "BUIDL_APP": "edge_apps:soak",
+            "BUIDL_STATE_DIR": str(state_dir), "BUIDL_PROCESSES": PROCESSES, "BUIDL_CONNECTIONS": 2,
+            "BUIDL_APP": "edge_apps:soak",
             "BUIDL_SOAK_RECORD": str(record), "BUIDL_PING_INTERVAL": 1, "BUIDL_STALE_TIMEOUT": STALE_TIMEOUT_S,
             "BUIDL_HANDLER_CONCURRENCY": HANDLER_CONCURRENCY, "BUIDL_LOG_LEVEL": "INFO", "SENTRY_DSN": dsn,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(SCRIPTS), str(ROOT), os.environ.get("PYTHONPATH")])),
@@ -539,11 +550,11 @@ def print_report(report: dict[str, Any], echo: Any = print) -> None:
         ("store faults (start, seconds, kind)", report["store_fault_windows"]),
         *report_rows(report["hostile"], report["inputs"]),
         ("Sentry events received", report["sentry_events"]),
-        ("connections opened / open calls / open 429s", f"{sim['connections_opened']} / "
-                                                         f"{sim['connections_open_calls']} / {sim['open_429s']}"),
+        ("connections opened / open calls / open 429s", (f"{sim['connections_opened']} / "
+                                                         f"{sim['connections_open_calls']} / {sim['open_429s']}")),
         ("chat.postMessage 429s", sim["post_429s"]),
-        ("max links open at once / too_many_websockets", f"{sim['max_open_connections_seen']} / "
-                                                          f"{sim['too_many_websockets']}"),
+        ("max links open at once / too_many_websockets", (f"{sim['max_open_connections_seen']} / "
+                                                          f"{sim['too_many_websockets']}")),
         ("longest time with no open link (s)", sim["longest_no_connection_gap_s"]),
         ("stack exit code after SIGTERM", report["stack_exit_code"]),
         ("elapsed (s)", report["elapsed_s"]),
@@ -597,7 +608,8 @@ def main() -> int:
             parser.error(f"--fault wants KIND=N with KIND in {sorted(FAULT_COUNTS)}")
         counts[kind] = int(n)
     cfg = SoakConfig(events=args.events, rate=args.rate, scale=args.scale if args.scale is not None
-                     else args.events / 10_000, seed=seed, tolerate_kill_window=args.tolerate_kill_window, trace=args.trace, counts=counts)
+                     else args.events / 10_000, seed=seed, tolerate_kill_window=args.tolerate_kill_window,
+                     trace=args.trace, counts=counts)
     print(f"seed {seed} (repeat with --seed {seed})")
     report = run_soak(cfg)
     print_report(report)
