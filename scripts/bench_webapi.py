@@ -33,6 +33,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -67,11 +68,11 @@ def child(client_name: str, api_url: str, posts: int, concurrency: int, cafile: 
     connects = [0]
     original_connect = socket.socket.connect
 
-    def counting_connect(self: socket.socket, address: object) -> None:
+    def counting_connect(self: socket.socket, address: Any) -> None:
         connects[0] += 1
         original_connect(self, address)
 
-    socket.socket.connect = counting_connect  # type: ignore[method-assign]
+    socket.socket.connect = counting_connect  # type: ignore[method-assign,assignment]  # counted for the bench only
     before = rss_kb()
     call: Callable[[str, str], None]
     if client_name == "webapi":

@@ -78,7 +78,7 @@ class ResponseUrl:
     expired: str | None = None  # why no more posts can go, once that is known
 
     @classmethod
-    def of(cls, payload: Mapping[str, Any], first_seen: float) -> "ResponseUrl":
+    def of(cls, payload: Mapping[str, Any], first_seen: float) -> ResponseUrl:
         url = payload.get("response_url")
         if not isinstance(url, str) or not url:
             raise AppError("ctx.respond needs a response_url, and this payload has none (slash commands "

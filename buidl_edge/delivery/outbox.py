@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from buidl_edge.api.message import validate_reply
 from buidl_edge.config import OutboxConfig, Secret
@@ -118,7 +118,7 @@ class Outbox:
 
     # ------------------------------------------------------------ running
 
-    def start(self) -> "Outbox":
+    def start(self) -> Outbox:
         self.loop.start()
         return self
 

@@ -18,8 +18,9 @@ That only delays the *start* of a burst; the sustained rate stays exactly
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence, TypeVar
+from typing import Protocol, TypeVar
 
 GLOBAL_KEY = "*"
 # Arrival jitter our bucket absorbs before Slack's bucket would see us early (see above).

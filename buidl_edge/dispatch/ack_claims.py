@@ -89,6 +89,8 @@ class AckClaims:
         call.join(timeout=self.wait_s)
         if call.ready():
             outcomes = call.value
+            if outcomes is None:  # only when the greenlet was killed (the drain): as if the store failed
+                outcomes = [rejected("claim", RuntimeError("claim killed"))] * len(envelopes)
             if not _failed_whole(outcomes):
                 return self._decided(envelopes, outcomes)
             self._on_failure("claim", next(o for o in outcomes if isinstance(o, StoreError)))

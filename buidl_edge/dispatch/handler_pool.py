@@ -11,7 +11,8 @@ import contextlib
 import contextvars
 import logging
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gevent
 import gevent.event
@@ -23,7 +24,7 @@ log = logging.getLogger("buidl_edge.handler_pool")  # the name it has always log
 class HandlerJob:
     """One envelope's handlers: whether they started, and when done what they returned."""
 
-    __slots__ = ("envelope_id", "_call", "started", "done", "value")
+    __slots__ = ("_call", "done", "envelope_id", "started", "value")
 
     def __init__(self, envelope_id: str, call: Callable[[], Any]) -> None:
         self.envelope_id = envelope_id

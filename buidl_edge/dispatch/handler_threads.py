@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import gevent
 from gevent import monkey
@@ -68,7 +69,7 @@ class HubCall:
         ok, value = outcome[0]
         if not ok:
             raise value
-        return value  # type: ignore[no-any-return]
+        return value
 
     def wrap(self, fn: Callable[..., T]) -> Callable[..., T]:
         """`fn`, callable from any thread; it always runs on the hub."""
@@ -78,7 +79,7 @@ class HubCall:
         return on_hub
 
 
-class HubLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+class HubLogger(logging.LoggerAdapter):
     """ctx.logger: from a threaded handler, the record is logged on the hub (so Sentry's
     logging hook and its transport are never entered from the native thread)."""
 
@@ -111,7 +112,7 @@ class HandlerThreads:
         if self._pool is None:
             self._pool = ThreadPool(self.size)
         context = contextvars.copy_context()
-        return self._pool.apply(context.run, (fn, *args))  # type: ignore[no-any-return]
+        return self._pool.apply(context.run, (fn, *args))
 
     def close(self) -> None:
         if self._pool is not None:

@@ -110,7 +110,7 @@ class BackendClient:
             infos = socket.getaddrinfo(self._guarded, self.port, type=socket.SOCK_STREAM)
         except OSError:
             return f"cannot resolve {self._guarded}"
-        public = sorted({info[4][0] for info in infos if not is_private_address(info[4][0])})
+        public = sorted({str(info[4][0]) for info in infos if not is_private_address(str(info[4][0]))})
         if public:
             return (f"refused: {self._guarded} resolves to the public address {public[0]}; "
                     "BUIDL_RELAY_PRIVATE_HOSTS admits private hosts only (use https://)")

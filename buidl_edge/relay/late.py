@@ -16,9 +16,9 @@ import time
 
 from buidl_edge.api.app import AppError
 from buidl_edge.api.message import MessageError
-from buidl_edge.socketmode.protocol import Envelope
-from buidl_edge.relay.client import Answer
 from buidl_edge.api.respond import RESPONSE_TYPES, ResponseUrl, ResponseUrlExpired, response_body
+from buidl_edge.relay.client import Answer
+from buidl_edge.socketmode.protocol import Envelope
 
 log = logging.getLogger("buidl_edge.relay")
 

@@ -24,8 +24,9 @@ import logging
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any, Callable
+from typing import Any
 
 import gevent.event
 
@@ -150,7 +151,7 @@ class Relay:
 
     # ------------------------------------------------------------ the delivery loop
 
-    def start(self) -> "Relay":
+    def start(self) -> Relay:
         self.loop.start()
         return self
 

@@ -14,7 +14,8 @@ import sys
 import time
 import traceback
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gevent
 import gevent.events
@@ -33,7 +34,7 @@ class HubWatch:
         self._hub: Any = None
         self._episode: tuple[float, str, dict[str, Any]] | None = None
 
-    def start(self) -> "HubWatch":
+    def start(self) -> HubWatch:
         """Turn gevent's monitor on for this thread's hub; call once start-up is done (imports and
         connection set-up would look like blocking). A threshold of 0 leaves it off."""
         if self.threshold_s <= 0:
@@ -77,7 +78,8 @@ class HubWatch:
         log.warning("hub blocked for over %.1fs by %s%s; every ack of this process waits until it yields "
                     "(run CPU-bound or blocking work with threaded=True)", self.threshold_s, what,
                     f" at {where}" if where else "", extra=extra)
-        self._hub.loop.run_callback_threadsafe(self._episode_over)
+        if self._hub is not None:  # set by start(), before the monitor can call this
+            self._hub.loop.run_callback_threadsafe(self._episode_over)
 
     def _episode_over(self) -> None:
         """A hub callback: it runs once the blocking greenlet has yielded."""

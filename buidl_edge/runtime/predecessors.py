@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import socket
 
-from buidl_edge.store.owners import dead_here
 from buidl_edge.store.base import AdminStore
 from buidl_edge.store.errors import StoreError
+from buidl_edge.store.owners import dead_here
 
 log = logging.getLogger("buidl_edge.worker")
 

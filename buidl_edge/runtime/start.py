@@ -14,8 +14,13 @@ from buidl_edge.api.app import AppError, EdgeApp, load_app
 from buidl_edge.config import ConfigError, OutboxConfig, Settings, absolute, default_state_dir, load_settings
 from buidl_edge.observability.logs import setup_logging
 from buidl_edge.observability.redaction import one_line, register_secret, register_tokens
-from buidl_edge.observability.sentry import flush_sentry, init_sentry, report_exception, report_fatal, \
-    report_store_failure
+from buidl_edge.observability.sentry import (
+    flush_sentry,
+    init_sentry,
+    report_exception,
+    report_fatal,
+    report_store_failure,
+)
 from buidl_edge.runtime.exitcodes import EXIT_FATAL
 from buidl_edge.runtime.fatal_marker import record_fatal
 from buidl_edge.store import open_store

@@ -19,30 +19,35 @@ import gevent.event
 import gevent.lock
 
 from buidl_edge.api.app import EdgeApp
-from buidl_edge.socketmode.backoff import backoff_delay
+from buidl_edge.api.webclient import client_factory
 from buidl_edge.config import SLACK_MAX_CONNECTIONS, OutboxConfig, Settings
-from buidl_edge.socketmode.connection import ConnectionSlot, FatalStop
-from buidl_edge.dispatch.dispatcher import Dispatcher
-from buidl_edge.runtime.exitcodes import EXIT_CRASH, EXIT_FATAL, EXIT_OK
-from buidl_edge.runtime.gc_tuning import settle_heap
-from buidl_edge.dispatch.handler_threads import HubCall, share_logging_with_threads
-from buidl_edge.ops.health_events import tell_supervisor, telling_supervisor
-from buidl_edge.runtime.hubwatch import HubWatch
 from buidl_edge.delivery.outbox import Outbox
-from buidl_edge.runtime.predecessors import forget_predecessors
-from buidl_edge.observability.sentry import (flush_sentry, report_exception, report_fatal,
-                                              report_outbox_failure, report_relay_failure)
+from buidl_edge.dispatch.dispatcher import Dispatcher
+from buidl_edge.dispatch.handler_threads import HubCall, share_logging_with_threads
+from buidl_edge.observability.sentry import (
+    flush_sentry,
+    report_exception,
+    report_fatal,
+    report_outbox_failure,
+    report_relay_failure,
+)
+from buidl_edge.ops.health_events import tell_supervisor, telling_supervisor
 from buidl_edge.runtime.chores import Chore, Chores
+from buidl_edge.runtime.exitcodes import EXIT_CRASH, EXIT_FATAL, EXIT_OK
+from buidl_edge.runtime.fatal_marker import read_fatal, record_fatal
+from buidl_edge.runtime.gc_tuning import settle_heap
+from buidl_edge.runtime.hubwatch import HubWatch
+from buidl_edge.runtime.predecessors import forget_predecessors
 from buidl_edge.runtime.start import cannot_start
+from buidl_edge.socketmode.backoff import backoff_delay
+from buidl_edge.socketmode.connection import ConnectionSlot, FatalStop
 from buidl_edge.store.base import EdgeStore
 from buidl_edge.store.errors import StoreError
-from buidl_edge.store.memory import MemoryStore
-from buidl_edge.store.slots import SlotGate
 from buidl_edge.store.failover import Failover
 from buidl_edge.store.health import StoreHealth
-from buidl_edge.runtime.fatal_marker import read_fatal, record_fatal
+from buidl_edge.store.memory import MemoryStore
+from buidl_edge.store.slots import SlotGate
 from buidl_edge.webapi.client import FatalAuthError, SlackApiError, WebApi, sender_webapi
-from buidl_edge.api.webclient import client_factory
 
 if TYPE_CHECKING:
     from buidl_edge.dispatch.targets import Target

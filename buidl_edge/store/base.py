@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
-from typing import Any, Generic, Literal, Protocol, Sequence, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from buidl_edge.config.settings import MIN_RETENTION_S
-from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.delivery.ratelimit import PostLimits
+from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.store.errors import BadCall, StoreError
 from buidl_edge.store.owners import is_dead_local
 
@@ -121,7 +122,7 @@ class Swept(Envelope):
     taken_from: str = field(default="", compare=False)
 
     @classmethod
-    def of(cls, envelope: Envelope, taken_from: str) -> "Swept":
+    def of(cls, envelope: Envelope, taken_from: str) -> Swept:
         return cls(**{f.name: getattr(envelope, f.name) for f in fields(Envelope)}, taken_from=taken_from)
 
 

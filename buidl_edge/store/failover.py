@@ -129,8 +129,7 @@ class Failover:
                 elif outcome is False:
                     twice += 1
             for eid, error in finishes:
-                self.write("finish", lambda store, eid=eid, error=error: store.finish(eid, [], error),
-                           on_fallback=lambda fallback: None)
+                self.write("finish", _finisher(eid, error), on_fallback=lambda fallback: None)
             self.written_back += written
             if twice:
                 self.decided_twice += twice
@@ -149,3 +148,8 @@ class Failover:
             log.warning("%d claim(s) decided on local dedup could not be written back before exit: a Slack "
                         "retry of them reaching another process would run them again", left)
         return not left and not self.late
+
+
+def _finisher(envelope_id: str, error: str | None) -> Callable[[EdgeStore], None]:
+    """Mark one envelope done (its replies went out already), for `Failover.write`."""
+    return lambda store: store.finish(envelope_id, [], error)

@@ -60,7 +60,7 @@ class GroupCommit:
         return [result.get() for result in self._enqueue(txns)]
 
     def _enqueue(self, txns: Sequence[Any]) -> list[gevent.event.AsyncResult]:
-        results = [gevent.event.AsyncResult() for _ in txns]
+        results: list[gevent.event.AsyncResult] = [gevent.event.AsyncResult() for _ in txns]
         self._pending.extend(zip(txns, results))
         if not self._flush_due:
             self._flush_due = True

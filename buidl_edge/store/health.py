@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from buidl_edge.observability.sentry import report_store_failure
 from buidl_edge.store.errors import StoreBusy, StoreError, StoreRejected

@@ -8,8 +8,8 @@ be judged by its lease running out. Pure functions, no I/O beyond `kill(pid, 0)`
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)

@@ -75,10 +75,12 @@ class ThreadedStore:
     def prune(self, retention_s: float = DEFAULT_RETENTION_S, now: float | None = None) -> int:
         return on_thread(self._pool, self.inner.prune, retention_s, now)
 
-    def outbox_enqueue(self, replies: Sequence[Reply], envelope_id: str = "", keys: Sequence[str] | None = None) -> list[int]:
+    def outbox_enqueue(self, replies: Sequence[Reply], envelope_id: str = "",
+                       keys: Sequence[str] | None = None) -> list[int]:
         return on_thread(self._pool, self.inner.outbox_enqueue, replies, envelope_id, keys)
 
-    def outbox_claim(self, owner: str, limit: int, limits: PostLimits, lease_s: float | None = None) -> Claimed[OutboxRow]:
+    def outbox_claim(self, owner: str, limit: int, limits: PostLimits,
+                     lease_s: float | None = None) -> Claimed[OutboxRow]:
         return on_thread(self._pool, self.inner.outbox_claim, owner, limit, limits, lease_s)
 
     def outbox_settle(self, row_id: int, owner: str, outcome: DeliveryOutcome) -> OutboxRow | None:
@@ -102,7 +104,8 @@ class ThreadedStore:
     def release_slot(self, holder: str) -> None:
         return on_thread(self._pool, self.inner.release_slot, holder)
 
-    def relay_enqueue(self, envelope_id: str, owner: str, order_key: str, not_before: float | None = None, error: str | None = None) -> bool:
+    def relay_enqueue(self, envelope_id: str, owner: str, order_key: str, not_before: float | None = None,
+                      error: str | None = None) -> bool:
         return on_thread(self._pool, self.inner.relay_enqueue, envelope_id, owner, order_key, not_before, error)
 
     def relay_claim(self, owner: str, limit: int, lease_s: float | None = None) -> Claimed[RelayRow]:
