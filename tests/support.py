@@ -18,6 +18,7 @@ import pytest
 
 from buidl_edge.sandbox.harness import WorkerProcess, worker_env
 from buidl_edge.socketmode.protocol import Envelope
+from buidl_edge.store.base import OutboxRow
 from buidl_edge.sandbox.simulator.client import SimulatorClient, SimulatorProcess
 
 HOST = socket.gethostname()
@@ -169,3 +170,12 @@ def wait_acked(sim: SimulatorClient, wanted: list[str], timeout: float = 10) -> 
 
 def log_lines(worker: WorkerProcess, pattern: str) -> list[str]:
     return [line for line in worker.output().splitlines() if re.search(pattern, line)]
+
+
+# ---------------------------------------------------------------- store reads only tests need
+
+
+def outbox_rows(store: Any, envelope_id: str) -> list[OutboxRow]:
+    """The replies one envelope queued, in order: the admin API's outbox list, read whole."""
+    return sorted((row for row in store.outbox_list(limit=1_000_000) if row.envelope_id == envelope_id),
+                  key=lambda row: row.id)

@@ -29,6 +29,7 @@ from buidl_edge.ops.supervise import (Credentials, Supervisor, SupervisorDown, c
                                   render_config)
 from stack_support import (cli, mention_each_in_own_channel, messages_by_channel, session_pids,  # noqa: F401
                            stacks, tokens_env)
+from support import outbox_rows
 
 # What supervisord's own log lines look like (`2026-01-01 10:00:00,123 WARN exited: …`), and
 # anything a clean run must never print.
@@ -270,7 +271,7 @@ def test_sigterm_to_every_process_twice_drains_and_exits_0_without_respawn(stack
     assert {(r["state"], r["attempts"]) for r in stack.inbox_rows()} == {("done", 1)}
     store = stack.store()
     try:
-        queued = {channel: [(r["text"], r["state"]) for r in store.outbox_rows(envelope_id)]
+        queued = {channel: [(r.text, r.state) for r in outbox_rows(store, envelope_id)]
                   for channel, envelope_id in sent.items()}
     finally:
         store.close()

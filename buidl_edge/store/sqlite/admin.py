@@ -115,17 +115,6 @@ class SqliteAdmin(SqliteDb):
 
     # ------------------------------------------------------------ outbox
 
-    def outbox_rows(self, envelope_id: str) -> list[dict[str, Any]]:
-        """Queued replies of one envelope, in order (tests)."""
-
-        def read(cur: sqlite3.Cursor) -> list[dict[str, Any]]:
-            cur.execute("SELECT id, envelope_id, channel, text, blocks, thread_ts, idempotency_key, "
-                        "state, attempts FROM outbox WHERE envelope_id = ? ORDER BY id", (bind(envelope_id),))
-            names = [d[0] for d in cur.description]
-            return [row_dict(names, row) for row in cur.fetchall()]
-
-        return self._run(read, write=False)
-
     def outbox_list(self, state: str | None = None, channel: str | None = None,
                     limit: int = 50) -> list[OutboxRow]:
         clauses, args = [], []
