@@ -97,6 +97,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "tests"))  # support.wait_idle: the tests' one "nothing left to happen"
 
 from _soak_hostile import (  # noqa: E402
     BLACKHOLE_SETTLE_S,
@@ -116,6 +117,7 @@ from buidl_edge.sandbox.harness import (  # noqa: E402
     worker_env,
 )
 from buidl_edge.sandbox.simulator.client import SimulatorError, SimulatorProcess  # noqa: E402
+from support import wait_idle  # noqa: E402
 
 CHANNEL_PREFIX = "CSOAK"
 FAULT_COUNTS = {  # for 10,000 events; --scale multiplies (at least 1 of each)
@@ -421,7 +423,12 @@ def run_soak(cfg: SoakConfig, echo: Any = print) -> dict[str, Any]:
                     break
                 time.sleep(0.5)
             echo(f"  t={time.monotonic() - load_started:5.1f}s all handled and replied (or the drain timed out)")
-            time.sleep(3.0)  # a late second reply or handler run would land here
+            # A late second reply or handler run lands before the stack is idle: every event acked or
+            # given up on, no inbox row or reply left, every worker's heartbeat showing nothing running.
+            try:
+                wait_idle(client, env, timeout=max(15.0, drain_deadline - time.monotonic()))
+            except AssertionError as exc:  # the analysis below says what it left
+                echo(f"  {exc}")
             state = client.state()
             summary = client.summary()
             sentry = client.sentry()

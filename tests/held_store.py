@@ -19,6 +19,7 @@ class HeldStore(MemoryStore):
         self.gate = gevent.event.Event()
         self.gate.set()
         self.failing = False
+        self.refused = 0  # claim_many calls that failed: a test waits for a retry by them
         self.finished: list[tuple[str, str | None]] = []
 
     def claim_many_now(self, envelopes: Sequence[Envelope], owner: str) -> list[bool | StoreError] | None:
@@ -29,6 +30,7 @@ class HeldStore(MemoryStore):
     def claim_many(self, envelopes: Sequence[Envelope], owner: str) -> list[bool | StoreError]:
         self.gate.wait()
         if self.failing:
+            self.refused += 1
             raise StoreUnavailable("disk full")
         return super().claim_many(envelopes, owner)
 

@@ -11,15 +11,21 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 import pytest
+import requests
 
+from buidl_edge.config import load_settings
 from buidl_edge.sandbox.harness import WorkerProcess, worker_env
+from buidl_edge.sandbox.simulator.client import SimulatorClient, SimulatorProcess
 from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.store.base import OutboxRow
-from buidl_edge.sandbox.simulator.client import SimulatorClient, SimulatorProcess
+from buidl_edge.store.errors import StoreError, StoreMissing
 
 HOST = socket.gethostname()
 # The owner name this test process would have as a worker (host:pid).
@@ -126,6 +132,10 @@ class Workers:
     def output(self) -> str:
         return "\n".join(w.output() for w in self.started)
 
+    def wait_idle(self, timeout: float = 30.0) -> dict[str, Any]:
+        """`wait_idle` over every worker started here."""
+        return wait_idle(self.client, *self.started, timeout=timeout)
+
     def stop_all(self) -> None:
         for worker in self.started:  # all at once: each drains on its own
             if worker.proc and worker.proc.poll() is None:
@@ -170,6 +180,194 @@ def wait_acked(sim: SimulatorClient, wanted: list[str], timeout: float = 10) -> 
 
 def log_lines(worker: WorkerProcess, pattern: str) -> list[str]:
     return [line for line in worker.output().splitlines() if re.search(pattern, line)]
+
+
+# ---------------------------------------------------------------- waiting until nothing is left to happen
+
+# The workers' heartbeat interval (runtime/worker.py); a beat older than three is a worker gone.
+HEARTBEAT_S = 2.0
+LIVE_BEAT_S = 3 * HEARTBEAT_S
+METRICS_LINE = re.compile(r"health and metrics on (http://[^/\s]+)/")
+NEEDS_METRICS = ("a memory:// worker shows what it has left only on its /metrics: start it with BUIDL_HTTP_PORT=0 "
+                 "and pass its WorkerProcess, to wait until it is idle")
+
+
+def wait_idle(sim: SimulatorClient, *workers: WorkerProcess | Mapping[str, str], timeout: float = 30.0,
+              interval: float = 0.1) -> dict[str, Any]:
+    """Wait until nothing is left to happen; return the simulator's state from that moment.
+
+    What a check that something did NOT happen (a second reply, a second run) must read: a fixed
+    sleep lets a slow duplicate slip past on a loaded machine, this waits as long as work is left.
+    Idle is, at one look:
+    - Slack's side: no envelope waiting for a link or sent and not acked, and every event acked or
+      given up on (no retry of it still to come);
+    - the store of each of `workers` (a worker or stack process, or its environment): no inbox row
+      processing or pending, no reply unsent. A claim writes its row before the ack, the row turns
+      done in the transaction that queues its replies, and the relay's deliveries are inbox rows too;
+    - every worker's heartbeat in those stores, written after the above first held: every envelope
+      it acked decided new or duplicate, no handler running or queued, no post or delivery in
+      flight (what only the process knows: a degraded worker's local decisions);
+    - instead, for a live worker that serves /metrics (BUIDL_HTTP_PORT; 0 picks a free port), and
+      must for an in-process store (memory://), the same read live there: its heartbeat may be
+      what a failing store keeps from landing. A worker that has exited holds nothing any more.
+    AssertionError naming what is still busy after `timeout` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    envs = [w.env if isinstance(w, WorkerProcess) else w for w in workers]
+    metrics = _metrics_urls(workers)
+    with contextlib.ExitStack() as opened:
+        stores = [opened.enter_context(contextlib.closing(s)) for s in _stores_of(envs)]
+        quiet_since: float | None = None
+        while True:
+            why = _busy_now(sim, stores, metrics.values())
+            if why is None:
+                quiet_since = quiet_since or time.time()
+                why = next(filter(None, (_heartbeats_busy(s, quiet_since, metrics) for s in stores)), None)
+            else:
+                quiet_since = None
+            if why is None:
+                state = sim.state()
+                unsettled = [k for k, e in state["events"].items() if not (e["acked"] or e["missed"])]
+                if not unsettled:
+                    return state
+                why = f"simulator: {len(unsettled)} event(s) neither acked nor given up on"
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"not idle after {timeout:g}s: {why}")
+            time.sleep(interval)
+
+
+def _in_process_store(env: Mapping[str, str]) -> bool:
+    return (env.get("BUIDL_STORE_URL") or "").startswith("memory://")
+
+
+def _metrics_urls(workers: Iterable[WorkerProcess | Mapping[str, str]]) -> dict[int, str]:
+    """pid -> the base URL of its /metrics (from its log), for each live worker process serving them."""
+    urls: dict[int, str] = {}
+    for worker in workers:
+        if not isinstance(worker, WorkerProcess):
+            if _in_process_store(worker):
+                raise AssertionError(NEEDS_METRICS)
+            continue
+        if worker.command != "worker" or worker.proc is None or worker.proc.poll() is not None:
+            continue  # a stack's workers beat into its store; an exited worker holds nothing any more
+        found = METRICS_LINE.search(worker.output())
+        if found:
+            urls[worker.pid] = found.group(1)
+        elif _in_process_store(worker.env):
+            raise AssertionError(NEEDS_METRICS)
+    return urls
+
+
+def _stores_of(envs: Iterable[Mapping[str, str]]) -> list[Any]:
+    """An admin handle on each distinct store the workers of `envs` share (none for memory://)."""
+    from buidl_edge.store.redis import RedisStore
+    from buidl_edge.store.sqlite import SqliteStore
+
+    stores: list[Any] = []
+    seen: set[str] = set()
+    for env in envs:
+        if _in_process_store(env):
+            continue
+        settings = load_settings(env)
+        url = settings.store_url or f"sqlite:///{settings.database_path}"
+        if url in seen:
+            continue
+        seen.add(url)
+        if url.startswith(("redis://", "rediss://")):
+            stores.append(RedisStore(url))
+            continue
+        try:
+            stores.append(SqliteStore(url.removeprefix("sqlite:///"), create=False, checkpoint_interval_s=None))
+        except StoreMissing:  # no worker has written anything yet
+            pass
+    return stores
+
+
+def _busy_now(sim: SimulatorClient, stores: Sequence[Any], metrics: Iterable[str]) -> str | None:
+    summary = sim.summary()
+    for count, what in ((summary["pending"], "envelope(s) waiting for a link"),
+                        (summary["unacked_in_flight"], "envelope(s) sent and not acked yet")):
+        if count:
+            return f"simulator: {count} {what}"
+    for store in stores:
+        try:
+            inbox, outbox = store.inbox_stats(), store.outbox_stats()
+        except StoreError as exc:
+            return f"{store.describe()}: {exc}"
+        left = {"inbox rows processing": inbox["processing"], "inbox rows pending": inbox["pending"],
+                "replies unsent": outbox["depth"]}
+        if any(left.values()):
+            return f"{store.describe()}: {_nonzero(left)}"
+    return next(filter(None, (_metrics_busy(url) for url in metrics)), None)
+
+
+def _heartbeats_busy(store: Any, since: float, read_live: Mapping[int, str]) -> str | None:
+    """What the heartbeats of `store`'s workers say is left, but for those `read_live` (pid -> /metrics)."""
+    try:
+        beats = store.workers(max_age_s=LIVE_BEAT_S)
+    except StoreError as exc:
+        return f"{store.describe()}: {exc}"
+    for beat in beats:
+        if beat["pid"] in read_live and beat["host"] == HOST:
+            continue
+        if beat["updated_at"] <= since:
+            return f"worker {beat['owner']}: no heartbeat yet since the rest went idle"
+        stats = beat["stats"]
+        dispatch, outbox, relay = (stats.get(k) or {} for k in ("dispatch", "outbox", "relay"))
+        acked = sum(c.get("envelopes_acked") or 0 for c in stats.get("connections") or [])
+        decided = (dispatch.get("envelopes_new") or 0) + (dispatch.get("duplicates") or 0)
+        left = {"acked envelopes the store has not decided yet": max(0, acked - decided),
+                "handlers running": dispatch.get("handlers_running"),
+                "handlers queued": dispatch.get("handlers_queued"),
+                "replies being posted": outbox.get("in_flight"),
+                "deliveries to the app in flight": relay.get("in_flight")}
+        if any(left.values()):
+            return f"worker {beat['owner']}: {_nonzero(left)}"
+    return None
+
+
+def _metrics_busy(url: str) -> str | None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = requests.get(f"{url}/metrics", timeout=5).text
+    except requests.RequestException as exc:
+        return f"{url}/metrics: {type(exc).__name__}"
+    totals: defaultdict[str, float] = defaultdict(float)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            totals[sample.name] += sample.value
+    left = {"acked envelopes not decided yet": max(0.0, totals["buidl_envelopes_acked_total"]
+                                                   - totals["buidl_envelopes_new_total"]
+                                                   - totals["buidl_envelopes_duplicate_total"]),
+            "handlers running": totals["buidl_handlers_running"], "handlers queued": totals["buidl_handlers_queued"],
+            "replies unsent": totals["buidl_outbox_depth"],
+            "deliveries to the app in flight": totals["buidl_relay_in_flight"]}
+    return f"{url}: {_nonzero(left)}" if any(left.values()) else None
+
+
+def _nonzero(counts: Mapping[str, Any]) -> str:
+    return ", ".join(f"{value:g} {what}" for what, value in counts.items() if value)
+
+
+
+class CountedSlots:
+    """A real slot store that counts each holder's acquire calls: what a test waits on to know that a
+    waiting slot was refused again and again, instead of sleeping for "several retries"."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.asked: Counter[str] = Counter()
+
+    def acquire_slot(self, holder: str, limit: int, ttl: float) -> bool:
+        self.asked[holder] += 1
+        return bool(self.store.acquire_slot(holder, limit, ttl))
+
+    def renew_slots(self, holders: Sequence[str], limit: int, ttl: float) -> list[str]:
+        return list(self.store.renew_slots(holders, limit, ttl))
+
+    def release_slot(self, holder: str) -> None:
+        self.store.release_slot(holder)
 
 
 # ---------------------------------------------------------------- store reads only tests need

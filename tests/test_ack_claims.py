@@ -127,8 +127,11 @@ def test_a_store_that_fails_is_tried_again_and_decides_once_it_answers(
     later = Decisions()
     store.failing = True
     assert claims.within_bound([envelope("E1", "Ev1")], later) is None
+    refused = store.refused
     assert store.claim(envelope("X1", "Ev1"), "other:2")  # another process, whose writes work, takes the retry
-    gevent.sleep(0.05)
+    with gevent.Timeout(5):
+        while store.refused == refused:  # tried again, and refused again, meanwhile
+            gevent.sleep(0.01)
     assert later.heard == []
     store.failing = False
     claims.late.join(timeout=5)

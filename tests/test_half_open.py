@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -21,7 +20,7 @@ from buidl_edge.sandbox.harness import WorkerProcess, wait_until
 from buidl_edge.sandbox.simulator.client import SimulatorClient, SimulatorProcess
 from buidl_edge.store.sqlite import SqliteStore
 from stack_support import Stack, stacks  # noqa: F401 (fixture)
-from support import Workers
+from support import Workers, wait_idle
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -47,7 +46,8 @@ def store_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def start_worker(fresh_simulator: SimulatorProcess, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    workers = Workers(fresh_simulator, tmp_path, TESTS_DIR, **QUICK)  # tests/ on the path: slow_app
+    # tests/ on the path: slow_app. /metrics on a free port: what a memory:// worker has left shows there.
+    workers = Workers(fresh_simulator, tmp_path, TESTS_DIR, **QUICK, BUIDL_HTTP_PORT=0, BUIDL_HTTP_HOST="127.0.0.1")
 
     def start(**extra: Any) -> WorkerProcess:
         if not extra.get("BUIDL_STORE_URL"):
@@ -75,7 +75,8 @@ def open_links(sim: SimulatorClient) -> list[dict[str, Any]]:
     return [c for c in sim.state()["connections"] if c["state"] in ("open", "warned")]
 
 
-def blackhole_is_replaced_and_nothing_lost(sim: SimulatorClient, stale_logged: Callable[[], bool]) -> None:
+def blackhole_is_replaced_and_nothing_lost(sim: SimulatorClient, stale_logged: Callable[[], bool],
+                                           edge: WorkerProcess) -> None:
     """Blackhole the one link; a replacement opens in time, the old socket is shut down, all is handled once."""
     [old] = open_links(sim)
     sim.fault("blackhole", target=old["id"])
@@ -95,7 +96,7 @@ def blackhole_is_replaced_and_nothing_lost(sim: SimulatorClient, stale_logged: C
                          "every event acked", source="state")
     assert {ack["connection"] for ack in state["acks"]} == {new["id"]}
     sim.wait_for(lambda s: s["messages_posted"] >= len(wanted), 10, "a reply to every event")
-    time.sleep(0.5)  # room for a second reply, if an event ran twice
+    wait_idle(sim, edge)  # a second reply, if an event ran twice, would be in by then
     assert replies(sim) == {channel: [f"done: hi {channel[1:]}"] for channel in wanted}
     assert sim.summary()["events_missed"] == 0
 
@@ -114,7 +115,7 @@ def test_worker_replaces_a_half_open_link_and_drains_while_slack_is_silent(
         fresh_simulator: SimulatorProcess, start_worker: Callable[..., WorkerProcess], store_url: str) -> None:
     sim = fresh_simulator.client
     worker = start_worker(BUIDL_STORE_URL=store_url)
-    blackhole_is_replaced_and_nothing_lost(sim, lambda: "link stale for" in worker.output())
+    blackhole_is_replaced_and_nothing_lost(sim, lambda: "link stale for" in worker.output(), worker)
     sigterm_while_blackholed_exits_0(sim, lambda: worker.signal(signal.SIGTERM), worker.wait)
     output = worker.output()
     assert 'msg="worker stopped"' in output and "drain timed out" not in output
@@ -168,7 +169,7 @@ def test_run_replaces_a_half_open_link_and_drains_while_slack_is_silent(
         extra["BUIDL_STORE_URL"] = f"{redis.url}?prefix=hr{os.getpid()}x{next(_prefixes)}:"
     stack = stacks(**extra).start()
     stack.wait_up(processes=1, connections=1)
-    blackhole_is_replaced_and_nothing_lost(sim, lambda: "link stale for" in stack.logs())
+    blackhole_is_replaced_and_nothing_lost(sim, lambda: "link stale for" in stack.logs(), stack)
     assert stack.proc is not None
     proc = stack.proc
     sigterm_while_blackholed_exits_0(sim, lambda: stack.signal_every_process(signal.SIGTERM),

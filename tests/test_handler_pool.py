@@ -130,9 +130,10 @@ def test_full_pool_acks_a_slash_command_at_once_and_queues_its_handler(
     [command] = sim.inject("slash_command", command="/later", text="queued", channel="C0CMD")
     after = keys(sim.inject("message", channel="C0AFTER", text="after", count=5))
     events = wait_acked(sim, [command["key"]] + after, timeout=5)["events"]
-    # Acked at once, without the payload its handler would have returned, well inside Slack's 3 s.
+    # Acked at once, without the payload its handler would have returned: it waited for no answer
+    # (that wait ends in a "missed the ack deadline" warning before its ack), and no ack was late.
     assert events[command["key"]]["ack_payloads"] == []
-    assert events[command["key"]]["first_ack_latency_ms"] < 2000
+    assert not log_lines(worker, r"missed the .*ack deadline")
     summary = sim.summary()
     assert summary["late_acks"] == 0 and summary["missed_deadlines"] == 0
     [warned] = log_lines(worker, r"handler pool full")
@@ -211,7 +212,9 @@ def test_drain_that_times_out_names_the_envelopes_left_and_the_next_start_reruns
     worker = workers.start(BUIDL_HANDLER_CONCURRENCY=2, BUIDL_DRAIN_TIMEOUT=1)
     injected = sim.inject("message", channel="C0LEFT", text="slow 3", count=4)
     wait_acked(sim, keys(injected))
-    time.sleep(0.3)  # the first two handlers are sleeping, the other two queued behind them
+    # The first two handlers sleeping, the other two queued behind them (acked: both submitted).
+    wait_until(lambda: (s := worker_status(worker.env)) and s["dispatch"].get("handlers_running") == 2
+               and s["dispatch"].get("handlers_queued") == 2, 10, "2 handlers running and 2 queued in the heartbeat")
     worker.signal(signal.SIGTERM)
     assert worker.wait(timeout=15) == 0
     [left] = log_lines(worker, r"drain timed out with")
@@ -222,7 +225,7 @@ def test_drain_that_times_out_names_the_envelopes_left_and_the_next_start_reruns
     # The next start (same host, same SQLite store) takes them over from the dead pid.
     workers.start()
     sim.wait_for(lambda s: len(s["messages"]) >= 4, 20, "the 4 envelopes re-run", source="state")
-    time.sleep(0.5)
+    workers.wait_idle()  # a fifth run's reply would be in by then
     assert texts(sim) == ["seen: slow 3"] * 4
 
 

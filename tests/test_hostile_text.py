@@ -9,7 +9,6 @@ on its own.
 from __future__ import annotations
 
 import textwrap
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from buidl_edge.api.message import validate_reply
 from buidl_edge.sandbox.simulator.client import SimulatorClient, SimulatorProcess
 from buidl_edge.store.base import Reply
 from buidl_edge.store.sqlite import SqliteStore
+from support import wait_idle
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -80,9 +80,8 @@ def test_a_lone_surrogate_in_an_id_or_a_text_takes_no_envelope_of_its_burst_down
         assert summary["unknown_acks"] == 0 and summary["redeliveries"] == 0, summary
         assert all(state["events"][k]["deliveries"] == 1 for k in keys)
 
-        state = sim.wait_for(lambda s: len(s["messages"]) >= 45, 15, "a reply to every envelope", source="state")
-        time.sleep(0.5)  # a doubled answer would show up by now
-        state = sim.state()
+        sim.wait_for(lambda s: len(s["messages"]) >= 45, 15, "a reply to every envelope", source="state")
+        state = wait_idle(sim, worker)  # a doubled answer would be in by then
     finally:
         assert worker.stop() == 0, worker.output()[-4000:]
         print(worker.output()[-6000:])

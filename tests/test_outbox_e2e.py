@@ -100,8 +100,8 @@ def test_four_workers_share_one_channels_bucket_in_order_without_loss(fleet: Fle
     fleet.start_many(4, BUIDL_POST_RATE=rate, BUIDL_POST_BURST=burst)
     for i in range(40):  # round-robin over the 4 workers' connections: each one enqueues replies
         fleet.client.inject("message", channel="C0ONE", text=f"m{i:02d}")
-    posted = fleet.wait_posted(40, 25, "C0ONE")
-    time.sleep(0.5)  # a late duplicate would show here
+    fleet.wait_posted(40, 25, "C0ONE")
+    fleet.wait_idle()  # a late duplicate would be in by then
     posted = fleet.posted("C0ONE")
     rows = fleet.rows()
     assert len(posted) == 40 and len({m["text"] for m in posted}) == 40, "lost or doubled"
@@ -117,12 +117,13 @@ def test_four_workers_share_one_channels_bucket_in_order_without_loss(fleet: Fle
 def test_fifty_channels_are_sent_in_parallel(fleet: Fleet) -> None:
     fleet.start()  # Slack's (and the simulator's) defaults: 1 msg/s per channel, burst 3
     channels = [f"C0PAR{i:03d}" for i in range(50)]
-    started = time.time()
     fleet.enqueue([Reply(ch, f"{ch} #{n}") for n in range(5) for ch in channels])
-    posted = fleet.wait_posted(250, 15)
-    elapsed = posted[-1]["received_at"] - started
-    # per channel: 3 at once, then 1/s -> about 2.2 s; channel after channel would take 50 times that
-    assert elapsed < 6.0, f"250 messages to 50 channels took {elapsed:.1f}s"
+    posted = fleet.wait_posted(250, 15)  # per channel: 3 at once, then 1/s: about 2.2 s in all
+    # Each channel's head goes as soon as its bucket allows, whatever the others wait for: the first
+    # 50 posts are the channels' first messages, but for the few posted alongside the last of them
+    # (fewer than BUIDL_POST_CONCURRENCY, 32). Channel after channel, they would cover 10 channels.
+    first_posts = {m["channel"] for m in posted[:50]}
+    assert len(first_posts) >= 25, f"the first 50 posts went to {len(first_posts)} channels"
     for ch in channels:
         assert [m["text"] for m in posted if m["channel"] == ch] == [f"{ch} #{n}" for n in range(5)]
     assert fleet.client.summary()["post_429s"] == 0
@@ -150,11 +151,12 @@ def test_retry_after_is_waited_out_on_that_channel_only(fleet: Fleet) -> None:
     fleet.start(BUIDL_POST_RATE=10, BUIDL_POST_BURST=10)
     fleet.enqueue([Reply("C0SLOW", f"s{i}") for i in range(3)])
     fleet.client.wait_for(lambda s: s["post_429s"] >= 1, 10, "the first 429")
-    limited_at = time.time()
     fleet.enqueue([Reply("C0FREE", "not held back")])
-    other = fleet.wait_posted(1, 5, "C0FREE")
-    assert other[0]["received_at"] - limited_at < 1.0, "a 429 on one channel delayed another"
+    fleet.wait_posted(1, 5, "C0FREE")
     slow = fleet.wait_posted(3, 15, "C0SLOW")
+    # C0FREE went out before C0SLOW's post after the 429 (s1), which waited out its Retry-After.
+    order = [m["text"] for m in fleet.posted()]
+    assert order.index("not held back") < order.index("s1"), f"a 429 on one channel delayed another: {order}"
     times = [m["received_at"] for m in slow]
     assert [m["text"] for m in slow] == ["s0", "s1", "s2"]
     assert all(b - a >= 2.0 - 0.05 for a, b in zip(times, times[1:])), times
@@ -217,11 +219,14 @@ def test_rows_left_sending_by_a_dead_worker_are_sent_once_in_order(fleet: Fleet)
     assert [m["text"] for m in crash] == ["was in flight", "after it"]
     lease = fleet.wait_posted(1, 10, "C0LEASE")
     assert lease[0]["received_at"] >= leased_at + 2.0
-    time.sleep(0.5)
-    assert fleet.posted("C0LIVE") == [], "a row still leased by a live owner was taken"
-    assert len(fleet.posted()) == 3
+    # The recovery that took C0LEASE's lapsed lease judged C0LIVE's in the same transaction: left to
+    # its owner, it is still theirs, untouched (taken, it would be pending or leased to this worker).
     rows = {r.text: r for r in fleet.rows()}
-    assert rows["was in flight"].attempts == 2 and rows["owner alive elsewhere"].state == "sending"
+    live = rows["owner alive elsewhere"]
+    assert (live.state, live.lease_owner) == ("sending", "elsewhere:2"), "a row still leased by a live owner was taken"
+    assert fleet.posted("C0LIVE") == []
+    assert len(fleet.posted()) == 3
+    assert rows["was in flight"].attempts == 2
 
 
 @pytest.mark.parametrize("history_scope", [True, False], ids=["with-history", "without-history"])
@@ -263,7 +268,7 @@ def test_a_worker_killed_with_a_backlog_loses_nothing(fleet: Fleet) -> None:
     fleet.client.wait_for(lambda s: s["open_connections"] == 0, 10, "the dead worker's link to close")
     fleet.start(BUIDL_POST_RATE=20)
     fleet.wait_posted(40, 15, "C0KILL")
-    time.sleep(0.3)
+    fleet.wait_idle()  # a second post of a row would be in by then
     texts = [m["text"] for m in fleet.posted("C0KILL")]
     unique = list(dict.fromkeys(texts))
     assert unique == [f"k{i:02d}" for i in range(40)], "lost or out of order"
@@ -289,7 +294,7 @@ def test_send_queues_blocks_from_a_file_and_a_worker_posts_them(fleet: Fleet, tm
     assert refused.exit_code == 1 and "not a Slack channel id" in refused.output
     fleet.start()
     posted = fleet.wait_posted(1, 10, "C0BLK")
-    time.sleep(0.3)
+    fleet.wait_idle()  # anything else queued would be posted by then
     assert len(fleet.posted()) == 1  # the refused one never reached Slack
     assert posted[0]["blocks"] == blocks and posted[0]["text"] == "fallback text"
     assert posted[0]["thread_ts"] == "1700000000.000100"

@@ -19,6 +19,7 @@ from buidl_edge.sandbox.harness import wait_until
 from buidl_edge.store.redis import RedisStore
 from redis_support import RedisServer
 from stack_support import Stack, messages_by_channel, stacks  # noqa: F401 (fixture)
+from support import wait_idle
 
 pytestmark = pytest.mark.timeout(120)
 _prefixes = itertools.count(1)
@@ -98,7 +99,7 @@ def test_two_dynos_handle_every_event_once_and_never_exceed_the_slot_limit(dynos
     sim.client.wait_for(lambda s: s["messages_posted"] >= 24 and s["acks_total"] >= 48, 30,
                         "24 replies and 48 acks")
     sim.client.wait_for(lambda s: s["open_connections"] == 3, 30, "the refreshed link back")
-    time.sleep(1.0)  # room for a wrong second reply to show up
+    wait_idle(sim.client, a, b)  # a wrong second reply would be in by then
 
     replies = messages_by_channel(sim)
     assert replies == {channel: [f"done: hi {channel}"] for channel in sent}
@@ -141,7 +142,7 @@ def test_a_killed_dynos_envelopes_in_flight_are_recovered_by_the_other(dynos, fr
         a.kill_everything()  # SIGKILL, every process of the dyno: nothing drains
 
         sim.client.wait_for(lambda s: s["messages_posted"] >= 16, 30, "16 replies")
-        time.sleep(1.0)
+        wait_idle(sim.client, a, b)  # a second run's reply would be in by then
         assert messages_by_channel(sim) == {channel: [f"done: slow 2.5 {channel}"] for channel in sent}
         def recovered() -> int | None:  # heartbeats come every 2 s
             n = sum(s["dispatch"]["recovered"] for s in worker_stats(store) if s["pid"] not in a_pids)
@@ -189,7 +190,7 @@ def test_redis_restarted_mid_run_no_crash_loop_and_nothing_lost(stacks, fresh_si
                        interval=0.2)
 
         sim.client.wait_for(lambda s: s["messages_posted"] >= 40, 30, "40 replies")
-        time.sleep(1.0)
+        wait_idle(sim.client, stack)  # a second reply would be in by then
         assert messages_by_channel(sim) == {channel: [f"done: hi {channel}"] for channel in sent}
         summary = sim.client.summary()
         assert (summary["acked"], summary["redeliveries"], summary["events_missed"]) == (40, 0, 0)

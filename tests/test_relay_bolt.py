@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+import requests
 
 from buidl_edge.sandbox.harness import WorkerProcess, fake_tokens, wait_until
 from buidl_edge.sandbox.simulator.client import SimulatorProcess
@@ -108,6 +109,13 @@ class BoltApp:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
+
+    def answered(self, status: int) -> int:
+        """Requests the app has answered with `status`, all of them: its WSGI server is one thread,
+        which logs each request before it takes the next, so once a request of ours is answered,
+        every request before it is in the log."""
+        requests.get(f"http://127.0.0.1:{self.port}/barrier", timeout=10)
+        return self.log.read_text().count(f'" {status} ')
 
     def calls(self, kind: str | None = None) -> list[dict[str, Any]]:
         if not self.record.exists():
@@ -258,8 +266,12 @@ def test_with_bolt_down_for_20s_every_event_arrives_once_after_it_restarts_and_e
         assert bolt.calls("message") and len(bolt.calls("message")) == 1  # nothing got through meanwhile
         bolt.start()
         wait_until(lambda: len(bolt.calls("message")) >= len(sent), 30, "every event, once the app is back")
-        time.sleep(1.0)  # room for a duplicate, were there one
-        calls = bolt.calls("message")
+        # Idle (nothing left to deliver, nothing in flight): every delivery the app took is answered,
+        # and its listener records it, the duplicate one too, were there one.
+        support.wait_idle(simulator.client, survivor, doomed)
+        delivered = bolt.answered(200)
+        calls = wait_until(lambda: len(got := bolt.calls("message")) >= delivered and got, 10,
+                           f"the app's listeners to record its {delivered} deliveries")
         assert sorted(c["event_id"] for c in calls) == sorted(sent)  # each event exactly once
         for channel in ("C0OUT0", "C0OUT1", "C0OUT2"):  # and each channel's events in their order
             texts = [c["text"] for c in calls if c["text"] != "before" and int(c["text"].split()[1]) % 3 ==
@@ -302,8 +314,8 @@ def test_a_wrong_signing_secret_is_refused_by_bolt_and_its_rows_fail_once_then_r
         state = simulator.client.state()["events"]
         assert state[command["key"]]["acked"] and state[command["key"]]["ack_payloads"] == []  # a plain ack
         assert all(state[key]["acked"] for key in events) and simulator.client.summary()["late_acks"] == 0
-        time.sleep(1.5)
-        assert bolt.log.read_text().count('" 401 ') == 3  # one refused request each, none retried
+        support.wait_idle(simulator.client, worker)  # a retry would be in flight or answered by then
+        assert bolt.answered(401) == 3  # one refused request each, none retried
         assert bolt.calls() == []  # no listener ran
         out = worker.output()
         assert "failed for good: HTTP 401" in out and "check that SLACK_SIGNING_SECRET is the app's Signing Secret" in out

@@ -29,7 +29,7 @@ from buidl_edge.ops.supervise import (Credentials, Supervisor, SupervisorDown, c
                                   render_config)
 from stack_support import (cli, mention_each_in_own_channel, messages_by_channel, session_pids,  # noqa: F401
                            stacks, tokens_env)
-from support import outbox_rows
+from support import outbox_rows, wait_idle
 
 # What supervisord's own log lines look like (`2026-01-01 10:00:00,123 WARN exited: …`), and
 # anything a clean run must never print.
@@ -174,7 +174,7 @@ def test_sigkilled_worker_is_restarted_by_supervisord_and_no_event_is_lost(stack
     channels = {**first, **during, **later}
     sim.client.wait_for(lambda s: s["acked"] == 18 and s["messages_posted"] >= 18, 30,
                         "every event acked and answered")
-    time.sleep(0.5)  # a stray second reply would land by now
+    wait_idle(sim.client, stack.env)  # a stray second reply would have landed by then
     assert messages_by_channel(sim) == {channel: [GREETING] for channel in channels}
     summary = sim.client.summary()
     assert summary["events_missed"] == 0
@@ -205,7 +205,7 @@ def test_sweep_reruns_envelope_of_worker_killed_mid_handler_exactly_once(stacks,
     os.kill(victim, signal.SIGKILL)
 
     sim.client.wait_for(lambda s: s["messages_posted"] >= 1, 25, "the re-run's reply")
-    time.sleep(1.0)  # room for a second reply, if the envelope ran twice
+    wait_idle(sim.client, stack.env)  # a second reply, if the envelope ran twice, would be in by then
     assert messages_by_channel(sim) == {"CSWEEP": ["done: slow 2.5"]}
     row = wait_until(lambda: (r := stack.inbox_row(envelope_id)) and r["state"] == "done" and r,
                      10, "the inbox row to be done")
@@ -287,7 +287,7 @@ def test_sigterm_to_every_process_twice_drains_and_exits_0_without_respawn(stack
     with WorkerProcess(stack.env, log_path=stack.state_dir / "next-start.log") as again:
         sim.client.wait_for(lambda s: s["open_connections"] == 1 and s["messages_posted"] >= 6, 20,
                             "the queued replies after a restart")
-        time.sleep(0.3)
+        wait_idle(sim.client, again.env)
         assert messages_by_channel(sim) == {channel: ["done: slow 1.5"] for channel in sent}
         assert again.stop() == 0
 
@@ -307,7 +307,7 @@ def test_refused_app_token_stops_the_stack_with_exit_3_and_no_respawn_loop(stack
     assert stack.env["SLACK_APP_TOKEN"] not in everything and stack.env["SLACK_BOT_TOKEN"] not in everything
     # One open call per connection slot (2 x 2), not a respawn loop's worth.
     assert 1 <= sim.client.summary()["connections_open_calls"] <= 4
-    time.sleep(0.5)
+    # `run` (supervisord) exits only once it has stopped and reaped every worker: none is left to call.
     assert stack.worker_pids() == set()
     assert sim.client.summary()["connections_open_calls"] <= 4
 

@@ -21,7 +21,7 @@ import requests
 import websocket
 
 from buidl_edge.api.bot import GREETING, HELP_TEXT
-from buidl_edge.sandbox.harness import fake_tokens
+from buidl_edge.sandbox.harness import fake_tokens, wait_until
 from buidl_edge.sandbox.simulator.client import SimulatorClient, SimulatorProcess
 from support import Workers, app_folder, keys, log_lines, wait_acked
 
@@ -81,8 +81,10 @@ def workers(fresh_simulator: SimulatorProcess, tmp_path: Path, app_dir: Path) ->
 
 def e2e_workers(sim: SimulatorProcess, tmp_path: Path, app_dir: Path) -> Workers:
     # The outbox paces replies at Slack's 1 msg/s per channel by default; these tests raise the
-    # simulator's limit (see `sim`), so the workers may match it.
-    return Workers(sim, tmp_path, app_dir, BUIDL_POST_RATE=100, BUIDL_POST_BURST=100, BUIDL_STORE_URL=STORE_URL)
+    # simulator's limit (see `sim`), so the workers may match it. The in-process store's handlers
+    # and replies show on /metrics only: a free port for it, to wait until the workers are idle.
+    return Workers(sim, tmp_path, app_dir, BUIDL_POST_RATE=100, BUIDL_POST_BURST=100, BUIDL_STORE_URL=STORE_URL,
+                   BUIDL_HTTP_PORT=0, BUIDL_HTTP_HOST="127.0.0.1")
 
 
 @pytest.fixture
@@ -102,12 +104,22 @@ def replies(state: dict[str, Any]) -> dict[str, list[str]]:
     return dict(out)
 
 
-def settled_replies(sim: SimulatorClient, expected_channels: set[str], timeout: float = 10) -> dict[str, list[str]]:
-    """Wait for a reply in every expected channel, then a little longer so a double answer shows up."""
-    sim.wait_for(lambda s: expected_channels <= replies(s).keys(), timeout, f"replies in {sorted(expected_channels)}",
-                 source="state")
-    time.sleep(0.5)
-    return replies(sim.state())
+def settled_replies(workers: Workers, expected_channels: set[str], timeout: float = 10) -> dict[str, list[str]]:
+    """Wait for a reply in every expected channel, then until the workers are idle (every envelope
+    acked and decided, no handler left, no reply unsent), so a double answer shows up."""
+    workers.client.wait_for(lambda s: expected_channels <= replies(s).keys(), timeout,
+                            f"replies in {sorted(expected_channels)}", source="state")
+    return replies(workers.wait_idle())
+
+
+def fresh_activity(sim: SimulatorClient) -> dict[str, Any]:
+    """Wait until the one open link shows client traffic from the last 0.7 s, long after it opened:
+    a pong or a ping the client sent. A link the client keeps quiet never shows it."""
+    def seen() -> dict[str, Any] | None:
+        [link] = open_links(sim)
+        return link if link["last_client_activity_s_ago"] < 0.7 else None
+
+    return wait_until(seen, 5, "client traffic on the link within the last 0.7 s", interval=0.1)
 
 
 def log_time(line: str) -> float:
@@ -142,7 +154,7 @@ def test_ack_carries_handler_payload_only_when_accepted(sim: SimulatorClient, wo
     assert events[accepted_click[0]]["ack_payloads"] == [{"text": "clicked blue"}]
     assert events[plain_click[0]]["ack_payloads"] == []
     assert all(events[k]["deliveries"] == 1 and not events[k]["missed"] for k in events)
-    assert settled_replies(sim, {"C0ACK"}) == {"C0ACK": ["seen: hello"]}
+    assert settled_replies(workers, {"C0ACK"}) == {"C0ACK": ["seen: hello"]}
 
 
 def test_slow_or_oversized_payload_is_dropped_but_the_ack_still_goes(sim: SimulatorClient, workers: Workers) -> None:
@@ -153,8 +165,9 @@ def test_slow_or_oversized_payload_is_dropped_but_the_ack_still_goes(sim: Simula
     events = wait_acked(sim, slow + big + quick)["events"]
     assert events[slow[0]]["ack_payloads"] == [] and events[big[0]]["ack_payloads"] == []
     assert events[quick[0]]["ack_payloads"] == [{"text": "echo: still fine"}]
-    # The slow one waited for the 0.5 s payload deadline, not for the 1.5 s handler, and beat Slack's 3 s.
-    assert 400 <= events[slow[0]]["first_ack_latency_ms"] < 1400
+    # The slow one waited for the 0.5 s payload deadline, not for the 1.5 s handler (whose "too late"
+    # would then have ridden on the ack), and beat Slack's 3 s (no late ack).
+    assert events[slow[0]]["first_ack_latency_ms"] >= 400
     assert sim.summary()["late_acks"] == 0
     assert log_lines(worker, r"missed the 0\.5s ack deadline")
     [refused] = log_lines(worker, r"ack payload refused \(ack_too_large\)")
@@ -177,7 +190,7 @@ def test_redelivered_event_is_acked_again_but_handled_once(sim: SimulatorClient,
     state = sim.state()
     assert {a["connection"] for a in state["acks"]} == {first_link, other_link}
     assert len(set(state["events"][key]["envelope_ids"])) == 3
-    assert settled_replies(sim, {"C0ONCE"}) == {"C0ONCE": ["seen: only once"]}
+    assert settled_replies(workers, {"C0ONCE"}) == {"C0ONCE": ["seen: only once"]}
     assert len(log_lines(worker, r"duplicate message \(retry [12]\) acked and dropped")) == 2
 
 
@@ -192,7 +205,7 @@ def test_redelivery_after_a_missed_deadline_is_handled_once(sim: SimulatorClient
     assert event["deliveries"] == 2 and event["acked"]
     summary = sim.summary()
     assert summary["missed_deadlines"] >= 1 and summary["redeliveries"] == 1 and summary["late_acks"] == 1
-    assert settled_replies(sim, {"C0LATE"}) == {"C0LATE": ["seen: slow 1.2"]}
+    assert settled_replies(workers, {"C0LATE"}) == {"C0LATE": ["seen: slow 1.2"]}
     assert log_lines(worker, r"duplicate message \(retry 1\)")
 
 
@@ -225,7 +238,7 @@ def test_warning_opens_the_new_link_first_and_the_old_one_acks_until_closed(
     assert summary["longest_no_connection_gap_s"] == 0.0
     assert summary["max_open_connections_seen"] == 2 and summary["connections_opened"] == 1
     assert summary["missed_deadlines"] == 0
-    assert settled_replies(sim, {"C0WARN"})["C0WARN"].count("seen: overlap") == 3
+    assert settled_replies(workers, {"C0WARN"})["C0WARN"].count("seen: overlap") == 3
     assert log_lines(worker, r"disconnect frame: warning")
 
 
@@ -277,8 +290,8 @@ def test_link_disabled_stops_the_worker_with_exit_3_and_no_reconnect(sim: Simula
     worker = workers.start(TEST_APP_SPEC, connections=2)
     sim.fault("disconnect", reason="link_disabled", target="oldest")
     assert worker.wait(timeout=15) == 3
-    time.sleep(0.5)
-    summary = sim.summary()
+    # Gone: nothing more can come from it once the simulator has seen its links close.
+    summary = sim.wait_for(lambda s: s["open_connections"] == 0, 10, "the worker's links closed")
     assert summary["connections_open_calls"] == 2 and summary["connections_opened"] == 2
     assert summary["open_connections"] == 0
     fatal = [line for line in worker.output().splitlines() if line.startswith("buidl-edge worker: fatal:")]
@@ -325,10 +338,9 @@ def test_silent_link_is_replaced_as_stale(simulator: SimulatorProcess, tmp_path:
         worker = pool.start(TEST_APP_SPEC, BUIDL_PING_INTERVAL="0.2", BUIDL_STALE_TIMEOUT="0.8")
         [old] = open_links(sim)
         sim.fault("silence", seconds=5, target=old["id"])
-        silenced_at = time.monotonic()
         sim.wait_for(lambda s: s["connections_opened"] == 2, 10, "a replacement link")
-        # Replaced by the worker's own stale check, well before the simulator speaks again.
-        assert time.monotonic() - silenced_at < 4.5
+        # Replaced by the worker's own stale check, so before the simulator spoke again: traffic
+        # on the link after the silence would have kept it from going stale.
         assert log_lines(worker, r"link stale for")
         wait_acked(sim, keys(sim.inject("message", channel="C0STALE", text="after")))
         [ack] = sim.state()["acks"]
@@ -366,7 +378,6 @@ def test_open_rate_limit_waits_retry_after(sim: SimulatorClient, workers: Worker
     [link] = connections(sim)
     waited = link["opened_at"] - log_time(limited)
     assert waited >= 2.0 - 0.01, waited
-    assert waited < 2.0 + 5
     summary = sim.summary()
     assert summary["open_429s"] == 1 and summary["connections_open_calls"] == 2
 
@@ -380,7 +391,7 @@ def test_fatal_auth_stops_with_one_clear_line_and_no_loop(sim: SimulatorClient, 
     sim.configure(**{knob: error})
     worker = workers.start(TEST_APP_SPEC, connections=2, wait_connected=False)
     assert worker.wait(timeout=15) == 3
-    time.sleep(0.5)
+    # Exited 3 at the first refusal: it starts no call any more (a loop of them would not have exited).
     output = worker.output()
     fatal = [line for line in output.splitlines() if line.startswith("buidl-edge worker: fatal:")]
     assert fatal == [f"buidl-edge worker: fatal: {message}"]
@@ -402,7 +413,7 @@ def test_handler_exception_and_bad_frame_are_logged_and_the_connection_goes_on(
     sim.fault("bad_frame", text='{"type": "events_api", "payload": {}}', target="oldest")
     after = keys(sim.inject("message", channel="C0AFTER", text="after the boom"))
     wait_acked(sim, [boom["key"]] + after)
-    assert settled_replies(sim, {"C0AFTER"}) == {"C0AFTER": ["seen: after the boom"]}
+    assert settled_replies(workers, {"C0AFTER"}) == {"C0AFTER": ["seen: after the boom"]}
     [failed] = log_lines(worker, r"handler on_message failed")
     assert f"envelope_id={boom['envelope_id']}" in failed and "RuntimeError" in failed
     rejected = log_lines(worker, r"bad frame rejected")
@@ -416,9 +427,8 @@ def test_server_pings_are_answered(sim: SimulatorClient, workers: Workers) -> No
     sim.configure(ping_interval=0.2)
     # Our own pings only every 30 s: what keeps the link fresh on the server side is our pongs.
     worker = workers.start(TEST_APP_SPEC, BUIDL_PING_INTERVAL="30", BUIDL_STALE_TIMEOUT="60")
-    time.sleep(1.5)
-    [link] = open_links(sim)
-    assert link["last_client_activity_s_ago"] < 0.7, link
+    time.sleep(1.5)  # ages the link past its opening traffic (at least 1.5 s: longer changes nothing)
+    fresh_activity(sim)
     assert sim.summary()["connections_opened"] == 1
     assert worker.proc is not None and worker.proc.poll() is None
 
@@ -426,9 +436,8 @@ def test_server_pings_are_answered(sim: SimulatorClient, workers: Workers) -> No
 def test_client_pings_keep_a_quiet_link(sim: SimulatorClient, workers: Workers) -> None:
     sim.configure(ping_interval=100.0)  # the server stays quiet
     worker = workers.start(TEST_APP_SPEC, BUIDL_PING_INTERVAL="0.2", BUIDL_STALE_TIMEOUT="0.8")
-    time.sleep(2.0)
-    [link] = open_links(sim)
-    assert link["last_client_activity_s_ago"] < 0.7, link
+    time.sleep(2.0)  # ages the link past its opening traffic (at least 2 s: longer changes nothing)
+    fresh_activity(sim)
     # The server's pongs count as traffic, so the link is not taken for stale.
     assert sim.summary()["connections_opened"] == 1
     assert not log_lines(worker, r"stale")
@@ -440,12 +449,10 @@ def test_signal_drains_the_handler_in_flight_and_exits_0(sim: SimulatorClient, w
     worker = workers.start(TEST_APP_SPEC)
     [key] = keys(sim.inject("message", channel="C0DRAIN", text="slow 1.2"))
     wait_acked(sim, [key])
-    started = time.monotonic()
     worker.signal(signum)
     time.sleep(0.1)
     worker.signal(signum)  # Heroku may send it twice
     assert worker.wait(timeout=12) == 0
-    assert time.monotonic() - started < 10
     assert replies(sim.state()) == {"C0DRAIN": ["seen: slow 1.2"]}
     assert log_lines(worker, r'msg="worker stopped"')
     assert not log_lines(worker, r"drain timed out|Traceback")
@@ -468,7 +475,7 @@ def test_default_bot_replies(sim: SimulatorClient, workers: Workers) -> None:
     command = keys(sim.inject("slash_command", command="/buidl", text="help", channel="C0CMD"))
     state = wait_acked(sim, injected + command)
     assert state["events"][command[0]]["ack_payloads"] == [{"response_type": "ephemeral", "text": HELP_TEXT}]
-    assert settled_replies(sim, {"C0MENTION", "C0FILE"}) == {
+    assert settled_replies(workers, {"C0MENTION", "C0FILE"}) == {
         "C0MENTION": [GREETING],
         "C0FILE": ["File received: design.pdf"],
     }

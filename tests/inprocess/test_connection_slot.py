@@ -25,7 +25,7 @@ from buidl_edge.sandbox.simulator.client import SimulatorClient
 from buidl_edge.store import open_store
 from buidl_edge.store.slots import SlotGate
 from buidl_edge.webapi.client import WebApi
-from support import ME, keys, wait_acked
+from support import ME, CountedSlots, keys, wait_acked
 
 BASE_S, CAP_S = 0.2, 2.0  # worker_env's backoff: the bounds the delays are checked against
 
@@ -53,7 +53,8 @@ class Slots:
         self.settings = settings
         self.store = open_store(settings)
         self.webapi = WebApi(settings.api_url, timeout=5)
-        self.gate = SlotGate(self.store, ME, settings.max_app_connections, retry_base=0.05, retry_cap=0.2)
+        self.slot_store = CountedSlots(self.store)  # the gate's tries, counted
+        self.gate = SlotGate(self.slot_store, ME, settings.max_app_connections, retry_base=0.05, retry_cap=0.2)
         self.outbox = Outbox(self.store, self.webapi, settings.bot_token, ME, OutboxConfig()).start()
         self.dispatcher = Dispatcher(echo_app(), self.store, self.outbox, ME, settings.ack_payload_deadline, None)
         self.running: list[Running] = []
@@ -243,7 +244,7 @@ def test_the_app_wide_limit_holds_a_second_slot_until_the_first_lets_go(
     connected(sim, first.slot)
     second = edge.start("c1")
     wait_until(lambda: "c1" in edge.gate.waiting, 5, "the second slot waiting")
-    gevent.sleep(0.5)  # several retries of the gate meanwhile
+    wait_until(lambda: edge.slot_store.asked[edge.gate.holder("c1")] >= 4, 5, "several refused tries of the gate")
     assert sim.summary()["connections_open_calls"] == 1 and second.slot.links == []
     first.slot.stop_dispatching()
     first.runner.join(timeout=5)
@@ -287,7 +288,8 @@ def test_stop_dispatching_reads_on_but_acks_nothing_new_and_ends_the_loop(
     assert running.runner.successful()  # run() returned: no new link, no error
     [key] = keys(sim.inject("message", channel="C0DRAIN", text="left for another connection"))
     wait_until(lambda: slot.stats.envelopes_received == 1, 5, "the envelope read on the retiring link")
-    gevent.sleep(0.3)
+    # The reader is done with the frame once it counted it: an ack of it would have been written then.
+    assert slot.stats.envelopes_acked == 0
     assert not sim.state()["events"][key]["acked"]  # Slack redelivers it to a connection that stays
     assert not link.closed.is_set() and link.ending.value == "stop"
     slot.close()

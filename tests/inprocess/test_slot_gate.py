@@ -20,7 +20,7 @@ from buidl_edge.store.sqlite import SqliteStore
 from buidl_edge.store.slots import SlotGate
 from buidl_edge.store.threaded import ThreadedStore
 from redis_support import RedisServer
-from support import HOST, ME, dead_pid
+from support import HOST, ME, CountedSlots, dead_pid
 
 ELSEWHERE = "otherhost:4242"  # a worker on another dyno: its pid means nothing here
 QUICK_RETRY = {"retry_base": 0.05, "retry_cap": 0.2}
@@ -40,11 +40,12 @@ def gate(store: SlotStore, owner: str = ME, limit: int = 1, **options: Any) -> S
 def test_the_last_slot_is_waited_for_said_once_and_taken_when_released(
         store: ThreadedStore, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="buidl_edge")
-    here, there = gate(store, ME), gate(store, ELSEWHERE)
+    counted = CountedSlots(store)
+    here, there = gate(counted, ME), gate(store, ELSEWHERE)
     assert there.acquire("c0", gevent.event.Event())
     waiter = gevent.spawn(here.acquire, "c0", gevent.event.Event())
     wait_until(lambda: "c0" in here.waiting, 5, "the wait to show")
-    gevent.sleep(0.5)  # several retries
+    wait_until(lambda: counted.asked[here.holder("c0")] >= 4, 5, "several refused tries")
     assert not waiter.ready() and here.status()["waiting"].keys() == {"c0"} and here.held == set()
     there.release("c0")
     assert waiter.get(timeout=5) is True
@@ -89,13 +90,14 @@ def test_while_redis_is_down_a_held_slot_counts_as_held_and_no_new_one_is_grante
     server = RedisServer().start()
     store = RedisStore(server.url + "?prefix=gate:", socket_timeout=0.5, connect_timeout=0.5)
     try:
-        here = gate(store, ME, limit=2)
+        counted = CountedSlots(store)
+        here = gate(counted, ME, limit=2)
         assert here.acquire("c0", gevent.event.Event())
         server.stop()  # a real outage: connections refused
         assert here.acquire("c0", gevent.event.Event()) is True  # a refresh of c0 goes on
         stop = gevent.event.Event()
         newcomer = gevent.spawn(here.acquire, "c1", stop)
-        gevent.sleep(1.0)
+        wait_until(lambda: counted.asked[here.holder("c1")] >= 4, 10, "several tries while Redis is away")
         assert not newcomer.ready() and "c1" in here.waiting  # an outage never lets an extra link in
         stop.set()
         assert newcomer.get(timeout=5) is False
