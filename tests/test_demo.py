@@ -5,7 +5,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -33,13 +32,11 @@ def parse_summary(output: str) -> dict[str, str]:
 def test_demo_exits_0_with_every_event_acked_and_handled_once(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "BUIDL_", "SENTRY_"))}
     env["BUIDL_STATE_DIR"] = str(tmp_path / "state")  # never the repository's own .buidl
-    started = time.monotonic()
+    # (a demo that hangs fails on the timeout)
     result = subprocess.run([sys.executable, "-m", "buidl_edge", "demo"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=60)
-    elapsed = time.monotonic() - started
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    assert elapsed < 30, f"the demo took {elapsed:.1f}s"
     # It shows progress as it goes, numbered steps covering the script.
     steps = re.findall(r"^  \[\d+\] (.*)$", result.stdout, re.M)
     script = " ".join(steps)

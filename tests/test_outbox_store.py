@@ -117,18 +117,24 @@ def test_a_channel_gets_its_burst_then_one_token_per_interval(store) -> None:
     limits = PostLimits(rate=10.0, burst=3.0, jitter_s=0.0)
     store.outbox_enqueue([Reply("C1", str(i)) for i in range(5)] + [Reply("C2", "other")])
     sent: list[str | None] = []
+    waits: list[float] = []  # what each claim that found no token asked us to wait, at most
     start = time.time()
     while len(sent) < 6 and time.time() - start < 5:
         claimed = store.outbox_claim(ME, 10, limits)
+        returned_at = time.time()
         for row in claimed.rows:
             sent.append(row.text)
             store.outbox_settle(row.id, ME, DeliveryOutcome("sent"))
         if not claimed.rows:
             assert claimed.next_at is not None
+            waits.append(claimed.next_at - returned_at)
             time.sleep(max(0.0, claimed.next_at - time.time()))
     elapsed = time.time() - start
     assert sent == ["0", "other", "1", "2", "3", "4"]
-    assert 0.18 <= elapsed < 0.6, elapsed  # 3 at once, then 2 more at 10/s
+    assert elapsed >= 0.18, elapsed  # 3 at once, then 2 more at 10/s: two tokens waited for
+    # ... and for no longer than a token takes: measured from when the claim returned, a slow
+    # machine can only shorten what is left to wait.
+    assert waits and max(waits) <= 0.1 + 1e-3, waits
 
 
 def test_a_429_pauses_its_channel_without_counting_an_attempt(store) -> None:
@@ -222,7 +228,9 @@ def test_processes_sharing_one_file_share_one_bucket(tmp_path: Path) -> None:
     results = [json.loads(p.communicate(timeout=30)[0]) for p in procs]
     taken = sorted((t, row_id) for got in results for row_id, t in got)
     assert sum(1 for got in results if got) >= 2, "the processes did not actually race"
-    assert 12 <= len(taken) <= 25, len(taken)  # about burst + 2 s x 10/s; the exact bound is below
+    # About burst + 2 s x 10/s, as many as the processes got to claim: more than the burst, so that
+    # refilled tokens were shared too; the exact bound, on the claims' own clock, is below.
+    assert len(taken) > 3, len(taken)
     assert [row_id for _, row_id in taken] == sorted(row_id for _, row_id in taken)  # order kept
     # token-bucket conformance: no window holds more than burst + rate * width
     times = [t for t, _ in taken]

