@@ -3,11 +3,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from buidl_edge.sandbox.simulator.client import SimulatorProcess
+from stack_support import stacks  # noqa: F401  (the fixture, for every test module)
 
 if TYPE_CHECKING:  # for the annotation only: the fixture imports it when it runs
     from redis_support import RedisServer
@@ -35,20 +36,27 @@ def simulator() -> Iterator[SimulatorProcess]:
         yield sim
 
 
+class SharedSimulator(SimulatorProcess):
+    """A simulator that a whole test module shares, and the knobs it started with."""
+
+    default_knobs: dict[str, Any]
+
+
 @pytest.fixture(scope="module")
-def shared_simulator() -> Iterator[SimulatorProcess]:
+def shared_simulator() -> Iterator[SharedSimulator]:
     """One simulator for a whole test module; use `fresh_simulator` to get it clean per test."""
-    with SimulatorProcess() as sim:
-        sim.default_knobs = sim.client.state()["knobs"]  # type: ignore[attr-defined]
-        yield sim
+    with SharedSimulator() as started:
+        assert isinstance(started, SharedSimulator)
+        started.default_knobs = started.client.state()["knobs"]
+        yield started
 
 
 @pytest.fixture
-def fresh_simulator(shared_simulator: SimulatorProcess) -> Iterator[SimulatorProcess]:
+def fresh_simulator(shared_simulator: SharedSimulator) -> Iterator[SimulatorProcess]:
     """The module's simulator with no links left open, counters cleared and knobs at their defaults."""
     sim = shared_simulator
     sim.client.wait_for(lambda s: s["open_connections"] == 0, 10, "links of the previous test to close")
-    sim.client.configure(**sim.default_knobs)  # type: ignore[attr-defined]
+    sim.client.configure(**sim.default_knobs)
     sim.client.reset()
     yield sim
 

@@ -14,15 +14,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
+from buidl_edge.ops.supervise import ProcessInfo, SupervisorDown, supervisor_processes
 from buidl_edge.sandbox.harness import StackProcess, fake_tokens, wait_until, worker_env
 from buidl_edge.sandbox.simulator.client import SimulatorProcess
 from buidl_edge.store.sqlite import SqliteStore
-from buidl_edge.ops.supervise import ProcessInfo, SupervisorDown, supervisor_processes
 
 TESTS_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = TESTS_DIR.parent
@@ -72,9 +73,10 @@ class Stack(StackProcess):
 
     def __init__(self, sim: SimulatorProcess, **extra: Any) -> None:
         self.sim = sim
-        settings = {"BUIDL_PROCESSES": 2, "BUIDL_CONNECTIONS": 1, "BUIDL_DRAIN_TIMEOUT": 10,
-                    # tests/ on the path for slow_app; the checkout for buidl_edge (cwd is the state dir).
-                    "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), str(PROJECT_ROOT)])}
+        settings: dict[str, Any] = {
+            "BUIDL_PROCESSES": 2, "BUIDL_CONNECTIONS": 1, "BUIDL_DRAIN_TIMEOUT": 10,
+            # tests/ on the path for slow_app; the checkout for buidl_edge (cwd is the state dir).
+            "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), str(PROJECT_ROOT)])}
         settings.update(extra)
         env = worker_env(sim.api_url, **settings)
         state_dir = Path(env["BUIDL_STATE_DIR"])
@@ -92,7 +94,7 @@ class Stack(StackProcess):
 
     # ------------------------------------------------------------ lifecycle
 
-    def start_with(self, *args: str) -> "Stack":
+    def start_with(self, *args: str) -> Stack:
         """`run ARGS`."""
         self.args = args
         return self.start()

@@ -5,6 +5,7 @@ Fixtures live in conftest.py; the whole stack is stack_support.py, a redis-serve
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import signal
@@ -377,3 +378,17 @@ def outbox_rows(store: Any, envelope_id: str) -> list[OutboxRow]:
     """The replies one envelope queued, in order: the admin API's outbox list, read whole."""
     return sorted((row for row in store.outbox_list(limit=1_000_000) if row.envelope_id == envelope_id),
                   key=lambda row: row.id)
+
+
+def inbox_state(store: Any, envelope_id: str) -> str:
+    """The state of the envelope's inbox row, which the test expects to be there."""
+    row = store.inbox_row(envelope_id)
+    assert row is not None, f"no inbox row for {envelope_id}"
+    return row["state"]
+
+
+def log_args(record: logging.LogRecord) -> tuple[Any, ...]:
+    """The %-arguments a log line was written with: a tuple, as every line the tests read takes
+    positional ones (a mapping or none would be a different line)."""
+    assert isinstance(record.args, tuple), (record.msg, record.args)
+    return record.args

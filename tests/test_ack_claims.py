@@ -18,7 +18,7 @@ from buidl_edge.store.errors import StoreUnavailable
 from buidl_edge.store.failover import Failover
 from buidl_edge.store.health import STEADY_S, StoreHealth
 from held_store import HeldStore
-from support import envelope
+from support import envelope, inbox_state
 
 OWNER = "host:1"
 
@@ -153,8 +153,8 @@ def test_a_store_still_failing_past_the_deadline_leaves_it_to_local_dedup_then_i
     health.wrote()  # the heartbeat got through: over, and the write-back runs
     claims.failover.late.join(timeout=5)
     assert claims.failover.written_back == 2
-    assert store.inbox_row("E1")["state"] == "failed"  # finished with the error it had here
-    assert store.inbox_row("E2")["state"] == "processing"  # its handler's own finish comes later
+    assert inbox_state(store, "E1") == "failed"  # finished with the error it had here
+    assert inbox_state(store, "E2") == "processing"  # its handler's own finish comes later
     assert not store.claim(envelope("E9", "Ev1"), OWNER)  # a retry on another process is recognised
 
 

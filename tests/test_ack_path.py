@@ -20,6 +20,7 @@ from buidl_edge.dispatch.handlers import HandlerTarget
 from buidl_edge.dispatch.stats import DispatchStats
 from buidl_edge.socketmode.link import Ack
 from buidl_edge.socketmode.protocol import Envelope
+from buidl_edge.store.base import Reply
 from buidl_edge.store.failover import Failover
 from buidl_edge.store.health import StoreHealth
 from held_store import HeldStore
@@ -98,11 +99,13 @@ def test_ack_routing(case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
     def block(payload: dict, ctx: object) -> None:
         release.wait()
 
+    def finish(envelope_id: str, replies: list[Reply], error: str | None) -> bool:
+        store.finish(envelope_id, replies, error)
+        return True  # it landed in the shared store (finish does not fail here)
+
     stats = DispatchStats()
     claims = AckClaims(Failover(store, health, OWNER), OWNER, wait_s=0.05, on_failure=health.failed)
-    target = HandlerTarget(app, None, stats, None, claim_key=store.claim_key,
-                           finish=lambda eid, replies, error: store.finish(eid, replies, error) is None,
-                           pool_size=1)
+    target = HandlerTarget(app, None, stats, None, claim_key=store.claim_key, finish=finish, pool_size=1)
     path = AckPath(claims, target, stats, ack_payload_deadline=2.0)
     make = message if case.kind == "message" else command
     if case.duplicate:  # another delivery of it was claimed before (by another process)

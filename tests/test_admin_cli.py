@@ -21,7 +21,7 @@ from buidl_edge.sandbox.harness import WorkerProcess, wait_until, worker_env
 from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.store.base import Reply
 from buidl_edge.store.sqlite import SqliteStore
-from stack_support import PROJECT_ROOT, TESTS_DIR, cli, operator_env, stacks, tokens_env  # noqa: F401
+from stack_support import PROJECT_ROOT, TESTS_DIR, cli, operator_env, tokens_env
 from support import assert_no_secret, tokens_in
 
 pytestmark = pytest.mark.timeout(60)
@@ -183,7 +183,8 @@ ADMIN_COMMANDS = [("status",), ("status", "--json"), ("send", "C0123ABCD", "hell
 
 
 @pytest.mark.parametrize("args", ADMIN_COMMANDS, ids=" ".join)
-def test_an_admin_command_pointed_at_no_store_says_so_and_creates_nothing(tmp_path: Path, args: tuple[str, ...]) -> None:
+def test_an_admin_command_pointed_at_no_store_says_so_and_creates_nothing(tmp_path: Path,
+                                                                          args: tuple[str, ...]) -> None:
     state_dir = tmp_path / "typo" / "state"
     result = cli(operator_env(state_dir), *args, cwd=tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
@@ -451,8 +452,8 @@ def short_state_dir() -> Any:
     ("my_bot:ap", "app module 'my_bot' has no attribute 'ap'; did you mean my_bot:app?", None),
     ("my_bot:helper", "my_bot:helper is not an EdgeApp (it is 'int'); make it `helper = EdgeApp(...)`", None),
     ("my_bto:app", "cannot import app module 'my_bto': no module named 'my_bto'", None),
-    ("bad_dep:app", "importing app module 'bad_dep' failed: ModuleNotFoundError: "
-                    "No module named 'buidl_no_such_dependency'", 'bad_dep.py", line 2, in <module>'),
+    ("bad_dep:app", ("importing app module 'bad_dep' failed: ModuleNotFoundError: "
+                     "No module named 'buidl_no_such_dependency'"), 'bad_dep.py", line 2, in <module>'),
     ("bad_syntax:app", "importing app module 'bad_syntax' failed: SyntaxError: '(' was never closed",
      'bad_syntax.py", line 1'),
 ])
@@ -536,8 +537,8 @@ def test_admin_commands_from_any_directory_use_the_workers_store_and_send_warns_
     alone = cli(env, "send", "C0HOME", "nobody reads this", cwd=elsewhere)
     assert alone.returncode == 0 and "a running worker posts it" not in alone.stdout
     assert alone.stderr.splitlines() == [
-        f"warning: no worker is heartbeating on {home / 'state' / 'edge.sqlite3'}: the message waits there "
-        "until one runs with this store (BUIDL_STATE_DIR / BUIDL_STORE_URL)"]
+        (f"warning: no worker is heartbeating on {home / 'state' / 'edge.sqlite3'}: the message waits there "
+         "until one runs with this store (BUIDL_STATE_DIR / BUIDL_STORE_URL)")]
     as_json = json.loads(cli(env, "send", "C0HOME", "again", "--json", cwd=elsewhere).stdout)
     assert as_json["live_workers"] == 0 and as_json["warning"].startswith("no worker is heartbeating on")
     for folder in (worker_dir, elsewhere):
@@ -549,14 +550,14 @@ def test_admin_commands_from_any_directory_use_the_workers_store_and_send_warns_
 
 
 def test_bad_input_to_send_and_outbox_is_one_line_never_a_traceback(seeded, tmp_path: Path) -> None:
-    state_dir, env = seeded
+    _, env = seeded
     latin1 = b'[{"type": "section", "text": "caf\xe9"}]'
     (tmp_path / "latin1.json").write_bytes(latin1)
     (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
     cases = [
         (("send", "C0BAD", "--blocks-file", str(tmp_path / "latin1.json")),
-         f"Error: not sent: {tmp_path / 'latin1.json'} is not UTF-8 text (byte 0xe9 at offset "
-         f"{latin1.index(0xe9)})"),
+         (f"Error: not sent: {tmp_path / 'latin1.json'} is not UTF-8 text (byte 0xe9 at offset "
+          f"{latin1.index(0xe9)})")),
         (("send", "C0BAD", "--blocks-file", str(tmp_path / "deep.json")),
          f"Error: not sent: {tmp_path / 'deep.json'} nests JSON too deeply to be Block Kit"),
         (("outbox", "retry", "99999999999999999999999"), None),
@@ -582,16 +583,17 @@ def test_tables_escape_control_characters_show_ages_and_no_stale_errors(tmp_path
                    "event": {"type": "app_mention", "channel": "CESC", "text": hostile, "ts": "1.000100"}}
         assert store.claim(Envelope("events_api", f"env-{hostile}", payload), "otherhost:4242")
         store.finish(f"env-{hostile}", [], error=f"RuntimeError: {hostile}")
-        sent_id, hostile_id = store.outbox_enqueue([Reply(channel="CESC", text="retried then sent"),
-                                                   Reply(channel="CESC2", text=hostile)])
+        sent_id, _hostile_id = store.outbox_enqueue([Reply(channel="CESC", text="retried then sent"),
+                                                    Reply(channel="CESC2", text=hostile)])
         # The first row fails once (a 5xx), is retried, and then goes out.
         from buidl_edge.delivery.ratelimit import PostLimits
         from buidl_edge.store.base import DeliveryOutcome
 
-        (row,) = [r for r in store.outbox_claim("me:1", 10, PostLimits(), 30.0).rows if r.id == sent_id] or [None]
-        assert row is not None
+        claimed = [r.id for r in store.outbox_claim("me:1", 10, PostLimits(), 30.0).rows]
+        assert claimed.count(sent_id) == 1, claimed
         store.outbox_settle(sent_id, "me:1", DeliveryOutcome("retry", error="HTTP 503", retry_at=0.0))
-        (row,) = [r for r in store.outbox_claim("me:1", 10, PostLimits(), 30.0).rows if r.id == sent_id]
+        claimed = [r.id for r in store.outbox_claim("me:1", 10, PostLimits(), 30.0).rows]
+        assert claimed.count(sent_id) == 1, claimed
         store.outbox_settle(sent_id, "me:1", DeliveryOutcome("sent", ts="2.000100"))
     finally:
         store.close()
@@ -604,9 +606,9 @@ def test_tables_escape_control_characters_show_ages_and_no_stale_errors(tmp_path
         assert not any(c in table.stdout for c in "\x1b\x07\u202e"), table.stdout
         assert "\\x1b]0;pwned\\x07\\x1b[2J\\u202ereversed" in table.stdout
         assert "None" not in table.stdout
-    header, row = inbox.stdout.splitlines()
+    header, inbox_row = inbox.stdout.splitlines()
     assert header.split() == ["envelope_id", "kind", "state", "owner", "attempts", "deliveries", "age", "error"]
-    assert row.split()[6] == "0s"  # an age, as `outbox list` shows, not epoch seconds
+    assert inbox_row.split()[6] == "0s"  # an age, as `outbox list` shows, not epoch seconds
     rows = {line.split()[0]: line.split() for line in outbox.stdout.splitlines()[1:]}
     sent_row = rows[str(sent_id)]
     assert sent_row[2] == "sent" and "503" not in " ".join(sent_row) and sent_row[6] == "-"
@@ -616,5 +618,5 @@ def test_simulate_on_a_busy_port_says_so_in_one_line(shared_simulator, tmp_path:
     result = cli(operator_env(tmp_path), "simulate", "--port", str(shared_simulator.port), cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        f"Error: simulator: cannot listen on 127.0.0.1:{shared_simulator.port}: Address already in use; is "
-        "another simulator running there? pick another with --port (0 takes a free one)"]
+        (f"Error: simulator: cannot listen on 127.0.0.1:{shared_simulator.port}: Address already in use; is "
+         "another simulator running there? pick another with --port (0 takes a free one)")]

@@ -197,7 +197,7 @@ def test_send_message_refuses_bad_input_and_an_unbound_app() -> None:
     with pytest.raises(AppError, match="'text' or 'blocks'"):
         app.send_message("C1", {"attachments": []})
     with pytest.raises(AppError, match="text or a dict"):
-        app.send_message("C1", 42)  # type: ignore[arg-type]
+        app.send_message("C1", 42)  # type: ignore[arg-type]  # the wrong type on purpose: refused at run time
     assert reply_from("C1", "x", thread_ts="2.2") == Reply("C1", "x", None, "2.2")
 
 

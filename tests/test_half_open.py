@@ -11,15 +11,16 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
 from buidl_edge.sandbox.harness import WorkerProcess, wait_until
 from buidl_edge.sandbox.simulator.client import SimulatorClient, SimulatorProcess
 from buidl_edge.store.sqlite import SqliteStore
-from stack_support import Stack, stacks  # noqa: F401 (fixture)
+from stack_support import Stack
 from support import Workers, wait_idle
 
 pytestmark = pytest.mark.timeout(90)
@@ -101,7 +102,7 @@ def blackhole_is_replaced_and_nothing_lost(sim: SimulatorClient, stale_logged: C
     assert sim.summary()["events_missed"] == 0
 
 
-def sigterm_while_blackholed_exits_0(sim: SimulatorClient, signal_it: Callable[[], None],
+def sigterm_while_blackholed_exits_0(sim: SimulatorClient, signal_it: Callable[[], object],
                                      wait: Callable[[float], int]) -> None:
     """Slack goes silent on the only link, then SIGTERM: the drain ends within its timeout, exit 0."""
     [link] = open_links(sim)

@@ -8,15 +8,15 @@ import json
 import logging
 import re
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from buidl_edge.api.app import AppError, Context, EdgeApp
 from buidl_edge.api.message import MessageError
-from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.api.respond import ResponseUrlError
-
+from buidl_edge.socketmode.protocol import Envelope
 from http_support import write_answer
 
 BOT = "U0BUIDL"
@@ -40,8 +40,13 @@ def run(app: EdgeApp, event: dict[str, Any], bot_user_id: str | None = BOT,
     return [r.fn(argument, ctx) for r in (running or app).registrations_for(env)]
 
 
-def recording_app(**options: Any) -> tuple[EdgeApp, list[tuple[str, tuple[Any, ...]]]]:
-    app, seen = EdgeApp("t"), []
+# What each call saw: the message's text (None if it had none) and ctx.matches.
+Seen = list[tuple[str | None, tuple[str | None, ...]]]
+
+
+def recording_app(**options: Any) -> tuple[EdgeApp, Seen]:
+    app = EdgeApp("t")
+    seen: Seen = []
 
     @app.message(options.pop("pattern", None), **options)
     def on_message(event: dict[str, Any], ctx: Context) -> None:
@@ -88,8 +93,8 @@ def test_matches_are_only_set_while_the_message_handler_runs() -> None:
 
 def test_bad_patterns_are_refused_when_registered() -> None:
     app = EdgeApp("t")
-    with pytest.raises(AppError, match="str or a re.compile"):
-        app.message(42)  # type: ignore[arg-type]
+    with pytest.raises(AppError, match=r"str or a re\.compile"):
+        app.message(42)  # type: ignore[arg-type]  # the wrong type on purpose: refused at run time
     with pytest.raises(AppError, match="empty"):
         app.message("")
 
@@ -226,7 +231,7 @@ def test_respond_posts_the_fields_slack_reads(elsewhere: tuple[str, list[tuple[s
 def test_respond_never_follows_a_redirect(elsewhere: tuple[str, list[tuple[str, str, bytes]]]) -> None:
     other, other_hits = elsewhere
     for redirector, hits in serve((302, {"Location": other + "/stolen"}, b"")):
-        with pytest.raises(ResponseUrlError, match="redirect .*not followed"):
+        with pytest.raises(ResponseUrlError, match=r"redirect .*not followed"):
             command_ctx(redirector + "/commands/1").respond("private answer")
         assert len(hits) == 1
     assert other_hits == []  # nothing reached the other host

@@ -8,15 +8,16 @@ from __future__ import annotations
 import signal
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from buidl_edge.config import load_settings
+from buidl_edge.ops.status import collect_status
 from buidl_edge.sandbox.harness import wait_until
 from buidl_edge.sandbox.simulator.client import SimulatorClient, SimulatorProcess
-from buidl_edge.ops.status import collect_status
 from buidl_edge.store import open_store
 from support import Workers, app_folder, keys, log_lines, wait_acked
 

@@ -16,7 +16,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from buidl_edge.sandbox.harness import WorkerProcess, wait_until, worker_env
 from buidl_edge.sandbox.simulator.client import SimulatorProcess
-from stack_support import stacks  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -59,7 +58,7 @@ def test_worker_serves_health_readiness_and_prometheus_metrics(fresh_simulator: 
     with WorkerProcess(env, log_path=tmp_path / "worker.log") as worker:
         wait_until(lambda: (r := get(port, "/healthz")) is not None and r.status_code == 200, 15, "/healthz")
         sim.wait_for(lambda s: s["open_connections"] == 1, 15, "the worker's link")
-        wait_until(lambda: get(port, "/readyz").status_code == 200, 10, "/readyz 200")  # type: ignore[union-attr]
+        wait_until(lambda: (r := get(port, "/readyz")) is not None and r.status_code == 200, 10, "/readyz 200")
         events = sim.inject("message", count=5, text="hello")
         sim.fault("redeliver", key=events[0]["key"])
         sim.wait_for(lambda s: s["acked"] == 5 and s["acks_total"] == 6, 10, "6 acks")
@@ -80,7 +79,8 @@ def test_worker_serves_health_readiness_and_prometheus_metrics(fresh_simulator: 
         assert total(found, "buidl_connection_up") == 1
         assert total(found, "buidl_store_degraded") == 0
         assert ("buidl_outbox_depth", ()) in found
-        assert get(port, "/nope").status_code == 404  # type: ignore[union-attr]
+        nope = get(port, "/nope")
+        assert nope is not None and nope.status_code == 404
 
         # No Slack link (every open refused, the link dropped): not ready, and it says why.
         sim.configure(open_error="internal_error")
@@ -108,7 +108,7 @@ def test_worker_on_a_busy_port_cannot_start_and_says_so(fresh_simulator: Simulat
     assert "Traceback" not in worker.output()
 
 
-def test_run_serves_one_endpoint_for_every_worker_of_the_dyno(stacks: Any,  # noqa: F811 (the fixture)
+def test_run_serves_one_endpoint_for_every_worker_of_the_dyno(stacks: Any,
                                                               fresh_simulator: SimulatorProcess) -> None:
     port = free_port()
     stack = stacks(BUIDL_HTTP_PORT=port, BUIDL_HTTP_HOST="127.0.0.1").start()

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from buidl_edge.sandbox.harness import WorkerProcess, worker_env
 from buidl_edge.api.message import validate_reply
+from buidl_edge.sandbox.harness import WorkerProcess, worker_env
 from buidl_edge.sandbox.simulator.client import SimulatorClient, SimulatorProcess
 from buidl_edge.store.base import Reply
 from buidl_edge.store.sqlite import SqliteStore

@@ -6,20 +6,22 @@ so that 40 messages take 10 s rather than 40; the bucket logic is the same at an
 """
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from buidl_edge.cli import cli
 from buidl_edge.config import Secret
-from buidl_edge.sandbox.harness import wait_until, worker_env
 from buidl_edge.delivery.ratelimit import PostLimits
+from buidl_edge.sandbox.harness import wait_until, worker_env
 from buidl_edge.sandbox.simulator.client import SimulatorProcess
 from buidl_edge.store.base import Reply
 from buidl_edge.store.sqlite import SqliteStore
@@ -159,7 +161,7 @@ def test_retry_after_is_waited_out_on_that_channel_only(fleet: Fleet) -> None:
     assert order.index("not held back") < order.index("s1"), f"a 429 on one channel delayed another: {order}"
     times = [m["received_at"] for m in slow]
     assert [m["text"] for m in slow] == ["s0", "s1", "s2"]
-    assert all(b - a >= 2.0 - 0.05 for a, b in zip(times, times[1:])), times
+    assert all(b - a >= 2.0 - 0.05 for a, b in itertools.pairwise(times)), times
     assert fleet.client.summary()["post_429s"] == 2, "retried before Retry-After ran out"
     rows = [r for r in fleet.rows() if r.channel == "C0SLOW"]
     assert [r.attempts for r in rows] == [1, 1, 1] and sum(r.rate_limited for r in rows) == 2
@@ -263,8 +265,9 @@ def test_a_worker_killed_with_a_backlog_loses_nothing(fleet: Fleet) -> None:
     first = fleet.start(BUIDL_POST_RATE=20)
     fleet.enqueue([Reply("C0KILL", f"k{i:02d}") for i in range(40)])
     fleet.wait_posted(10, 10, "C0KILL")
-    first.proc.kill()  # type: ignore[union-attr]
-    first.proc.wait()  # type: ignore[union-attr]
+    assert first.proc is not None
+    first.proc.kill()
+    first.proc.wait()
     fleet.client.wait_for(lambda s: s["open_connections"] == 0, 10, "the dead worker's link to close")
     fleet.start(BUIDL_POST_RATE=20)
     fleet.wait_posted(40, 15, "C0KILL")

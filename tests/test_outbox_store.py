@@ -3,20 +3,21 @@ plus what only a shared file can show (several processes spending one bucket, de
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.delivery.ratelimit import GLOBAL_KEY, Bucket, PostLimits, channel_key, need, plan, ready_at
-from buidl_edge.store.base import DeliveryOutcome, Reply
+from buidl_edge.socketmode.protocol import Envelope
+from buidl_edge.store.base import DeliveryOutcome, OutboxRow, Reply
 from buidl_edge.store.memory import MemoryStore
 from buidl_edge.store.sqlite import SqliteStore
 from support import HOST, ME, dead_pid
@@ -42,8 +43,15 @@ def sqlite_store(tmp_path: Path) -> Iterator[SqliteStore]:
     s.close()
 
 
-def texts(rows) -> list[str | None]:  # type: ignore[no-untyped-def]
+def texts(rows: Iterable[OutboxRow]) -> list[str | None]:
     return [r.text for r in rows]
+
+
+def stored(store: SqliteStore, row_id: int) -> OutboxRow:
+    """Row `row_id`, which the test expects to be still there."""
+    row = store.outbox_row(row_id)
+    assert row is not None, f"outbox row {row_id} is gone"
+    return row
 
 
 # ---------------------------------------------------------------- enqueue / order
@@ -191,7 +199,7 @@ def test_plan_waits_for_headroom_but_keeps_the_sustained_rate() -> None:
         assert len(decision.chosen) == 1
         bucket = decision.changed[channel_key("C1")]
         times.append(t)
-    gaps = {round(b - a, 9) for a, b in zip(times, times[1:])}
+    gaps = {round(b - a, 9) for a, b in itertools.pairwise(times)}
     assert gaps == {1.0}
     assert GLOBAL_KEY not in decision.changed  # no global cap configured
 
@@ -252,9 +260,9 @@ def test_rows_left_sending_by_a_dead_process_go_back_to_pending(sqlite_store: Sq
         by_text[row.text] = row
     time.sleep(0.05)
     assert store.outbox_recover(ME) == 2
-    states = {t: store.outbox_row(r.id).state for t, r in by_text.items()}
+    states = {t: stored(store, r.id).state for t, r in by_text.items()}
     assert states == {"dead": "pending", "expired": "pending", "alive": "sending", "mine": "sending"}
-    assert store.outbox_row(by_text["dead"].id).attempts == 1  # the lost try still counts
+    assert stored(store, by_text["dead"].id).attempts == 1  # the lost try still counts
     assert store.outbox_recover(ME) == 0
     assert texts(store.outbox_claim(ME, 10, FAST).rows) == ["dead", "expired"]
 
@@ -265,7 +273,7 @@ def test_renew_keeps_a_long_post_from_being_taken_over(sqlite_store: SqliteStore
     row = store.outbox_claim("otherhost:7", 1, FAST, lease_s=0.05).rows[0]
     assert store.outbox_renew("otherhost:7", 60.0) == 1
     time.sleep(0.1)
-    assert store.outbox_recover(ME) == 0 and store.outbox_row(row.id).state == "sending"
+    assert store.outbox_recover(ME) == 0 and stored(store, row.id).state == "sending"
 
 
 # ---------------------------------------------------------------- admin

@@ -6,19 +6,21 @@ what each stack's supervisord says (no restarts), and what the workers reported.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import threading
 import time
 from collections import Counter
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from buidl_edge.sandbox.harness import wait_until
 from buidl_edge.store.redis import RedisStore
 from redis_support import RedisServer
-from stack_support import Stack, messages_by_channel, stacks  # noqa: F401 (fixture)
+from stack_support import Stack, messages_by_channel
 from support import wait_idle
 
 pytestmark = pytest.mark.timeout(120)
@@ -126,7 +128,9 @@ def test_a_killed_dynos_envelopes_in_flight_are_recovered_by_the_other(dynos, fr
     a, b = dynos(BUIDL_LEASE_S=5)
     wait_until(lambda: running(a, 2) and running(b, 2), 40, "both dynos' workers RUNNING", interval=0.2)
     sim.client.wait_for(lambda s: s["open_connections"] == 4, 30, "4 connections")
-    a_pids = set(running(a, 2).values())  # type: ignore[union-attr]
+    a_running = running(a, 2)
+    assert a_running is not None
+    a_pids = set(a_running.values())
 
     sent = mentions(sim, "KILL", 16, text="slow 2.5")  # each handler sleeps 2.5 s before replying
     sim.client.wait_for(lambda s: s["acked"] == 16, 20, "16 acks")
@@ -186,8 +190,8 @@ def test_redis_restarted_mid_run_no_crash_loop_and_nothing_lost(stacks, fresh_si
         after = mentions(sim, "POST", 4)
         sent.update(after)
         for event in after.values():
-            wait_until(lambda: store.inbox_row(event["envelope_id"]), 15, "an event claimed in Redis again",
-                       interval=0.2)
+            wait_until(functools.partial(store.inbox_row, event["envelope_id"]), 15,
+                       "an event claimed in Redis again", interval=0.2)
 
         sim.client.wait_for(lambda s: s["messages_posted"] >= 40, 30, "40 replies")
         wait_idle(sim.client, stack)  # a second reply would be in by then

@@ -17,15 +17,16 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import requests
 
+import support
 from buidl_edge.sandbox.harness import WorkerProcess, fake_tokens, wait_until
 from buidl_edge.sandbox.simulator.client import SimulatorProcess
-import support
 from redis_support import free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -92,7 +93,7 @@ class BoltApp:
                     "BOLT_API_URL": api_url, "SLACK_SIGNING_SECRET": secret, "BOLT_PORT": str(self.port)}
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "BoltApp":
+    def start(self) -> BoltApp:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, str(self.folder / "bolt_app.py")], env=self.env,
                                          stdout=out, stderr=subprocess.STDOUT, cwd=self.folder)
@@ -256,8 +257,7 @@ def test_with_bolt_down_for_20s_every_event_arrives_once_after_it_restarts_and_e
         for i in range(20):  # one event a second for 20 s, over three channels, while the app is down
             (event,) = simulator.client.inject("message", text=f"during {i}", channel=f"C0OUT{i % 3}")
             sent.append(event["key"])
-            simulator.client.wait_for(lambda s, key=event["key"]: s["events"][key]["acked"], 5, "its ack",
-                                      source="state")
+            support.wait_acked(simulator.client, [event["key"]], 5)
             if i == 9:  # kill -9 of a worker in the middle: its rows are the survivor's to deliver
                 doomed.signal(signal.SIGKILL)
                 doomed.wait(10)
@@ -318,7 +318,8 @@ def test_a_wrong_signing_secret_is_refused_by_bolt_and_its_rows_fail_once_then_r
         assert bolt.answered(401) == 3  # one refused request each, none retried
         assert bolt.calls() == []  # no listener ran
         out = worker.output()
-        assert "failed for good: HTTP 401" in out and "check that SLACK_SIGNING_SECRET is the app's Signing Secret" in out
+        assert "failed for good: HTTP 401" in out
+        assert "check that SLACK_SIGNING_SECRET is the app's Signing Secret" in out
         assert env["SLACK_SIGNING_SECRET"] not in out
 
         worker.stop()  # flushes Sentry on its way out

@@ -12,18 +12,19 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
 import requests
 from slack_sdk.signature import SignatureVerifier
 
+import support
 from buidl_edge.sandbox.harness import WorkerProcess, wait_until
 from buidl_edge.sandbox.simulator.client import SimulatorProcess
-import support
 from http_support import write_answer
 from redis_support import free_port
 

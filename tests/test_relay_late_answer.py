@@ -65,8 +65,10 @@ def test_a_command_delivered_after_its_ack_has_its_answer_posted_to_the_response
             # One outage, one envelope: the attempts the log counts agree.
             (back,) = support.log_lines(worker, r"takes deliveries again")
             (delivered,) = support.log_lines(worker, r"delivered /echo to the app after")
-            failed = int(re.search(r"after [\d.]+s down and (\d+) failed attempts", back).group(1))  # type: ignore[union-attr]
-            attempts = int(re.search(r"after (\d+) attempts", delivered).group(1))  # type: ignore[union-attr]
+            outage = re.search(r"after [\d.]+s down and (\d+) failed attempts", back)
+            retried = re.search(r"after (\d+) attempts", delivered)
+            assert outage is not None and retried is not None, (back, delivered)
+            failed, attempts = int(outage.group(1)), int(retried.group(1))
             assert attempts == failed + 1, (back, delivered)
     finally:
         bolt.stop()

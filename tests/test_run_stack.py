@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -24,11 +24,9 @@ import pytest
 
 from buidl_edge.api.bot import GREETING
 from buidl_edge.config import ConfigError, load_settings
+from buidl_edge.ops.supervise import Credentials, Supervisor, SupervisorDown, check_connection_budget, render_config
 from buidl_edge.sandbox.harness import WorkerProcess, wait_until
-from buidl_edge.ops.supervise import (Credentials, Supervisor, SupervisorDown, check_connection_budget,
-                                  render_config)
-from stack_support import (cli, mention_each_in_own_channel, messages_by_channel, session_pids,  # noqa: F401
-                           stacks, tokens_env)
+from stack_support import cli, mention_each_in_own_channel, messages_by_channel, session_pids, tokens_env
 from support import outbox_rows, wait_idle
 
 # What supervisord's own log lines look like (`2026-01-01 10:00:00,123 WARN exited: …`), and
@@ -87,7 +85,7 @@ def test_rendered_config_is_accepted_by_supervisord(fresh_simulator, tmp_path: P
             Supervisor(state_dir, Credentials()).processes()  # no password, no answer
         assert {p.name for p in Supervisor(state_dir).processes()} == {"worker_00", "worker_01"}
 
-        def ctl_status() -> list[tuple[str, str]] | None:
+        def ctl_status() -> list[tuple[str, ...]] | None:  # (name, state) per worker line
             ctl = subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf), "status"],
                                  env=env, capture_output=True, text=True, timeout=20)
             lines = [tuple(line.split()[:2]) for line in ctl.stdout.splitlines() if line.startswith("worker:")]
@@ -227,9 +225,9 @@ def test_sigterm_to_every_process_twice_drains_and_exits_0_without_respawn(stack
     second = stack.cli("run")
     assert second.returncode == 1
     assert second.stderr.strip().splitlines() == [
-        f"Error: a stack is already running on {stack.state_dir} (supervisord pid "
-        f"{(stack.state_dir / 'supervisord.pid').read_text().strip()}): stop it first, "
-        "or give this one its own BUIDL_STATE_DIR"]
+        (f"Error: a stack is already running on {stack.state_dir} (supervisord pid "
+         f"{(stack.state_dir / 'supervisord.pid').read_text().strip()}): stop it first, "
+         "or give this one its own BUIDL_STATE_DIR")]
     assert conf.read_bytes() == conf_before
     assert {p.state for p in stack.processes()} == {"RUNNING"} and stack.worker_pids() == workers_before
 
@@ -407,8 +405,8 @@ def test_worker_refuses_10_connections_as_it_keeps_one_for_a_refresh(tmp_path: P
     from_env = cli({**env, "BUIDL_CONNECTIONS": "10"}, "worker", cwd=tmp_path)
     assert from_env.returncode == 3
     assert from_env.stderr.strip().splitlines() == [
-        "buidl-edge worker: cannot start: BUIDL_CONNECTIONS must be 1..9 (Slack allows 10 per app, "
-        "and each process keeps one spare for a refresh), got 10"]
+        ("buidl-edge worker: cannot start: BUIDL_CONNECTIONS must be 1..9 (Slack allows 10 per app, "
+         "and each process keeps one spare for a refresh), got 10")]
 
 
 def test_run_refuses_a_state_dir_too_long_for_the_control_socket(tmp_path: Path) -> None:
@@ -482,7 +480,8 @@ def test_an_operator_template_in_deploy_wins_over_the_packaged_one(tmp_path: Pat
         rendered = render_config(settings).read_text()
         assert rendered.startswith("; an operator's own\n")
         # run's watch is added to whatever template rendered it (an operator's copy cannot lose it)
-        assert "[rpcinterface:buidl_edge]\nsupervisor.rpcinterface_factory = buidl_edge.ops.stack_watch:make_watch" in rendered
+        assert ("[rpcinterface:buidl_edge]\n"
+                "supervisor.rpcinterface_factory = buidl_edge.ops.stack_watch:make_watch") in rendered
         (tmp_path / "deploy" / "supervisord.conf.tmpl").write_text(packaged.replace("$processes", "$procs"))
         with pytest.raises(ConfigError, match=r"deploy/supervisord.conf.tmpl: unknown or malformed placeholder"):
             render_config(settings)

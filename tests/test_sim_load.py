@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -107,8 +108,10 @@ def test_a_run_without_acks_times_out(simulator: SimulatorProcess) -> None:
 
 
 def test_bad_load_requests_are_refused(simulator: SimulatorProcess) -> None:
-    for params in ({"mode": "burst"}, {"mode": "window", "count": 10}, {"mode": "rate", "count": 5},
-                   {"mode": "window", "count": 0, "window": 1}, {"mode": "rate", "rate": "fast", "count": 1}):
+    refused: list[dict[str, Any]] = [
+        {"mode": "burst"}, {"mode": "window", "count": 10}, {"mode": "rate", "count": 5},
+        {"mode": "window", "count": 0, "window": 1}, {"mode": "rate", "rate": "fast", "count": 1}]
+    for params in refused:
         mode = params.pop("mode")
         with pytest.raises(SimulatorError):
             simulator.client.load(mode, **params)

@@ -345,6 +345,7 @@ def test_blackholed_link_neither_reads_nor_writes_nor_closes(simulator: Simulato
     assert summary["open_connections"] == 1 and summary["envelopes_sent"] == 2 and summary["acked"] == 0
     [link] = simulator.client.state()["connections"]
     assert link["blackholed"] and link["state"] == "open"
+    assert ws.sock is not None
     ws.sock.shutdown(socket.SHUT_RDWR)  # the client goes: the simulator notices without reading
     simulator.client.wait_for(lambda s: s["open_connections"] == 0, 5, "the blackholed link to go")
 
@@ -359,7 +360,7 @@ def test_blackhole_with_seconds_ends_in_a_drop(simulator: SimulatorProcess) -> N
 
 
 def test_reset_ends_a_blackhole(simulator: SimulatorProcess) -> None:
-    ws, _ = connect(simulator)
+    _ws, _ = connect(simulator)  # held, so that only the reset can end the link
     simulator.client.fault("blackhole")
     simulator.client.reset()
     simulator.client.wait_for(lambda s: s["open_connections"] == 0, 5, "the blackholed link dropped")

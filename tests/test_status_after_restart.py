@@ -9,13 +9,12 @@ import signal
 import pytest
 
 from buidl_edge.sandbox.harness import wait_until
-from stack_support import stacks  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.timeout(90)
 
 
 def test_a_killed_and_restarted_worker_leaves_no_dead_row_after_a_clean_stop(
-        stacks, fresh_simulator) -> None:  # noqa: F811 (the fixture)
+        stacks, fresh_simulator) -> None:
     stack = stacks(BUIDL_PROCESSES=2, BUIDL_CONNECTIONS=1).start()
     before = {p.name: p.pid for p in stack.wait_up(processes=2, connections=1)}
     killed = before["worker_00"]

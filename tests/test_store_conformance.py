@@ -16,14 +16,15 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
 import test_outbox_store as outbox_contract
-from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.delivery.ratelimit import PostLimits
+from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.store.base import MIN_RETENTION_S, DeliveryOutcome, Reply
 from buidl_edge.store.errors import StoreError, StoreUnavailable
 from buidl_edge.store.redis import RedisStore
@@ -53,7 +54,8 @@ class Backend:
     def code(self) -> str:
         """Python that opens the same store in another process, as `s`."""
         if self.kind == "sqlite":
-            return f"from buidl_edge.store.sqlite import SqliteStore; s = SqliteStore({str(self.path)!r}, busy_timeout_s=10)"
+            return (f"from buidl_edge.store.sqlite import SqliteStore; "
+                    f"s = SqliteStore({str(self.path)!r}, busy_timeout_s=10)")
         return f"from buidl_edge.store.redis import RedisStore; s = RedisStore({self.url!r})"
 
     def close(self) -> None:
@@ -141,7 +143,8 @@ def test_concurrent_claims_from_four_processes_have_one_winner_each(backend: Bac
             won = []
             for i in order:
                 if s.claim(Envelope("events_api", f"R{round_no}E{{i}}",
-                           {{"event_id": f"R{round_no}Ev{{i}}", "event": {{"type": "message"}}}}), "h:%d" % os.getpid()):
+                                    {{"event_id": f"R{round_no}Ev{{i}}", "event": {{"type": "message"}}}}),
+                           "h:%d" % os.getpid()):
                     won.append(i)
                 # A pause between claims, as between envelopes: a writer that never lets go of the
                 # lock between its own commits could take all 600 while the others sleep in SQLite's
@@ -215,6 +218,7 @@ def test_an_envelope_with_a_lone_surrogate_is_swept_back_exactly_as_received(sto
              '"unmodelled":[1,2]},"retry_attempt":0,"retry_reason":""}')
     from buidl_edge.socketmode.protocol import parse_frame
     envelope = parse_frame(frame)
+    assert isinstance(envelope, Envelope), envelope
     assert envelope.envelope_id == f"E{LONE}raw"
     store.claim(envelope, f"{HOST}:{dead_pid()}")
     (taken,) = store.sweep(ME)

@@ -13,18 +13,18 @@ import sqlite3
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import redis
 import requests
-from redis_support import RedisServer, free_port
-from stack_support import stacks  # noqa: F401 (fixture)
-from support import Workers, app_folder, keys, log_lines
 
 from buidl_edge.sandbox.harness import WriteLockHolder, fill_disk, small_filesystem, wait_until
 from buidl_edge.sandbox.simulator.client import SimulatorClient, SimulatorProcess
+from redis_support import RedisServer, free_port
+from support import Workers, app_folder, keys, log_lines
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -16,8 +16,7 @@ from buidl_edge.store.base import Reply
 from buidl_edge.store.errors import StoreCorrupt, StoreLocked, StoreRejected, StoreUnavailable
 from buidl_edge.store.sqlite import SqliteStore
 from buidl_edge.store.sqlite.schema import SCHEMA_VERSION
-from support import ME, envelope as env, outbox_rows
-
+from support import ME, envelope as env, inbox_state, outbox_rows
 
 
 @pytest.fixture
@@ -68,7 +67,7 @@ def test_finish_is_one_transaction(store: SqliteStore, db: Path) -> None:
     conn.close()
     with pytest.raises(StoreRejected):  # this call's data was refused; the store itself works
         store.finish("E1", [Reply("C1", "ok"), Reply("C2", "boom")])
-    assert store.inbox_row("E1")["state"] == "processing"
+    assert inbox_state(store, "E1") == "processing"
     assert outbox_rows(store, "E1") == []
 
 
@@ -192,7 +191,7 @@ def test_run_batch_keeps_each_claim_atomic_and_dedups_within_the_batch(store: Sq
             store.finish_txn("E1", [Reply("C1", "hi")])]
     assert store.run_batch(txns) == [True, False, False, True, None]
     assert store.inbox_row("E2") is None and store.inbox_row("E3") is None
-    assert store.inbox_row("E1")["state"] == "done"
+    assert inbox_state(store, "E1") == "done"
     assert len(outbox_rows(store, "E1")) == 1
 
 
@@ -236,8 +235,8 @@ def test_run_batch_fails_only_the_item_that_raises_whatever_it_raises(store: Sql
     assert results[:2] == [True, True] and results[4:] == [None, True]
     for failed, kind in ((results[2], "KeyError"), (results[3], "RuntimeError")):
         assert isinstance(failed, StoreRejected) and failed.kind == kind and str(store.path) in str(failed)
-    assert store.inbox_row("E1")["state"] == "done" and len(outbox_rows(store, "E1")) == 1
-    assert store.inbox_row(f"E{LONE}")["state"] == "processing" and store.inbox_row("E2") is not None
+    assert inbox_state(store, "E1") == "done" and len(outbox_rows(store, "E1")) == 1
+    assert inbox_state(store, f"E{LONE}") == "processing" and store.inbox_row("E2") is not None
     assert store.claim_key("half")  # its item was rolled back: the key it wrote is not there
 
 
@@ -256,7 +255,7 @@ def test_an_unclassified_failure_is_logged_once_per_kind_and_counted(store: Sqli
     lines = [r for r in caplog.records if "LookupError" in r.getMessage()]
     assert len(lines) == (1 if before == 0 else 0) and all(r.levelname == "ERROR" for r in lines)
     with pytest.raises(StoreRejected):  # a call on its own, outside a batch: a value sqlite3 cannot bind
-        store.claim_key({"not": "a str"})  # type: ignore[arg-type]
+        store.claim_key({"not": "a str"})  # type: ignore[arg-type]  # not a str on purpose
     assert store.claim(env("E1"), ME)  # and the store goes on working
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import gevent
 import gevent.lock
@@ -17,15 +18,16 @@ import pytest
 
 from buidl_edge.api.app import EdgeApp
 from buidl_edge.config import OutboxConfig, Settings
-from buidl_edge.socketmode.connection import ConnectionSlot, FatalStop, SocketModeDisabled
+from buidl_edge.delivery.outbox import Outbox
 from buidl_edge.dispatch.dispatcher import Dispatcher
 from buidl_edge.sandbox.harness import wait_until
-from buidl_edge.delivery.outbox import Outbox
 from buidl_edge.sandbox.simulator.client import SimulatorClient
+from buidl_edge.socketmode.connection import ConnectionSlot, FatalStop, SocketModeDisabled
+from buidl_edge.socketmode.link_outcomes import LinkOutcome
 from buidl_edge.store import open_store
 from buidl_edge.store.slots import SlotGate
 from buidl_edge.webapi.client import WebApi
-from support import ME, CountedSlots, keys, wait_acked
+from support import ME, CountedSlots, keys, log_args, wait_acked
 
 BASE_S, CAP_S = 0.2, 2.0  # worker_env's backoff: the bounds the delays are checked against
 
@@ -128,7 +130,7 @@ def test_a_warning_opens_the_replacement_first_and_the_old_link_acks_until_close
     sim.wait_for(lambda s: s["open_connections"] == 1 and s["acks_total"] == 4, 10, "the old link closed by Slack")
     wait_until(lambda: len(slot.links) == 1 and slot.links[0] is not old and not slot.overlap.locked(), 5,
          "the old link retired")
-    assert old.closed.is_set() and old.ending.value == "refresh"
+    assert old.closed.is_set() and old.ending == LinkOutcome.REFRESH
     assert [a["connection"] for a in sim.state()["acks"]].count("c1") >= 1  # the warned link acked on
     assert edge.gate.held == {"c0"}  # the overlap's slot went back
     assert slot.stats.link_ends == {"refresh": 1} and slot.stats.reconnect_count == 1
@@ -148,7 +150,7 @@ def test_a_link_near_the_end_of_its_life_is_refreshed_without_a_disconnect_frame
     wait_until(lambda: slot.stats.link_ends.get("refresh", 0) >= 1, 10, "the expiry refresh")
     # The replacement opens next to the old link, which reads on until Slack ends it.
     sim.wait_for(lambda s: s["connections_opened"] == 1 and s["open_connections"] == 2, 10, "the replacement")
-    assert old.ending.value == "refresh" and not old.closed.is_set()
+    assert old.ending == LinkOutcome.REFRESH and not old.closed.is_set()
     assert slot.stats.disconnects == {}  # our own timer, not Slack's frame
     assert sim.summary()["longest_no_connection_gap_s"] == 0.0
 
@@ -165,7 +167,7 @@ def test_failed_opens_back_off_with_full_jitter_under_a_doubling_cap_then_connec
     connected(sim, slot)
     failures = records("connect failed")
     for attempt, record in enumerate(failures):
-        reason, delay = record.args  # type: ignore[misc]
+        reason, delay = log_args(record)
         assert reason == "internal_error"
         assert 0.0 <= delay <= min(CAP_S, BASE_S * 2 ** attempt), (attempt, delay)
     assert sim.summary()["connections_open_calls"] == len(failures) + 1
@@ -187,7 +189,7 @@ def test_a_link_that_dies_young_continues_the_streak_one_that_outlived_the_cap_s
     sim.fault("drop", target="oldest")
     wait_until(lambda: len(records("link %s %s; reconnecting")) == 3, 10, "the third reconnect")
     connected(sim, slot)
-    attempts = [(r.args[1], r.args[3]) for r in records("link %s %s; reconnecting")]  # type: ignore[index]
+    attempts = [(log_args(r)[1], log_args(r)[3]) for r in records("link %s %s; reconnecting")]
     assert attempts == [("closed", 1), ("closed", 2), ("closed", 1)]
     assert slot.stats.link_ends == {"closed": 3} and slot.stats.reconnect_count == 3
 
@@ -198,7 +200,7 @@ def test_a_rate_limited_open_waits_at_least_retry_after(
     slot = slots().start().slot
     connected(sim, slot)
     [limited] = records("apps.connections.open rate limited")
-    assert limited.args[0] >= 1.0  # type: ignore[index]
+    assert log_args(limited)[0] >= 1.0
     summary = sim.summary()
     assert summary["open_429s"] == 1 and summary["connections_open_calls"] == 2
 
@@ -217,7 +219,7 @@ def test_a_half_open_link_is_replaced_first_then_shut_down_without_waiting_on_sl
     wait_until(lambda: old.closed.is_set() and len(slot.links) == 1 and slot.links[0] is not old, 15,
          "the stale link replaced and shut down")
     assert both.get(timeout=1), "the stale link was torn down before its replacement was opened"
-    assert old.ending.value == "stale" and old.ws.sock is None
+    assert old.ending == LinkOutcome.STALE and old.ws.sock is None
     assert slot.stats.link_ends == {"stale": 1}
     [key] = keys(sim.inject("message", channel="C0STALE", text="after"))
     wait_acked(sim, [key])
@@ -291,7 +293,7 @@ def test_stop_dispatching_reads_on_but_acks_nothing_new_and_ends_the_loop(
     # The reader is done with the frame once it counted it: an ack of it would have been written then.
     assert slot.stats.envelopes_acked == 0
     assert not sim.state()["events"][key]["acked"]  # Slack redelivers it to a connection that stays
-    assert not link.closed.is_set() and link.ending.value == "stop"
+    assert not link.closed.is_set() and link.ending == LinkOutcome.STOP
     slot.close()
     sim.wait_for(lambda s: s["open_connections"] == 0, 5, "the link closed by the drain")
     assert slot.gate.held == set()

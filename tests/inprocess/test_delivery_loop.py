@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import gevent.event
 import pytest
@@ -94,12 +95,12 @@ class Loops:
     """Loops made by a test, all stopped at teardown."""
 
     def __init__(self) -> None:
-        self.made: list[DeliveryLoop[OutboxRow]] = []
+        self.made: list[tuple[Chimes, DeliveryLoop[OutboxRow]]] = []
 
     def start(self, chimes: Chimes, store: Any, concurrency: int = 4) -> DeliveryLoop[OutboxRow]:
         loop = DeliveryLoop(chimes, Failover(store), Counters(), concurrency=concurrency, poll_s=0.05)
         loop.start()
-        self.made.append(loop)
+        self.made.append((chimes, loop))
         return loop
 
 
@@ -107,8 +108,8 @@ class Loops:
 def loops() -> Iterator[Loops]:
     made = Loops()
     yield made
-    for loop in made.made:
-        loop.delivery.gate.set()  # type: ignore[attr-defined]  # Chimes: let a held delivery end
+    for chimes, loop in made.made:
+        chimes.gate.set()  # let a held delivery end
         loop.stop(timeout=1)
 
 

@@ -21,7 +21,7 @@ from buidl_edge.store.redis import RedisStore
 from buidl_edge.store.sqlite import SqliteStore
 from buidl_edge.webapi.client import WebApi
 from redis_support import RedisServer
-from support import HOST, ME
+from support import HOST, ME, log_args
 
 BASE_S, CAP_S = 0.05, 0.2
 FAST = PostLimits(rate=100, burst=100)
@@ -78,10 +78,9 @@ def test_a_transient_error_is_retried_with_growing_backoff_then_failed_once_to_t
     assert by_text["fine"].state == "sent" and texts(sim, "C0FINE") == ["fine"]
     assert sorted(r.channel for r in outboxes.failed) == ["C0FLAKY", "C0GONE"]  # each reported once
     retries = records("chat.postMessage to %s failed (%s); attempt")
-    assert [r.args[2] for r in retries] == [1, 2, 3]  # type: ignore[index]
+    assert [log_args(r)[2] for r in retries] == [1, 2, 3]
     for record in retries:
-        figures: Any = record.args  # the log call's tuple
-        attempt, delay = figures[2], figures[4]
+        attempt, delay = log_args(record)[2], log_args(record)[4]
         assert delay <= min(CAP_S, BASE_S * 2 ** (attempt - 1)), (attempt, delay)
     assert (outbox.stats.retried, outbox.stats.failed, outbox.stats.sent) == (3, 2, 1)
     assert sim.summary()["post_errors"] == 4 + 1

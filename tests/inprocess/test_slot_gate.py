@@ -6,8 +6,9 @@ Two gates stand for two worker processes; a gate on another host is judged by it
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import gevent
 import gevent.event
@@ -16,8 +17,8 @@ import pytest
 from buidl_edge.sandbox.harness import wait_until
 from buidl_edge.store.base import SlotStore
 from buidl_edge.store.redis import RedisStore
-from buidl_edge.store.sqlite import SqliteStore
 from buidl_edge.store.slots import SlotGate
+from buidl_edge.store.sqlite import SqliteStore
 from buidl_edge.store.threaded import ThreadedStore
 from redis_support import RedisServer
 from support import HOST, ME, CountedSlots, dead_pid

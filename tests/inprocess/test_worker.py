@@ -7,22 +7,23 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import gevent
 import pytest
 
 from buidl_edge.api.app import EdgeApp
 from buidl_edge.config import OutboxConfig, Settings
-from buidl_edge.socketmode.connection import SocketModeDisabled
-from buidl_edge.runtime.exitcodes import EXIT_FATAL, EXIT_OK
-from buidl_edge.sandbox.harness import wait_until
 from buidl_edge.delivery.ratelimit import PostLimits
+from buidl_edge.runtime.exitcodes import EXIT_FATAL, EXIT_OK
+from buidl_edge.runtime.worker import Worker
+from buidl_edge.sandbox.harness import wait_until
 from buidl_edge.sandbox.simulator.client import SimulatorClient
+from buidl_edge.socketmode.connection import SocketModeDisabled
 from buidl_edge.store.memory import MemoryStore
 from buidl_edge.webapi.client import WebApi
-from buidl_edge.runtime.worker import Worker
-from support import keys, wait_acked
+from support import keys, log_args, wait_acked
 
 FAST_POSTS = OutboxConfig(limits=PostLimits(rate=100, burst=100))
 
@@ -121,7 +122,7 @@ def test_auth_test_failures_back_off_then_the_worker_goes_on_without_the_bot_id(
     failures = records("auth.test failed")
     assert len(failures) == 5
     for attempt, record in enumerate(failures):
-        error, delay = record.args  # type: ignore[misc]
+        error, delay = log_args(record)
         assert error == "internal_error" and delay <= min(0.4, 0.05 * 2 ** attempt), (attempt, delay)
     assert records("auth.test kept failing")
     assert running.worker.dispatcher is not None and running.worker.dispatcher.bot_user_id is None
