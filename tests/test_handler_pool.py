@@ -211,7 +211,9 @@ def test_ctx_once_from_a_threaded_handler_with_redis(sim: SimulatorClient, worke
 def test_drain_that_times_out_names_the_envelopes_left_and_the_next_start_reruns_them(
         sim: SimulatorClient, workers: Workers) -> None:
     worker = workers.start(BUIDL_HANDLER_CONCURRENCY=2, BUIDL_DRAIN_TIMEOUT=1)
-    injected = sim.inject("message", channel="C0LEFT", text="slow 3", count=4)
+    # 6 s each: longer than the heartbeat's age (up to 2 s) plus the 1 s drain, so the first two are
+    # still running when the drain gives up.
+    injected = sim.inject("message", channel="C0LEFT", text="slow 6", count=4)
     wait_acked(sim, keys(injected))
     # The first two handlers sleeping, the other two queued behind them (acked: both submitted).
     wait_until(lambda: (s := worker_status(worker.env)) and s["dispatch"].get("handlers_running") == 2
@@ -227,7 +229,7 @@ def test_drain_that_times_out_names_the_envelopes_left_and_the_next_start_reruns
     workers.start()
     sim.wait_for(lambda s: len(s["messages"]) >= 4, 20, "the 4 envelopes re-run", source="state")
     workers.wait_idle()  # a fifth run's reply would be in by then
-    assert texts(sim) == ["seen: slow 3"] * 4
+    assert texts(sim) == ["seen: slow 6"] * 4
 
 
 def test_unknown_slash_command_is_logged_once_per_name(sim: SimulatorClient, workers: Workers) -> None:
