@@ -16,11 +16,11 @@ Check = Callable[[Settings], None]
 def check_state_dir(settings: Settings) -> None:
     """supervisord's config and control socket, and the SQLite store, live there: it must be a
     directory this user can make and write (not under a file, not /proc, not a read-only mount)."""
-    check_socket_path(settings.state_dir)
-    problem = unusable_dir(settings.state_dir)
+    problem = unusable_dir(settings.state_dir)  # first: a dir that cannot exist makes its length moot
     if problem:
         raise ConfigError(f"the state dir {settings.state_dir} cannot be used: {problem} "
                           "(set BUIDL_STATE_DIR to a directory this user can write)")
+    check_socket_path(settings.state_dir)
 
 
 def check_health_store(settings: Settings) -> None:
