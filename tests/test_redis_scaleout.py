@@ -208,4 +208,4 @@ def test_redis_restarted_mid_run_no_crash_loop_and_nothing_lost(stacks, fresh_si
         finally:
             store.close()
         logs = stack.logs()
-        assert "degraded" in logs and "reachable again" in logs
+        assert "degraded" in logs and "writable again" in logs
