@@ -9,6 +9,7 @@ through it), and what was decided locally reaches the shared store once it answe
 from __future__ import annotations
 
 import re
+import signal
 import sqlite3
 import textwrap
 import threading
@@ -188,6 +189,26 @@ def test_a_write_lock_held_for_seconds_holds_no_ack_and_what_was_decided_meanwhi
     wait_until(lambda: len(log_lines(second, "duplicate .* acked and dropped")) == len(injected), 15,
                "every redelivery dropped as a duplicate")
     assert sorted(reply_counts(sim, "locked").values()) == [1] * len(injected)
+
+
+def test_a_worker_killed_while_the_lock_is_held_loses_none_of_what_it_acked_undecided(
+        sim: SimulatorClient, workers: Workers) -> None:
+    """Acked before the store decided them, the envelopes live in the worker until it does: a
+    kill -9 then must not lose them (Slack will not send them again). The next worker on the host
+    takes the dead one's spill file, claims them, and handles the new ones, once each."""
+    first = workers.start()
+    db = workers.state_dir / "edge.sqlite3"
+    holder = WriteLockHolder(db)
+    try:
+        injected = inject_spread(sim, 12, 2.0, "killed")
+        sim.wait_for(lambda s: all(s["events"][k]["acked"] for k in injected), 10, "every event acked",
+                     source="state")
+        first.signal(signal.SIGKILL)
+        first.wait(timeout=10)
+    finally:
+        holder.release()
+    workers.start()  # its sweep finds the dead worker's spill file
+    wait_handled_once(workers, "killed", len(injected))
 
 
 # -- 2. a full disk -----------------------------------------------------------------------------

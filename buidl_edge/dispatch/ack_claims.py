@@ -24,6 +24,7 @@ from typing import Any
 import gevent
 import gevent.pool
 
+from buidl_edge.dispatch.spill import Spill
 from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.store.errors import StoreError, StoreRejected, rejected
 from buidl_edge.store.failover import Failover
@@ -48,7 +49,8 @@ class AckClaims:
     """Decides each burst's claims for the dispatcher."""
 
     def __init__(self, failover: Failover, owner: str, wait_s: float, on_failure: FailureHook,
-                 decide_locally_after_s: float = DECIDE_LOCALLY_AFTER_S) -> None:
+                 decide_locally_after_s: float = DECIDE_LOCALLY_AFTER_S, spill: Spill | None = None) -> None:
+        """`spill`: where envelopes acked undecided are kept until decided (safe from kill -9)."""
         self.failover = failover
         self.store = failover.store
         self.health = failover.health
@@ -61,6 +63,8 @@ class AckClaims:
         self.late = gevent.pool.Group()
         self.acked_undecided = 0
         self.decided_locally = 0
+        self.spill = spill
+        self._undecided = 0  # acked and not yet decided: while any, the spill file holds them
 
     # ------------------------------------------------------------ deciding
 
@@ -79,28 +83,45 @@ class AckClaims:
         all now, and `later(envelope, new)` hears each one's decision when it is made."""
         acked: list[bool] = []  # set once the ack stopped waiting: the call then decides `later`
 
+        decided_later = self._counting(later)
+
         def claim() -> list[Outcome]:
             outcomes = self._claim_many(envelopes)
             if acked:  # in this greenlet, so that the drain's wait for `late` covers it
-                self._settle(envelopes, outcomes, later, time.monotonic() + self.decide_locally_after_s)
+                self._settle(envelopes, outcomes, decided_later, time.monotonic() + self.decide_locally_after_s)
             return outcomes
 
         call = self.late.spawn(claim)
         call.join(timeout=self.wait_s)
-        if call.ready():
-            outcomes = call.value
-            if outcomes is None:  # only when the greenlet was killed (the drain): as if the store failed
-                outcomes = [rejected("claim", RuntimeError("claim killed"))] * len(envelopes)
-            if not _failed_whole(outcomes):
-                return self._decided(envelopes, outcomes)
-            self._on_failure("claim", next(o for o in outcomes if isinstance(o, StoreError)))
-            deadline = time.monotonic() + self.decide_locally_after_s
-            self.late.spawn(self._retry, envelopes, later, deadline)
-        else:
+        outcomes = call.value if call.ready() else None
+        if call.ready() and outcomes is None:  # only when the greenlet was killed (the drain)
+            outcomes = [rejected("claim", RuntimeError("claim killed"))] * len(envelopes)
+        if outcomes is not None and not _failed_whole(outcomes):
+            return self._decided(envelopes, outcomes)
+        # Acked undecided. Counted and spilled before anything here can yield to the hub: a burst
+        # decided meanwhile must not empty the spill file under this one.
+        self.acked_undecided += len(envelopes)
+        self._undecided += len(envelopes)
+        if self.spill is not None:  # before the ack: a kill -9 from here on must not lose them
+            self.spill.write(envelopes)
+        if outcomes is None:
             acked.append(True)
             self.health.busy("claim", self._where, self.wait_s)
-        self.acked_undecided += len(envelopes)
+        else:
+            deadline = time.monotonic() + self.decide_locally_after_s
+            self.late.spawn(self._retry, envelopes, decided_later, deadline)
+            self._on_failure("claim", next(o for o in outcomes if isinstance(o, StoreError)))
         return None
+
+    def _counting(self, later: DecidedLater) -> DecidedLater:
+        """`later`, counting down what is undecided; the spill file is emptied when nothing is."""
+        def decided(envelope: Envelope, new: bool) -> None:
+            self._undecided -= 1
+            if self._undecided == 0 and self.spill is not None:
+                self.spill.empty()
+            later(envelope, new)
+
+        return decided
 
     def _claim_many(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
         try:

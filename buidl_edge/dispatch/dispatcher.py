@@ -16,6 +16,7 @@ from buidl_edge.config.settings import DEFAULT_CLAIM_WAIT_S
 from buidl_edge.dispatch.ack_claims import AckClaims
 from buidl_edge.dispatch.ack_path import AckPath
 from buidl_edge.dispatch.handlers import HandlerTarget
+from buidl_edge.dispatch.spill import Spill
 from buidl_edge.dispatch.stats import DispatchStats
 from buidl_edge.dispatch.targets import Target
 from buidl_edge.socketmode.link import Ack, LaterAcks
@@ -36,7 +37,7 @@ class Dispatcher:
                  ack_payload_deadline: float, bot_user_id: str | None,
                  handler_pool_size: int = 200, handler_threads: int = 8, health: StoreHealth | None = None,
                  target: Target | None = None, claim_wait_s: float = DEFAULT_CLAIM_WAIT_S,
-                 failover: Failover | None = None) -> None:
+                 failover: Failover | None = None, spill: Spill | None = None) -> None:
         """`target`: where new envelopes go; by default `app`'s handlers. `failover`: the worker's
         one, shared with the outbox, the relay and the chores (one degraded episode)."""
         self.store = store
@@ -45,7 +46,7 @@ class Dispatcher:
         self.stats = DispatchStats()
         self.failover = failover or Failover(store, health, owner)
         self.health = self.failover.health
-        self.claims = AckClaims(self.failover, owner, claim_wait_s, self._store_failed)
+        self.claims = AckClaims(self.failover, owner, claim_wait_s, self._store_failed, spill=spill)
         self.handlers: HandlerTarget | None = None
         if target is None:
             target = self.handlers = HandlerTarget(
@@ -62,6 +63,27 @@ class Dispatcher:
         before finishing it, or an operator retried it."""
         self.stats.recovered += 1
         self.target.rerun(envelope)
+
+    def recover_spilled(self) -> int:
+        """Claim what dead workers of this host acked before the store decided it (their spill
+        files) and hand on what the store says is new; how many were new."""
+        spill = self.claims.spill
+        if spill is None:
+            return 0
+        new_ones = 0
+        for path, envelopes in spill.take_dead():
+            try:
+                outcomes = self.store.claim_many(envelopes, self.owner) if envelopes else []
+            except StoreError:
+                spill.give_back(path)  # the next sweep tries again
+                raise
+            for envelope, outcome in zip(envelopes, outcomes):
+                if outcome is True:
+                    new_ones += 1
+                    self.stats.recovered += 1
+                    self.target.start(envelope, None, None)
+            spill.done(path)
+        return new_ones
 
     def describe(self, greenlet: Any) -> tuple[str, dict[str, Any]] | None:
         """What a greenlet is running, if it is one of our handlers (HubWatch names it)."""

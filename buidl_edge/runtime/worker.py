@@ -24,6 +24,7 @@ from buidl_edge.config import SLACK_MAX_CONNECTIONS, OutboxConfig, Settings
 from buidl_edge.delivery.outbox import Outbox
 from buidl_edge.dispatch.dispatcher import Dispatcher
 from buidl_edge.dispatch.handler_threads import HubCall, share_logging_with_threads
+from buidl_edge.dispatch.spill import Spill, spill_dir
 from buidl_edge.observability.sentry import (
     flush_sentry,
     report_exception,
@@ -178,7 +179,8 @@ class Worker:
                                      self.settings.ack_payload_deadline, bot_user_id,
                                      self.settings.handler_concurrency, self.settings.handler_threads,
                                      self.health, target=self._relay_target(), claim_wait_s=self.settings.claim_wait_s,
-                                     failover=self.failover)
+                                     failover=self.failover,
+                                     spill=Spill(spill_dir(self.settings.state_dir), self.owner))
         overlap = gevent.lock.Semaphore(refresh_overlaps(self.settings))
         self.slots = [ConnectionSlot(f"c{i}", self.settings, self.webapi, self.dispatcher, self.gate, overlap)
                       for i in range(self.settings.connections)]
@@ -297,6 +299,7 @@ class Worker:
         assert self.dispatcher is not None
         for envelope in self.store.sweep(self.owner):
             self.dispatcher.rerun(envelope)
+        self.dispatcher.recover_spilled()
 
     def _prune(self) -> None:
         dropped = self.store.prune(self.settings.retention_s)
