@@ -4,6 +4,8 @@ The scripts put this folder on PYTHONPATH of the workers they start.
 
 - `bench`: one `message` handler that does nothing, like the peers' listeners,
   so the figures measure the edge (read, claim, ack, dispatch), not a handler.
+- `reply`: one `message` handler that replies "ok" (scripts/bench_wal.py: the
+  outbox's rows are part of the store's writes).
 - `soak`: records every handled event durably, then replies once into the
   event's own channel with the event's key in the text (its event id; a slash
   command's envelope id). Texts starting with a mark change what it does, for
@@ -43,6 +45,16 @@ bench = EdgeApp("bench-noop")
 @bench.event("message")
 def bench_noop(event: dict[str, Any], ctx: Context) -> None:
     return None
+
+
+# scripts/bench_wal.py: every event also queues a reply, so the outbox writes to the store too.
+reply = EdgeApp("bench-reply")
+
+
+@reply.event("message")
+def bench_reply(event: dict[str, Any], ctx: Context) -> None:
+    if not event.get("bot_id"):
+        ctx.say("ok")
 
 
 soak = EdgeApp("soak")

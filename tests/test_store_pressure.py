@@ -224,16 +224,19 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_a_full_disk_is_one_episode_with_readyz_503_throughout_and_writes_resume_when_space_returns(
-        sim: SimulatorClient, workers: Workers, small_disk: Path) -> None:
+        sim: SimulatorClient, workers: Workers, small_disk: Path, fresh_simulator: SimulatorProcess) -> None:
     port = free_port()
     state = small_disk / "state"
-    worker = workers.start(BUIDL_STATE_DIR=state, BUIDL_HTTP_PORT=port, BUIDL_HTTP_HOST="127.0.0.1")
+    # With Sentry on, as in production: its report can yield to other greenlets mid-episode start.
+    worker = workers.start(BUIDL_STATE_DIR=state, BUIDL_HTTP_PORT=port, BUIDL_HTTP_HOST="127.0.0.1",
+                           SENTRY_DSN=fresh_simulator.sentry_dsn())
     wait_until(lambda: requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200, 15,
                "/readyz 200")
     ready = ReadySampler(port)
     filler = fill_disk(small_disk)
     full_at = time.monotonic()
-    injected = inject_spread(sim, 30, 3.0, "full")
+    injected = [key for i in range(40) for key in keys(sim.inject("message", text=f"full b{i}"))]  # at once
+    injected += inject_spread(sim, 30, 3.0, "full")
     sim.wait_for(lambda s: all(s["events"][k]["acked"] for k in injected), 10, "every event acked", source="state")
     wait_handled_once(workers, "full", len(injected))
     wait_until(lambda: log_lines(worker, "level=error .*degraded"), 10, "the episode's start")
@@ -253,6 +256,8 @@ def test_a_full_disk_is_one_episode_with_readyz_503_throughout_and_writes_resume
     during = ready.between(max(first_failure, episode_start), freed_at)
     assert during and set(during) == {503}, during
     assert_every_line_is_one_log_line(worker.output())
+    stored = [e for e in sim.sentry()["events"] if e["tags"].get("report") == "store_failure"]
+    assert len(stored) == 1, [e["message"] for e in stored]  # one Sentry event for the episode
     # Written back once space returned: every event's key is in the file.
     db = state / "edge.sqlite3"
     wait_until(lambda: {f"evt:{key}" for key in injected} <= sqlite_keys(db), 10, "every event's key in the file")
