@@ -176,13 +176,13 @@ def fill_disk(folder: Path) -> Path:
     """Write zeros into `folder` until its filesystem says ENOSPC; the file to delete to free it."""
     filler = folder / "filler"
     chunk = b"\0" * 65536
-    with open(filler, "wb") as out:
-        try:
+    try:
+        with open(filler, "wb") as out:
             while True:
                 out.write(chunk)
                 out.flush()
-        except OSError:
-            pass
+    except OSError:  # ENOSPC: full now (even the open fails on a disk that is full already)
+        pass
     return filler
 
 
