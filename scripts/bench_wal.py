@@ -3,7 +3,7 @@
 
     .venv/bin/python scripts/bench_wal.py --rate 300 --minutes 10            # one worker (~11 min)
     .venv/bin/python scripts/bench_wal.py --rate 1000 --minutes 3 --workers 2
-    .venv/bin/python scripts/bench_wal.py --rate 300 --minutes 3 --db-py c44de58~1   # an older checkpointer
+    .venv/bin/python scripts/bench_wal.py --rate 300 --minutes 3 --restart-share 1e6  # PASSIVE only (before c44de58)
     .venv/bin/python scripts/bench_wal.py --compare                         # the store alone (~13 min)
 
 End to end: real `python -m buidl_edge worker` processes (--workers, all on one SQLite file in a
@@ -14,7 +14,7 @@ the replies are not held by Slack's per-channel limit), and measures every ack. 
 the size of edge.sqlite3-wal every 0.25 s, from before the load until the replies are all posted.
 Reported: WAL max and p99, a table per minute (acks/s, replies/s, WAL max, the file's size), and
 the simulator's counts and ack latency, so the run is shown to be at the rate it claims.
-`--db-py REF` runs the workers on a copy of the package whose store/sqlite/db.py is git's REF.
+`--restart-share X` sets the workers' WAL_RESTART_SHARE (store/sqlite/checkpoint.py); 1e6 never restarts.
 
 --compare: scripts/_bench_wal_store.py (the checkpoint strategies on SqliteStore alone).
 --outbox-backlog 1000,30000: how long the outbox's claim holds the store once replies lag.
@@ -77,28 +77,50 @@ def _size(path: Path) -> int:
         return 0
 
 
-def package_with_db_from(ref: str, top: Path) -> Path:
-    """A copy of buidl_edge in `top` whose store/sqlite/db.py is the one at git `ref` (this tree is untouched)."""
-    text = subprocess.run(["git", "show", f"{ref}:buidl_edge/store/sqlite/db.py"], cwd=ROOT, check=True,
-                          capture_output=True, text=True).stdout
-    shutil.copytree(ROOT / "buidl_edge", top / "buidl_edge", ignore=shutil.ignore_patterns("__pycache__"))
-    (top / "buidl_edge" / "store" / "sqlite" / "db.py").write_text(text)
-    return top
+# Sets the checkpointer's constant in the worker once its module is loaded, without importing the
+# store (or anything gevent patches) before the worker starts. Written as sitecustomize.py.
+SET_RESTART_SHARE = """import importlib.machinery, os, sys
+
+class _SetRestartShare(importlib.machinery.PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name != "buidl_edge.store.sqlite.checkpoint":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path, target)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            module.WAL_RESTART_SHARE = float(os.environ["BENCH_WAL_RESTART_SHARE"])
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, _SetRestartShare)
+"""
+
+
+def restart_share_env(share: float, top: Path) -> dict[str, str]:
+    """What a worker's environment needs to run its checkpointer with WAL_RESTART_SHARE = `share`."""
+    site = top / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SET_RESTART_SHARE)
+    return {"BENCH_WAL_RESTART_SHARE": str(share), "PYTHONPATH": os.pathsep.join([str(site), str(ROOT), str(SCRIPTS)])}
 
 
 def start_workers(sim: SimulatorProcess, cfg: argparse.Namespace, state: Path) -> list[WorkerProcess]:
-    package = package_with_db_from(cfg.db_py, state.parent) if cfg.db_py else ROOT
+    extra = {"PYTHONPATH": os.pathsep.join([str(ROOT), str(SCRIPTS)])}
+    if cfg.restart_share is not None:
+        extra = restart_share_env(cfg.restart_share, state.parent)
     env = worker_env(sim.api_url, fake_tokens(), BUIDL_APP=f"edge_apps:{cfg.app}", BUIDL_LOG_LEVEL="WARNING",
-                     BUIDL_STATE_DIR=state, BUIDL_CONNECTIONS=1,
-                     PYTHONPATH=os.pathsep.join([str(package), str(SCRIPTS)]))
-    # `python -m` puts its working directory first on sys.path: run where the package to test is.
-    workers = [WorkerProcess(env, log_path=state.parent / f"worker-{i}.log", cwd=package).start()
-               for i in range(cfg.workers)]
+                     BUIDL_STATE_DIR=state, BUIDL_CONNECTIONS=1, **extra)
+    if cfg.restart_share is not None:  # the constant the workers will see
+        probe = "from buidl_edge.store.sqlite import checkpoint; print(checkpoint.WAL_RESTART_SHARE)"
+        seen = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        assert float(seen) == cfg.restart_share, f"workers would run with WAL_RESTART_SHARE {seen}"
+    workers = [WorkerProcess(env, log_path=state.parent / f"worker-{i}.log").start() for i in range(cfg.workers)]
     sim.client.wait_for(lambda s: s["open_connections"] >= cfg.workers, 60, f"{cfg.workers} worker(s) to connect")
-    if cfg.db_py:
-        check = subprocess.run([sys.executable, "-c", "import buidl_edge; print(buidl_edge.__file__)"], env=env,
-                               cwd=package, capture_output=True, text=True, check=True).stdout.strip()
-        assert check.startswith(str(package)), f"workers would import {check}, not the copy"
     return workers
 
 
@@ -129,7 +151,8 @@ def end_to_end(cfg: argparse.Namespace) -> dict[str, Any]:
             if not cfg.keep:
                 shutil.rmtree(top, ignore_errors=True)
     status.pop("sample_keys", None)
-    return {"rate": cfg.rate, "minutes": cfg.minutes, "workers": cfg.workers, "db_py": cfg.db_py, "app": cfg.app,
+    return {"rate": cfg.rate, "minutes": cfg.minutes, "workers": cfg.workers, "app": cfg.app,
+            "restart_share": cfg.restart_share,
             "started": started, "samples": sampler.samples, "polls": polls, "load": status,
             "summary": {k: summary[k] for k in ("events_injected", "acked", "redeliveries", "missed_deadlines",
                                                 "events_missed", "messages_posted", "post_429s", "post_errors")},
@@ -157,7 +180,7 @@ def report_end_to_end(result: dict[str, Any]) -> str:
     load, summary = result["load"], result["summary"]
     latency = load["latency_ms"]
     who = f"{result['workers']} worker(s), app edge_apps:{result['app']}" + (
-        f", db.py from {result['db_py']}" if result["db_py"] else "")
+        f", WAL_RESTART_SHARE {result['restart_share']:g}" if result.get("restart_share") is not None else "")
     lines = [(f"End to end, {who}, {result['rate']:,.0f} events/s for {result['minutes']:g} min: "
               f"{len(samples):,} WAL samples, every {SAMPLE_S} s."), "",
              (f"- WAL max {max(wal, default=0):.1f} MB, p99 {_pct(wal, 0.99):.1f} MB, p50 {_pct(wal, 0.5):.1f} MB; "
@@ -204,7 +227,8 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=300.0, help="events/s (end to end)")
     parser.add_argument("--minutes", type=float, default=10.0, help="minutes of load (end to end)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes on the one SQLite file")
-    parser.add_argument("--db-py", default=None, help="git ref whose store/sqlite/db.py the workers run")
+    parser.add_argument("--restart-share", type=float, default=None,
+                        help="the workers' WAL_RESTART_SHARE (default: the store's; 1e6: PASSIVE only)")
     parser.add_argument("--app", default="reply", choices=("reply", "bench"),
                         help="edge_apps:reply answers every event (the outbox writes); bench does nothing")
     parser.add_argument("--keep", action="store_true", help="keep the state dir (the SQLite file, worker logs)")
