@@ -105,13 +105,7 @@ class Dispatcher:
 
     def _write(self, operation: str, call: Callable[[Any], T]) -> tuple[T, bool]:
         """A handler's write through the failover, its failures counted here too."""
-        try:
-            result = call(self.store)
-        except StoreError as exc:
-            self._store_failed(operation, exc)
-            return call(self.failover.fallback), False
-        self.failover.wrote()
-        return result, True
+        return self.failover.write(operation, call, failed=self._store_failed)
 
     def _store_failed(self, operation: str, exc: StoreError) -> None:
         """Counted every time; StoreHealth says it once per episode (or per kind, if rejected)."""

@@ -57,13 +57,15 @@ class Failover:
         return (self.store, self.fallback)
 
     def write(self, operation: str, call: Callable[[EdgeStore], T],
-              on_fallback: Callable[[MemoryStore], T] | None = None) -> tuple[T, bool]:
+              on_fallback: Callable[[MemoryStore], T] | None = None,
+              failed: Callable[[str, StoreError], None] | None = None) -> tuple[T, bool]:
         """`call(shared store)`; when the store fails, `on_fallback(fallback)` (by default the same
-        call on the fallback) instead. The result, and whether it landed in the shared store."""
+        call on the fallback) instead. The result, and whether it landed in the shared store.
+        `failed` hears a failure instead of `self.failed` (a caller that counts them, then calls it)."""
         try:
             result = call(self.store)
         except StoreError as exc:
-            self.failed(operation, exc)
+            (failed or self.failed)(operation, exc)
             return (on_fallback or call)(self.fallback), False
         self.wrote()
         return result, True
