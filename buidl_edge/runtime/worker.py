@@ -174,7 +174,8 @@ class Worker:
                              on_failed=report_outbox_failure, failover=self.failover).start()
         # ctx.stream's answers, on a delivery loop of their own (their own budgets: ctx.say is not starved).
         self.streams = StreamSender(self.failover, sender_webapi(self.settings.api_url, self.settings.http_timeout, 8),
-                                    self.settings.bot_token, self.owner, backoff_base=self.settings.backoff_base,
+                                    self.settings.bot_token, self.owner, config.stream_limits,
+                                    backoff_base=self.settings.backoff_base,
                                     backoff_cap=self.settings.backoff_cap).start()
         # send_message may be called from a threaded handler: the outbox is reached on the hub.
         hub_call = HubCall()
