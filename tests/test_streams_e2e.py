@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import signal
 import textwrap
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 
+from buidl_edge.sandbox.harness import WorkerProcess
 from buidl_edge.sandbox.simulator.client import SimulatorClient, SimulatorProcess
-from support import Workers, app_folder
+from support import METRICS_LINE, Workers, app_folder
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -77,13 +81,31 @@ def text_of(messages: list[dict[str, Any]]) -> str:
 
 def test_one_stream_reaches_its_thread_whole_in_order_with_tens_of_appends(workers: Workers) -> None:
     sim = workers.client
-    workers.start()
+    worker = workers.start(BUIDL_HTTP_PORT=0, BUIDL_HTTP_HOST="127.0.0.1")
     sim.inject("message", channel="D0DM", channel_type="im", text="stream 300 0.03")
     [thread] = answers(sim, 1).values()
     assert text_of(thread) == pieces(300)
     assert [m["state"] for m in thread] == ["stopped"]
     appends = sim.summary()["method_calls"]["chat.appendStream"]
     assert 5 <= appends <= 60, appends  # coalesced: tens of calls for 300 pieces, not hundreds
+    # /metrics counts what Slack saw: one stream, its appends, the pieces that rode along.
+    metrics = scrape(worker, lambda m: m.get("buidl_streams_open") == 0.0)
+    assert (metrics["buidl_streams_started_total"], metrics["buidl_stream_appends_sent_total"]) == (1.0, appends)
+    assert metrics["buidl_stream_appends_coalesced_total"] >= 300 - appends - 2
+    assert metrics["buidl_stream_ratelimited_total"] == metrics["buidl_stream_rollovers_total"] == 0.0
+
+
+def scrape(worker: WorkerProcess, ready: Callable[[dict[str, float]], bool], timeout: float = 10) -> dict[str, float]:
+    """The worker's /metrics (one process: metric name -> value) once `ready` holds."""
+    [base] = METRICS_LINE.findall(worker.output())
+    deadline = time.monotonic() + timeout
+    while True:
+        found = {family.name if family.type != "counter" else f"{family.name}_total": sample.value
+                 for family in text_string_to_metric_families(requests.get(f"{base}/metrics", timeout=5).text)
+                 for sample in family.samples if sample.name in (family.name, f"{family.name}_total")}
+        if ready(found) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
 
 
 def test_six_streams_at_once_all_reach_their_threads_whole(workers: Workers) -> None:
