@@ -161,3 +161,16 @@ def test_a_worker_killed_mid_stream_has_its_stream_stopped_and_the_answer_given_
     assert orphan["state"] == "stopped" and "given again below" in orphan["text"]
     assert orphan["text"].startswith("[0][1]")
     assert again["text"] == pieces(100)
+
+
+def test_a_sigterm_drain_stops_an_open_stream_with_what_it_has(workers: Workers) -> None:
+    sim = workers.client
+    worker = workers.start(BUIDL_DRAIN_TIMEOUT=4)
+    sim.inject("app_mention", channel="C0TERM", text="stream 400 0.05")  # 20 s: longer than the drain
+    sim.wait_for(lambda s: any("[10]" in st["text"] for st in s["streams"]), 15, "the stream to be under way",
+                 source="state")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(timeout=15) == 0
+    [stream] = sim.state()["streams"]
+    assert stream["state"] == "stopped"
+    assert pieces(400).startswith(stream["text"]) and "[10]" in stream["text"]
