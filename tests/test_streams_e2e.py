@@ -4,6 +4,7 @@ which enforces Slack's stream rules (argument checks, Tier 4 appends and Tier 2 
 """
 from __future__ import annotations
 
+import os
 import signal
 import textwrap
 import time
@@ -17,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from buidl_edge.sandbox.harness import WorkerProcess
 from buidl_edge.sandbox.simulator.client import SimulatorClient, SimulatorProcess
+from stack_support import PROJECT_ROOT, TESTS_DIR
 from support import METRICS_LINE, Workers, app_folder
 
 pytestmark = pytest.mark.timeout(90)
@@ -146,20 +148,23 @@ def test_a_failing_handler_leaves_its_stream_stopped_with_what_it_streamed(worke
     assert "RuntimeError" in worker.output()
 
 
-def test_a_worker_killed_mid_stream_has_its_stream_stopped_and_the_answer_given_in_full(workers: Workers) -> None:
-    sim = workers.client
-    first = workers.start()
+def test_a_worker_killed_mid_stream_has_its_stream_stopped_and_the_answer_given_in_full(
+        stacks: Any, fresh_simulator: SimulatorProcess, app_dir: Path) -> None:
+    sim = fresh_simulator.client
+    stack = stacks(BUIDL_PROCESSES=2, BUIDL_APP="stream_test_app:app",
+                   PYTHONPATH=os.pathsep.join([str(app_dir), str(TESTS_DIR), str(PROJECT_ROOT)])).start()
+    stack.wait_up(processes=2, connections=1)
     sim.inject("app_mention", channel="C0KILL", text="stream 100 0.04")
     # Killed mid-stream: once a sixth of the answer has reached Slack.
     sim.wait_for(lambda s: any("[16]" in st["text"] for st in s["streams"]), 15, "the stream to be under way",
                  source="state")
-    first.signal(signal.SIGKILL)
-    first.stop()
-    workers.start()  # the survivor's sweep takes the dead worker's envelope over
+    [row] = stack.inbox_rows()
+    os.kill(int(row["owner"].rsplit(":", 1)[1]), signal.SIGKILL)
+    # The other worker's sweep (or the restarted one's) takes the envelope over.
     [thread] = answers(sim, 2).values()
     orphan, again = thread
     assert orphan["state"] == "stopped" and "given again below" in orphan["text"]
-    assert orphan["text"].startswith("[0][1]")
+    assert orphan["text"].startswith(pieces(16))
     assert again["text"] == pieces(100)
 
 
