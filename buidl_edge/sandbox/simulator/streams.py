@@ -5,7 +5,7 @@ or until Slack ends it by itself (`stream_expiry` seconds after its start; about
 Slack, seconds in tests). Every later call on an ended stream answers
 `message_not_in_streaming_state`. appendStream is Tier 4 and start/stop Tier 2, one budget per
 method for the app: over it, HTTP 429 with Retry-After. Each stream keeps its pieces in order,
-so tests read what reached each thread through `/_sim/state` (`streams`).
+so tests read what reached each thread, and when, through `/_sim/state` (`streams`).
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ class Streams:
             "channel": channel, "thread_ts": thread_ts, "ts": ts,
             "recipient_user_id": params.get("recipient_user_id"),
             "recipient_team_id": params.get("recipient_team_id"),
-            "pieces": [], "state": STREAMING, "started_at": time.time(), "ended_at": None,
+            "pieces": [], "arrived_at": [], "state": STREAMING, "started_at": time.time(), "ended_at": None,
             "blocks": None, "metadata": None, "_started": time.monotonic(), "_message": message}
         self.streams[(channel, ts)] = stream
         self._add(stream, text)
@@ -156,6 +156,7 @@ class Streams:
     def _add(self, stream: dict[str, Any], text: str | None) -> None:
         if text:
             stream["pieces"].append(text)
+            stream["arrived_at"].append(time.time())  # when each call's text reached Slack (benchmarks)
             stream["_message"]["text"] += text
 
     def _limit(self, method: str) -> Response | None:
