@@ -32,6 +32,11 @@ STREAM_APP = textwrap.dedent('''
 
     def answer(text, ctx):
         kind, count, gap = text.split()[:3]
+        if kind == "big":  # one piece past Slack's 12,000 characters a call, then a small one
+            with ctx.stream() as stream:
+                stream.append("".join(chr(97 + i % 26) for i in range(int(count))))
+                stream.append("!")
+            return
         with ctx.stream() as stream:
             for i in range(int(count)):
                 stream.append(f"[{i}]")
@@ -66,7 +71,7 @@ def workers(fresh_simulator: SimulatorProcess, tmp_path: Path, app_dir: Path) ->
     pool.stop_all()
 
 
-def answers(sim: SimulatorClient, count: int, timeout: float = 40) -> dict[str, list[dict[str, Any]]]:
+def answers(sim: SimulatorClient, count: int = 1, timeout: float = 40) -> dict[str, list[dict[str, Any]]]:
     """Wait until `count` answers have ended (each ends in one stopped stream); each thread's
     streamed messages, in the order they started."""
     state = sim.wait_for(lambda s: sum(st["state"] == "stopped" for st in s["streams"]) >= count, timeout,
@@ -135,6 +140,17 @@ def test_past_slacks_expiry_the_answer_goes_on_in_a_new_message_nothing_lost_or_
     assert [m["state"] for m in thread[:-1]] == ["expired"] * (len(thread) - 1)
     assert text_of(thread) == pieces(150)
     assert sim.summary()["stream_calls_not_streaming"] >= 1
+
+
+def test_text_past_12000_characters_is_split_and_a_429_waits_for_its_retry_after(workers: Workers) -> None:
+    sim = workers.client
+    sim.configure(method_ratelimits={"chat.appendStream": {"count": 2, "retry_after": 1}})
+    workers.start()
+    sim.inject("app_mention", channel="C0BIG", text="big 30000 0")
+    [[stream]] = answers(sim).values()
+    assert stream["text"] == "".join(chr(97 + i % 26) for i in range(30000)) + "!"
+    assert max(len(piece) for piece in stream["pieces"]) == 12_000 and len(stream["pieces"]) >= 3
+    assert sim.summary()["method_429s"] == {"chat.appendStream": 2}
 
 
 def test_a_failing_handler_leaves_its_stream_stopped_with_what_it_streamed(workers: Workers) -> None:
