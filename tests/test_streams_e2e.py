@@ -52,6 +52,8 @@ STREAM_APP = textwrap.dedent('''
     def on_message(event, ctx):  # on a native thread: ctx.stream reaches the hub from there
         if event.get("channel_type") == "im":
             answer(event["text"], ctx)
+        elif event.get("text") == "ping":
+            ctx.say("pong")
 ''')
 
 
@@ -123,9 +125,14 @@ def test_six_streams_at_once_all_reach_their_threads_whole(workers: Workers) -> 
     workers.start(BUIDL_STREAM_START_STOP_BURST=6)
     for n in range(6):
         sim.inject("app_mention", channel=f"C0SIX{n}", text="stream 100 0.04")
+    sim.wait_for(lambda s: len(s["streams"]) == 6, 10, "the six streams to start", source="state")
+    sim.inject("message", channel="C0PING", text="ping")
     threads = answers(sim, 6)
     assert len(threads) == 6
     assert all(text_of(thread) == pieces(100) for thread in threads.values())
+    # A reply (ctx.say) keeps its own budget: it went out while the streams were still going.
+    [pong] = [m for m in sim.state()["messages"] if m["text"] == "pong"]
+    assert pong["received_at"] < max(st["ended_at"] for st in sim.state()["streams"])
     summary = sim.summary()
     assert summary["stream_429s"] <= 2, summary["method_429s"]  # the budget is kept in the store, not learnt from 429s
 
