@@ -139,13 +139,13 @@ def test_six_streams_at_once_all_reach_their_threads_whole(workers: Workers) -> 
 
 def test_past_slacks_expiry_the_answer_goes_on_in_a_new_message_nothing_lost_or_doubled(workers: Workers) -> None:
     sim = workers.client
-    sim.configure(stream_expiry=2)
+    sim.configure(stream_expiry=1.5)
     workers.start()
-    sim.inject("app_mention", channel="C0LONG", text="stream 150 0.04")
+    sim.inject("app_mention", channel="C0LONG", text="stream 100 0.035")
     [thread] = answers(sim, 1).values()
     assert len(thread) >= 2, [m["state"] for m in thread]
     assert [m["state"] for m in thread[:-1]] == ["expired"] * (len(thread) - 1)
-    assert text_of(thread) == pieces(150)
+    assert text_of(thread) == pieces(100)
     assert sim.summary()["stream_calls_not_streaming"] >= 1
 
 
@@ -177,8 +177,8 @@ def test_a_worker_killed_mid_stream_has_its_stream_stopped_and_the_answer_given_
     stack = stacks(BUIDL_PROCESSES=2, BUIDL_APP="stream_test_app:app",
                    PYTHONPATH=os.pathsep.join([str(app_dir), str(TESTS_DIR), str(PROJECT_ROOT)])).start()
     stack.wait_up(processes=2, connections=1)
-    sim.inject("app_mention", channel="C0KILL", text="stream 100 0.04")
-    # Killed mid-stream: once a sixth of the answer has reached Slack.
+    sim.inject("app_mention", channel="C0KILL", text="stream 80 0.04")
+    # Killed mid-stream: once a fifth of the answer has reached Slack.
     sim.wait_for(lambda s: any("[16]" in st["text"] for st in s["streams"]), 15, "the stream to be under way",
                  source="state")
     [row] = stack.inbox_rows()
@@ -188,7 +188,7 @@ def test_a_worker_killed_mid_stream_has_its_stream_stopped_and_the_answer_given_
     orphan, again = thread
     assert orphan["state"] == "stopped" and "given again below" in orphan["text"]
     assert orphan["text"].startswith(pieces(16))
-    assert again["text"] == pieces(100)
+    assert again["text"] == pieces(80)
 
 
 def test_a_sigterm_drain_stops_an_open_stream_with_what_it_has(workers: Workers) -> None:
