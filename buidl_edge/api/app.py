@@ -68,8 +68,9 @@ def reply_from(channel: str, text_or_dict: str | Mapping[str, Any], thread_ts: s
 class Context:
     """What a handler gets besides its payload.
 
-    `say` queues a reply (durable, ordered, rate-limited, sent once); `client` calls the Web
-    API at once; `respond` answers through the payload's response_url. Everything here is
+    `say` queues a reply (durable, ordered, rate-limited, sent once); `stream` shows an answer
+    in the thread as it is written; `client` calls the Web API at once; `respond` answers
+    through the payload's response_url. Everything here is
     safe from a threaded handler: what touches the store, the outbox or the network runs on
     the hub (`hub_call`).
     """
