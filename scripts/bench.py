@@ -4,6 +4,7 @@
     .venv/bin/pip install -e '.[bench]'          # the peers: slack_sdk, slack_bolt
     .venv/bin/python scripts/bench.py --quick    # 1 run of everything, small N (~2 min)
     .venv/bin/python scripts/bench.py            # full: medians of 3 runs (~17 min on 2 cores)
+    .venv/bin/python scripts/bench.py --streams  # ctx.stream's figures only (~90 s)
 
 Every client runs in its own process against a fresh simulator process, one
 client at a time, and the runs are interleaved (run 1 of every client, then
@@ -552,7 +553,11 @@ def main() -> int:
     parser.add_argument("--clients", default=",".join(c.key for c in CLIENTS),
                         help="comma-separated subset of: " + ", ".join(c.key for c in CLIENTS))
     parser.add_argument("--output", default="bench-results.json")
+    parser.add_argument("--streams", action="store_true",
+                        help="only the streamed answers' figures (ctx.stream; scripts/bench_streams.py, ~90 s)")
     cfg = parser.parse_args()
+    if cfg.streams:
+        return streams_only(cfg.output)
     cfg.runs = cfg.runs or (1 if cfg.quick else 3)
     cfg.count = cfg.count or (3000 if cfg.quick else 8000)
     cfg.seconds = cfg.seconds or (3.0 if cfg.quick else 5.0)
@@ -615,6 +620,20 @@ def main() -> int:
         "clients": {c.key: c.label for c in clients}, "reference": REFERENCE,
         "medians": meds, "runs": runs, "unavailable": unavailable, "tables_markdown": text,
     }, indent=2, default=str))
+    return 0
+
+
+def streams_only(output: str) -> int:
+    """ctx.stream's figures: appends per 1,000 pieces, 429s per stream (6 and 20 at once), the
+    latency an append adds (scripts/bench_streams.py says how each is taken)."""
+    sys.path.insert(0, str(SCRIPTS))
+    from bench_streams import measure, table
+
+    info = machine()
+    result = measure()
+    text = table(result)
+    print(text)
+    Path(output).write_text(json.dumps({"machine": info, "streams": result, "tables_markdown": text}, indent=2))
     return 0
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from buidl_edge.api.handler_signature import signature_problem
 from buidl_edge.api.matching import MessageFilter
 from buidl_edge.api.message import validate_reply
+from buidl_edge.api.stream import INTERRUPTED_NOTE, Stream, StreamSink, stream_target
 from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.store.base import Reply
 
@@ -67,8 +68,9 @@ def reply_from(channel: str, text_or_dict: str | Mapping[str, Any], thread_ts: s
 class Context:
     """What a handler gets besides its payload.
 
-    `say` queues a reply (durable, ordered, rate-limited, sent once); `client` calls the Web
-    API at once; `respond` answers through the payload's response_url. Everything here is
+    `say` queues a reply (durable, ordered, rate-limited, sent once); `stream` shows an answer
+    in the thread as it is written; `client` calls the Web API at once; `respond` answers
+    through the payload's response_url. Everything here is
     safe from a threaded handler: what touches the store, the outbox or the network runs on
     the hub (`hub_call`).
     """
@@ -83,6 +85,8 @@ class Context:
     # What the pattern of an @app.message handler matched (its regex groups), while it runs.
     matches: tuple[str | None, ...] = ()
     received_at: float = field(default_factory=time.monotonic)
+    stream_sink: StreamSink | None = None
+    streams: list[Stream] = field(default_factory=list)
     _response_url: Any = field(default=None, repr=False)
 
     def once(self, key: str) -> bool:
@@ -110,6 +114,24 @@ class Context:
         reply = validate_reply(Reply(channel=target, text=text, blocks=blocks, thread_ts=thread_ts))
         self.replies.append(reply)
         return reply
+
+    def stream(self, thread_ts: str | None = None, channel: str | None = None,
+               recipient_user_id: str | None = None, recipient_team_id: str | None = None) -> Stream:
+        """An answer streamed into the event's thread as it is written (api/stream.py); use it as
+        `with ctx.stream() as stream: stream.append(...)`."""
+        if self.stream_sink is None:
+            raise AppError("ctx.stream needs a running worker")
+        target = stream_target(self.envelope.payload, self.default_channel, thread_ts, channel,
+                               recipient_user_id, recipient_team_id)
+        run = self.hub_call or (lambda fn, *args: fn(*args))
+        stream = Stream(self.stream_sink, run(self.stream_sink.open, self.envelope.envelope_id, target), self.hub_call)
+        self.streams.append(stream)
+        return stream
+
+    def stop_streams(self, failed: bool) -> None:
+        """A handler returned (or raised) with streams left open: stop them (with the note if it raised)."""
+        for stream in self.streams:
+            stream.stop(INTERRUPTED_NOTE if failed else None)
 
     @property
     def client(self) -> WebClient:

@@ -1,4 +1,4 @@
-"""Token buckets for chat.postMessage, as pure functions over plain records.
+"""Token buckets for chat.postMessage and the stream methods, as pure functions over plain records.
 
 The buckets live in the shared store (one row per channel, one for the
 workspace) so that every worker process spends the same tokens. The store
@@ -148,3 +148,57 @@ def plan(heads: Sequence[H], buckets: dict[str, Bucket], now: float, limits: Pos
                                                             limits.effective_global_burst)
         chosen.append(head)
     return Plan(chosen, changed, next_at)
+
+
+# -- streamed answers: one bucket per method for the whole app (chat.appendStream is Tier 4,
+# chat.startStream and chat.stopStream Tier 2), spent one call at a time.
+
+START_STREAM, APPEND_STREAM, STOP_STREAM = "chat.startStream", "chat.appendStream", "chat.stopStream"
+STREAM_METHODS = (START_STREAM, APPEND_STREAM, STOP_STREAM)
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """Calls a minute and burst of each stream method, for the app across every process."""
+
+    append_per_minute: float = 100.0
+    append_burst: float = 5.0
+    start_stop_per_minute: float = 20.0
+    start_stop_burst: float = 3.0
+    jitter_s: float = DEFAULT_JITTER_S
+
+    def __post_init__(self) -> None:
+        if min(self.append_per_minute, self.start_stop_per_minute) <= 0 or \
+                min(self.append_burst, self.start_stop_burst) < 1:
+            raise ValueError("stream rates must be > 0 and bursts >= 1")
+
+    def of(self, method: str) -> tuple[float, float]:
+        """(tokens a second, burst) of `method`'s bucket."""
+        if method == APPEND_STREAM:
+            return self.append_per_minute / 60.0, self.append_burst
+        return self.start_stop_per_minute / 60.0, self.start_stop_burst
+
+
+def method_key(method: str) -> str:
+    return f"m:{method}"
+
+
+def take_calls(methods: Sequence[str], buckets: dict[str, Bucket], now: float,
+               limits: StreamLimits) -> tuple[list[bool], dict[str, Bucket], float | None]:
+    """Which of the wanted calls (in order) their method's bucket allows now; the buckets to write
+    back; the earliest time a call refused may go. `buckets` holds the store's `method_key`s."""
+    state = dict(buckets)
+    changed: dict[str, Bucket] = {}
+    granted: list[bool] = []
+    next_at: float | None = None
+    for method in methods:
+        key = method_key(method)
+        rate, burst = limits.of(method)
+        at = ready_at(state.get(key), now, rate, burst, limits.jitter_s)
+        if at > now:
+            granted.append(False)
+            next_at = at if next_at is None else min(next_at, at)
+            continue
+        changed[key] = state[key] = spend(state.get(key), now, rate, burst)
+        granted.append(True)
+    return granted, changed, next_at

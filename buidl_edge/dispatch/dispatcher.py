@@ -28,6 +28,7 @@ from buidl_edge.store.health import StoreHealth
 
 if TYPE_CHECKING:
     from buidl_edge.delivery.outbox import Outbox
+    from buidl_edge.delivery.streams import StreamSender
 
 T = TypeVar("T")
 
@@ -37,7 +38,8 @@ class Dispatcher:
                  ack_payload_deadline: float, bot_user_id: str | None,
                  handler_pool_size: int = 200, handler_threads: int = 8, health: StoreHealth | None = None,
                  target: Target | None = None, claim_wait_s: float = DEFAULT_CLAIM_WAIT_S,
-                 failover: Failover | None = None, spill: Spill | None = None) -> None:
+                 failover: Failover | None = None, spill: Spill | None = None,
+                 streams: StreamSender | None = None) -> None:
         """`target`: where new envelopes go; by default `app`'s handlers. `failover`: the worker's
         one, shared with the outbox, the relay and the chores (one degraded episode)."""
         self.store = store
@@ -51,7 +53,7 @@ class Dispatcher:
         if target is None:
             target = self.handlers = HandlerTarget(
                 app, outbox, self.stats, bot_user_id, self._claim_key, self._finish, handler_pool_size,
-                handler_threads, lost_with_process=not store.lifespan.outlives_the_process)
+                handler_threads, lost_with_process=not store.lifespan.outlives_the_process, streams=streams)
         self.target = target
         self.acks = AckPath(self.claims, target, self.stats, ack_payload_deadline)
 

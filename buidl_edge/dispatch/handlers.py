@@ -15,6 +15,7 @@ import gevent
 
 from buidl_edge.api.app import Context, EdgeApp
 from buidl_edge.delivery.outbox import Outbox
+from buidl_edge.delivery.streams import StreamSender
 from buidl_edge.dispatch.handler_pool import HandlerJob, HandlerPool
 from buidl_edge.dispatch.handler_threads import HandlerThreads, HubCall, HubLogger
 from buidl_edge.dispatch.stats import DispatchStats
@@ -31,6 +32,8 @@ handler_log = logging.getLogger("buidl_edge.handler")
 MAX_UNKNOWN_COMMANDS = 1000
 # Envelope ids named in one "drain timed out" line.
 MAX_IDS_LOGGED = 100
+# How long a re-run waits for the streams its dead worker left open to be stopped.
+ORPHAN_STOP_WAIT_S = 30.0
 
 ClaimKey = Callable[[str], bool]
 Finish = Callable[[str, list[Reply], "str | None"], bool]
@@ -41,11 +44,12 @@ class HandlerTarget:
 
     def __init__(self, app: EdgeApp, outbox: Outbox | None, stats: DispatchStats, bot_user_id: str | None,
                  claim_key: ClaimKey, finish: Finish, pool_size: int = 200, threads: int = 8,
-                 lost_with_process: bool = False) -> None:
+                 lost_with_process: bool = False, streams: StreamSender | None = None) -> None:
         """`claim_key` and `finish` reach the store (with its failover); `lost_with_process`: the
-        store dies with this process (memory), as the drain's warning says."""
+        store dies with this process (memory), as the drain's warning says; `streams`: ctx.stream's."""
         self.app = app
         self.outbox = outbox
+        self.streams = streams
         self._stats = stats
         self.bot_user_id = bot_user_id
         self.pool = HandlerPool(pool_size)
@@ -81,7 +85,14 @@ class HandlerTarget:
     def rerun(self, envelope: Envelope) -> None:
         log.info("re-running %s: %s", envelope.kind, why_taken_over(envelope, socket.gethostname()),
                  extra={"envelope_id": envelope.envelope_id})
-        self.pool.submit(envelope.envelope_id, self.handle, envelope)
+        self.pool.submit(envelope.envelope_id, self.handle_again, envelope)
+
+    def handle_again(self, envelope: Envelope) -> dict[str, Any] | None:
+        """A re-run: first stop what the dead worker left streaming, then run the handlers in full."""
+        if self.streams is not None:
+            with log_context(envelope_id=envelope.envelope_id):
+                self.streams.stop_orphans(envelope.envelope_id, ORPHAN_STOP_WAIT_S)
+        return self.handle(envelope)
 
     def drain(self, timeout: float) -> bool:
         """Let running and queued handlers finish; on timeout, say at WARNING which were left."""
@@ -121,7 +132,7 @@ class HandlerTarget:
                                        {"envelope_id": envelope.envelope_id, "connection": connection},
                                        self.hub_call),
                       bot_user_id=self.bot_user_id, claim_once=self._claim_key_any_thread,
-                      app=self.app, hub_call=self.hub_call)
+                      app=self.app, hub_call=self.hub_call, stream_sink=self.streams)
         registrations = self.app.registrations_for(envelope)
         if not registrations:
             self._stats.unhandled_kinds += 1
@@ -143,9 +154,11 @@ class HandlerTarget:
                 error = type(exc).__name__
                 log.exception("handler %s failed", registration.name, extra={"envelope_id": envelope.envelope_id})
                 report_handler_error(exc, envelope, registration.name, connection, claim=self._claim_key)
+                ctx.stop_streams(failed=True)
                 continue
             finally:
                 self._busy.pop(me, None)
+            ctx.stop_streams(failed=False)
             if payload is None and isinstance(result, dict):
                 payload = result
         self._finish(envelope.envelope_id, ctx.replies, error)

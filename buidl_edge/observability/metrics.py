@@ -95,10 +95,19 @@ _PROCESS_COUNTERS = (
     ("outbox", "sent", "outbox_sent", "Replies posted to Slack."),
     ("outbox", "failed", "outbox_failed", "Replies that failed for good."),
     ("outbox", "rate_limited", "outbox_ratelimited", "chat.postMessage answers of HTTP 429."),
+    ("streams", "started", "streams_started", "Streamed answers started in Slack (ctx.stream)."),
+    ("streams", "appends_sent", "stream_appends_sent", "chat.appendStream calls that landed."),
+    ("streams", "appends_coalesced", "stream_appends_coalesced",
+     "Appended pieces that went out in a call with others instead of one of their own."),
+    ("streams", "rate_limited", "stream_ratelimited", "Stream calls answered HTTP 429."),
+    ("streams", "rollovers", "stream_rollovers",
+     "Streams Slack had ended (its expiry) that went on in a new streamed message."),
+    ("streams", "failed", "stream_failed", "Streams ended by a refusal from Slack."),
 )
 _PROCESS_GAUGES = (
     ("dispatch", "handlers_running", "handlers_running", "Handlers running now."),
     ("dispatch", "handlers_queued", "handlers_queued", "Handlers waiting for a free slot in the pool."),
+    ("streams", "open", "streams_open", "Streamed answers open now."),
 )
 
 

@@ -36,8 +36,15 @@ def _last_ack_ms(stats: Stats) -> float | None:
     return min(latencies) if latencies else None
 
 
-def _relay_field(key: str) -> Callable[[Stats], Any]:
-    return lambda s: (s["relay"] or {}).get(key) if "relay" in s else None
+def _section_field(section: str, key: str) -> Callable[[Stats], Any]:
+    """A figure of one part of the worker (relay, streams); None for a worker without that part."""
+    return lambda s: (s[section] or {}).get(key) if section in s else None
+
+
+# ctx.stream's figures: row key -> the stream sender's stats key.
+STREAM_FIELDS = {"streams_open": "open", "streams_started": "started", "stream_appends": "appends_sent",
+                 "stream_coalesced": "appends_coalesced", "stream_429s": "rate_limited",
+                 "stream_rollovers": "rollovers"}
 
 
 # What each column reads from a heartbeat's stats; a row without a live heartbeat has None in all.
@@ -60,7 +67,10 @@ HEARTBEAT_FIELDS: dict[str, Callable[[Stats], Any]] = {
     "degraded": lambda s: bool(s.get("degraded")),
     "slot_wait": lambda s: len((s.get("slots") or {}).get("waiting") or {}),
     # Relay mode's deliveries to the app behind it; None for a worker that runs an EdgeApp.
-    **{f"relay_{key}": _relay_field(key) for key in ("sent", "retried", "failed", "latency_p50_ms", "latency_p99_ms")},
+    **{f"relay_{key}": _section_field("relay", key)
+       for key in ("sent", "retried", "failed", "latency_p50_ms", "latency_p99_ms")},
+    # Streamed answers (ctx.stream); None for a worker that predates them, or relays.
+    **{column: _section_field("streams", key) for column, key in STREAM_FIELDS.items()},
 }
 
 
@@ -103,9 +113,20 @@ RELAY_COLUMNS: dict[str, Callable[[dict[str, Any]], Any]] = {
 }
 
 
+# Shown when some worker has streamed an answer: header -> row key.
+STREAM_COLUMNS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "streams_open": _cell("streams_open"), "streamed": _cell("streams_started"), "appends": _cell("stream_appends"),
+    "coalesced": _cell("stream_coalesced"), "stream_429s": _cell("stream_429s"),
+    "rollovers": _cell("stream_rollovers"),
+}
+
+
 def table_columns(rows: list[dict[str, Any]]) -> dict[str, Callable[[dict[str, Any]], Any]]:
-    """TABLE_COLUMNS, and the relay's when any worker relays."""
-    return {**TABLE_COLUMNS, **RELAY_COLUMNS} if any_relaying(rows) else TABLE_COLUMNS
+    """TABLE_COLUMNS, the relay's when any worker relays, the streams' when any worker streamed."""
+    columns = {**TABLE_COLUMNS, **RELAY_COLUMNS} if any_relaying(rows) else dict(TABLE_COLUMNS)
+    if any(row.get("streams_started") or row.get("streams_open") for row in rows):
+        columns.update(STREAM_COLUMNS)
+    return columns
 
 
 def any_relaying(rows: list[dict[str, Any]]) -> bool:

@@ -22,6 +22,7 @@ from buidl_edge.api.app import EdgeApp
 from buidl_edge.api.webclient import client_factory
 from buidl_edge.config import SLACK_MAX_CONNECTIONS, OutboxConfig, Settings
 from buidl_edge.delivery.outbox import Outbox
+from buidl_edge.delivery.streams import StreamSender
 from buidl_edge.dispatch.dispatcher import Dispatcher
 from buidl_edge.dispatch.handler_threads import HubCall, share_logging_with_threads
 from buidl_edge.dispatch.spill import Spill, spill_dir
@@ -60,6 +61,8 @@ HEARTBEAT_INTERVAL_S = 2.0
 SWEEP_INTERVAL_S = 1.0
 PRUNE_INTERVAL_S = 60.0
 AUTH_ATTEMPTS = 5
+# Of the drain's time, what handlers still streaming leave for their streams to be stopped.
+STREAM_STOP_RESERVE_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class Worker:
         self.slots: list[ConnectionSlot] = []
         self.dispatcher: Dispatcher | None = None
         self.outbox: Outbox | None = None
+        self.streams: StreamSender | None = None
         self.relay: Relay | None = None  # relay mode: envelopes go to the HTTP-mode app behind it
         self.outbox_config = outbox_config
         self.hubwatch: HubWatch | None = None
@@ -168,6 +172,11 @@ class Worker:
                              self.settings.bot_token, self.owner, config, self.settings.backoff_base,
                              self.settings.backoff_cap, self.settings.lease_s,
                              on_failed=report_outbox_failure, failover=self.failover).start()
+        # ctx.stream's answers, on a delivery loop of their own (their own budgets: ctx.say is not starved).
+        self.streams = StreamSender(self.failover, sender_webapi(self.settings.api_url, self.settings.http_timeout, 8),
+                                    self.settings.bot_token, self.owner, config.stream_limits,
+                                    backoff_base=self.settings.backoff_base,
+                                    backoff_cap=self.settings.backoff_cap).start()
         # send_message may be called from a threaded handler: the outbox is reached on the hub.
         hub_call = HubCall()
         self.app.bind(hub_call.wrap(self.outbox.send_reply))
@@ -180,7 +189,8 @@ class Worker:
                                      self.settings.handler_concurrency, self.settings.handler_threads,
                                      self.health, target=self._relay_target(), claim_wait_s=self.settings.claim_wait_s,
                                      failover=self.failover,
-                                     spill=Spill(spill_dir(self.settings.state_dir), self.owner))
+                                     spill=Spill(spill_dir(self.settings.state_dir), self.owner),
+                                     streams=self.streams)
         overlap = gevent.lock.Semaphore(refresh_overlaps(self.settings))
         self.slots = [ConnectionSlot(f"c{i}", self.settings, self.webapi, self.dispatcher, self.gate, overlap)
                       for i in range(self.settings.connections)]
@@ -249,15 +259,18 @@ class Worker:
             slot.stop_dispatching()
         gevent.joinall(runners, timeout=1.0)
         gevent.killall([r for r in runners if not r.dead], block=False)
-        assert self.dispatcher is not None and self.outbox is not None
+        assert self.dispatcher is not None and self.outbox is not None and self.streams is not None
         acks_done = self.dispatcher.finish_acks(timeout=max(0.1, deadline - time.monotonic()))
         for slot in self.slots:
             slot.close()
-        handlers_done = self.dispatcher.finish_handlers(timeout=max(0.1, deadline - time.monotonic()))
+        # Handlers still streaming at the end of their time have their streams stopped with what they have.
+        reserve = STREAM_STOP_RESERVE_S if self.streams.live else 0.0
+        handlers_done = self.dispatcher.finish_handlers(timeout=max(0.1, deadline - reserve - time.monotonic()))
+        streams_stopped = self.streams.drain(timeout=max(0.1, deadline - time.monotonic()))
         sent = self.outbox.stop(timeout=max(0.1, deadline - time.monotonic()))
         self._forget_heartbeat()
         self.store.close()
-        return acks_done and handlers_done and sent
+        return acks_done and handlers_done and streams_stopped and sent
 
     def _relay_target(self) -> Target | None:
         if self.relay is None:
@@ -346,6 +359,7 @@ class Worker:
             "connections": self.get_connection_stats(),
             "dispatch": self.dispatcher.stats_dict() if self.dispatcher else {},
             "outbox": self.outbox.stats.as_dict() if self.outbox else {},
+            "streams": self.streams.stats.as_dict() if self.streams else {},
             "slots": self.gate.status(),
             **({"relay": self.relay.stats_dict()} if self.relay is not None else {}),
         }

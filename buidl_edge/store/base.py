@@ -1,7 +1,8 @@
 """What every store backend (memory, SQLite, Redis) holds, and the protocols callers use.
 
 `InboxStore` is what the dispatcher and the worker's chores need, `OutboxStore` the sender's,
-`SlotStore` the connection gate's, `RelayStore` relay mode's delivery loop, `AdminStore` what
+`SlotStore` the connection gate's, `RelayStore` relay mode's delivery loop, `StreamStore` the
+streamed answers', `AdminStore` what
 `status`, `check`, the admin commands and the dyno's health endpoint read. Every backend
 implements all of them; `EdgeStore` is the whole.
 """
@@ -15,7 +16,7 @@ from enum import Enum
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from buidl_edge.config.settings import MIN_RETENTION_S
-from buidl_edge.delivery.ratelimit import PostLimits
+from buidl_edge.delivery.ratelimit import PostLimits, StreamLimits
 from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.store.errors import BadCall, StoreError
 from buidl_edge.store.owners import is_dead_local
@@ -153,6 +154,23 @@ class RelayRow:
     error: str | None = None  # how the last attempt ended
 
 
+@dataclass(frozen=True)
+class StreamRow:
+    """A streamed answer as the store keeps it: which Slack message streams it now and how far it
+    got, so that the re-run of its envelope after a crash can stop what was left open."""
+
+    stream_id: str
+    envelope_id: str
+    owner: str
+    channel: str
+    thread_ts: str
+    ts: str | None = None  # the streamed message open in Slack now; None before the first start
+    sent_chars: int = 0  # characters of the answer that reached Slack
+    messages: int = 0  # streamed messages started (one more after each roll-over past Slack's expiry)
+    state: Literal["open", "stopped"] = "open"
+    updated_at: float = 0.0
+
+
 def blocks_json(blocks: list[dict[str, Any]] | None) -> str | None:
     """A reply's blocks as a stored backend writes them: compact JSON, or nothing."""
     return None if blocks is None else json.dumps(blocks, separators=(",", ":"))
@@ -276,6 +294,27 @@ class RelayStore(Protocol):
         """Record how a delivery ended; False when the row is no longer ours (lease lost)."""
 
 
+class StreamStore(Protocol):
+    """Streamed answers (buidl_edge/delivery/streams.py): their progress, and the app-wide budget
+    of each stream method, kept as the outbox's buckets are."""
+
+    def stream_save(self, row: StreamRow) -> None:
+        """Record the stream's progress (insert or replace)."""
+
+    def stream_orphans(self, envelope_id: str) -> list[StreamRow]:
+        """The envelope's streams still open, whoever started them."""
+
+    def stream_take(self, methods: Sequence[str], limits: StreamLimits) -> tuple[list[bool], float | None]:
+        """In one transaction: spend a token of each wanted call's method bucket, in order, while
+        the bucket allows; which were granted, and the earliest time a refused one may go."""
+
+    def stream_pause(self, method: str, until: float) -> None:
+        """After a 429: that method's bucket sends nothing before `until` (Retry-After)."""
+
+    def stream_stats(self) -> dict[str, Any]:
+        """Streams open now (`open`) and paused method buckets."""
+
+
 class AdminStore(Protocol):
     """The workers' heartbeats and the reads and repairs behind `status`, `check`, `inbox`, `outbox`."""
 
@@ -328,7 +367,7 @@ class AdminStore(Protocol):
     def close(self) -> None: ...
 
 
-class EdgeStore(InboxStore, OutboxStore, SlotStore, RelayStore, AdminStore, Protocol):
+class EdgeStore(InboxStore, OutboxStore, SlotStore, RelayStore, StreamStore, AdminStore, Protocol):
     """All of them: what `open_store` returns and a worker holds."""
 
     @property

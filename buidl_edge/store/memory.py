@@ -11,7 +11,17 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from buidl_edge.delivery.ratelimit import GLOBAL_KEY, Bucket, PostLimits, channel_key, pause, plan
+from buidl_edge.delivery.ratelimit import (
+    GLOBAL_KEY,
+    Bucket,
+    PostLimits,
+    StreamLimits,
+    channel_key,
+    method_key,
+    pause,
+    plan,
+    take_calls,
+)
 from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.store.base import (
     CANCELLED,
@@ -22,6 +32,7 @@ from buidl_edge.store.base import (
     OutboxRow,
     RelayRow,
     Reply,
+    StreamRow,
     check_purgeable,
     idempotency_keys,
     retention_cutoff,
@@ -44,6 +55,8 @@ class MemoryStore:
         self._outbox: dict[int, OutboxRow] = {}  # insertion order is id order
         self._outbox_keys: dict[str, int] = {}
         self._buckets: dict[str, Bucket] = {}
+        self._streams: dict[str, StreamRow] = {}
+        self._stream_buckets: dict[str, Bucket] = {}  # one per stream method, for the app
         self._ids = itertools.count(1)
 
     def claim(self, envelope: Envelope, owner: str) -> bool:
@@ -140,7 +153,33 @@ class MemoryStore:
         old_sent = [r for r in self._outbox.values() if r.state == "sent" and r.created_at < cutoff]
         for r in old_sent:
             self._drop(r)
-        return len(old_keys) + len(old_rows) + len(old_sent)
+        old_streams = [k for k, r in self._streams.items() if r.state == "stopped" and r.updated_at < cutoff]
+        for stream_id in old_streams:
+            del self._streams[stream_id]
+        return len(old_keys) + len(old_rows) + len(old_sent) + len(old_streams)
+
+    # -- streamed answers
+
+    def stream_save(self, row: StreamRow) -> None:
+        self._streams[row.stream_id] = replace(row, updated_at=time.time())
+
+    def stream_orphans(self, envelope_id: str) -> list[StreamRow]:
+        return [r for r in self._streams.values() if r.envelope_id == envelope_id and r.state == "open"]
+
+    def stream_take(self, methods: Sequence[str], limits: StreamLimits) -> tuple[list[bool], float | None]:
+        granted, changed, next_at = take_calls(methods, self._stream_buckets, time.time(), limits)
+        self._stream_buckets.update(changed)
+        return granted, next_at
+
+    def stream_pause(self, method: str, until: float) -> None:
+        key = method_key(method)
+        self._stream_buckets[key] = pause(self._stream_buckets.get(key), time.time(), until)
+
+    def stream_stats(self) -> dict[str, Any]:
+        now = time.time()
+        return {"open": sum(r.state == "open" for r in self._streams.values()),
+                "paused": [{"bucket": k, "for_s": round(b.paused_until - now, 3)}
+                           for k, b in sorted(self._stream_buckets.items()) if b.paused_until > now]}
 
     # -- outbox: the same semantics as SqliteStore's, for one process
 

@@ -18,9 +18,18 @@ from typing import TYPE_CHECKING, Any
 
 from gevent.threadpool import ThreadPool
 
-from buidl_edge.delivery.ratelimit import PostLimits
+from buidl_edge.delivery.ratelimit import PostLimits, StreamLimits
 from buidl_edge.socketmode.protocol import Envelope
-from buidl_edge.store.base import DEFAULT_RETENTION_S, Claimed, DeliveryOutcome, Lifespan, OutboxRow, RelayRow, Reply
+from buidl_edge.store.base import (
+    DEFAULT_RETENTION_S,
+    Claimed,
+    DeliveryOutcome,
+    Lifespan,
+    OutboxRow,
+    RelayRow,
+    Reply,
+    StreamRow,
+)
 from buidl_edge.store.errors import StoreError
 from buidl_edge.store.group_commit import NOT_NOW, GroupCommit, on_thread
 
@@ -113,6 +122,21 @@ class ThreadedStore:
 
     def relay_settle(self, envelope_id: str, owner: str, outcome: DeliveryOutcome) -> bool:
         return on_thread(self._pool, self.inner.relay_settle, envelope_id, owner, outcome)
+
+    def stream_save(self, row: StreamRow) -> None:
+        return on_thread(self._pool, self.inner.stream_save, row)
+
+    def stream_orphans(self, envelope_id: str) -> list[StreamRow]:
+        return on_thread(self._pool, self.inner.stream_orphans, envelope_id)
+
+    def stream_take(self, methods: Sequence[str], limits: StreamLimits) -> tuple[list[bool], float | None]:
+        return on_thread(self._pool, self.inner.stream_take, methods, limits)
+
+    def stream_pause(self, method: str, until: float) -> None:
+        return on_thread(self._pool, self.inner.stream_pause, method, until)
+
+    def stream_stats(self) -> dict[str, Any]:
+        return on_thread(self._pool, self.inner.stream_stats)
 
     def ping(self) -> bool:
         return on_thread(self._pool, self.inner.ping)

@@ -127,6 +127,31 @@ class WebApi:
             data["metadata"] = json.dumps({"event_type": REPLY_EVENT_TYPE, "event_payload": {"key": reply_key}})
         return self.call("chat.postMessage", bot_token, data)
 
+    def start_stream(self, bot_token: Secret, channel: str, thread_ts: str, markdown_text: str = "",
+                     recipient_user_id: str | None = None, recipient_team_id: str | None = None) -> str:
+        """chat.startStream: a streamed message in the thread, with its first text; its ts."""
+        data: dict[str, Any] = {"channel": channel, "thread_ts": thread_ts}
+        if markdown_text:
+            data["markdown_text"] = markdown_text
+        if recipient_user_id and recipient_team_id:
+            data.update(recipient_user_id=recipient_user_id, recipient_team_id=recipient_team_id)
+        ts = self.call("chat.startStream", bot_token, data).get("ts")
+        if not isinstance(ts, str) or not ts:
+            raise TransientApiError("chat.startStream", "no_ts")
+        return ts
+
+    def append_stream(self, bot_token: Secret, channel: str, ts: str, markdown_text: str) -> None:
+        self.call("chat.appendStream", bot_token, {"channel": channel, "ts": ts, "markdown_text": markdown_text})
+
+    def stop_stream(self, bot_token: Secret, channel: str, ts: str, markdown_text: str = "",
+                    blocks: list[dict[str, Any]] | None = None) -> None:
+        data: dict[str, Any] = {"channel": channel, "ts": ts}
+        if markdown_text:
+            data["markdown_text"] = markdown_text
+        if blocks is not None:
+            data["blocks"] = blocks
+        self.call("chat.stopStream", bot_token, data)
+
     def find_reply(self, bot_token: Secret, channel: str, reply_key: str, oldest: float,
                    thread_ts: str | None = None) -> str | None:
         """The ts of our message tagged `reply_key` posted since `oldest`, or None if there is none.

@@ -37,6 +37,14 @@ class Knobs:
     response_url_uses: int = 5
     response_url_ttl: float = 1800.0
     respond_failures: int = 0
+    # Streamed messages (streams.py): Slack ends a stream by itself after about 5 minutes; appendStream
+    # is Tier 4 (about 100 a minute), startStream and stopStream Tier 2 (about 20 a minute), each with
+    # a short burst.
+    stream_expiry: float = 300.0
+    stream_append_per_minute: int = 100
+    stream_append_burst: int = 10
+    stream_start_stop_per_minute: int = 20
+    stream_start_stop_burst: int = 5
     # A trigger_id opens one view within 3 s, as in Slack.
     trigger_ttl: float = 3.0
 

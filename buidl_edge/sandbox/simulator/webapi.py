@@ -1,8 +1,8 @@
 """The Slack Web API methods the edge and handlers use, with Slack's error shapes.
 
 Posting, editing and reading messages live here; reactions, modals and AI assistant threads in
-workspace.py; response_urls in respond.py. Any method can be made to answer 429 with the
-`method_ratelimits` knob.
+workspace.py; streamed messages in streams.py; response_urls in respond.py. Any method can be
+made to answer 429 with the `method_ratelimits` knob.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from .knobs import Knobs
 from .ratelimit import TokenBucket
 from .respond import ResponseUrls
 from .socketmode import Tickets
+from .streams import Streams
 from .workspace import Workspace
 
 MAX_TEXT_CHARS = 40_000
@@ -34,6 +35,7 @@ class WebApi:
         self.buckets: dict[str, TokenBucket] = {}
         self.workspace = Workspace(knobs, counters, self.bot_message, _token_refused)
         self.responses = ResponseUrls(knobs, counters, self.bot_message)
+        self.streams = Streams(knobs, counters, ts, _token_refused, self.stream_message)
         self.methods: dict[str, Callable[[Request], Response]] = {
             "apps.connections.open": self.connections_open,
             "auth.test": self.auth_test,
@@ -43,6 +45,7 @@ class WebApi:
             "conversations.history": self.history,
             "conversations.replies": self.replies,
             **self.workspace.methods(),
+            **self.streams.methods(),
         }
 
     def handle(self, method: str, req: Request) -> Response:
@@ -70,6 +73,14 @@ class WebApi:
             if m["ts"] == ts and m["channel"] == channel:
                 return None if m.get("deleted") else m
         return None
+
+    def stream_message(self, channel: str, thread_ts: str, ts: str) -> dict[str, Any]:
+        """A streamed message starts: it is in the thread at once, its text growing with each append."""
+        message = {"channel": channel, "text": "", "blocks": None, "metadata": None, "thread_ts": thread_ts,
+                   "ts": ts, "received_at": time.time(), "streamed": True}
+        self.messages.append(message)
+        self.workspace.message_posted(channel, thread_ts)
+        return message
 
     def connections_open(self, req: Request) -> Response:
         self.counters["connections_open_calls"] += 1
@@ -254,6 +265,7 @@ class WebApi:
         self.buckets.clear()
         self.workspace.reset()
         self.responses.reset()
+        self.streams.reset()
 
 
 def _token_refused(req: Request, prefix: str) -> Response | None:

@@ -2,7 +2,7 @@
 
 The same contract as store/sqlite/, for processes that cannot share a file, and the same files,
 one a topic: `db` (connection, errors, fail-fast backoff), `schema` (key layout), `inbox`,
-`outbox` (with `outbox_lua`), `slots`, `relay`, `admin`. Each topic's Lua scripts sit beside it. Each
+`outbox` (with `outbox_lua`), `slots`, `relay`, `streams`, `admin`. Each topic's Lua scripts sit beside it. Each
 topic is a subclass of `RedisDb`; `RedisStore` is all of them on one connection pool.
 """
 from __future__ import annotations
@@ -15,12 +15,13 @@ from buidl_edge.store.redis.inbox import RedisInbox
 from buidl_edge.store.redis.outbox import RedisOutbox
 from buidl_edge.store.redis.relay import RedisRelay
 from buidl_edge.store.redis.slots import RedisSlots
+from buidl_edge.store.redis.streams import RedisStreams
 
 if TYPE_CHECKING:
     from buidl_edge.config import Settings
 
 
-class RedisStore(RedisInbox, RedisOutbox, RedisSlots, RedisRelay, RedisAdmin):
+class RedisStore(RedisInbox, RedisOutbox, RedisSlots, RedisRelay, RedisStreams, RedisAdmin):
     """`EdgeStore` on Redis 6.2+ (XAUTOCLAIM), shared by every worker of every dyno."""
 
     # Rows here are sent by the workers of the other dynos when this one stops.

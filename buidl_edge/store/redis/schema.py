@@ -18,6 +18,8 @@ Keys (all under the prefix, `buidl:` unless the URL says `?prefix=`):
                         `ob:ready` (channels whose head may go, by the earliest time), token buckets
     w:<owner>, workers  heartbeat hashes with a TTL, and a zset of owners by last beat
     slots               zset holder -> lease expiry: the app's Socket Mode connections
+    st:*                streamed answers: rows, each envelope's, the open ones, method buckets
+                        (store/redis/streams.py)
 
 A single Redis, not a cluster: every script builds its key names from the prefix it gets as
 ARGV[1]. Redis has no migrations: a key it lacks is made by the first write that needs it.

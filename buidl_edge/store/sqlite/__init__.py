@@ -11,7 +11,7 @@ never equal to any TEXT), so every id and key stays one-to-one, and is decoded b
 The file is private (0600, in a 0700 dir when we make it), as is what SQLite adds beside it.
 
 One file a topic, mirrored by store/redis/: `db` (connection, retries, group commit), `schema`,
-`inbox`, `outbox`, `slots`, `relay`, `admin`. Each topic is a subclass of `SqliteDb`; `SqliteStore` is
+`inbox`, `outbox`, `slots`, `relay`, `streams`, `admin`. Each topic is a subclass of `SqliteDb`; `SqliteStore` is
 all of them on one connection.
 """
 from buidl_edge.store.base import Lifespan
@@ -20,9 +20,10 @@ from buidl_edge.store.sqlite.inbox import SqliteInbox
 from buidl_edge.store.sqlite.outbox import SqliteOutbox
 from buidl_edge.store.sqlite.relay import SqliteRelay
 from buidl_edge.store.sqlite.slots import SqliteSlots
+from buidl_edge.store.sqlite.streams import SqliteStreams
 
 
-class SqliteStore(SqliteInbox, SqliteOutbox, SqliteSlots, SqliteRelay, SqliteAdmin):
+class SqliteStore(SqliteInbox, SqliteOutbox, SqliteSlots, SqliteRelay, SqliteStreams, SqliteAdmin):
     """`EdgeStore` on a SQLite file, safe to share between processes."""
 
     # The file is on this dyno's disk: a restarted Heroku dyno starts with a fresh one.

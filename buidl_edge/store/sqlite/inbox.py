@@ -17,6 +17,7 @@ from buidl_edge.store.errors import StoreError
 from buidl_edge.store.sqlite.binding import bind, unbind
 from buidl_edge.store.sqlite.db import Abort, SqliteDb
 from buidl_edge.store.sqlite.outbox import INSERT_OUTBOX, prune_outbox, reply_row
+from buidl_edge.store.sqlite.streams import prune_streams
 
 # Hot-path SQL kept as constants so sqlite3's statement cache reuses the prepared form.
 _INSERT_KEY = "INSERT INTO keys(key, envelope_id, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
@@ -158,6 +159,6 @@ class SqliteInbox(SqliteDb):
             cur.execute("DELETE FROM keys WHERE created_at < ? AND envelope_id NOT IN "
                         "(SELECT envelope_id FROM inbox WHERE state IN ('processing', 'pending'))", (cutoff,))
             dropped += cur.rowcount
-            return dropped + prune_outbox(cur, cutoff)
+            return dropped + prune_outbox(cur, cutoff) + prune_streams(cur, cutoff)
 
         return self._run(txn, write=True)

@@ -91,6 +91,27 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ("CREATE INDEX inbox_relay ON inbox(order_key, received_at) "
          "WHERE order_key IS NOT NULL AND state IN ('pending', 'processing')"),
     ),
+    (
+        # Streamed answers (store/sqlite/streams.py): each stream's Slack ts and how far it got,
+        # and one token bucket per stream method for the app.
+        """CREATE TABLE streams (
+               stream_id TEXT PRIMARY KEY,
+               envelope_id TEXT NOT NULL,
+               owner TEXT NOT NULL,
+               channel TEXT NOT NULL,
+               thread_ts TEXT NOT NULL,
+               ts TEXT,
+               sent_chars INTEGER NOT NULL,
+               messages INTEGER NOT NULL,
+               state TEXT NOT NULL,
+               updated_at REAL NOT NULL) WITHOUT ROWID""",
+        "CREATE INDEX streams_envelope ON streams(envelope_id) WHERE state = 'open'",
+        """CREATE TABLE stream_buckets (
+               key TEXT PRIMARY KEY,
+               tokens REAL NOT NULL,
+               updated_at REAL NOT NULL,
+               paused_until REAL NOT NULL DEFAULT 0) WITHOUT ROWID""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
