@@ -310,7 +310,22 @@ class EdgeApp:
 
 
 def load_app(spec: str) -> EdgeApp:
-    """Import `module:attribute` and check it is an EdgeApp; AppError says exactly what is wrong.
+    """Import `module:attribute` and check it is an EdgeApp; AppError says exactly what is wrong."""
+    return as_edge_app(import_app(spec), spec)
+
+
+def as_edge_app(app: object, spec: str) -> EdgeApp:
+    """`app` if it is an EdgeApp, else AppError saying what it is instead."""
+    if not isinstance(app, EdgeApp):
+        attr = spec.partition(":")[2]
+        raise AppError(f"{spec} is not an EdgeApp (it is {type(app).__name__!r}); "
+                       f"make it `{attr} = EdgeApp(...)`")
+    return app
+
+
+def import_app(spec: str) -> object:
+    """Import `module:attribute` and return what it names, whatever it is (an EdgeApp, a Bolt App);
+    AppError says exactly what is wrong.
 
     The working directory goes on sys.path first, as gunicorn does, so `BUIDL_APP=my_bot:app`
     works from the directory holding my_bot.py whichever way the process was started.
@@ -344,19 +359,12 @@ def load_app(spec: str) -> EdgeApp:
     except Exception as exc:  # anything the user's module raised while it ran, SyntaxError included
         raise _failed_import(module_name, exc) from None
     if not hasattr(module, attr):
-        apps = [name for name, value in vars(module).items() if isinstance(value, EdgeApp)]
+        apps = [name for name, value in vars(module).items()
+                if isinstance(value, EdgeApp) or type(value).__module__.startswith("slack_bolt.app")]
         close = difflib.get_close_matches(attr, apps, n=1) or apps[:1]
-        hint = f"; did you mean {module_name}:{close[0]}?" if close else "; it defines no EdgeApp"
+        hint = f"; did you mean {module_name}:{close[0]}?" if close else "; it defines no EdgeApp or Bolt App"
         raise AppError(f"app module {module_name!r} has no attribute {attr!r}{hint}")
-    app = getattr(module, attr)
-    if type(app).__module__.startswith("slack_bolt."):  # until Bolt apps run in-process
-        raise AppError(f"{spec} is a Bolt {type(app).__name__}, which buidl-edge cannot run in-process yet: "
-                       "serve it in HTTP mode and run `buidl-edge run --relay http://127.0.0.1:3000/slack/events` "
-                       "(its Request URL; see README, Relay mode)")
-    if not isinstance(app, EdgeApp):
-        raise AppError(f"{spec} is not an EdgeApp (it is {type(app).__name__!r}); "
-                       f"make it `{attr} = EdgeApp(...)`")
-    return app
+    return getattr(module, attr)
 
 
 def _failed_import(module_name: str, exc: BaseException) -> AppError:
