@@ -78,6 +78,13 @@ def hello_socket_mode(ack, say):
     say("hello from a slash command")
 
 
+@app.command("/late")
+def late(ack, command):
+    """Answers after `text` seconds: past the ack deadline when that is longer."""
+    time.sleep(float(command["text"]))
+    ack(f"late answer after {command['text']}s")
+
+
 def lazy_reply(body, client):
     client.chat_postMessage(channel=body["channel_id"], text=f"lazy listener ran for {body['command']}")
 
