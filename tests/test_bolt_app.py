@@ -10,6 +10,10 @@ and what the app's listeners posted.
 """
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,6 +61,16 @@ def acks_of(bolt: Workers, key: str) -> int:
 def test_the_worker_says_it_runs_a_bolt_app(bolt: Workers) -> None:
     (worker,) = bolt.started
     assert log_lines(worker, r"worker up: 1 connection, Bolt App 'bolt_app.py' \(slack_bolt [\d.]+\)")
+
+
+def test_check_recognises_the_bolt_app_and_says_what_run_will_run(bolt: Workers) -> None:
+    env = {**bolt.env(BUIDL_APP="bolt_app:app"), "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), str(TESTS_DIR.parent)])}
+    result = subprocess.run([sys.executable, "-m", "buidl_edge", "check"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"app ok: bolt_app:app imports \(Bolt App 'bolt_app.py' \(slack_bolt [\d.]+\), "
+                     r"\d+ listener\(s\)\); `run` runs it in-process behind buidl-edge's links", result.stdout), \
+        result.stdout
 
 
 # ---------------------------------------------------------------- Bolt's Socket Mode adapter tests

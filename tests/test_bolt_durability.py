@@ -5,14 +5,16 @@ Real worker processes (and `run`'s supervisord) against the simulator."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 from pathlib import Path
 
 import pytest
+import requests
 
 from buidl_edge.sandbox.harness import wait_until
 from buidl_edge.sandbox.simulator.client import SimulatorProcess
-from support import Workers, log_lines, wait_idle
+from support import METRICS_LINE, Workers, log_lines, wait_idle
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -56,7 +58,7 @@ def test_8_slow_listeners_run_at_once_and_hold_none_of_40_other_acks(fresh_simul
     workers.start("bolt_app:app", BUIDL_HTTP_PORT=0)
     try:
         for i in range(8):  # a channel each: the simulator posts 1 message/s per channel, as Slack
-            sim.client.inject("message", channel=f"C0SLOW{i}", text=f"slow 3 #{i}")
+            sim.client.inject("message", channel=f"C0SLOW{i}", text=f"slow 4 #{i}")
         commands = [e["key"] for e in sim.client.inject("slash_command", command="/echo", text="quick", count=40)]
         state = sim.client.wait_for(lambda s: all(s["events"][k]["acked"] for k in commands), 10,
                                     "the 40 commands' acks", source="state")
@@ -67,6 +69,11 @@ def test_8_slow_listeners_run_at_once_and_hold_none_of_40_other_acks(fresh_simul
         # Bolt's own executor runs 5 listeners at a time: a 6th would start only once one is done.
         wait_until(lambda: len(slow_ones(sim)) >= 8, 10, "8 listeners started")
         assert all(t.startswith("started") for t in slow_ones(sim)[:8])
+        # ... and /metrics counts them as handlers (they sleep on, with nothing else running).
+        metrics_url = METRICS_LINE.search(workers.output())
+        assert metrics_url is not None
+        metrics = requests.get(metrics_url.group(1) + "/metrics", timeout=10).text
+        assert re.search(r"^buidl_handlers_running\{[^}]*\} 8\.0$", metrics, re.M), metrics
         wait_until(lambda: sum(t.startswith("done") for t in slow_ones(sim)) == 8, 20, "8 listeners done")
         summary = sim.client.summary()
         assert summary["late_acks"] == 0 and summary["missed_deadlines"] == 0
