@@ -108,6 +108,14 @@ def pick_one(ack, payload):
     ack(options=[{"text": {"type": "plain_text", "text": payload["value"].upper()}, "value": "v1"}])
 
 
+@app.message("stream-me")
+def streamed(say_stream):
+    stream = say_stream()
+    stream.append(markdown_text="Streaming ")
+    stream.append(markdown_text="an answer.")
+    stream.stop()
+
+
 assistant = Assistant()
 
 

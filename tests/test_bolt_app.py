@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from buidl_edge.sandbox.harness import wait_until
 from buidl_edge.sandbox.simulator.client import SimulatorProcess
@@ -166,6 +167,19 @@ def test_the_assistant_answers_thread_started_and_a_user_message_and_ignores_mes
     statuses = [s["status"] for s in bolt.client.state()["assistant"]["statuses"]
                 if s["channel_id"] == thread["channel"] and s["by"] == "set_status"]
     assert statuses == ["is thinking…"]
+
+
+def test_say_stream_streams_an_answer_through_the_apps_own_client(bolt: Workers) -> None:
+    probe = requests.post(bolt.sim.api_url + "chat.startStream", timeout=10).json()
+    if probe.get("error") == "unknown_method":
+        pytest.skip("this simulator has no chat.startStream yet (it comes with streamed answers, issue 25)")
+    bolt.client.inject("message", text="stream-me", channel="C0STREAM", thread_ts="1726133698.1")
+
+    def stopped() -> list[dict[str, Any]]:
+        return [s for s in bolt.client.state()["streams"] if s["channel"] == "C0STREAM" and s["state"] != "streaming"]
+
+    (stream,) = wait_until(stopped, 20, "the listener's stream to stop")
+    assert stream["text"] == "Streaming an answer." and stream["thread_ts"] == "1726133698.1"
 
 
 # ---------------------------------------------------------------- buidl-edge's guarantees
