@@ -107,7 +107,8 @@ class BoltTarget:
         if busy is None:
             return None
         name, envelope_id = busy
-        return f"Bolt listener {name} (envelope {envelope_id})", {"envelope_id": envelope_id}
+        what = "the Bolt app's dispatch (its middleware)" if name == "dispatch" else f"Bolt listener {name}"
+        return f"{what} (envelope {envelope_id})", {"envelope_id": envelope_id}
 
     def stats(self) -> dict[str, Any]:
         return self.pool.stats()
@@ -119,6 +120,11 @@ class BoltTarget:
         self._busy[me] = ("dispatch", run.envelope.envelope_id)
         try:
             response = running_as(run, "dispatch", self.app.dispatch, bolt_request(run.envelope))
+        except Exception as exc:  # App.dispatch answers 500 for the app's errors; this is a bug
+            log.exception("the Bolt app's dispatch failed", extra={"envelope_id": run.envelope.envelope_id})
+            self._listener_failed(run, "dispatch", exc)
+            return None
+        else:
             payload = ack_payload(response, run.envelope)
             if run.acked_without and payload is not None and received_at is not None:
                 post_late_answer(run.envelope, payload, time.monotonic() - received_at)
