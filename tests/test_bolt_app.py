@@ -23,6 +23,7 @@ import requests
 
 from buidl_edge.sandbox.harness import wait_until
 from buidl_edge.sandbox.simulator.client import SimulatorProcess
+from buidl_edge.store.sqlite import SqliteStore
 from support import Workers, log_lines, wait_acked, wait_idle
 
 pytestmark = pytest.mark.timeout(120)
@@ -205,6 +206,12 @@ def test_a_listener_exception_reaches_sentry_once_and_marks_the_inbox_row(bolt: 
     assert report["tags"]["handler"] == "boom" and report["exception_type"] == "RuntimeError"
     wait_idle(bolt.client, *bolt.started)
     assert len(reports()) == 1
+    store = SqliteStore(bolt.state_dir / "edge.sqlite3", checkpoint_interval_s=None)
+    try:
+        row = store.inbox_row(sent["envelope_id"])
+    finally:
+        store.close()
+    assert row is not None and (row["state"], row["error"]) == ("failed", "RuntimeError")  # as an EdgeApp handler's
 
 
 def test_a_listener_holding_the_hub_is_named(bolt: Workers) -> None:
