@@ -85,6 +85,12 @@ def late(ack, command):
     ack(f"late answer after {command['text']}s")
 
 
+@app.command("/private")
+def private(ack, respond, command):
+    ack()
+    respond(f"only you see: {command['text']}")
+
+
 def lazy_reply(body, client):
     client.chat_postMessage(channel=body["channel_id"], text=f"lazy listener ran for {body['command']}")
 

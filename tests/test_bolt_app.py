@@ -95,6 +95,14 @@ def test_a_message_delivered_as_retry_1_shows_slacks_retry_headers_to_the_listen
     assert wait_posted(bolt, "C0RETRY") == ["retry-num ['1'] reason ['timeout']"]
 
 
+def test_respond_posts_to_the_commands_response_url(bolt: Workers) -> None:
+    (sent,) = bolt.client.inject("slash_command", command="/private", text="secret plans", channel="C0RESPOND")
+    assert acked(bolt, sent["key"])["ack_payloads"] == []
+    responses = wait_until(lambda: [r for r in bolt.client.state()["responses"] if r["channel"] == "C0RESPOND"], 20,
+                           "the response_url post")
+    assert [(r["text"], r["response_type"]) for r in responses] == [("only you see: secret plans", "ephemeral")]
+
+
 def test_a_lazy_listener_runs_after_a_plain_ack(bolt: Workers) -> None:
     (sent,) = bolt.client.inject("slash_command", command="/lazy", channel="C0LAZY")
     assert acked(bolt, sent["key"])["ack_payloads"] == []
