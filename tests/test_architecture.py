@@ -322,3 +322,19 @@ def test_a_cycle_between_packages_is_found() -> None:
     imports = [Import("buidl_edge.webapi.client", "buidl_edge.observability.logs", 1, "top"),
                Import("buidl_edge.observability.sentry", "buidl_edge.webapi.http", 1, "function")]
     assert package_cycles(imports) == {("observability", "webapi")}
+
+
+def test_slack_bolt_is_imported_only_for_a_bolt_app() -> None:
+    """Bolt is an optional extra: a worker, `check` and the CLI load no slack_bolt for an EdgeApp
+    (a real interpreter, importing what the `worker` command imports and loading an EdgeApp)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\n"
+             "import buidl_edge.cli, buidl_edge.cli.checks, buidl_edge.runtime.start, buidl_edge.runtime.worker\n"
+             "from buidl_edge.bolt.loading import load_edge_or_bolt_app\n"
+             "app = load_edge_or_bolt_app('buidl_edge.api.bot:app')\n"
+             "print(type(app).__name__, sorted(m for m in sys.modules if m.startswith('slack_bolt')))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                         cwd=PACKAGE_DIR.parent)
+    assert out.stdout.split() == ["EdgeApp", "[]"], out.stderr
