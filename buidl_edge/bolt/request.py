@@ -30,8 +30,10 @@ def ack_payload(response: BoltResponse, envelope: Envelope) -> dict[str, Any] | 
     """The ack's payload: a 200's JSON object, its text as {"text": …}, nothing for an empty
     body. Any other status (no listener matched, a middleware that stopped it) is acked plainly."""
     if response.status != 200:
-        log.info("the Bolt app answered %s with status %d: acked without payload", envelope.kind,
-                 response.status, extra={"envelope_id": envelope.envelope_id})
+        # An event was acked at its claim already, and Bolt itself warns of what no listener took.
+        level = logging.INFO if envelope.accepts_response_payload else logging.DEBUG
+        log.log(level, "the Bolt app answered %s with status %d: acked without payload", envelope.kind,
+                response.status, extra={"envelope_id": envelope.envelope_id})
         return None
     content_type = (response.headers.get("content-type") or [""])[0]
     body = response.body if isinstance(response.body, str) else ""
