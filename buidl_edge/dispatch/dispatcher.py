@@ -2,8 +2,9 @@
 
 `accept` is the links' EnvelopeSink: a burst in, acks out (ack_path.py). New envelopes go to one
 target (targets.py): the EdgeApp handlers (handlers.py), the relay to an HTTP-mode app
-(relay/target.py), or a Bolt app (bolt/target.py). The store calls the handlers make (finish, ctx.once's keys) fall back to this
-process's memory while the store fails, and count into the one degraded episode (StoreHealth).
+(relay/target.py), or a Bolt app (bolt/target.py). The store calls the handlers make (finish,
+ctx.once's keys) fall back to this process's memory while the store fails, and count into the one
+degraded episode (StoreHealth).
 """
 from __future__ import annotations
 
