@@ -45,7 +45,8 @@ def test_under_run_a_worker_killed_mid_listener_has_it_re_run_once_by_the_other(
     runs = texts(sim, "C0KILL")
     assert [t for t in runs if t.startswith("done")] == ["done slow 4"]
     second = [t for t in runs if t.startswith("started")]
-    assert len(second) == 2 and int(second[1].rsplit(" ", 1)[1]) in pids - {victim}
+    # Re-run by another worker: the survivor's sweep, at once (or supervisord's restart of the victim).
+    assert len(second) == 2 and int(second[1].rsplit(" ", 1)[1]) != victim
     row = wait_until(lambda: (r := stack.inbox_row(event["envelope_id"])) and r["state"] == "done" and r, 10,
                      "the inbox row to be done")
     assert row["attempts"] == 2 and not str(row["owner"]).endswith(f":{victim}")
