@@ -16,7 +16,8 @@ documentation shows, with its defaults.
 - sdk-builtin: slack_sdk's SocketModeClient on its builtin WebSocket code.
 - sdk-websocket-client: slack_sdk's SocketModeClient on websocket-client.
 - bolt: slack_bolt's App + SocketModeHandler (builtin client underneath)
-  with one `app.event("message")` listener that does nothing.
+  serving scripts/bolt_bench_app.py: one `app.event("message")` listener
+  that does nothing.
 """
 from __future__ import annotations
 
@@ -93,16 +94,9 @@ def run_sdk(kind: str, api_url: str, app_token: str, bot_token: str) -> None:
 
 
 def run_bolt(api_url: str, app_token: str, bot_token: str) -> None:
-    from slack_bolt import App
     from slack_bolt.adapter.socket_mode import SocketModeHandler
-    from slack_sdk import WebClient
 
-    # App runs auth.test against the simulator at start (token verification left on).
-    app = App(client=WebClient(token=bot_token, base_url=api_url))
-
-    @app.event("message")
-    def on_message(event: dict[str, Any]) -> None:
-        return None
+    from bolt_bench_app import app  # the same app bench.py's edge_bolt runs behind a worker
 
     handler = SocketModeHandler(app, app_token)
     handler.connect()

@@ -66,6 +66,7 @@ class Client:
     store: str | None = None
     needs: str | None = None  # module a peer imports
     no_refresh: str | None = None  # why the refresh scenario does not apply
+    app: str = "edge_apps:bench"  # a worker's BUIDL_APP
 
 
 CLIENTS = (
@@ -76,6 +77,9 @@ CLIENTS = (
            peer="sdk-websocket-client", needs="slack_sdk"),
     Client("bolt", "slack_bolt SocketModeHandler", "peer", 1, peer="bolt", needs="slack_bolt"),
     Client("edge_sqlite", "buidl-edge worker, SQLite inbox", "worker", 1, store="sqlite"),
+    # The bolt peer's own app (scripts/bolt_bench_app.py), unchanged, as BUIDL_APP.
+    Client("edge_bolt", "the same Bolt app behind a buidl-edge worker, SQLite inbox", "worker", 1, store="sqlite",
+           needs="slack_bolt", app="bolt_bench_app:app"),
     Client("edge_memory", "buidl-edge worker, inbox off (memory://)", "worker", 1, store="memory"),
     Client("edge_redis", "buidl-edge worker, Redis inbox", "worker", 1, store="redis"),
     Client("edge_run", "buidl-edge run, 2 processes x 2 connections", "stack", 4, store="sqlite"),
@@ -121,7 +125,7 @@ class EdgeProcess:
 
     def __init__(self, client: Client, api_url: str, tokens: dict[str, str]) -> None:
         extra: dict[str, Any] = {
-            "BUIDL_APP": "edge_apps:bench",
+            "BUIDL_APP": client.app,
             "BUIDL_LOG_LEVEL": "WARNING",  # the peers log at WARNING too
             "PYTHONPATH": os.pathsep.join(filter(None, [str(SCRIPTS), str(ROOT), os.environ.get("PYTHONPATH")])),
         }

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from buidl_edge.api import bot
-from buidl_edge.api.app import AppError, Context, EdgeApp, load_app, reply_from
+from buidl_edge.api.app import AppError, Context, EdgeApp, reply_from
+from buidl_edge.api.loading import load_app
 from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.store.base import Reply
 from buidl_edge.store.memory import MemoryStore

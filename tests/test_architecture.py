@@ -41,14 +41,15 @@ LEAF_PACKAGES = ("buidl_edge.config",)  # the whole package, its __init__ includ
 
 # Higher may import lower or its own layer; never upwards. "" is the package root (buidl_edge,
 # buidl_edge.__main__): the public face, on top with the examples written against it. The relay
-# is a target like dispatch's handlers (relay/target.py implements dispatch's Target), so it sits
-# beside dispatch; dispatch never imports it (two packages never import each other).
+# and a Bolt app are targets like dispatch's handlers (relay/target.py and bolt/target.py implement
+# dispatch's Target), so they sit beside dispatch; dispatch never imports them (two packages never
+# import each other).
 LAYERS: dict[str, int] = {
     "": 8, "examples": 8,
     "cli": 7,
     "sandbox": 6,
     "ops": 5, "runtime": 5,
-    "dispatch": 4, "relay": 4,
+    "dispatch": 4, "relay": 4, "bolt": 4,
     "socketmode": 3, "api": 3, "delivery": 3,
     "store": 2,
     "webapi": 1, "observability": 1,
@@ -58,7 +59,7 @@ LAYERS: dict[str, int] = {
 SIMULATOR = "buidl_edge.sandbox.simulator"
 SIMULATOR_MAY_IMPORT = frozenset({"buidl_edge.socketmode.protocol"})
 LINKS = "buidl_edge.socketmode"
-HANDLER_PACKAGES = frozenset({"api", "dispatch", "relay"})
+HANDLER_PACKAGES = frozenset({"api", "dispatch", "relay", "bolt"})
 
 # (importer, imported): why the rule is broken there today. Each should go, not grow.
 EXCEPTIONS: dict[tuple[str, str], str] = {}
@@ -321,3 +322,19 @@ def test_a_cycle_between_packages_is_found() -> None:
     imports = [Import("buidl_edge.webapi.client", "buidl_edge.observability.logs", 1, "top"),
                Import("buidl_edge.observability.sentry", "buidl_edge.webapi.http", 1, "function")]
     assert package_cycles(imports) == {("observability", "webapi")}
+
+
+def test_slack_bolt_is_imported_only_for_a_bolt_app() -> None:
+    """Bolt is an optional extra: a worker, `check` and the CLI load no slack_bolt for an EdgeApp
+    (a real interpreter, importing what the `worker` command imports and loading an EdgeApp)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\n"
+             "import buidl_edge.cli, buidl_edge.cli.checks, buidl_edge.runtime.start, buidl_edge.runtime.worker\n"
+             "from buidl_edge.bolt.loading import load_edge_or_bolt_app\n"
+             "app = load_edge_or_bolt_app('buidl_edge.api.bot:app')\n"
+             "print(type(app).__name__, sorted(m for m in sys.modules if m.startswith('slack_bolt')))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                         cwd=PACKAGE_DIR.parent)
+    assert out.stdout.split() == ["EdgeApp", "[]"], out.stderr

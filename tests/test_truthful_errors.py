@@ -202,15 +202,29 @@ def test_handlers_that_take_payload_and_ctx_by_any_names_are_accepted() -> None:
 BOLT_APP = textwrap.dedent("""
     import os
     from slack_bolt import App
+    from slack_bolt.adapter.socket_mode import SocketModeHandler
 
     app = App(token=os.environ["SLACK_BOT_TOKEN"], signing_secret="0" * 32, token_verification_enabled=False)
+    handler = SocketModeHandler(app, os.environ["SLACK_APP_TOKEN"])
 """)
 
 
-def test_a_bolt_app_named_as_buidl_app_is_pointed_at_relay_mode(tmp_path: Path) -> None:
+def test_a_bolt_app_named_as_buidl_app_is_recognised_and_its_handler_is_not(tmp_path: Path) -> None:
     (tmp_path / "bolt_bot.py").write_text(BOLT_APP)
     env = tokens_env(tmp_path / "state", f"http://127.0.0.1:{closed_port()}/api/", BUIDL_APP="bolt_bot:app")
-    line = one_error_line(cli(env, "check", cwd=tmp_path))
-    assert line == ("Error: bolt_bot:app is a Bolt App, which buidl-edge cannot run in-process yet: serve it in "
-                    "HTTP mode and run `buidl-edge run --relay http://127.0.0.1:3000/slack/events` "
-                    "(its Request URL; see README, Relay mode)")
+    # The app step passes (tests/test_bolt_app.py sees `check` through): it fails later, at the closed port.
+    assert one_error_line(cli(env, "check", cwd=tmp_path)).startswith("Error: cannot reach Slack at ")
+    handler = cli({**env, "BUIDL_APP": "bolt_bot:handler"}, "check", cwd=tmp_path)
+    assert one_error_line(handler) == ("Error: bolt_bot:handler is a Bolt SocketModeHandler, not an App: name the "
+                                       "App itself (`app = App(...)`)")
+
+
+def test_a_bolt_async_app_is_refused_in_one_line_that_says_why() -> None:
+    from buidl_edge.bolt.loading import checked_bolt_app
+
+    # slack_bolt's AsyncApp needs aiohttp, which buidl-edge does not install: a stand-in of its type.
+    async_app = type("AsyncApp", (), {"__module__": "slack_bolt.app.async_app"})()
+    with pytest.raises(AppError) as refused:
+        checked_bolt_app(async_app, "bot:app")
+    assert str(refused.value) == ("bot:app is a Bolt AsyncApp: buidl-edge runs listeners on gevent, not asyncio; "
+                                  "make it a slack_bolt App (the same listeners, as plain functions)")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import importlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -329,69 +328,3 @@ class EdgeApp:
             raise AppError("send_message needs a running worker (or `buidl-edge send`)")
         self._sink(reply)
         return reply
-
-
-def load_app(spec: str) -> EdgeApp:
-    """Import `module:attribute` and check it is an EdgeApp; AppError says exactly what is wrong.
-
-    The working directory goes on sys.path first, as gunicorn does, so `BUIDL_APP=my_bot:app`
-    works from the directory holding my_bot.py whichever way the process was started.
-    An exception raised while the user's module runs is kept as the AppError's `details`
-    (its traceback), so the caller can show where it happened.
-    """
-    import difflib
-    import os
-    import sys
-
-    from buidl_edge.config import ConfigError, check_app_spec
-
-    try:
-        check_app_spec(spec)
-    except ConfigError as exc:
-        raise AppError(str(exc)) from None
-    module_name, _, attr = spec.partition(":")
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.insert(0, cwd)
-    try:
-        module = importlib.import_module(module_name)
-    except HandlerSignatureError:
-        raise  # it names the handler's file and line: one line says it all
-    except ModuleNotFoundError as exc:
-        missing = exc.name or ""
-        if missing == module_name or module_name.startswith(missing + "."):
-            raise AppError(f"cannot import app module {module_name!r}: no module named {missing!r} "
-                           f"(looked in {cwd} and on sys.path)") from None
-        raise _failed_import(module_name, exc) from None
-    except Exception as exc:  # anything the user's module raised while it ran, SyntaxError included
-        raise _failed_import(module_name, exc) from None
-    if not hasattr(module, attr):
-        apps = [name for name, value in vars(module).items() if isinstance(value, EdgeApp)]
-        close = difflib.get_close_matches(attr, apps, n=1) or apps[:1]
-        hint = f"; did you mean {module_name}:{close[0]}?" if close else "; it defines no EdgeApp"
-        raise AppError(f"app module {module_name!r} has no attribute {attr!r}{hint}")
-    app = getattr(module, attr)
-    if type(app).__module__.startswith("slack_bolt."):  # until Bolt apps run in-process
-        raise AppError(f"{spec} is a Bolt {type(app).__name__}, which buidl-edge cannot run in-process yet: "
-                       "serve it in HTTP mode and run `buidl-edge run --relay http://127.0.0.1:3000/slack/events` "
-                       "(its Request URL; see README, Relay mode)")
-    if not isinstance(app, EdgeApp):
-        raise AppError(f"{spec} is not an EdgeApp (it is {type(app).__name__!r}); "
-                       f"make it `{attr} = EdgeApp(...)`")
-    return app
-
-
-def _failed_import(module_name: str, exc: BaseException) -> AppError:
-    """An AppError for an exception raised inside the user's module, with the traceback of the
-    user's frames only (importlib's and ours left out)."""
-    import traceback
-
-    ours = {__file__, importlib.__file__}
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if not f.filename.startswith("<frozen importlib") and f.filename not in ours]
-    head = ["Traceback (most recent call last):\n", *traceback.format_list(frames)] if frames else []
-    details = "".join([*head, *traceback.format_exception_only(type(exc), exc)])
-    error = AppError(f"importing app module {module_name!r} failed: {type(exc).__name__}: "
-                     f"{' '.join(str(exc).split())[:300]}")
-    error.details = details
-    return error

@@ -65,7 +65,8 @@ class Preflight:
 
 def preflight(settings: Settings) -> Preflight:
     """Everything `run` needs, tried in the order `run` needs it; the first failure raises."""
-    from buidl_edge.api.app import load_app
+    from buidl_edge.api.app import EdgeApp
+    from buidl_edge.bolt.loading import describe_bolt_app, load_edge_or_bolt_app
     from buidl_edge.ops.run_checks import check_everything
     from buidl_edge.ops.supervise import connection_need
     from buidl_edge.webapi.client import WebApi
@@ -75,9 +76,14 @@ def preflight(settings: Settings) -> Preflight:
     if settings.relay:
         found.add("app", {"relay": True}, "app: relay mode, no EdgeApp (BUIDL_APP is not used)")
     else:
-        app = load_app(settings.app_spec)
-        found.add("app", {"spec": settings.app_spec, "name": app.name},
-                  f"app ok: {settings.app_spec} imports (EdgeApp {app.name!r})")
+        app = load_edge_or_bolt_app(settings.app_spec)
+        if isinstance(app, EdgeApp):
+            found.add("app", {"spec": settings.app_spec, "name": app.name},
+                      f"app ok: {settings.app_spec} imports (EdgeApp {app.name!r})")
+        else:
+            found.add("app", {"spec": settings.app_spec, "name": app.name, "bolt": True},
+                      f"app ok: {settings.app_spec} imports ({describe_bolt_app(app)}); `run` runs it in-process "
+                      "behind buidl-edge's links")
     api = WebApi(settings.api_url, timeout=settings.http_timeout)
     auth = api.auth_test(settings.bot_token)
     found.add("bot_token", {"ok": True, "user_id": auth.user_id, "team_id": auth.team_id},

@@ -1,9 +1,10 @@
 """The dispatcher: the ack path and a target, over the store with its failover.
 
 `accept` is the links' EnvelopeSink: a burst in, acks out (ack_path.py). New envelopes go to one
-target (targets.py): the EdgeApp handlers (handlers.py), or the relay to an HTTP-mode app
-(relay/target.py). The store calls the handlers make (finish, ctx.once's keys) fall back to this
-process's memory while the store fails, and count into the one degraded episode (StoreHealth).
+target (targets.py): the EdgeApp handlers (handlers.py), the relay to an HTTP-mode app
+(relay/target.py), or a Bolt app (bolt/target.py). The store calls the handlers make (finish,
+ctx.once's keys) fall back to this process's memory while the store fails, and count into the one
+degraded episode (StoreHealth).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from buidl_edge.dispatch.ack_path import AckPath
 from buidl_edge.dispatch.handlers import HandlerTarget
 from buidl_edge.dispatch.spill import Spill
 from buidl_edge.dispatch.stats import DispatchStats
-from buidl_edge.dispatch.targets import Target
+from buidl_edge.dispatch.targets import Target, TargetHooks
 from buidl_edge.socketmode.link import Ack, LaterAcks
 from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.store.base import EdgeStore, Reply
@@ -39,9 +40,11 @@ class Dispatcher:
                  handler_pool_size: int = 200, handler_threads: int = 8, health: StoreHealth | None = None,
                  target: Target | None = None, claim_wait_s: float = DEFAULT_CLAIM_WAIT_S,
                  failover: Failover | None = None, spill: Spill | None = None,
+                 make_target: Callable[[TargetHooks], Target] | None = None,
                  streams: StreamSender | None = None) -> None:
-        """`target`: where new envelopes go; by default `app`'s handlers. `failover`: the worker's
-        one, shared with the outbox, the relay and the chores (one degraded episode)."""
+        """`target`: where new envelopes go; by default `app`'s handlers. `make_target`: a target
+        built on this dispatcher's store calls (a Bolt app). `failover`: the worker's one, shared
+        with the outbox, the relay and the chores (one degraded episode)."""
         self.store = store
         self.owner = owner
         self.bot_user_id = bot_user_id
@@ -50,10 +53,13 @@ class Dispatcher:
         self.health = self.failover.health
         self.claims = AckClaims(self.failover, owner, claim_wait_s, self._store_failed, spill=spill)
         self.handlers: HandlerTarget | None = None
-        if target is None:
+        lost_with_process = not store.lifespan.outlives_the_process
+        if make_target is not None:
+            target = make_target(TargetHooks(self._claim_key, self._finish, self.stats, lost_with_process))
+        elif target is None:
             target = self.handlers = HandlerTarget(
                 app, outbox, self.stats, bot_user_id, self._claim_key, self._finish, handler_pool_size,
-                handler_threads, lost_with_process=not store.lifespan.outlives_the_process, streams=streams)
+                handler_threads, lost_with_process=lost_with_process, streams=streams)
         self.target = target
         self.acks = AckPath(self.claims, target, self.stats, ack_payload_deadline)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -19,10 +18,11 @@ from buidl_edge.delivery.streams import StreamSender
 from buidl_edge.dispatch.handler_pool import HandlerJob, HandlerPool
 from buidl_edge.dispatch.handler_threads import HandlerThreads, HubCall, HubLogger
 from buidl_edge.dispatch.stats import DispatchStats
+from buidl_edge.dispatch.targets import ClaimKey, Finish
 from buidl_edge.observability.logs import log_context
 from buidl_edge.observability.sentry import report_handler_error
 from buidl_edge.socketmode.protocol import Envelope
-from buidl_edge.store.base import Reply, why_taken_over
+from buidl_edge.store.base import why_taken_over
 
 log = logging.getLogger("buidl_edge.dispatch")
 # ctx.logger's logger (looked up once: getLogger takes a lock on every call).
@@ -35,8 +35,17 @@ MAX_IDS_LOGGED = 100
 # How long a re-run waits for the streams its dead worker left open to be stopped.
 ORPHAN_STOP_WAIT_S = 30.0
 
-ClaimKey = Callable[[str], bool]
-Finish = Callable[[str, list[Reply], "str | None"], bool]
+
+
+def warn_unfinished(running: list[str], queued: list[str], lost_with_process: bool) -> None:
+    """The drain timed out: say at WARNING which envelopes' handlers were left, and their fate."""
+    ids = running + queued
+    shown = " ".join(ids[:MAX_IDS_LOGGED]) + (f" … and {len(ids) - MAX_IDS_LOGGED} more"
+                                               if len(ids) > MAX_IDS_LOGGED else "")
+    fate = ("lost with this process (memory store)" if lost_with_process else
+            "stay processing in the inbox; a live worker's sweeper, or the next start, re-runs them")
+    log.warning("drain timed out with %d handler(s) unfinished (%d running, %d queued): %s; envelopes %s",
+                len(ids), len(running), len(queued), fate, shown)
 
 
 class HandlerTarget:
@@ -99,13 +108,7 @@ class HandlerTarget:
         if self.pool.join(timeout=timeout):
             return True
         running, queued = self.pool.left()
-        ids = running + queued
-        shown = " ".join(ids[:MAX_IDS_LOGGED]) + (f" … and {len(ids) - MAX_IDS_LOGGED} more"
-                                                   if len(ids) > MAX_IDS_LOGGED else "")
-        fate = ("lost with this process (memory store)" if self._lost_with_process else
-                "stay processing in the inbox; a live worker's sweeper, or the next start, re-runs them")
-        log.warning("drain timed out with %d handler(s) unfinished (%d running, %d queued): %s; envelopes %s",
-                    len(ids), len(running), len(queued), fate, shown)
+        warn_unfinished(running, queued, self._lost_with_process)
         return False
 
     def describe(self, greenlet: Any) -> tuple[str, dict[str, Any]] | None:

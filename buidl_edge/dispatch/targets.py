@@ -1,16 +1,36 @@
 """Where a new envelope goes once it is claimed: the one interface the ack path hands work to.
 
-Today's targets are the EdgeApp handlers (dispatch/handlers.py) and the relay to an HTTP-mode app
-(relay/target.py). A target never blocks the ack path: what waits (a handler, the app's answer)
-runs on a greenlet of its own, and the ack path waits for an `Answer` only up to the ack deadline.
+The targets are the EdgeApp handlers (dispatch/handlers.py), the relay to an HTTP-mode app
+(relay/target.py) and a Bolt app run in-process (bolt/target.py). A target never blocks the ack
+path: what waits (a handler, the app's answer) runs on a greenlet of its own, and the ack path
+waits for an `Answer` only up to the ack deadline.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+from buidl_edge.dispatch.stats import DispatchStats
 from buidl_edge.socketmode.protocol import Envelope
+from buidl_edge.store.base import Reply
 
 Payload = dict[str, Any] | None
+ClaimKey = Callable[[str], bool]
+Finish = Callable[[str, list[Reply], "str | None"], bool]
+
+
+@dataclass(frozen=True)
+class TargetHooks:
+    """What the dispatcher gives a target that runs the app's code in this process: the store's
+    calls through its failover (`claim_key` for once-only keys, `finish` for an envelope done, with
+    its replies and error), the counters `status` shows, and whether the store dies with the process
+    (memory), as a drain's warning says."""
+
+    claim_key: ClaimKey
+    finish: Finish
+    stats: DispatchStats
+    lost_with_process: bool
 
 
 class Answer(Protocol):

@@ -11,7 +11,6 @@ connections to the backend between posts).
 from __future__ import annotations
 
 import ipaddress
-import json
 import socket
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import urllib3
 from buidl_edge.config import is_loopback_host, mask_url_password, proxy_for
 from buidl_edge.config.relay import is_private_address
 from buidl_edge.relay.request import SignedRequest
+from buidl_edge.socketmode.protocol import ack_payload_of_answer
 from buidl_edge.webapi.http import NetworkFailure, network_failure, pool_manager
 from buidl_edge.webapi.retry_after import parse_retry_after
 
@@ -49,17 +49,9 @@ class Answer:
     def ack_payload(self) -> dict[str, Any] | None:
         """A 2xx answer as Socket Mode's ack payload: a JSON object as it is, other text as
         {"text": …}, nothing for an empty body (a plain ack), as Bolt's own Socket Mode adapter does."""
-        if self.kind != "ok" or not self.body.strip():
+        if self.kind != "ok":
             return None
-        text = self.body.decode("utf-8", "replace")
-        if self.content_type.split(";")[0].strip().lower() == "application/json":
-            try:
-                value = json.loads(text)
-            except ValueError:
-                value = None
-            if isinstance(value, dict):
-                return value
-        return {"text": text}
+        return ack_payload_of_answer(self.body.decode("utf-8", "replace"), self.content_type)
 
 
 class BackendClient:

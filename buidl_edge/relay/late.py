@@ -13,21 +13,21 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from buidl_edge.api.app import AppError
 from buidl_edge.api.message import MessageError
 from buidl_edge.api.respond import RESPONSE_TYPES, ResponseUrl, ResponseUrlExpired, response_body
-from buidl_edge.relay.client import Answer
 from buidl_edge.socketmode.protocol import Envelope
 
 log = logging.getLogger("buidl_edge.relay")
 
 
-def post_late_answer(envelope: Envelope, answer: Answer, age_s: float) -> bool:
-    """Post a 2xx answer given `age_s` seconds after `envelope` arrived, after its ack went without
-    it, to the payload's response_url; True when it went. Envelopes whose answer could never be an ack
-    payload (events), and empty answers, have nothing to post."""
-    payload = answer.ack_payload()
+def post_late_answer(envelope: Envelope, payload: dict[str, Any] | None, age_s: float) -> bool:
+    """Post an answer (as the ack payload it would have been) given `age_s` seconds after `envelope`
+    arrived, after its ack went without it, to the payload's response_url; True when it went.
+    Envelopes whose answer could never be an ack payload (events), and empty answers, have nothing
+    to post. The relay's late HTTP answers and a Bolt app's late `ack(…)` both come here."""
     if not envelope.accepts_response_payload or payload is None:
         return False
     extra = {"envelope_id": envelope.envelope_id}

@@ -137,7 +137,7 @@ class Relay:
             self.stats.sent += 1
             if acked_without.is_set():  # acked plain meanwhile: the answer goes to the response_url
                 self.stats.late_answers += 1
-                post_late_answer(envelope, answer, time.monotonic() - received_at)
+                post_late_answer(envelope, answer.ack_payload(), time.monotonic() - received_at)
         elif answer.kind == "failed":
             self._failed(envelope, answer.error or "failed", 1)
             self._finish(envelope, answer.error or "failed")
@@ -189,7 +189,7 @@ class Relay:
             return Delivered(outcome)
         # Delivered from the queue, so after its ack: the answer goes to the response_url.
         return Delivered(outcome, lambda: self.loop.companions.spawn(
-            post_late_answer, row.envelope, answer, time.time() - row.received_at))
+            post_late_answer, row.envelope, answer.ack_payload(), time.time() - row.received_at))
 
     def settle(self, store: EdgeStore, row: RelayRow, outcome: DeliveryOutcome) -> bool:
         return store.relay_settle(row.envelope.envelope_id, self.owner, outcome)

@@ -10,7 +10,8 @@ import os
 import sys
 from typing import Any
 
-from buidl_edge.api.app import AppError, EdgeApp, load_app
+from buidl_edge.api.app import AppError, EdgeApp
+from buidl_edge.bolt.loading import load_edge_or_bolt_app
 from buidl_edge.config import ConfigError, OutboxConfig, Settings, absolute, default_state_dir, load_settings
 from buidl_edge.observability.logs import setup_logging
 from buidl_edge.observability.redaction import one_line, register_secret, register_tokens
@@ -47,7 +48,7 @@ def run_worker(settings: Settings) -> int:
     init_sentry()  # after gevent's patching (the worker command's first step), before any connection
     try:
         # Relay mode runs no EdgeApp: the HTTP-mode app behind the relay is the handler.
-        app = EdgeApp("relay") if settings.relay else load_app(settings.app_spec)
+        loaded = EdgeApp("relay") if settings.relay else load_edge_or_bolt_app(settings.app_spec)
         outbox_config = OutboxConfig.from_env()
     except (AppError, ConfigError) as exc:
         return cannot_start(str(exc), getattr(exc, "details", None), settings.state_dir)
@@ -56,7 +57,8 @@ def run_worker(settings: Settings) -> int:
     except (StoreError, ConfigError) as exc:
         report_store_failure("open", exc)
         return cannot_start(f"cannot open the store: {exc}", state_dir=settings.state_dir)
-    worker = Worker(settings, app, store=store, outbox_config=outbox_config)
+    app, bolt_app = (loaded, None) if isinstance(loaded, EdgeApp) else (EdgeApp("bolt"), loaded)
+    worker = Worker(settings, app, store=store, outbox_config=outbox_config, bolt_app=bolt_app)
     try:
         return worker.run()
     except Exception as exc:

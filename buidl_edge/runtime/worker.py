@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +53,7 @@ from buidl_edge.store.slots import SlotGate
 from buidl_edge.webapi.client import FatalAuthError, SlackApiError, WebApi, sender_webapi
 
 if TYPE_CHECKING:
-    from buidl_edge.dispatch.targets import Target
+    from buidl_edge.dispatch.targets import Target, TargetHooks
     from buidl_edge.relay.relay import Relay
 
 log = logging.getLogger("buidl_edge.worker")
@@ -80,9 +81,12 @@ class StopReason:
 
 class Worker:
     def __init__(self, settings: Settings, app: EdgeApp, store: EdgeStore | None = None,
-                 webapi: WebApi | None = None, outbox_config: OutboxConfig | None = None) -> None:
+                 webapi: WebApi | None = None, outbox_config: OutboxConfig | None = None,
+                 bolt_app: Any = None) -> None:
+        """`bolt_app`: a slack_bolt App to run instead of `app`'s handlers."""
         self.settings = settings
         self.app = app
+        self.bolt_app = bolt_app
         self.store = store or MemoryStore()
         self.webapi = webapi or WebApi(settings.api_url, timeout=settings.http_timeout)
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
@@ -142,7 +146,7 @@ class Worker:
         settle_heap()
         self.up = True
         log.info("worker up: %d connection%s, %s", len(self.slots), "" if len(self.slots) == 1 else "s",
-                 f"relaying to {self.relay.client.shown}" if self.relay else f"app {self.app.name}")
+                 self._running_what())
 
         self.stop_requested.wait()
 
@@ -190,7 +194,7 @@ class Worker:
                                      self.health, target=self._relay_target(), claim_wait_s=self.settings.claim_wait_s,
                                      failover=self.failover,
                                      spill=Spill(spill_dir(self.settings.state_dir), self.owner),
-                                     streams=self.streams)
+                                     make_target=self._bolt_target(), streams=self.streams)
         overlap = gevent.lock.Semaphore(refresh_overlaps(self.settings))
         self.slots = [ConnectionSlot(f"c{i}", self.settings, self.webapi, self.dispatcher, self.gate, overlap)
                       for i in range(self.settings.connections)]
@@ -271,6 +275,24 @@ class Worker:
         self._forget_heartbeat()
         self.store.close()
         return acks_done and handlers_done and streams_stopped and sent
+
+    def _running_what(self) -> str:
+        if self.relay is not None:
+            return f"relaying to {self.relay.client.shown}"
+        if self.bolt_app is not None:
+            from buidl_edge.bolt.loading import describe_bolt_app
+
+            return describe_bolt_app(self.bolt_app)
+        return f"app {self.app.name}"
+
+    def _bolt_target(self) -> Callable[[TargetHooks], Target] | None:
+        """A Bolt app's target, built on the dispatcher's store calls (None for an EdgeApp)."""
+        if self.bolt_app is None:
+            return None
+        from buidl_edge.bolt.target import BoltTarget  # imported only for a Bolt app
+
+        app, size = self.bolt_app, self.settings.handler_concurrency
+        return lambda hooks: BoltTarget(app, hooks, size)
 
     def _relay_target(self) -> Target | None:
         if self.relay is None:

@@ -211,6 +211,22 @@ def build_ack(envelope_id: str, payload: dict[str, Any] | None = None) -> str:
     return text
 
 
+def ack_payload_of_answer(body: str, content_type: str) -> dict[str, Any] | None:
+    """An app's HTTP-style answer as Socket Mode's ack payload, as Bolt's own Socket Mode adapter
+    makes it: a JSON object as it is, other text as {"text": …}, nothing for an empty body (a
+    plain ack). Used for the relay's HTTP answers and a Bolt app's BoltResponse alike."""
+    if not body.strip():
+        return None
+    if content_type.split(";")[0].strip().lower() == "application/json":
+        try:
+            value = json.loads(body)
+        except ValueError:
+            value = None
+        if isinstance(value, dict):
+            return value
+    return {"text": body}
+
+
 def parse_ack(text: str | bytes) -> tuple[str, dict[str, Any] | None]:
     """The simulator's side of an ack: (envelope_id, payload or None)."""
     data = _loads(text, "ack")

@@ -33,7 +33,9 @@ class Control:
             ("GET", "health"): (lambda r: Response(200, {"ok": True}), "ok while the simulator answers"),
             ("POST", "events"): (self.inject, "inject events: kind (" + ", ".join(events.KINDS) + "), "
                                  "text, channel, user, ts, thread_ts, command (slash_command), action_id and "
-                                 "message_ts (block_action), subtype, count; answers each event's key"),
+                                 "message_ts (block_action), callback_id (shortcut, view_submission), values "
+                                 "(view_submission), action_id (block_suggestion), retry_attempt and retry_reason, "
+                                 "subtype, count; answers each event's key"),
             ("GET", "event"): (self.event, "one injected event by ?key=, with the payload Slack sends for it"),
             ("POST", "fault"): (self.fault, "a fault on a link: kind (" + ", ".join(FAULT_KINDS) + "); "
                                 "reason for disconnect (" + ", ".join(DISCONNECT_REASONS) + "), seconds for "

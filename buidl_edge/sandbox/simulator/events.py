@@ -11,7 +11,8 @@ TEAM_ID = "T0SIM"
 APP_ID = "A0SIM"
 BOT_USER_ID = "U0BUIDL"
 BOT_ID = "B0BUIDL"
-KINDS = ("message", "app_mention", "file_shared", "slash_command", "block_action", "assistant_thread_started")
+KINDS = ("message", "app_mention", "file_shared", "slash_command", "block_action", "assistant_thread_started",
+         "shortcut", "view_submission", "block_suggestion")
 # Message subtypes an injection may ask for (a person's message has none).
 MESSAGE_SUBTYPES = ("bot_message", "message_changed", "message_deleted", "thread_broadcast", "channel_join")
 RESPOND_PATH = "/_sim/respond/"
@@ -105,7 +106,32 @@ def build(kind: str, fields: dict[str, Any], ts: str, base_url: str | None = Non
             payload["container"] = {"type": "message", "message_ts": message_ts, "channel_id": channel}
             payload["message"] = {"type": "message", "ts": message_ts}
         return Spec("interactive", payload, _accepts(fields, False), None)
+    if kind in ("shortcut", "view_submission", "block_suggestion"):
+        return _interaction(kind, user, text, fields)
     raise ValueError(f"unknown kind: {kind}")
+
+
+def _interaction(kind: str, user: str, text: str, fields: dict[str, Any]) -> Spec:
+    """A global shortcut, a modal's submission (its answer rides on the ack: `response_action`),
+    or an external select's options request (its `options` ride on the ack)."""
+    base: dict[str, Any] = {"type": kind, "token": "sim-verification", "api_app_id": APP_ID,
+                            "team": {"id": TEAM_ID, "domain": "sim"},
+                            "user": {"id": user, "username": "human", "team_id": TEAM_ID}}
+    if kind == "shortcut":
+        return Spec("interactive", {**base, "callback_id": str(fields.get("callback_id") or "buidl_shortcut"),
+                                    "trigger_id": _trigger_id(), "action_ts": str(time.time())},
+                    _accepts(fields, False), None)
+    if kind == "view_submission":
+        view = {"id": f"V{next(_ids):08d}", "team_id": TEAM_ID, "type": "modal",
+                "callback_id": str(fields.get("callback_id") or "buidl_view"), "private_metadata": "",
+                "state": {"values": fields.get("values") if isinstance(fields.get("values"), dict) else {}},
+                "hash": secrets.token_hex(6), "title": {"type": "plain_text", "text": "Sim"}, "blocks": []}
+        return Spec("interactive", {**base, "trigger_id": _trigger_id(), "view": view, "response_urls": []},
+                    _accepts(fields, True), None)
+    return Spec("interactive", {**base, "action_id": str(fields.get("action_id") or "buidl_select"),
+                                "block_id": str(fields.get("block_id") or "buidl_block"), "value": text,
+                                "container": {"type": "view", "view_id": f"V{next(_ids):08d}"}},
+                _accepts(fields, True), None)
 
 
 def _message(kind: str, channel: str, user: str, text: str, ts: str, fields: dict[str, Any]) -> dict[str, Any]:

@@ -118,7 +118,9 @@ class Hub:
             key = spec.event_id or first_id
             event = TrackedEvent(key=key, kind=kind, spec=spec, first_envelope_id=first_id)
             self.tracker.add(event)
-            self.deliver(event, 0, "")
+            # A first delivery may say it is a retry (`retry_attempt`), as one does when Slack's
+            # earlier attempts went to a connection that is gone.
+            self.deliver(event, _int_field(fields, "retry_attempt"), str(fields.get("retry_reason") or ""))
             out.append({"key": key, "envelope_id": first_id})
         return out
 
@@ -287,3 +289,10 @@ class Hub:
         self.longest_gap_s = 0.0
         if self._gap_started is not None:
             self._gap_started = time.monotonic()
+
+
+def _int_field(fields: dict[str, Any], name: str) -> int:
+    try:
+        return max(0, int(fields.get(name) or 0))
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an integer") from None
