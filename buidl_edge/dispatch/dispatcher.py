@@ -7,8 +7,9 @@ process's memory while the store fails, and count into the one degraded episode 
 """
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from buidl_edge.api.app import EdgeApp
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from buidl_edge.delivery.outbox import Outbox
 
 T = TypeVar("T")
+
+log = logging.getLogger("buidl_edge.dispatch")
 
 
 class Dispatcher:
@@ -64,9 +67,25 @@ class Dispatcher:
         self.stats.recovered += 1
         self.target.rerun(envelope)
 
-    def recover_spilled(self) -> int:
+    def recover(self) -> None:
+        """The sweep: take over what dead or stalled workers left. What a dead worker of this host had
+        finished but could not store (its finish journal) is stored first, so that nothing it
+        finished runs again; then what it acked undecided (its spill file) is claimed, and the rows
+        the store says were left unfinished are run again. Raises StoreError (the next sweep goes on)."""
+        dead = self.failover.finishes.read_dead()
+        self.recover_spilled(dead.finishes)
+        if dead.finishes:
+            dead.recover(self.store)
+            log.info("stored %d finish(es) a dead worker had journaled while the store was away",
+                     len(dead.finishes))
+        dead.remove()
+        for envelope in self.store.sweep(self.owner):
+            if envelope.envelope_id not in dead.finishes:  # else another sweeper took it as we stored it
+                self.rerun(envelope)
+
+    def recover_spilled(self, finished: Collection[str] = ()) -> int:
         """Claim what dead workers of this host acked before the store decided it (their spill
-        files) and hand on what the store says is new; how many were new."""
+        files) and hand on what the store says is new, except what they `finished`; how many were new."""
         spill = self.claims.spill
         if spill is None:
             return 0
@@ -78,7 +97,7 @@ class Dispatcher:
                 spill.give_back(path)  # the next sweep tries again
                 raise
             for envelope, outcome in zip(envelopes, outcomes):
-                if outcome is True:
+                if outcome is True and envelope.envelope_id not in finished:
                     new_ones += 1
                     self.stats.recovered += 1
                     self.target.start(envelope, None, None)
@@ -100,8 +119,7 @@ class Dispatcher:
     def _finish(self, envelope_id: str, replies: list[Reply], error: str | None) -> bool:
         """True when the finish (and its replies) landed in the shared store; else the replies are
         queued in the fallback's outbox and go out from this process."""
-        self.failover.finished(envelope_id, error)
-        return self._write("finish", lambda store: store.finish(envelope_id, replies, error))[1]
+        return self.failover.finish(envelope_id, replies, error, failed=self._store_failed)
 
     def _write(self, operation: str, call: Callable[[Any], T]) -> tuple[T, bool]:
         """A handler's write through the failover, its failures counted here too."""

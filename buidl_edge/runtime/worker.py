@@ -24,7 +24,7 @@ from buidl_edge.config import SLACK_MAX_CONNECTIONS, OutboxConfig, Settings
 from buidl_edge.delivery.outbox import Outbox
 from buidl_edge.dispatch.dispatcher import Dispatcher
 from buidl_edge.dispatch.handler_threads import HubCall, share_logging_with_threads
-from buidl_edge.dispatch.spill import Spill, spill_dir
+from buidl_edge.dispatch.spill import Spill
 from buidl_edge.observability.sentry import (
     flush_sentry,
     report_exception,
@@ -45,9 +45,11 @@ from buidl_edge.socketmode.connection import ConnectionSlot, FatalStop
 from buidl_edge.store.base import EdgeStore
 from buidl_edge.store.errors import StoreError
 from buidl_edge.store.failover import Failover
+from buidl_edge.store.finish_journal import FinishJournal
 from buidl_edge.store.health import StoreHealth
 from buidl_edge.store.memory import MemoryStore
 from buidl_edge.store.slots import SlotGate
+from buidl_edge.store.spill_files import spill_dir
 from buidl_edge.webapi.client import FatalAuthError, SlackApiError, WebApi, sender_webapi
 
 if TYPE_CHECKING:
@@ -90,7 +92,8 @@ class Worker:
         # One view of the store's health for the dispatcher, the outbox and the heartbeat.
         self.health = StoreHealth()
         # The store with this process's fallback and the write-back: every part writes through it.
-        self.failover = Failover(self.store, self.health, self.owner)
+        self.failover = Failover(self.store, self.health, self.owner,
+                                 journal=FinishJournal(spill_dir(self.settings.state_dir), self.owner))
         self.slots: list[ConnectionSlot] = []
         self.dispatcher: Dispatcher | None = None
         self.outbox: Outbox | None = None
@@ -297,9 +300,7 @@ class Worker:
 
     def _sweep(self) -> None:
         assert self.dispatcher is not None
-        for envelope in self.store.sweep(self.owner):
-            self.dispatcher.rerun(envelope)
-        self.dispatcher.recover_spilled()
+        self.dispatcher.recover()
 
     def _prune(self) -> None:
         dropped = self.store.prune(self.settings.retention_s)

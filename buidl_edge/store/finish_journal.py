@@ -1,0 +1,110 @@
+"""Handlers' finishes the store has not taken yet, kept in a file that outlives a kill -9.
+
+During a store episode (a held write lock, a full disk, Redis away) a handler's finish (its
+envelope done, its replies queued) waits on the store or fails, and its replies may go out from
+this process's memory. Its inbox row still says `processing`: were the process killed then, a
+sweeper would run the handler again and post its replies a second time. So such a finish is first
+appended here (a `finish` line: the envelope, its error, its replies with their idempotency keys),
+and each of its replies settled from memory adds a `settled` line. A live worker of the host reads
+a dead one's journal before its sweep re-runs anything (`read_dead`), and `recover` stores what the
+journal says: the replies not yet settled (their keys make a second enqueue a no-op) and the finish,
+so that the sweep finds nothing left to re-run.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from buidl_edge.store.base import EdgeStore, Reply, reply_key
+from buidl_edge.store.spill_files import AppendFile, dead_files, read_text
+
+SUFFIX = ".finishes"
+
+
+@dataclass
+class JournaledFinish:
+    envelope_id: str
+    error: str | None
+    replies: dict[str, Reply]  # by idempotency key: those not settled yet
+
+
+@dataclass
+class DeadFinishes:
+    """What this host's dead workers' journals hold."""
+
+    paths: list[Path] = field(default_factory=list)
+    finishes: dict[str, JournaledFinish] = field(default_factory=dict)
+
+    def recover(self, store: EdgeStore) -> None:
+        """Store each finish with its unsettled replies; raises StoreError (then nothing is removed,
+        and the next sweep does it again: every write here can be repeated)."""
+        for finish in self.finishes.values():
+            if finish.replies:  # first, so that no finished row is left without its replies
+                store.outbox_enqueue(list(finish.replies.values()), finish.envelope_id, list(finish.replies))
+            store.finish(finish.envelope_id, [], finish.error)
+
+    def remove(self) -> None:
+        for path in self.paths:
+            path.unlink(missing_ok=True)
+
+
+class FinishJournal:
+    def __init__(self, directory: Path, owner: str) -> None:
+        self.directory = directory
+        self.owner = owner
+        self._file = AppendFile(directory, owner, SUFFIX, "finishes the store has not taken")
+
+    def record(self, envelope_id: str, replies: Sequence[Reply], error: str | None) -> bool:
+        return self._file.append(_line({"finish": envelope_id, "error": error,
+                                        "replies": [asdict(reply) for reply in replies]}))
+
+    def settled(self, key: str) -> bool:
+        """A reply posted (or failed for good) from this process's memory: never to be sent again."""
+        return self._file.append(_line({"settled": key}))
+
+    def empty(self) -> None:
+        self._file.empty()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def read_dead(self) -> DeadFinishes:
+        """The journals of this host's dead workers, read (not taken: every sweeper that reads one
+        before its sweep knows what not to re-run); `DeadFinishes.remove` once recovered."""
+        dead = DeadFinishes()
+        for path in dead_files(self.directory, SUFFIX, self.owner):
+            text = read_text(path)
+            if text is None:
+                continue
+            dead.paths.append(path)
+            settled: set[str] = set()
+            for line in text.splitlines():
+                entry = _parse(line)
+                if entry is None:
+                    continue
+                if "settled" in entry:
+                    settled.add(str(entry["settled"]))
+                elif "finish" in entry:
+                    eid = str(entry["finish"])
+                    replies = {reply_key(eid, i): Reply(**reply) for i, reply in enumerate(entry.get("replies") or [])}
+                    dead.finishes[eid] = JournaledFinish(eid, entry.get("error"), replies)
+            for finish in dead.finishes.values():
+                for key in settled & finish.replies.keys():
+                    del finish.replies[key]
+        return dead
+
+
+def _line(entry: dict[str, Any]) -> str:
+    return json.dumps(entry, separators=(",", ":"), ensure_ascii=True) + "\n"
+
+
+def _parse(line: str) -> dict[str, Any] | None:
+    """One line; None for a line cut short by the kill (the last one may be)."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    return entry if isinstance(entry, dict) else None
