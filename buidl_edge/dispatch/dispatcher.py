@@ -22,9 +22,10 @@ from buidl_edge.dispatch.stats import DispatchStats
 from buidl_edge.dispatch.targets import Target
 from buidl_edge.socketmode.link import Ack, LaterAcks
 from buidl_edge.socketmode.protocol import Envelope
-from buidl_edge.store.base import EdgeStore, Reply
+from buidl_edge.store.base import EdgeStore, Reply, Swept
 from buidl_edge.store.errors import StoreError, StoreRejected
 from buidl_edge.store.failover import Failover
+from buidl_edge.store.finish_journal import DeadFinishes, JournaledFinish
 from buidl_edge.store.health import StoreHealth
 
 if TYPE_CHECKING:
@@ -57,6 +58,8 @@ class Dispatcher:
                 handler_threads, lost_with_process=not store.lifespan.outlives_the_process)
         self.target = target
         self.acks = AckPath(self.claims, target, self.stats, ack_payload_deadline)
+        # Rows a sweep took whose owner had journaled their finish: stored instead of run again.
+        self._late_finishes: dict[str, JournaledFinish] = {}
 
     def accept(self, burst: Sequence[tuple[Envelope, float]], later: LaterAcks) -> list[Ack]:
         return self.acks.accept(burst, later)
@@ -71,17 +74,35 @@ class Dispatcher:
         """The sweep: take over what dead or stalled workers left. What a dead worker of this host had
         finished but could not store (its finish journal) is stored first, so that nothing it
         finished runs again; then what it acked undecided (its spill file) is claimed, and the rows
-        the store says were left unfinished are run again. Raises StoreError (the next sweep goes on)."""
-        dead = self.failover.finishes.read_dead()
+        the store says were left unfinished are run again, unless their owner had journaled them
+        (it died after the journals were read). Raises StoreError (the next sweep goes on)."""
+        journal = self.failover.finishes
+        if self._late_finishes:  # journaled finishes of rows an earlier sweep took: stored first
+            DeadFinishes(finishes=self._late_finishes).recover(self.store)
+            self._late_finishes.clear()
+        dead = journal.read_dead()
         self.recover_spilled(dead.finishes)
         if dead.finishes:
             dead.recover(self.store)
             log.info("stored %d finish(es) a dead worker had journaled while the store was away",
                      len(dead.finishes))
-        dead.remove()
+        dead.mark_recovered()
+        journaled: dict[str, dict[str, JournaledFinish]] = {}
         for envelope in self.store.sweep(self.owner):
-            if envelope.envelope_id not in dead.finishes:  # else another sweeper took it as we stored it
-                self.rerun(envelope)
+            eid = envelope.envelope_id
+            previous = envelope.taken_from if isinstance(envelope, Swept) else ""
+            if previous and previous not in journaled:
+                journaled[previous] = journal.finishes_of(previous)
+            if eid in dead.finishes:
+                continue  # another sweeper took it while this one stored its finish
+            if previous and eid in journaled[previous]:
+                self._late_finishes[eid] = journaled[previous][eid]
+                continue
+            self.rerun(envelope)
+        if self._late_finishes:
+            DeadFinishes(finishes=self._late_finishes).recover(self.store)
+            log.info("stored %d finish(es) a worker had journaled before it died", len(self._late_finishes))
+            self._late_finishes.clear()
 
     def recover_spilled(self, finished: Collection[str] = ()) -> int:
         """Claim what dead workers of this host acked before the store decided it (their spill
@@ -138,6 +159,13 @@ class Dispatcher:
     def finish_acks(self, timeout: float) -> bool:
         """Wait for the claims and acks in flight (never capped, never long); False on timeout."""
         return self.acks.finish(timeout=timeout)
+
+    def close_files(self) -> None:
+        """At exit, after the drain: this process's spill file and finish journal, removed if empty."""
+        if self.claims.spill is not None:
+            self.claims.spill.close()
+        if self.failover.finishes.journal is not None:
+            self.failover.finishes.journal.close()
 
     def finish_handlers(self, timeout: float) -> bool:
         """What the target started, then the claims still being decided (and their write-back);

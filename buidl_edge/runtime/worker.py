@@ -260,6 +260,7 @@ class Worker:
         sent = self.outbox.stop(timeout=max(0.1, deadline - time.monotonic()))
         self._forget_heartbeat()
         self.store.close()
+        self.dispatcher.close_files()
         return acks_done and handlers_done and sent
 
     def _relay_target(self) -> Target | None:

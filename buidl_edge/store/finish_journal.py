@@ -8,20 +8,27 @@ appended here (a `finish` line: the envelope, its error, its replies with their 
 and each of its replies settled from memory adds a `settled` line. A live worker of the host reads
 a dead one's journal before its sweep re-runs anything (`read_dead`), and `recover` stores what the
 journal says: the replies not yet settled (their keys make a second enqueue a no-op) and the finish,
-so that the sweep finds nothing left to re-run.
+so that the sweep finds nothing left to re-run. A journal recovered is kept a while under another
+name (`.recovered`): a sweeper that took a row of its owner while that owner was still alive at its
+read looks there (`finishes_of`) before it runs the row again.
 """
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from buidl_edge.store.base import EdgeStore, Reply, reply_key
-from buidl_edge.store.spill_files import AppendFile, dead_files, read_text
+from buidl_edge.store.spill_files import AppendFile, dead_files, file_name, read_text
 
 SUFFIX = ".finishes"
+RECOVERED = ".recovered"
+# How long a recovered journal is kept for the sweepers that took its owner's rows meanwhile.
+KEEP_RECOVERED_S = 120.0
 
 
 @dataclass
@@ -46,9 +53,15 @@ class DeadFinishes:
                 store.outbox_enqueue(list(finish.replies.values()), finish.envelope_id, list(finish.replies))
             store.finish(finish.envelope_id, [], finish.error)
 
-    def remove(self) -> None:
+    def mark_recovered(self) -> None:
+        """Kept a while as `.recovered` (dated now), for the sweepers that read it late."""
         for path in self.paths:
-            path.unlink(missing_ok=True)
+            kept = path.with_name(path.name[:-len(SUFFIX)] + RECOVERED)
+            try:
+                os.utime(path)
+                os.replace(path, kept)
+            except OSError:
+                pass
 
 
 class FinishJournal:
@@ -73,28 +86,48 @@ class FinishJournal:
 
     def read_dead(self) -> DeadFinishes:
         """The journals of this host's dead workers, read (not taken: every sweeper that reads one
-        before its sweep knows what not to re-run); `DeadFinishes.remove` once recovered."""
+        before its sweep knows what not to re-run); `DeadFinishes.mark_recovered` once recovered.
+        Recovered journals past KEEP_RECOVERED_S are removed."""
         dead = DeadFinishes()
         for path in dead_files(self.directory, SUFFIX, self.owner):
             text = read_text(path)
-            if text is None:
-                continue
-            dead.paths.append(path)
-            settled: set[str] = set()
-            for line in text.splitlines():
-                entry = _parse(line)
-                if entry is None:
-                    continue
-                if "settled" in entry:
-                    settled.add(str(entry["settled"]))
-                elif "finish" in entry:
-                    eid = str(entry["finish"])
-                    replies = {reply_key(eid, i): Reply(**reply) for i, reply in enumerate(entry.get("replies") or [])}
-                    dead.finishes[eid] = JournaledFinish(eid, entry.get("error"), replies)
-            for finish in dead.finishes.values():
-                for key in settled & finish.replies.keys():
-                    del finish.replies[key]
+            if text is not None:
+                dead.paths.append(path)
+                _read_into(dead.finishes, text)
+        cutoff = time.time() - KEEP_RECOVERED_S
+        for path in dead_files(self.directory, RECOVERED, self.owner):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+            except OSError:
+                pass
         return dead
+
+    def finishes_of(self, owner: str) -> dict[str, JournaledFinish]:
+        """What `owner` journaled, recovered or not (for a row the sweep took from it)."""
+        finishes: dict[str, JournaledFinish] = {}
+        for suffix in (RECOVERED, SUFFIX):
+            text = read_text(self.directory / file_name(owner, suffix))
+            if text is not None:
+                _read_into(finishes, text)
+        return finishes
+
+
+def _read_into(finishes: dict[str, JournaledFinish], text: str) -> None:
+    settled: set[str] = set()
+    for line in text.splitlines():
+        entry = _parse(line)
+        if entry is None:
+            continue
+        if "settled" in entry:
+            settled.add(str(entry["settled"]))
+        elif "finish" in entry:
+            eid = str(entry["finish"])
+            replies = {reply_key(eid, i): Reply(**reply) for i, reply in enumerate(entry.get("replies") or [])}
+            finishes[eid] = JournaledFinish(eid, entry.get("error"), replies)
+    for finish in finishes.values():
+        for key in settled & finish.replies.keys():
+            del finish.replies[key]
 
 
 def _line(entry: dict[str, Any]) -> str:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import gevent
 
 from buidl_edge.store.base import EdgeStore, Reply, reply_key
-from buidl_edge.store.finish_journal import DeadFinishes, FinishJournal
+from buidl_edge.store.finish_journal import DeadFinishes, FinishJournal, JournaledFinish
 
 # A finish in flight this long is journaled even before an episode is known.
 JOURNAL_AFTER_S = 0.25
@@ -98,6 +98,9 @@ class PendingFinishes:
     def read_dead(self) -> DeadFinishes:
         """What the journals of this host's dead workers hold (for the sweep)."""
         return self.journal.read_dead() if self.journal is not None else DeadFinishes()
+
+    def finishes_of(self, owner: str) -> dict[str, JournaledFinish]:
+        return self.journal.finishes_of(owner) if self.journal is not None else {}
 
     def write_back(self, store: EdgeStore) -> None:
         """Mark done in the shared store what finished on the fallback (its replies went, or go, out

@@ -67,9 +67,16 @@ class AppendFile:
                 pass
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        """At exit: an empty file is removed (one with something in it is left for a live worker)."""
+        if self._fd is None:
+            return
+        try:
+            if os.fstat(self._fd).st_size == 0:
+                self.path.unlink(missing_ok=True)
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
 
 
 def dead_files(directory: Path, suffix: str, own_owner: str) -> list[Path]:
