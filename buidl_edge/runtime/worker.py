@@ -92,8 +92,9 @@ class Worker:
         # One view of the store's health for the dispatcher, the outbox and the heartbeat.
         self.health = StoreHealth()
         # The store with this process's fallback and the write-back: every part writes through it.
-        self.failover = Failover(self.store, self.health, self.owner,
-                                 journal=FinishJournal(spill_dir(self.settings.state_dir), self.owner))
+        journal = (FinishJournal(spill_dir(self.settings.state_dir), self.owner)
+                   if self.store.lifespan.outlives_the_process else None)  # a memory store dies with us
+        self.failover = Failover(self.store, self.health, self.owner, journal=journal)
         self.slots: list[ConnectionSlot] = []
         self.dispatcher: Dispatcher | None = None
         self.outbox: Outbox | None = None

@@ -11,9 +11,8 @@ the chores) writes through one `Failover`. It owns:
 - the write-back: a claim decided on local dedup is written to the shared store once the episode
   ends (or at the drain), so that a Slack retry reaching another process afterwards is still
   recognised; so is a handler's finish that fell back (finishes.py);
-- the handlers' finishes on their way (`finish`): journaled outside the store while they cannot
-  land (finish_journal.py), so that a kill -9 neither runs their handlers again nor posts their
-  replies twice.
+- the handlers' finishes on their way (`finish`): journaled outside the store until it has them
+  (finishes.py), so that a kill -9 neither runs their handlers again nor posts their replies twice.
 """
 from __future__ import annotations
 
@@ -47,7 +46,7 @@ class Failover:
         self.health = health or StoreHealth()
         self.owner = owner
         self.fallback = MemoryStore()
-        self.finishes = PendingFinishes(journal, lambda: self.health.degraded)
+        self.finishes = PendingFinishes(journal)
         # Called when no claim decided locally is left unwritten (the ack path's spill empties then).
         self.on_written_back: Callable[[], None] | None = None
         self._unwritten: dict[str, Envelope] = {}  # claimed on local dedup; not in the shared store
@@ -83,13 +82,13 @@ class Failover:
     def finish(self, envelope_id: str, replies: list[Reply], error: str | None,
                failed: Callable[[str, StoreError], None] | None = None) -> bool:
         """A handler's finish: the envelope done and its replies queued, in the shared store, else
-        in the fallback (the replies go out from this process). Journaled first when it may not
-        land. True when it landed in the shared store."""
+        in the fallback (the replies go out from this process). Journaled first (finishes.py).
+        True when it landed in the shared store."""
         self.finished(envelope_id, error)
         self.finishes.begin(envelope_id, replies, error)
 
         def on_fallback(fallback: MemoryStore) -> None:
-            self.finishes.fell_back(envelope_id)  # journaled before the fallback queues its replies
+            self.finishes.fell_back(envelope_id, replies, error)
             fallback.finish(envelope_id, replies, error)
 
         _, landed = self.write("finish", lambda store: store.finish(envelope_id, replies, error),
@@ -124,9 +123,7 @@ class Failover:
             self._finished[envelope_id] = error
 
     def _on_health(self, degraded: bool, cause: str) -> None:
-        if degraded:
-            self.finishes.journal_in_flight()
-        elif self._unwritten or self.finishes.unwritten():
+        if not degraded and (self._unwritten or self.finishes.unwritten()):
             self.late.spawn(self.write_back)
 
     @property

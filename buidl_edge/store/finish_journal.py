@@ -71,15 +71,23 @@ class FinishJournal:
         self._file = AppendFile(directory, owner, SUFFIX, "finishes the store has not taken")
 
     def record(self, envelope_id: str, replies: Sequence[Reply], error: str | None) -> bool:
-        return self._file.append(_line({"finish": envelope_id, "error": error,
-                                        "replies": [asdict(reply) for reply in replies]}))
+        return self._file.append(_finish_line(envelope_id, replies, error))
 
     def settled(self, key: str) -> bool:
         """A reply posted (or failed for good) from this process's memory: never to be sent again."""
         return self._file.append(_line({"settled": key}))
 
+    @property
+    def size(self) -> int:
+        return self._file.size
+
     def empty(self) -> None:
         self._file.empty()
+
+    def rewrite(self, entries: Sequence[tuple[str, Sequence[Reply], str | None, set[str]]]) -> None:
+        """The journal with only these entries: (envelope id, replies, error, keys settled)."""
+        self._file.replace("".join(_finish_line(eid, replies, error) + "".join(_line({"settled": k}) for k in settled)
+                                   for eid, replies, error, settled in entries))
 
     def close(self) -> None:
         self._file.close()
@@ -128,6 +136,10 @@ def _read_into(finishes: dict[str, JournaledFinish], text: str) -> None:
     for finish in finishes.values():
         for key in settled & finish.replies.keys():
             del finish.replies[key]
+
+
+def _finish_line(envelope_id: str, replies: Sequence[Reply], error: str | None) -> str:
+    return _line({"finish": envelope_id, "error": error, "replies": [asdict(reply) for reply in replies]})
 
 
 def _line(entry: dict[str, Any]) -> str:

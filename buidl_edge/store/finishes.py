@@ -1,77 +1,71 @@
-"""The handlers' finishes on their way to the shared store, for the Failover: journaled when they
-cannot land, written back when the store answers again.
+"""The handlers' finishes on their way to the shared store, for the Failover: journaled until the
+store has them, written back when it answers again after refusing them.
 
-A finish is *in flight* from the moment the handler is done until the store took it. It is written
-to this process's journal (finish_journal.py), before anything depends on it, when:
+Every finish is appended to this process's journal (finish_journal.py) before it is written to the
+store: a kill -9 can come while the write waits (a held lock, a busy thread) or after it failed (a
+full disk, Redis away, the replies going out from memory), and the journal is what keeps the sweep
+from running the handler again and posting its replies twice. It costs one small write to memory
+(/dev/shm) per finish. An entry is needed until the store has the finish done and none of its
+replies waits to be posted from memory; the journal is emptied whenever no entry is needed, and
+rewritten with only the needed ones when it grows past COMPACT_BYTES (a steady stream of finishes
+may never leave it empty).
 
-- an episode is on as the handler finishes (the write may wait on a held lock, or fail);
-- an episode begins while it is in flight, or it has waited JOURNAL_AFTER_S (a lock held before
-  anyone noticed): a kill -9 then would otherwise have it run again;
-- the store refused it, before its replies are queued in the fallback (and go out from memory).
-
-A finish that fell back is written to the shared store when the episode ends (`write_back`: the
-envelope done, without its replies, which go out from memory). Its journal entry is needed until
-that write landed and every one of its replies was settled from memory; the journal is emptied when
-no entry is needed any more.
+A finish the store refused is written to it when the episode ends (`write_back`: the envelope done,
+without its replies, which go out from memory).
 """
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-
-import gevent
 
 from buidl_edge.store.base import EdgeStore, Reply, reply_key
 from buidl_edge.store.finish_journal import DeadFinishes, FinishJournal, JournaledFinish
 
-# A finish in flight this long is journaled even before an episode is known.
-JOURNAL_AFTER_S = 0.25
+# Past this size the journal is rewritten with only the entries still needed.
+COMPACT_BYTES = 1 << 20
 
 
 @dataclass
 class _Finish:
     replies: Sequence[Reply]
     error: str | None
-    since: float
-    journaled: bool = False
     unsettled: set[str] = field(default_factory=set)  # replies queued in the fallback, not yet posted
+    fell_back: bool = False  # its replies were queued in the fallback (and go out from memory)
     stored: bool = False  # the shared store has it done
+
+    def settled(self, envelope_id: str) -> set[str]:
+        """The keys of its replies already posted (or failed) from memory."""
+        if not self.fell_back:
+            return set()
+        return {reply_key(envelope_id, i) for i in range(len(self.replies))} - self.unsettled
 
 
 class PendingFinishes:
-    def __init__(self, journal: FinishJournal | None, degraded: Callable[[], bool]) -> None:
+    def __init__(self, journal: FinishJournal | None) -> None:
         self.journal = journal
-        self._degraded = degraded
-        self._in_flight: dict[str, _Finish] = {}
+        self._needed: dict[str, _Finish] = {}  # journaled, and the entry still needed
         self._fell_back: dict[str, _Finish] = {}  # to write to the shared store when it answers
-        self._needed: dict[str, _Finish] = {}  # journaled, and the journal still needed for them
-        self._watch: gevent.Greenlet | None = None
-        self.journaled = 0
 
     # ------------------------------------------------------------ one finish
 
     def begin(self, envelope_id: str, replies: Sequence[Reply], error: str | None) -> None:
-        finish = self._in_flight[envelope_id] = _Finish(replies, error, time.monotonic())
-        if self._degraded():
-            self._journal(envelope_id, finish)
-        elif self.journal is not None and self._watch is None:
-            self._watch = gevent.spawn_later(JOURNAL_AFTER_S, self._journal_late)
+        """Journaled before the store sees it: from here on a kill -9 does not run it again."""
+        finish = _Finish(replies, error)
+        if self.journal is not None and self.journal.record(envelope_id, replies, error):
+            self._needed[envelope_id] = finish
 
     def landed(self, envelope_id: str) -> None:
         """The shared store took it, replies and all."""
-        finish = self._in_flight.pop(envelope_id, None)
-        if finish is not None and finish.journaled:
+        finish = self._needed.get(envelope_id)
+        if finish is not None:
             finish.stored = True
             self._release(envelope_id, finish)
 
-    def fell_back(self, envelope_id: str) -> None:
-        """The store refused it: journaled before its replies go to the fallback's outbox."""
-        finish = self._in_flight.pop(envelope_id, None)
-        if finish is None:
-            return
-        self._journal(envelope_id, finish)
-        finish.unsettled = {reply_key(envelope_id, i) for i in range(len(finish.replies))}
+    def fell_back(self, envelope_id: str, replies: Sequence[Reply], error: str | None) -> None:
+        """The store refused it: its replies go out from memory, and it is written back later."""
+        finish = self._needed.get(envelope_id) or _Finish(replies, error)
+        finish.fell_back = True
+        finish.unsettled = {reply_key(envelope_id, i) for i in range(len(replies))}
         self._fell_back[envelope_id] = finish
 
     def reply_settled(self, key: str) -> None:
@@ -85,22 +79,10 @@ class PendingFinishes:
             self.journal.settled(key)
         self._release(envelope_id, finish)
 
-    # ------------------------------------------------------------ the episode
-
-    def journal_in_flight(self) -> None:
-        """An episode began: every finish still on its way may be held up by it."""
-        for envelope_id, finish in self._in_flight.items():
-            self._journal(envelope_id, finish)
+    # ------------------------------------------------------------ after an episode
 
     def unwritten(self) -> int:
         return len(self._fell_back)
-
-    def read_dead(self) -> DeadFinishes:
-        """What the journals of this host's dead workers hold (for the sweep)."""
-        return self.journal.read_dead() if self.journal is not None else DeadFinishes()
-
-    def finishes_of(self, owner: str) -> dict[str, JournaledFinish]:
-        return self.journal.finishes_of(owner) if self.journal is not None else {}
 
     def write_back(self, store: EdgeStore) -> None:
         """Mark done in the shared store what finished on the fallback (its replies went, or go, out
@@ -111,31 +93,21 @@ class PendingFinishes:
             finish.stored = True
             self._release(envelope_id, finish)
 
-    # ------------------------------------------------------------ the journal
+    # ------------------------------------------------------------ the journals
 
-    def _journal(self, envelope_id: str, finish: _Finish) -> None:
-        if finish.journaled or self.journal is None:
-            return
-        finish.journaled = True
-        self.journaled += 1
-        self.journal.record(envelope_id, finish.replies, finish.error)
-        self._needed[envelope_id] = finish
+    def read_dead(self) -> DeadFinishes:
+        """What the journals of this host's dead workers hold (for the sweep)."""
+        return self.journal.read_dead() if self.journal is not None else DeadFinishes()
+
+    def finishes_of(self, owner: str) -> dict[str, JournaledFinish]:
+        return self.journal.finishes_of(owner) if self.journal is not None else {}
 
     def _release(self, envelope_id: str, finish: _Finish) -> None:
         """Its entry is needed no more once stored with nothing left to post from memory."""
-        if not finish.stored or finish.unsettled:
+        if not finish.stored or finish.unsettled or self.journal is None:
             return
         self._needed.pop(envelope_id, None)
-        if not self._needed and self.journal is not None:
+        if not self._needed:
             self.journal.empty()
-
-    def _journal_late(self) -> None:
-        """Journal what has waited JOURNAL_AFTER_S; look again while anything is in flight."""
-        self._watch = None
-        now = time.monotonic()
-        for envelope_id, finish in list(self._in_flight.items()):
-            if now - finish.since >= JOURNAL_AFTER_S:
-                self._journal(envelope_id, finish)
-        if self._in_flight:
-            self._watch = gevent.spawn_later(JOURNAL_AFTER_S, self._journal_late)
-
+        elif self.journal.size > COMPACT_BYTES:
+            self.journal.rewrite([(eid, f.replies, f.error, f.settled(eid)) for eid, f in self._needed.items()])

@@ -43,6 +43,7 @@ class AppendFile:
         self._what = what
         self._fd: int | None = None
         self._failed = False  # said once
+        self.size = 0  # bytes in the file (as this process wrote them)
 
     def append(self, text: str) -> bool:
         """Append lines (each ending in a newline) in one write; False when it failed (said once)."""
@@ -50,12 +51,9 @@ class AppendFile:
             if self._fd is None:
                 self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            os.write(self._fd, text.encode("utf-8", "surrogatepass"))
+            self.size += os.write(self._fd, text.encode("utf-8", "surrogatepass"))
         except OSError as exc:
-            if not self._failed:
-                self._failed = True
-                log.warning("cannot keep %s in %s (%s): a kill -9 now would lose them", self._what,
-                            self.directory, exc.strerror or exc)
+            self._say_failed(exc)
             return False
         return True
 
@@ -63,8 +61,35 @@ class AppendFile:
         if self._fd is not None:
             try:
                 os.ftruncate(self._fd, 0)
+                self.size = 0
             except OSError:
                 pass
+
+    def replace(self, text: str) -> None:
+        """The file's whole content, at once (a new file renamed over it): never half of either."""
+        data = text.encode("utf-8", "surrogatepass")
+        fresh = self.path.with_name(self.path.name + ".new")
+        try:
+            fd = os.open(fresh, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, data)
+                os.replace(fresh, self.path)
+            except OSError:
+                os.close(fd)
+                raise
+        except OSError as exc:
+            self._say_failed(exc)
+            return
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = fd
+        self.size = len(data)
+
+    def _say_failed(self, exc: OSError) -> None:
+        if not self._failed:
+            self._failed = True
+            log.warning("cannot keep %s in %s (%s): a kill -9 now would lose them", self._what,
+                        self.directory, exc.strerror or exc)
 
     def close(self) -> None:
         """At exit: an empty file is removed (one with something in it is left for a live worker)."""
