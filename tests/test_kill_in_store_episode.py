@@ -19,6 +19,7 @@ import pytest
 from buidl_edge.sandbox.harness import WriteLockHolder, fill_disk, small_filesystem, wait_until
 from buidl_edge.sandbox.simulator.client import SimulatorClient, SimulatorProcess
 from support import Workers, app_folder, keys, log_lines, wait_acked
+from test_store_pressure import sqlite_keys
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -129,3 +130,25 @@ def test_a_worker_killed_after_posting_replies_from_memory_on_a_full_disk_has_no
     filler.unlink()
     workers.start(BUIDL_STATE_DIR=state)
     assert_once_each(workers, "full")
+
+
+def test_a_worker_killed_after_deciding_claims_locally_on_a_full_disk_leaves_them_to_be_written_back(
+        workers: Workers, small_disk: Path) -> None:
+    """Claims the full disk refused for 5 s are decided on the worker's own dedup, handled, and their
+    replies posted from memory; until written back they live only in that process. Killed then, the
+    next worker must still write their claims (a Slack retry elsewhere is recognised) and neither run
+    nor post anything again."""
+    state = small_disk / "state"
+    (workers.tmp_path / "go").touch()
+    first = workers.start(BUIDL_STATE_DIR=state)
+    filler = fill_disk(small_disk)
+    injected = inject(workers.client, "local")
+    wait_until(lambda: len(replies(workers.client, "local")) == COUNT, 20, "every reply posted from memory")
+    assert log_lines(first, "handled on this process's own dedup")
+    first.signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    filler.unlink()
+    workers.start(BUIDL_STATE_DIR=state)
+    assert_once_each(workers, "local")
+    wait_until(lambda: {f"evt:{key}" for key in injected} <= sqlite_keys(state / "edge.sqlite3"), 10,
+               "every event's claim in the store")
