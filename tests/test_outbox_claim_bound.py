@@ -7,11 +7,13 @@ SQLite's own VM steps (a progress handler on the store's connection), not in wal
 """
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from buidl_edge.delivery.ratelimit import PostLimits
 from buidl_edge.store.base import Reply
 from buidl_edge.store.sqlite import SqliteStore
+from buidl_edge.store.sqlite.schema import MIGRATIONS
 
 STEP = 100  # the progress handler is called every STEP VM instructions
 
@@ -42,3 +44,23 @@ def test_one_claim_does_about_the_same_work_with_20000_replies_pending_as_with_1
     large, taken_large = claim_steps(tmp_path, 20_000)
     assert taken_small == taken_large == 32
     assert large < 2 * small, f"{small:,} VM steps at 1,000 pending, {large:,} at 20,000"
+
+
+def test_a_file_from_before_the_heads_table_gets_its_pending_replies_claimed(tmp_path: Path) -> None:
+    """Opening a file at the previous schema builds the heads of the rows already queued."""
+    db = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(db, isolation_level=None)
+    for migration in MIGRATIONS[:-1]:
+        for statement in migration:
+            conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) - 1}")
+    for i, channel in enumerate(["CA", "CA", "CB"]):
+        conn.execute("INSERT INTO outbox(envelope_id, channel, text, idempotency_key, next_attempt_at, created_at) "
+                     "VALUES (?, ?, ?, ?, 0, 0)", (f"E{i}", channel, f"t{i}", f"k{i}"))
+    conn.close()
+    store = SqliteStore(db, checkpoint_interval_s=None)
+    try:
+        first = store.outbox_claim("w1", 10, PostLimits(rate=10.0, burst=10.0)).rows
+        assert sorted(row.text or "" for row in first) == ["t0", "t2"]  # one head per channel
+    finally:
+        store.close()
