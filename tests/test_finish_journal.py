@@ -6,6 +6,9 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
+
+from buidl_edge.store import finishes
 from buidl_edge.store.base import Reply
 from buidl_edge.store.finish_journal import FinishJournal
 from buidl_edge.store.finishes import PendingFinishes
@@ -69,3 +72,20 @@ def test_a_journal_with_nothing_pending_is_empty_and_one_rewritten_keeps_what_is
     journal.close()
     text = (tmp_path / f"{ME}.finishes").read_text()
     assert text.count('"finish"') == 1 and '"settled":"E2:1"' in text
+
+
+def test_lines_of_finishes_the_store_has_do_not_stay_while_another_finish_waits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One finish stuck (its reply waits to go out from memory) must not keep the lines of the
+    finishes stored after it for hours: past the store's retention a recovery would queue their
+    replies again. Scaled down: rewritten at once instead of after COMPACT_AFTER_S."""
+    monkeypatch.setattr(finishes, "COMPACT_AFTER_S", 0.0, raising=False)
+    journal = FinishJournal(tmp_path, ME)
+    pending = PendingFinishes(journal)
+    pending.begin("STUCK", REPLIES, None)
+    pending.fell_back("STUCK", REPLIES, None)
+    pending.begin("E2", REPLIES, None)
+    pending.landed("E2")
+    journal.close()
+    text = (tmp_path / f"{ME}.finishes").read_text()
+    assert '"finish":"STUCK"' in text and '"finish":"E2"' not in text, text

@@ -15,14 +15,18 @@ without its replies, which go out from memory).
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from buidl_edge.store.base import EdgeStore, Reply, reply_key
 from buidl_edge.store.finish_journal import DeadFinishes, FinishJournal, JournaledFinish
 
-# Past this size the journal is rewritten with only the entries still needed.
+# Past this size, or this long since it was last emptied, the journal is rewritten with only the
+# entries still needed: a line of a finish the store has must not outlive the store's memory of its
+# replies' keys (BUIDL_RETENTION_S, 10 minutes at least), or a recovery would queue them again.
 COMPACT_BYTES = 1 << 20
+COMPACT_AFTER_S = 60.0
 
 
 @dataclass
@@ -45,6 +49,7 @@ class PendingFinishes:
         self.journal = journal
         self._needed: dict[str, _Finish] = {}  # journaled, and the entry still needed
         self._fell_back: dict[str, _Finish] = {}  # to write to the shared store when it answers
+        self._compacted_at = time.monotonic()  # the journal last emptied or rewritten
 
     # ------------------------------------------------------------ one finish
 
@@ -107,7 +112,11 @@ class PendingFinishes:
         if not finish.stored or finish.unsettled or self.journal is None:
             return
         self._needed.pop(envelope_id, None)
+        now = time.monotonic()
         if not self._needed:
             self.journal.empty()
-        elif self.journal.size > COMPACT_BYTES:
+        elif self.journal.size > COMPACT_BYTES or now - self._compacted_at > COMPACT_AFTER_S:
             self.journal.rewrite([(eid, f.replies, f.error, f.settled(eid)) for eid, f in self._needed.items()])
+        else:
+            return
+        self._compacted_at = now
