@@ -83,7 +83,7 @@ def child(key: str, seconds: float, rate: float) -> dict[str, Any]:
     ran: list[int] = []
     restart_wal = checkpoint._restart_wal
 
-    def timed_restart(db: Any, conn: sqlite3.Connection, pages: int, done: int) -> tuple[int, int]:
+    def timed_restart(db: Any, conn: sqlite3.Connection, pages: int, done: int) -> tuple[int, int, bool]:
         started = time.perf_counter()  # from asking for the writers' locks to letting go
         try:
             return restart_wal(db, _Checkpoints(conn, strategy.mode, ran), pages, done)  # type: ignore[arg-type]  # duck-typed connection

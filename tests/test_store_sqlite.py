@@ -384,3 +384,28 @@ def test_the_wal_stays_within_its_size_limit_under_commits_that_never_pause(
     one_batch = 64 * 4096  # what one commit of 16 claims may add past the limit
     assert written > 5_000, "too few commits to prove anything"
     assert largest <= limit + one_batch, f"WAL reached {largest / 1024:.0f} KB (limit {limit / 1024:.0f} KB)"
+
+
+def test_a_wal_that_outgrows_its_share_between_rounds_is_restarted_before_the_next_round(
+        db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkpointer looks at the -wal file's size every 0.25 s between its rounds: a WAL that
+    grew past its share of the limit is restarted then, not a round later (at 1,000 events/s with
+    replies, 2 s rounds let it reach 87 MB). Scaled down: a 4 MB limit, rounds every 30 s (none
+    within the test), a commit of 16 claims every 10 ms."""
+    from buidl_edge.store.sqlite import db as sqlite_db
+
+    limit = 4 * 1024 * 1024
+    monkeypatch.setattr(sqlite_db, "WAL_SIZE_LIMIT_BYTES", limit)
+    store = SqliteStore(db, checkpoint_interval_s=30.0)
+    wal = Path(f"{db}-wal")
+    largest = written = 0
+    try:
+        while written < 3_200:  # about 2 s of commits
+            store.run_batch([store.claim_txn(env(f"E{written + i}", f"Ev{written + i}", text="x" * 400), ME)
+                             for i in range(16)])
+            written += 16
+            largest = max(largest, wal.stat().st_size)
+            time.sleep(0.01)
+    finally:
+        store.close()
+    assert largest <= limit, f"WAL reached {largest / 1024:.0f} KB (limit {limit / 1024:.0f} KB)"

@@ -196,6 +196,8 @@ class Outbox:
             return None
 
     def record(self, row: OutboxRow, outcome: DeliveryOutcome, final: OutboxRow | None) -> None:
+        if final is not None and outcome.kind in ("sent", "failed"):
+            self.failover.reply_settled(row.idempotency_key)  # one posted from memory is not posted again
         if final is None:
             self.stats.lease_lost += 1
             log.warning("row %d to %s was taken over while in flight (lease lost); outcome %s not recorded",

@@ -64,7 +64,10 @@ class AckClaims:
         self.acked_undecided = 0
         self.decided_locally = 0
         self.spill = spill
-        self._undecided = 0  # acked and not yet decided: while any, the spill file holds them
+        # Acked and not yet decided: while any, or any decided locally is not written back yet, the
+        # spill file holds them (a kill -9 before the write-back would otherwise lose them).
+        self._undecided = 0
+        failover.on_written_back = self._empty_spill_if_settled
 
     # ------------------------------------------------------------ deciding
 
@@ -117,11 +120,14 @@ class AckClaims:
         """`later`, counting down what is undecided; the spill file is emptied when nothing is."""
         def decided(envelope: Envelope, new: bool) -> None:
             self._undecided -= 1
-            if self._undecided == 0 and self.spill is not None:
-                self.spill.empty()
+            self._empty_spill_if_settled()
             later(envelope, new)
 
         return decided
+
+    def _empty_spill_if_settled(self) -> None:
+        if self._undecided == 0 and not self.failover.claims_unwritten and self.spill is not None:
+            self.spill.empty()
 
     def _claim_many(self, envelopes: Sequence[Envelope]) -> list[Outcome]:
         try:

@@ -8,8 +8,9 @@ degraded episode (StoreHealth).
 """
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from buidl_edge.api.app import EdgeApp
@@ -22,9 +23,10 @@ from buidl_edge.dispatch.stats import DispatchStats
 from buidl_edge.dispatch.targets import Target, TargetHooks
 from buidl_edge.socketmode.link import Ack, LaterAcks
 from buidl_edge.socketmode.protocol import Envelope
-from buidl_edge.store.base import EdgeStore, Reply
+from buidl_edge.store.base import EdgeStore, Reply, Swept
 from buidl_edge.store.errors import StoreError, StoreRejected
 from buidl_edge.store.failover import Failover
+from buidl_edge.store.finish_journal import DeadFinishes, JournaledFinish
 from buidl_edge.store.health import StoreHealth
 
 if TYPE_CHECKING:
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
     from buidl_edge.delivery.streams import StreamSender
 
 T = TypeVar("T")
+
+log = logging.getLogger("buidl_edge.dispatch")
 
 
 class Dispatcher:
@@ -62,6 +66,8 @@ class Dispatcher:
                 handler_threads, lost_with_process=lost_with_process, streams=streams)
         self.target = target
         self.acks = AckPath(self.claims, target, self.stats, ack_payload_deadline)
+        # Rows a sweep took whose owner had journaled their finish: stored instead of run again.
+        self._late_finishes: dict[str, JournaledFinish] = {}
 
     def accept(self, burst: Sequence[tuple[Envelope, float]], later: LaterAcks) -> list[Ack]:
         return self.acks.accept(burst, later)
@@ -72,9 +78,43 @@ class Dispatcher:
         self.stats.recovered += 1
         self.target.rerun(envelope)
 
-    def recover_spilled(self) -> int:
+    def recover(self) -> None:
+        """The sweep: take over what dead or stalled workers left. What a dead worker of this host had
+        finished but could not store (its finish journal) is stored first, so that nothing it
+        finished runs again; then what it acked undecided (its spill file) is claimed, and the rows
+        the store says were left unfinished are run again, unless their owner had journaled them
+        (it died after the journals were read). Raises StoreError (the next sweep goes on)."""
+        journal = self.failover.finishes
+        if self._late_finishes:  # journaled finishes of rows an earlier sweep took: stored first
+            DeadFinishes(finishes=self._late_finishes).recover(self.store)
+            self._late_finishes.clear()
+        dead = journal.read_dead()
+        self.recover_spilled(dead.finishes)
+        if dead.finishes:
+            dead.recover(self.store)
+            log.info("stored %d finish(es) a dead worker had journaled while the store was away",
+                     len(dead.finishes))
+        dead.mark_recovered()
+        journaled: dict[str, dict[str, JournaledFinish]] = {}
+        for envelope in self.store.sweep(self.owner):
+            eid = envelope.envelope_id
+            previous = envelope.taken_from if isinstance(envelope, Swept) else ""
+            if previous and previous not in journaled:
+                journaled[previous] = journal.finishes_of(previous)
+            if eid in dead.finishes:
+                continue  # another sweeper took it while this one stored its finish
+            if previous and eid in journaled[previous]:
+                self._late_finishes[eid] = journaled[previous][eid]
+                continue
+            self.rerun(envelope)
+        if self._late_finishes:
+            DeadFinishes(finishes=self._late_finishes).recover(self.store)
+            log.info("stored %d finish(es) a worker had journaled before it died", len(self._late_finishes))
+            self._late_finishes.clear()
+
+    def recover_spilled(self, finished: Collection[str] = ()) -> int:
         """Claim what dead workers of this host acked before the store decided it (their spill
-        files) and hand on what the store says is new; how many were new."""
+        files) and hand on what the store says is new, except what they `finished`; how many were new."""
         spill = self.claims.spill
         if spill is None:
             return 0
@@ -86,7 +126,7 @@ class Dispatcher:
                 spill.give_back(path)  # the next sweep tries again
                 raise
             for envelope, outcome in zip(envelopes, outcomes):
-                if outcome is True:
+                if outcome is True and envelope.envelope_id not in finished:
                     new_ones += 1
                     self.stats.recovered += 1
                     self.target.start(envelope, None, None)
@@ -108,8 +148,7 @@ class Dispatcher:
     def _finish(self, envelope_id: str, replies: list[Reply], error: str | None) -> bool:
         """True when the finish (and its replies) landed in the shared store; else the replies are
         queued in the fallback's outbox and go out from this process."""
-        self.failover.finished(envelope_id, error)
-        return self._write("finish", lambda store: store.finish(envelope_id, replies, error))[1]
+        return self.failover.finish(envelope_id, replies, error, failed=self._store_failed)
 
     def _write(self, operation: str, call: Callable[[Any], T]) -> tuple[T, bool]:
         """A handler's write through the failover, its failures counted here too."""
@@ -128,6 +167,13 @@ class Dispatcher:
     def finish_acks(self, timeout: float) -> bool:
         """Wait for the claims and acks in flight (never capped, never long); False on timeout."""
         return self.acks.finish(timeout=timeout)
+
+    def close_files(self) -> None:
+        """At exit, after the drain: this process's spill file and finish journal, removed if empty."""
+        if self.claims.spill is not None:
+            self.claims.spill.close()
+        if self.failover.finishes.journal is not None:
+            self.failover.finishes.journal.close()
 
     def finish_handlers(self, timeout: float) -> bool:
         """What the target started, then the claims still being decided (and their write-back);

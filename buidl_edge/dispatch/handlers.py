@@ -143,6 +143,7 @@ class HandlerTarget:
                 self._warn_unknown_command(envelope.kind)
         payload: dict[str, Any] | None = None
         error: str | None = None
+        failures: list[tuple[Exception, str]] = []  # reported once the envelope is finished
         argument = self.app.handler_argument(envelope)
         me = gevent.getcurrent()
         for registration in registrations:
@@ -156,7 +157,7 @@ class HandlerTarget:
                 self._stats.handler_errors += 1
                 error = type(exc).__name__
                 log.exception("handler %s failed", registration.name, extra={"envelope_id": envelope.envelope_id})
-                report_handler_error(exc, envelope, registration.name, connection, claim=self._claim_key)
+                failures.append((exc, registration.name))
                 ctx.stop_streams(failed=True)
                 continue
             finally:
@@ -166,6 +167,10 @@ class HandlerTarget:
                 payload = result
         self._finish(envelope.envelope_id, ctx.replies, error)
         self._stats.handled += 1
+        # After the finish: the report's dedup key is a store write, which a held lock can hold for
+        # seconds; a kill -9 meanwhile must find the envelope finished, not run it again.
+        for failure, name in failures:
+            report_handler_error(failure, envelope, name, connection, claim=self._claim_key)
         if ctx.replies and self.outbox is not None:
             # In the shared outbox, or (the store failing) in the fallback's: the sender posts them.
             self.outbox.wake()

@@ -21,12 +21,12 @@ import gevent.lock
 
 from buidl_edge.api.app import EdgeApp
 from buidl_edge.api.webclient import client_factory
-from buidl_edge.config import SLACK_MAX_CONNECTIONS, OutboxConfig, Settings
+from buidl_edge.config import OutboxConfig, Settings
 from buidl_edge.delivery.outbox import Outbox
 from buidl_edge.delivery.streams import StreamSender
 from buidl_edge.dispatch.dispatcher import Dispatcher
 from buidl_edge.dispatch.handler_threads import HubCall, share_logging_with_threads
-from buidl_edge.dispatch.spill import Spill, spill_dir
+from buidl_edge.dispatch.spill import Spill
 from buidl_edge.observability.sentry import (
     flush_sentry,
     report_exception,
@@ -43,13 +43,15 @@ from buidl_edge.runtime.hubwatch import HubWatch
 from buidl_edge.runtime.predecessors import forget_predecessors
 from buidl_edge.runtime.start import cannot_start
 from buidl_edge.socketmode.backoff import backoff_delay
-from buidl_edge.socketmode.connection import ConnectionSlot, FatalStop
+from buidl_edge.socketmode.connection import ConnectionSlot, FatalStop, refresh_overlaps
 from buidl_edge.store.base import EdgeStore
 from buidl_edge.store.errors import StoreError
 from buidl_edge.store.failover import Failover
+from buidl_edge.store.finish_journal import FinishJournal
 from buidl_edge.store.health import StoreHealth
 from buidl_edge.store.memory import MemoryStore
 from buidl_edge.store.slots import SlotGate
+from buidl_edge.store.spill_files import spill_dir
 from buidl_edge.webapi.client import FatalAuthError, SlackApiError, WebApi, sender_webapi
 
 if TYPE_CHECKING:
@@ -97,7 +99,9 @@ class Worker:
         # One view of the store's health for the dispatcher, the outbox and the heartbeat.
         self.health = StoreHealth()
         # The store with this process's fallback and the write-back: every part writes through it.
-        self.failover = Failover(self.store, self.health, self.owner)
+        journal = (FinishJournal(spill_dir(self.settings.state_dir), self.owner)
+                   if self.store.lifespan.outlives_the_process else None)  # a memory store dies with us
+        self.failover = Failover(self.store, self.health, self.owner, journal=journal)
         self.slots: list[ConnectionSlot] = []
         self.dispatcher: Dispatcher | None = None
         self.outbox: Outbox | None = None
@@ -274,6 +278,7 @@ class Worker:
         sent = self.outbox.stop(timeout=max(0.1, deadline - time.monotonic()))
         self._forget_heartbeat()
         self.store.close()
+        self.dispatcher.close_files()
         return acks_done and handlers_done and streams_stopped and sent
 
     def _running_what(self) -> str:
@@ -332,9 +337,7 @@ class Worker:
 
     def _sweep(self) -> None:
         assert self.dispatcher is not None
-        for envelope in self.store.sweep(self.owner):
-            self.dispatcher.rerun(envelope)
-        self.dispatcher.recover_spilled()
+        self.dispatcher.recover()
 
     def _prune(self) -> None:
         dropped = self.store.prune(self.settings.retention_s)
@@ -385,14 +388,3 @@ class Worker:
             "slots": self.gate.status(),
             **({"relay": self.relay.stats_dict()} if self.relay is not None else {}),
         }
-
-
-def refresh_overlaps(settings: Settings) -> int:
-    """How many extra links this process may hold while its connections refresh.
-
-    Slack's 10 per app, less P x K steady links, shared by the P processes; at least one,
-    which `run` guarantees by refusing P x K + P > 10. Not capped at K: when Slack warns a
-    replacement link while its predecessor is still closing, a connection briefly needs two.
-    """
-    spare = SLACK_MAX_CONNECTIONS - settings.processes * settings.connections
-    return max(1, spare // settings.processes)

@@ -18,7 +18,7 @@ import gevent.event
 import gevent.lock
 import websocket
 
-from buidl_edge.config import ConfigError, Settings, websocket_options
+from buidl_edge.config import SLACK_MAX_CONNECTIONS, ConfigError, Settings, websocket_options
 from buidl_edge.observability.logs import trace_frame
 from buidl_edge.socketmode import protocol
 from buidl_edge.socketmode.backoff import backoff_delay
@@ -68,7 +68,7 @@ class ConnectionSlot:
         self.name = name
         # App-wide connection slots (store/slots.py): one lease per link, one more for a refresh overlap.
         self.gate = gate
-        # Refresh overlaps open at once in this process (worker.refresh_overlaps): P x K + P x this
+        # Refresh overlaps open at once in this process (refresh_overlaps, below): P x K + P x this
         # bounds the links open per app.
         self.overlap = overlap or gevent.lock.Semaphore(1)
         self._overlaps = 0
@@ -297,3 +297,14 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, SlackApiError):
         return exc.error
     return type(exc).__name__
+
+
+def refresh_overlaps(settings: Settings) -> int:
+    """How many extra links this process may hold while its connections refresh.
+
+    Slack's 10 per app, less P x K steady links, shared by the P processes; at least one,
+    which `run` guarantees by refusing P x K + P > 10. Not capped at K: when Slack warns a
+    replacement link while its predecessor is still closing, a connection briefly needs two.
+    """
+    spare = SLACK_MAX_CONNECTIONS - settings.processes * settings.connections
+    return max(1, spare // settings.processes)

@@ -184,6 +184,12 @@ def idempotency_keys(replies: Sequence[Reply], keys: Sequence[str] | None) -> li
     return chosen
 
 
+def reply_key(envelope_id: str, index: int) -> str:
+    """The idempotency key of a handler's reply, as every store's `finish` queues it: a second
+    finish of the same envelope (a re-run, a recovery) queues nothing twice."""
+    return f"{envelope_id}:{index}"
+
+
 def check_purgeable(state: str) -> None:
     if state not in PURGEABLE_STATES:
         raise BadCall(f"only failed or sent rows can be purged, not {state!r}")

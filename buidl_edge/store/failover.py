@@ -10,7 +10,9 @@ the chores) writes through one `Failover`. It owns:
   delivery loop both, shared first);
 - the write-back: a claim decided on local dedup is written to the shared store once the episode
   ends (or at the drain), so that a Slack retry reaching another process afterwards is still
-  recognised.
+  recognised; so is a handler's finish that fell back (finishes.py);
+- the handlers' finishes on their way (`finish`): journaled outside the store until it has them
+  (finishes.py), so that a kill -9 neither runs their handlers again nor posts their replies twice.
 """
 from __future__ import annotations
 
@@ -21,8 +23,10 @@ from typing import TypeVar
 import gevent.pool
 
 from buidl_edge.socketmode.protocol import Envelope
-from buidl_edge.store.base import EdgeStore
+from buidl_edge.store.base import EdgeStore, Reply
 from buidl_edge.store.errors import StoreError, StoreRejected
+from buidl_edge.store.finish_journal import FinishJournal
+from buidl_edge.store.finishes import PendingFinishes
 from buidl_edge.store.health import StoreHealth
 from buidl_edge.store.memory import MemoryStore
 
@@ -35,11 +39,16 @@ WRITE_BACK_CHUNK = 500
 
 
 class Failover:
-    def __init__(self, store: EdgeStore, health: StoreHealth | None = None, owner: str = "") -> None:
+    def __init__(self, store: EdgeStore, health: StoreHealth | None = None, owner: str = "",
+                 journal: FinishJournal | None = None) -> None:
+        """`journal`: where finishes that cannot land are kept (none: a kill -9 then re-runs them)."""
         self.store = store
         self.health = health or StoreHealth()
         self.owner = owner
         self.fallback = MemoryStore()
+        self.finishes = PendingFinishes(journal)
+        # Called when no claim decided locally is left unwritten (the ack path's spill empties then).
+        self.on_written_back: Callable[[], None] | None = None
         self._unwritten: dict[str, Envelope] = {}  # claimed on local dedup; not in the shared store
         self._finished: dict[str, str | None] = {}  # of those, handled here: envelope id -> error
         self._writing_back = False  # one write-back at a time: a second would see its claims as taken
@@ -70,6 +79,28 @@ class Failover:
         self.wrote()
         return result, True
 
+    def finish(self, envelope_id: str, replies: list[Reply], error: str | None,
+               failed: Callable[[str, StoreError], None] | None = None) -> bool:
+        """A handler's finish: the envelope done and its replies queued, in the shared store, else
+        in the fallback (the replies go out from this process). Journaled first (finishes.py).
+        True when it landed in the shared store."""
+        self.finished(envelope_id, error)
+        self.finishes.begin(envelope_id, replies, error)
+
+        def on_fallback(fallback: MemoryStore) -> None:
+            self.finishes.fell_back(envelope_id, replies, error)
+            fallback.finish(envelope_id, replies, error)
+
+        _, landed = self.write("finish", lambda store: store.finish(envelope_id, replies, error),
+                               on_fallback=on_fallback, failed=failed)
+        if landed:
+            self.finishes.landed(envelope_id)
+        return landed
+
+    def reply_settled(self, key: str) -> None:
+        """A reply was posted, or failed for good (`key`: its idempotency key)."""
+        self.finishes.reply_settled(key)
+
     def failed(self, operation: str, exc: StoreError) -> None:
         self.health.failed(operation, exc)
 
@@ -92,19 +123,32 @@ class Failover:
             self._finished[envelope_id] = error
 
     def _on_health(self, degraded: bool, cause: str) -> None:
-        if not degraded and self._unwritten:
+        if not degraded and (self._unwritten or self.finishes.unwritten()):
             self.late.spawn(self.write_back)
+
+    @property
+    def claims_unwritten(self) -> int:
+        return len(self._unwritten)
+
+    def unwritten(self) -> int:
+        """Claims decided locally and finishes that fell back, not yet in the shared store."""
+        return len(self._unwritten) + self.finishes.unwritten()
 
     def write_back(self) -> int:
         """Claim in the shared store what local dedup decided while it failed (and finish what was
         handled); returns how many are still unwritten."""
         if self._writing_back:
-            return len(self._unwritten)
+            return self.unwritten()
         self._writing_back = True
         try:
-            return self._write_back()
+            if self._write_back():
+                return self.unwritten()
+            self.finishes.write_back(self.store)
+        except StoreError as exc:
+            self.failed("write back", exc)
         finally:
             self._writing_back = False
+        return self.unwritten()
 
     def _write_back(self) -> int:
         while self._unwritten:
@@ -140,15 +184,17 @@ class Failover:
             if written:
                 self.wrote()
                 log.info("wrote back %d claim(s) decided on local dedup while the store failed", written)
+        if self.on_written_back is not None:
+            self.on_written_back()
         return 0
 
     def drain(self, timeout: float) -> bool:
         """Let write-backs under way finish, and try once more; False (said) when some are left."""
         self.late.join(timeout=timeout)
-        left = self.write_back() if self._unwritten else 0
+        left = self.write_back() if self.unwritten() else 0
         if left:
-            log.warning("%d claim(s) decided on local dedup could not be written back before exit: a Slack "
-                        "retry of them reaching another process would run them again", left)
+            log.warning("%d claim(s) decided on local dedup or finish(es) could not be written back before exit: "
+                        "a Slack retry of them reaching another process, or a sweep, would run them again", left)
         return not left and not self.late
 
 

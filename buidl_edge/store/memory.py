@@ -35,6 +35,7 @@ from buidl_edge.store.base import (
     StreamRow,
     check_purgeable,
     idempotency_keys,
+    reply_key,
     retention_cutoff,
 )
 from buidl_edge.store.errors import StoreError
@@ -89,7 +90,7 @@ class MemoryStore:
             row.update(state="failed" if error else "done", error=error, replies=list(replies),
                        at=time.time())
         if replies:
-            self.outbox_enqueue(replies, envelope_id, [f"{envelope_id}:{i}" for i in range(len(replies))])
+            self.outbox_enqueue(replies, envelope_id, [reply_key(envelope_id, i) for i in range(len(replies))])
 
     def renew(self, owner: str) -> int:
         return 0

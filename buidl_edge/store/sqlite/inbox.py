@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from buidl_edge.socketmode import protocol
 from buidl_edge.socketmode.protocol import Envelope
-from buidl_edge.store.base import DEFAULT_RETENTION_S, Reply, Swept, retention_cutoff
+from buidl_edge.store.base import DEFAULT_RETENTION_S, Reply, Swept, reply_key, retention_cutoff
 from buidl_edge.store.errors import StoreError
 from buidl_edge.store.sqlite.binding import bind, unbind
 from buidl_edge.store.sqlite.db import Abort, SqliteDb
@@ -90,7 +90,7 @@ class SqliteInbox(SqliteDb):
 
         def txn(cur: sqlite3.Cursor) -> None:
             eid = bind(envelope_id)
-            rows = [reply_row(envelope_id, r, f"{envelope_id}:{i}", now) for i, r in enumerate(replies)]
+            rows = [reply_row(envelope_id, r, reply_key(envelope_id, i), now) for i, r in enumerate(replies)]
             cur.execute(_FINISH, (state, bind(error), now, eid))
             if rows:
                 cur.executemany(INSERT_OUTBOX, rows)

@@ -20,19 +20,16 @@ INSERT_OUTBOX = """INSERT INTO outbox(envelope_id, channel, text, blocks, thread
 
 OUTBOX_COLS = ("id, channel, text, blocks, thread_ts, idempotency_key, state, attempts, next_attempt_at, "
                "created_at, envelope_id, error, lease_owner, lease_until, sent_at, ts, rate_limited")
-# Each channel's oldest unsent row, when it is not already in flight: only it may be sent next.
-# A skip-scan over the partial index (channel after channel, then that channel's first id), so
-# the cost grows with the channels waiting, not with the rows queued behind them; INDEXED BY
-# because the planner would rather scan outbox_state.
-_UNSENT = "outbox INDEXED BY outbox_unsent WHERE state IN ('pending', 'sending')"
-_OUTBOX_HEADS = f"""WITH RECURSIVE chans(channel) AS (
-        SELECT MIN(channel) FROM {_UNSENT}
-        UNION ALL
-        SELECT (SELECT MIN(channel) FROM {_UNSENT} AND channel > chans.channel)
-        FROM chans WHERE chans.channel IS NOT NULL)
-    SELECT {', '.join('o.' + c.strip() for c in OUTBOX_COLS.split(','))}
-    FROM chans JOIN outbox AS o ON o.id = (SELECT MIN(id) FROM {_UNSENT} AND channel = chans.channel)
-    WHERE o.state = 'pending' ORDER BY o.id"""
+# The channel heads not in flight, earliest due first, at most HEADS_READ of them: outbox_heads
+# (schema.py) holds each channel's oldest unsent row, kept by triggers, and its (sendable, due)
+# index serves this read, so a claim costs the same with 100 or 100,000 channels waiting.
+_OUTBOX_HEADS = f"""SELECT {', '.join('o.' + c.strip() for c in OUTBOX_COLS.split(','))}
+    FROM outbox_heads AS h INDEXED BY outbox_heads_due JOIN outbox AS o ON o.id = h.id
+    WHERE h.sendable = 1 ORDER BY h.due LIMIT ?"""
+# Heads read per claim, as a multiple of the rows it may take: room for heads whose channel has
+# no token yet (they wait their turn among the first by due time).
+HEADS_PER_ROW = 8
+MIN_HEADS_READ = 256
 _OUTBOX_TAKE = ("UPDATE outbox SET state = 'sending', lease_owner = ?, lease_until = ?, attempts = attempts + 1, "
                 "updated_at = ? WHERE id = ? AND state = 'pending'")
 _BUCKET_UPSERT = ("INSERT INTO post_buckets(key, tokens, updated_at, paused_until) VALUES (?, ?, ?, ?) "
@@ -73,9 +70,10 @@ class SqliteOutbox(SqliteDb):
         lease = self.lease_s if lease_s is None else lease_s
         if limit <= 0:
             return Claimed([], None)
+        heads_read = max(MIN_HEADS_READ, HEADS_PER_ROW * limit)
 
         def decide(cur: sqlite3.Cursor, now: float) -> tuple[list[OutboxRow], dict[str, Bucket], float | None]:
-            heads = [to_outbox_row(r) for r in cur.execute(_OUTBOX_HEADS).fetchall()]
+            heads = [to_outbox_row(r) for r in cur.execute(_OUTBOX_HEADS, (heads_read,)).fetchall()]
             if not heads:
                 return [], {}, None
             wanted = sorted({channel_key(h.channel) for h in heads} | {GLOBAL_KEY})

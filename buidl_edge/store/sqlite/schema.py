@@ -112,6 +112,43 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                updated_at REAL NOT NULL,
                paused_until REAL NOT NULL DEFAULT 0) WITHOUT ROWID""",
     ),
+    (
+        # Each channel's oldest unsent outbox row, kept by triggers, so that a claim reads the first
+        # heads by due time (an index) instead of every pending channel's: with replies lagging at
+        # 1,000 events/s that read held the store's lock 1.1 s at 100,000 pending.
+        """CREATE TABLE outbox_heads (
+               channel TEXT PRIMARY KEY,
+               id INTEGER NOT NULL,
+               sendable INTEGER NOT NULL,
+               due REAL NOT NULL) WITHOUT ROWID""",
+        "CREATE INDEX outbox_heads_due ON outbox_heads(sendable, due)",
+        # A new row is its channel's head only when the channel has none (ids only grow).
+        """CREATE TRIGGER outbox_heads_insert AFTER INSERT ON outbox
+               WHEN NEW.state IN ('pending', 'sending') BEGIN
+               INSERT OR IGNORE INTO outbox_heads(channel, id, sendable, due)
+                   VALUES (NEW.channel, NEW.id, NEW.state = 'pending', NEW.next_attempt_at);
+           END""",
+        # Any change of an unsent row (taken, settled, retried, cancelled) or to one: the head again.
+        """CREATE TRIGGER outbox_heads_update AFTER UPDATE OF state, next_attempt_at ON outbox
+               WHEN OLD.state IN ('pending', 'sending') OR NEW.state IN ('pending', 'sending') BEGIN
+               DELETE FROM outbox_heads WHERE channel = NEW.channel;
+               INSERT INTO outbox_heads(channel, id, sendable, due)
+                   SELECT channel, id, state = 'pending', next_attempt_at
+                   FROM outbox INDEXED BY outbox_unsent
+                   WHERE channel = NEW.channel AND state IN ('pending', 'sending') ORDER BY id LIMIT 1;
+           END""",
+        """CREATE TRIGGER outbox_heads_delete AFTER DELETE ON outbox
+               WHEN OLD.state IN ('pending', 'sending') BEGIN
+               DELETE FROM outbox_heads WHERE channel = OLD.channel;
+               INSERT INTO outbox_heads(channel, id, sendable, due)
+                   SELECT channel, id, state = 'pending', next_attempt_at
+                   FROM outbox INDEXED BY outbox_unsent
+                   WHERE channel = OLD.channel AND state IN ('pending', 'sending') ORDER BY id LIMIT 1;
+           END""",
+        """INSERT INTO outbox_heads(channel, id, sendable, due)
+               SELECT channel, id, state = 'pending', next_attempt_at FROM outbox
+               WHERE id IN (SELECT MIN(id) FROM outbox WHERE state IN ('pending', 'sending') GROUP BY channel)""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
