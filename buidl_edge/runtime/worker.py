@@ -38,8 +38,10 @@ from buidl_edge.runtime.exitcodes import EXIT_CRASH, EXIT_FATAL, EXIT_OK
 from buidl_edge.runtime.fatal_marker import read_fatal, record_fatal
 from buidl_edge.runtime.gc_tuning import settle_heap
 from buidl_edge.runtime.hubwatch import HubWatch
+from buidl_edge.runtime.liveness import Heartbeat, LeaseRenewal
 from buidl_edge.runtime.predecessors import forget_predecessors
 from buidl_edge.runtime.start import cannot_start
+from buidl_edge.runtime.sweep_watch import SweepWatch
 from buidl_edge.socketmode.backoff import backoff_delay
 from buidl_edge.socketmode.connection import ConnectionSlot, FatalStop
 from buidl_edge.store.base import EdgeStore
@@ -47,6 +49,7 @@ from buidl_edge.store.errors import StoreError
 from buidl_edge.store.failover import Failover
 from buidl_edge.store.health import StoreHealth
 from buidl_edge.store.memory import MemoryStore
+from buidl_edge.store.owners import HEARTBEAT_CHECK_S, RENEWAL_TURN_S
 from buidl_edge.store.slots import SlotGate
 from buidl_edge.webapi.client import FatalAuthError, SlackApiError, WebApi, sender_webapi
 
@@ -56,8 +59,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("buidl_edge.worker")
 
-HEARTBEAT_INTERVAL_S = 2.0
-SWEEP_INTERVAL_S = 1.0
+# The chores' one timer ticks every second at most; each chore below skips its round (without a store
+# call or a thread hop) while it has nothing to do. The renewal cadence is store/owners.py's.
+SWEEP_INTERVAL_S = 2.0
+DELIVERY_CHORES_S = 2.0
 PRUNE_INTERVAL_S = 60.0
 AUTH_ATTEMPTS = 5
 
@@ -102,6 +107,12 @@ class Worker:
             self.health.subscribe(tell_supervisor)
         self.gate = SlotGate(self.store, self.owner, settings.max_app_connections,
                              on_store_error=self.health.failed)
+        # What the chores write, each only when it must (runtime/liveness.py, sweep_watch.py).
+        self.lease_turn_s = min(RENEWAL_TURN_S, settings.lease_s / 3)
+        self.leases = LeaseRenewal(self.store, self.owner, self.lease_turn_s)
+        self.beat = Heartbeat(self.store, self.owner, self.snapshot, self.health, RENEWAL_TURN_S)
+        self.sweeps = SweepWatch(self.store, self.owner, socket.gethostname())
+        self.chores: Chores | None = None
 
     def request_stop(self, signum: int | None = None) -> None:
         """Signal handler: only record; the main greenlet drains."""
@@ -125,7 +136,7 @@ class Worker:
         for runner in runners:
             runner.link_exception(self._on_slot_crash)
         forget_predecessors(self.store, self.owner, os.environ.get("SUPERVISOR_PROCESS_NAME", ""))
-        chores = self._chores().start()
+        self.chores = chores = self._chores().start()
         try:
             http = self._serve_health()
         except OSError as exc:
@@ -167,7 +178,7 @@ class Worker:
                                                        config.concurrency),
                              self.settings.bot_token, self.owner, config, self.settings.backoff_base,
                              self.settings.backoff_cap, self.settings.lease_s,
-                             on_failed=report_outbox_failure, failover=self.failover).start()
+                             on_failed=report_outbox_failure, failover=self.failover).start(own_chores=False)
         # send_message may be called from a threaded handler: the outbox is reached on the hub.
         hub_call = HubCall()
         self.app.bind(hub_call.wrap(self.outbox.send_reply))
@@ -187,10 +198,15 @@ class Worker:
         return None
 
     def _chores(self) -> Chores:
-        return Chores([Chore("heartbeat", HEARTBEAT_INTERVAL_S, self._heartbeat),
+        assert self.outbox is not None
+        loops = [self.outbox.loop] + ([self.relay.loop] if self.relay is not None else [])
+        return Chores([Chore("heartbeat", HEARTBEAT_CHECK_S, self.beat.publish_if_due),
+                       Chore("renew", self.lease_turn_s, self.leases.renew_if_due),
                        Chore("sweep", SWEEP_INTERVAL_S, self._sweep),
                        Chore("prune", PRUNE_INTERVAL_S, self._prune),
-                       Chore("renew_slots", HEARTBEAT_INTERVAL_S, self._renew_slots)], self.health)
+                       Chore("renew_slots", RENEWAL_TURN_S, self._renew_slots),
+                       *(Chore(f"{loop.delivery.name}_chores", DELIVERY_CHORES_S, loop.chore_round)
+                         for loop in loops)], self.health)
 
     def _exit(self, clean: bool) -> int:
         stop = self.stop_reason
@@ -280,14 +296,7 @@ class Worker:
                      ack_deadline=settings.ack_payload_deadline, max_attempts=settings.relay_max_attempts,
                      backoff_base=settings.relay_backoff_base, backoff_cap=settings.relay_backoff_cap,
                      lease_s=settings.lease_s, concurrency=settings.relay_concurrency, failover=self.failover,
-                     on_failed=report_relay_failure).start()
-
-    def _heartbeat(self) -> None:
-        self.store.renew(self.owner)
-        self.store.heartbeat(self.owner, self.snapshot())
-        # The heartbeat always writes a row (a renew of no lease writes nothing): with no traffic,
-        # this is the write that ends a degraded episode.
-        self.health.wrote()
+                     on_failed=report_relay_failure).start(own_chores=False)
 
     def _renew_slots(self) -> None:
         lost = set(self.gate.renew())
@@ -296,9 +305,12 @@ class Worker:
                 slot.slot_lost()
 
     def _sweep(self) -> None:
-        assert self.dispatcher is not None
-        for envelope in self.store.sweep(self.owner):
-            self.dispatcher.rerun(envelope)
+        assert self.dispatcher is not None and self.outbox is not None
+        if self.sweeps.due() and self.sweeps.sweepable():
+            for envelope in self.store.sweep(self.owner):
+                self.dispatcher.rerun(envelope)
+            self.outbox.recover()
+            self.sweeps.swept()
         self.dispatcher.recover_spilled()
 
     def _prune(self) -> None:
@@ -347,6 +359,10 @@ class Worker:
             "dispatch": self.dispatcher.stats_dict() if self.dispatcher else {},
             "outbox": self.outbox.stats.as_dict() if self.outbox else {},
             "slots": self.gate.status(),
+            # What the chores did: rounds of their timer, looks at the leases, sweeps run, writes
+            # of this heartbeat. Not a change worth a heartbeat by themselves (liveness.py).
+            "chores": {"rounds": self.chores.rounds if self.chores else 0, "sweep_looks": self.sweeps.looks,
+                       "sweeps": self.sweeps.sweeps, "heartbeats": self.beat.published},
             **({"relay": self.relay.stats_dict()} if self.relay is not None else {}),
         }
 

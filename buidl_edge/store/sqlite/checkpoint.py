@@ -1,7 +1,8 @@
 """The SQLite store's background checkpointer: a native thread with its own connection.
 
 Checkpoints copy the WAL back into the database file and fsync it, the most expensive step of a
-write, so claims only append to the WAL and this thread does the copying, every interval.
+write, so claims only append to the WAL and this thread does the copying, every interval in which
+anything was committed (an idle store costs a wake-up and one read of the WAL index per round).
 """
 from __future__ import annotations
 
@@ -36,9 +37,14 @@ def checkpoint_loop(db: SqliteDb, interval_s: float, wal_limit_bytes: int) -> No
         db._checkpointer_done.release()
         return
     restart_pages = int(wal_limit_bytes * WAL_RESTART_SHARE) // page_size
+    seen = None  # data_version at the last round: unchanged, nothing was committed since (any process)
     try:
         while not db._stop.acquire(True, interval_s):
             try:
+                version = conn.execute("PRAGMA data_version").fetchone()[0]
+                if version == seen and not db._wal_backlog:
+                    continue  # an idle store: no commit since the last round, nothing to copy
+                seen = version
                 _, pages, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 if pages > restart_pages:
                     pages, done = _restart_wal(db, conn, pages, done)
