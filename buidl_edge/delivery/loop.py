@@ -100,6 +100,15 @@ class Drained:
         return not (self.in_flight or self.unsettled or self.left)
 
 
+@dataclass(frozen=True)
+class Quiet:
+    """A store's change tokens when a claim last left nothing due there, and when a row will be."""
+
+    token: Hashable
+    others: Hashable  # without this process's claims and finishes (store.change_token(others_only=True))
+    next_at: float | None
+
+
 class Delivery(Protocol[RowT]):
     """One kind of delivery, as the loop drives it."""
 
@@ -149,7 +158,7 @@ class DeliveryLoop(Generic[RowT]):
         # Per store: its change token when a claim last found nothing more due, and when the
         # next row will be. A poll that finds the token unchanged before then skips the claim
         # (on SQLite, a thread hop and a query four times a second for an idle worker).
-        self._quiet: dict[int, tuple[Hashable, float | None] | None] = {}
+        self._quiet: dict[int, Quiet | None] = {}
 
     # ------------------------------------------------------------ the stores (the failover seam)
 
@@ -216,10 +225,11 @@ class DeliveryLoop(Generic[RowT]):
         return total
 
     def _run(self) -> None:
+        woken = True
         while self._running:
             self._wake.clear()
             try:
-                next_at = self._fill()
+                next_at = self._fill(woken)
             except Exception:  # a bug here must not silently stop every delivery
                 self.delivery.log.exception("%s delivery loop failed; retrying", self.delivery.name)
                 next_at = None
@@ -228,11 +238,12 @@ class DeliveryLoop(Generic[RowT]):
                 timeout = None if next_at is None else max(MIN_WAIT_S, next_at - time.time())
             elif next_at is not None and not self._deliveries.full():
                 timeout = min(self.poll_s, max(MIN_WAIT_S, next_at - time.time()))
-            self._wake.wait(timeout)
+            woken = bool(self._wake.wait(timeout))
 
-    def _fill(self) -> float | None:
+    def _fill(self, woken: bool = True) -> float | None:
         """Claim as many due rows as there are free delivery greenlets; the earliest time another
-        may be due."""
+        may be due. Not `woken` (a poll's timeout), a store unchanged since a claim that left
+        nothing due is not asked again before that time."""
         if time.time() < self._paused_until:
             return self._paused_until
         next_at: float | None = None
@@ -242,10 +253,11 @@ class DeliveryLoop(Generic[RowT]):
                 break
             token = store.change_token()
             quiet = self._quiet.get(id(store))
-            if token is not None and quiet is not None and quiet[0] == token and (
-                    quiet[1] is None or time.time() < quiet[1]):
-                due = quiet[1]  # nothing written since a claim found nothing more due: nothing is now
+            if (not woken and token is not None and quiet is not None and quiet.token == token
+                    and (quiet.next_at is None or time.time() < quiet.next_at)):
+                due = quiet.next_at  # nothing written since a claim found nothing more due: nothing is now
             else:
+                others = store.change_token(others_only=True)
                 try:
                     claimed = self.delivery.claim(store, free)
                 except StoreError as exc:
@@ -257,7 +269,7 @@ class DeliveryLoop(Generic[RowT]):
                     self._deliveries.spawn(self._deliver, store, row)
                 # Fewer than it could take: nothing else was due at `token`.
                 done = token is not None and len(claimed.rows) < free
-                self._quiet[id(store)] = (token, claimed.next_at) if done else None
+                self._quiet[id(store)] = Quiet(token, others, claimed.next_at) if done else None
                 due = claimed.next_at
             if due is not None:
                 next_at = due if next_at is None else min(next_at, due)
@@ -324,7 +336,8 @@ class DeliveryLoop(Generic[RowT]):
         self.delivery.chores()
         for store in self.stores():
             quiet = self._quiet.get(id(store))
-            if quiet is not None and store.change_token() != quiet[0]:
+            # This process's own claims and finishes need no look: what queues rows here wakes the loop.
+            if quiet is not None and store.change_token(others_only=True) != quiet.others:
                 self.wake()
                 break
 

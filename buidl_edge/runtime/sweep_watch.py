@@ -4,7 +4,8 @@ A sweep takes over rows in flight under another owner whose process is dead (on 
 whose lease ran out. Nothing else makes a row sweepable, so after one look at who else holds rows
 (`leases_elsewhere`, a read) the next look is due only when:
 
-- something was written since (the change token moved): a new row, perhaps of a peer that may die;
+- another process wrote since (the change token moved; this worker's own claims and finishes do
+  not count, it never sweeps its own rows): a new row, perhaps of a peer that may die;
 - an owner seen holding rows is now a dead process of this host (a signal-0 check, no store call);
 - the earliest lease seen has run out (another host's dead worker, or an operator's `inbox retry`).
 
@@ -35,7 +36,7 @@ class SweepWatch:
         """True when a look at the leases could find a row to take."""
         if self._held is None:
             return True
-        token = self.store.change_token()
+        token = self.store.change_token(others_only=True)
         if token is None or token != self._token:
             return True
         now = self._clock()
@@ -43,7 +44,7 @@ class SweepWatch:
 
     def sweepable(self) -> bool:
         """Look at who else holds rows (a read); True when some of them can be taken now."""
-        token = self.store.change_token()  # before the read: a write after it moves the token again
+        token = self.store.change_token(others_only=True)  # before the read: a write after it moves the token again
         held = self.store.leases_elsewhere(self.owner)
         self.looks += 1
         self._token, self._held = token, held

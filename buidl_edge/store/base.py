@@ -340,7 +340,8 @@ class EdgeStore(InboxStore, OutboxStore, SlotStore, RelayStore, AdminStore, Prot
     def lifespan(self) -> Lifespan:
         """How long its rows last (every backend and every wrapper says)."""
 
-    def change_token(self) -> Hashable | None:
+    def change_token(self, others_only: bool = False) -> Hashable | None:
         """A value that changes whenever anything is committed (by any process), read without
         waiting; None when the store cannot tell cheaply. Equal tokens: nothing was written in
-        between, so a poll or a chore that found nothing to do would find nothing again."""
+        between, so a poll or a chore that found nothing to do would find nothing again.
+        `others_only`: a store may leave out this process's claims and finishes (SQLite does)."""

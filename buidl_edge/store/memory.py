@@ -282,7 +282,7 @@ class MemoryStore:
     def ping(self) -> bool:
         return True
 
-    def change_token(self) -> int:
+    def change_token(self, others_only: bool = False) -> int:
         """How many writes this store has taken (claims that took nothing are not writes)."""
         return self._writes
 

@@ -57,8 +57,8 @@ class ThreadedStore:
     def describe(self) -> str:
         return self.inner.describe()  # a string: no reason to wait behind a busy thread for it
 
-    def change_token(self) -> tuple[int, int] | None:
-        return self.inner.change_token()  # on the caller's thread: it never waits
+    def change_token(self, others_only: bool = False) -> tuple[int, ...] | None:
+        return self.inner.change_token(others_only)  # on the caller's thread: it never waits
 
     @property
     def lifespan(self) -> Lifespan:

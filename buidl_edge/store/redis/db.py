@@ -177,7 +177,7 @@ class RedisDb:
     def describe(self) -> str:
         return self.where
 
-    def change_token(self) -> None:
+    def change_token(self, others_only: bool = False) -> None:
         """Redis cannot say what changed without a round trip: callers always look."""
         return None
 
