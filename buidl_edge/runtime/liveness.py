@@ -59,14 +59,23 @@ class Heartbeat:
         self.published = 0
 
     def publish_if_due(self) -> None:
+        """Every check: publish when what readers need at once changed (or the store is degraded)."""
         stats = self.snapshot()
-        steady = current_part(stats)
-        now = self._clock()
-        if (steady == self._last and now - self._last_at < self.refresh_s
-                and not self.health.degraded):
+        if current_part(stats) == self._last and not self.health.degraded:
             return
+        self._publish(stats)
+
+    def refresh(self) -> None:
+        """Every renewal turn, on the tick of the other renewals (one checkpoint copies them all):
+        publish the counters, and show the worker alive, unless a change was published lately."""
+        if self._clock() - self._last_at < self.refresh_s / 2:
+            return
+        self._publish(self.snapshot())
+
+    def _publish(self, stats: dict[str, Any]) -> None:
+        now = self._clock()
         self.store.heartbeat(self.owner, stats)
-        self._last, self._last_at = steady, now
+        self._last, self._last_at = current_part(stats), now
         self.published += 1
         # A write that worked: with no traffic, the heartbeat is the write that ends a degraded episode.
         self.health.wrote()

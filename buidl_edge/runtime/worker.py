@@ -201,6 +201,7 @@ class Worker:
         assert self.outbox is not None
         loops = [self.outbox.loop] + ([self.relay.loop] if self.relay is not None else [])
         return Chores([Chore("heartbeat", HEARTBEAT_CHECK_S, self.beat.publish_if_due),
+                       Chore("heartbeat_refresh", RENEWAL_TURN_S, self.beat.refresh),
                        Chore("renew", self.lease_turn_s, self.leases.renew_if_due),
                        Chore("sweep", SWEEP_INTERVAL_S, self._sweep),
                        Chore("prune", PRUNE_INTERVAL_S, self._prune),
