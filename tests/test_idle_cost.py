@@ -51,7 +51,8 @@ def test_an_idle_worker_writes_nothing_to_the_store_while_nothing_changes(
         fresh_simulator: SimulatorProcess, tmp_path: Path) -> None:
     sim, state_dir = fresh_simulator, tmp_path / "state"
     with workers(slow_env(sim, state_dir), tmp_path=tmp_path) as [worker]:
-        db = sqlite3.connect(wait_until(lambda: (p := state_dir / "edge.sqlite3").exists() and p, 15, "the store"))
+        sim.client.wait_for(lambda s: s["open_connections"] == 1, 20, "the worker's link (its store is made before)")
+        db = sqlite3.connect(state_dir / "edge.sqlite3")
         # The heartbeat that says the link is open: from here on nothing changes.
         first = wait_until(lambda: (b := beat(db)) and any(c["connected"] for c in b["connections"]) and b,
                            15, "a heartbeat with the link open")
