@@ -314,8 +314,9 @@ def _heartbeats_busy(store: Any, since: float, read_live: Mapping[int, str]) -> 
         if beat["pid"] in read_live and beat["host"] == HOST:
             continue
         # Written after the rest went idle, or older but still what it has to say: a worker writes
-        # a changed heartbeat within a check, so one that let two checks pass had nothing new.
-        if beat["updated_at"] <= since and time.time() - since < 2 * HEARTBEAT_S:
+        # a changed heartbeat at its next check, so one that let a check (and a margin) pass since
+        # had nothing new to say.
+        if beat["updated_at"] <= since and time.time() - since < HEARTBEAT_S + 0.5:
             return f"worker {beat['owner']}: no heartbeat yet since the rest went idle"
         stats = beat["stats"]
         dispatch, outbox, relay = (stats.get(k) or {} for k in ("dispatch", "outbox", "relay"))
