@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ IDLE_ROUNDS = 4
 # Over IDLE_ROUNDS rounds that fall inside one renewal turn: at most that turn's two writes
 # (the slot renewal and the heartbeat refresh), however the rounds fall against the turn.
 MAX_IDLE_WRITES = 2
+LEASE_S = 3
 
 
 def slow_env(sim: SimulatorProcess, state_dir: Path, **extra: Any) -> dict[str, str]:
@@ -73,27 +75,30 @@ def test_an_idle_worker_writes_nothing_to_the_store_while_nothing_changes(
         assert worker.proc is not None and worker.proc.poll() is None, worker.output()
 
 
-def test_a_dead_peers_envelope_is_rerun_by_a_worker_that_was_idle(
+def test_a_live_peers_envelope_stays_with_it_past_its_first_lease_and_a_dead_ones_is_rerun_at_once(
         fresh_simulator: SimulatorProcess, tmp_path: Path) -> None:
     sim, state_dir = fresh_simulator, tmp_path / "state"
-    with workers(slow_env(sim, state_dir), slow_env(sim, state_dir), tmp_path=tmp_path) as pair:
+    quick = {"BUIDL_LEASE_S": LEASE_S, "BUIDL_DRAIN_TIMEOUT": 1}  # leases renewed every LEASE_S / 3 while held
+    with workers(slow_env(sim, state_dir, **quick), slow_env(sim, state_dir, **quick), tmp_path=tmp_path) as pair:
         sim.client.wait_for(lambda s: s["open_connections"] == 2, 20, "both workers' links")
         (event,) = sim.client.inject("app_mention", channel="CPEER", text="slow 60")
         sim.client.wait_for(lambda s: s["acked"] == 1, 10, "the ack")
         db = sqlite3.connect(state_dir / "edge.sqlite3")
 
-        def owner() -> str | None:
-            row = db.execute("SELECT owner FROM inbox WHERE envelope_id = ? AND state = 'processing'",
-                             (event["envelope_id"],)).fetchone()
-            return None if row is None else str(row[0])
+        def row() -> tuple[str, float, int] | None:
+            found = db.execute("SELECT owner, lease_until, attempts FROM inbox WHERE envelope_id = ? "
+                               "AND state = 'processing'", (event["envelope_id"],)).fetchone()
+            return None if found is None else (str(found[0]), float(found[1]), int(found[2]))
 
-        holder = wait_until(owner, 10, "the envelope to be processing")
+        holder, first_lease, _ = wait_until(row, 10, "the envelope to be processing")
+        # Its first lease runs out while its handler still runs: the holder's renewals keep it.
+        renewed = wait_until(lambda: (r := row()) and time.time() > first_lease + 1 and r, 20,
+                             "the first lease to run out, the holder still handling")
+        assert renewed[0] == holder and renewed[2] == 1 and renewed[1] > first_lease, renewed
         [doomed] = [w for w in pair if holder.endswith(f":{w.pid}")]
         [survivor] = [w for w in pair if w is not doomed]
         doomed.signal(signal.SIGKILL)
         doomed.wait(10)
-        # Not 60 s of a lease: the survivor sees its peer's pid gone at its next chore round.
-        wait_until(lambda: owner() == f"{holder.rpartition(':')[0]}:{survivor.pid}", 10,
-                   "the survivor to take the envelope over")
-        attempts = db.execute("SELECT attempts FROM inbox WHERE envelope_id = ?", (event["envelope_id"],)).fetchone()
-        assert attempts == (2,), survivor.output()
+        # Not a lease's wait: the survivor sees its peer's pid gone at its next chore round.
+        taken = wait_until(lambda: (r := row()) and r[0] != holder and r, 10, "the survivor to take the envelope over")
+        assert taken[0] == f"{holder.rpartition(':')[0]}:{survivor.pid}" and taken[2] == 2, (taken, survivor.output())
