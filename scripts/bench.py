@@ -5,6 +5,7 @@
     .venv/bin/python scripts/bench.py --quick    # 1 run of everything, small N (~2 min)
     .venv/bin/python scripts/bench.py            # full: medians of 3 runs (~17 min on 2 cores)
     .venv/bin/python scripts/bench.py --streams  # ctx.stream's figures only (~90 s)
+    .venv/bin/python scripts/bench.py --real-rate  # idle, 1/s and 8/s side by side (~12 min)
 
 Every client runs in its own process against a fresh simulator process, one
 client at a time, and the runs are interleaved (run 1 of every client, then
@@ -123,22 +124,27 @@ class PeerProcess:
 class EdgeProcess:
     """WorkerProcess / StackProcess with the same small interface as PeerProcess."""
 
-    def __init__(self, client: Client, api_url: str, tokens: dict[str, str]) -> None:
+    def __init__(self, client: Client, api_url: str, tokens: dict[str, str],
+                 pythonpath_first: str | None = None) -> None:
+        """`pythonpath_first`: another checkout's root, whose buidl_edge the worker runs instead."""
         extra: dict[str, Any] = {
             "BUIDL_APP": client.app,
             "BUIDL_LOG_LEVEL": "WARNING",  # the peers log at WARNING too
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(SCRIPTS), str(ROOT), os.environ.get("PYTHONPATH")])),
+            "PYTHONPATH": os.pathsep.join(filter(None, [pythonpath_first, str(SCRIPTS), str(ROOT),
+                                                        os.environ.get("PYTHONPATH")])),
         }
+        # `python -m` puts its working directory first on sys.path: another checkout runs from its own.
+        cwd = Path(pythonpath_first) if pythonpath_first else None
         if client.store == "memory":
             extra["BUIDL_STORE_URL"] = "memory://"
         if client.store == "redis":
             extra["BUIDL_STORE_URL"] = redis_url()
         if client.kind == "stack":
             extra.update(BUIDL_PROCESSES=2, BUIDL_CONNECTIONS=2)
-            self.handle: WorkerProcess = StackProcess(worker_env(api_url, tokens, **extra))
+            self.handle: WorkerProcess = StackProcess(worker_env(api_url, tokens, **extra), cwd=cwd)
         else:
             extra.update(BUIDL_CONNECTIONS=client.connections)
-            self.handle = WorkerProcess(worker_env(api_url, tokens, **extra))
+            self.handle = WorkerProcess(worker_env(api_url, tokens, **extra), cwd=cwd)
         self.handle.start()
 
     @property
@@ -559,9 +565,25 @@ def main() -> int:
     parser.add_argument("--output", default="bench-results.json")
     parser.add_argument("--streams", action="store_true",
                         help="only the streamed answers' figures (ctx.stream; scripts/bench_streams.py, ~90 s)")
+    real = parser.add_argument_group("--real-rate: idle, 1/s and 8/s, side by side (scripts/_bench_real_rate.py)")
+    real.add_argument("--real-rate", action="store_true", help="run that case instead of the ones above")
+    real.add_argument("--idle-seconds", type=float, default=45.0)
+    real.add_argument("--rate-seconds", type=float, default=45.0, help="seconds at 1/s, then at 8/s")
+    real.add_argument("--burst-seconds", type=float, default=10.0, help="seconds at 200/s (CPU per 1k, peak RSS)")
+    real.add_argument("--settle-seconds", type=float, default=5.0, help="after connecting, before the idle window")
+    real.add_argument("--baseline", default=None, help="another checkout: its buidl-edge runs beside this one")
     cfg = parser.parse_args()
     if cfg.streams:
         return streams_only(cfg.output)
+    if cfg.real_rate:
+        import _bench_real_rate
+
+        cfg.runs = cfg.runs or (1 if cfg.quick else 3)
+        if cfg.output == "bench-results.json":
+            cfg.output = "bench-real-rate.json"
+        if cfg.clients == parser.get_default("clients"):
+            cfg.clients = ",".join(_bench_real_rate.KEYS)
+        return _bench_real_rate.main(sys.modules[__name__], cfg)
     cfg.runs = cfg.runs or (1 if cfg.quick else 3)
     cfg.count = cfg.count or (3000 if cfg.quick else 8000)
     cfg.seconds = cfg.seconds or (3.0 if cfg.quick else 5.0)

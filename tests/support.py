@@ -27,6 +27,7 @@ from buidl_edge.sandbox.simulator.client import SimulatorClient, SimulatorProces
 from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.store.base import OutboxRow
 from buidl_edge.store.errors import StoreError, StoreMissing
+from buidl_edge.store.owners import HEARTBEAT_CHECK_S, STALE_AFTER_S
 
 HOST = socket.gethostname()
 # The owner name this test process would have as a worker (host:pid).
@@ -185,9 +186,10 @@ def log_lines(worker: WorkerProcess, pattern: str) -> list[str]:
 
 # ---------------------------------------------------------------- waiting until nothing is left to happen
 
-# The workers' heartbeat interval (runtime/worker.py); a beat older than three is a worker gone.
-HEARTBEAT_S = 2.0
-LIVE_BEAT_S = 3 * HEARTBEAT_S
+# A worker looks every HEARTBEAT_CHECK_S whether what its heartbeat says changed, and writes it then
+# (store/owners.py); a beat older than STALE_AFTER_S is a worker gone.
+HEARTBEAT_S = HEARTBEAT_CHECK_S
+LIVE_BEAT_S = STALE_AFTER_S
 METRICS_LINE = re.compile(r"health and metrics on (http://[^/\s]+)/")
 NEEDS_METRICS = ("a memory:// worker shows what it has left only on its /metrics: start it with BUIDL_HTTP_PORT=0 "
                  "and pass its WorkerProcess, to wait until it is idle")
@@ -311,7 +313,10 @@ def _heartbeats_busy(store: Any, since: float, read_live: Mapping[int, str]) -> 
     for beat in beats:
         if beat["pid"] in read_live and beat["host"] == HOST:
             continue
-        if beat["updated_at"] <= since:
+        # Written after the rest went idle, or older but still what it has to say: a worker writes
+        # a changed heartbeat at its next check, so one that let a check (and a margin) pass since
+        # had nothing new to say.
+        if beat["updated_at"] <= since and time.time() - since < HEARTBEAT_S + 0.5:
             return f"worker {beat['owner']}: no heartbeat yet since the rest went idle"
         stats = beat["stats"]
         dispatch, outbox, relay = (stats.get(k) or {} for k in ("dispatch", "outbox", "relay"))

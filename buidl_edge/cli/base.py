@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -45,9 +46,26 @@ def said(exc: BaseException) -> str | None:
     return None
 
 
+# Each command's module (in this package), imported only when that command runs or help lists
+# them: a `worker` loads click and its own module, not the admin, sandbox or token commands (each
+# module imported costs a long-lived process its memory: issue 26).
+COMMAND_MODULES = {"status": "admin", "inbox": "admin", "outbox": "admin", "config": "checks", "check": "checks",
+                   "run": "run", "worker": "run", "simulate": "sandbox", "demo": "sandbox", "send": "send",
+                   "sim": "sim", "token": "tokens"}
+
+
 class EdgeGroup(click.Group):
     """The CLI's one error boundary: an expected error from any command becomes `Error: <line>`.
-    An error inside the user's app module shows the user's own frames first."""
+    An error inside the user's app module shows the user's own frames first. Its commands load
+    lazily (COMMAND_MODULES)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMAND_MODULES))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
+            importlib.import_module(f"{__package__}.{COMMAND_MODULES[cmd_name]}")  # registers it on `cli`
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

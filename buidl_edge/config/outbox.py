@@ -18,7 +18,9 @@ class OutboxConfig:
     max_attempts: int = 5
     concurrency: int = 32
     ratelimit_scope: str = "channel"  # where a 429 applies: "channel" or "global"
-    poll_interval: float = 0.25  # how soon rows queued by another process are noticed
+    # How soon rows queued by another process are noticed while posts go on; an idle outbox
+    # sleeps until a wake, and the worker's chores look for such rows every 2 s (delivery/loop.py).
+    poll_interval: float = 0.25
     stream_limits: StreamLimits = field(default_factory=StreamLimits)  # ctx.stream's budgets
 
     @classmethod

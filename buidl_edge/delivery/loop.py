@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -100,6 +100,15 @@ class Drained:
         return not (self.in_flight or self.unsettled or self.left)
 
 
+@dataclass(frozen=True)
+class Quiet:
+    """A store's change tokens when a claim last left nothing due there, and when a row will be."""
+
+    token: Hashable
+    others: Hashable  # without this process's claims and finishes (store.change_token(others_only=True))
+    next_at: float | None
+
+
 class Delivery(Protocol[RowT]):
     """One kind of delivery, as the loop drives it."""
 
@@ -146,6 +155,10 @@ class DeliveryLoop(Generic[RowT]):
         self._greenlets: list[gevent.Greenlet] = []
         self._paused_until = 0.0
         self._unsettled: list[Callable[[], None]] = []
+        # Per store: its change token when a claim last found nothing more due, and when the
+        # next row will be. A poll that finds the token unchanged before then skips the claim
+        # (on SQLite, a thread hop and a query four times a second for an idle worker).
+        self._quiet: dict[int, Quiet | None] = {}
 
     # ------------------------------------------------------------ the stores (the failover seam)
 
@@ -156,9 +169,10 @@ class DeliveryLoop(Generic[RowT]):
 
     # ------------------------------------------------------------ running
 
-    def start(self) -> None:
+    def start(self, own_chores: bool = True) -> None:
+        """`own_chores=False`: the caller runs `chore_round` on its own timer (a worker's chores)."""
         self._running = True
-        self._greenlets = [gevent.spawn(self._run), gevent.spawn(self._chores)]
+        self._greenlets = [gevent.spawn(self._run)] + ([gevent.spawn(self._chores)] if own_chores else [])
 
     def wake(self) -> None:
         """Claim now (a row was queued, a delivery just finished)."""
@@ -190,12 +204,12 @@ class DeliveryLoop(Generic[RowT]):
             gevent.sleep(self.drain_poll_s)
         self._running = False
         self._wake.set()
-        runner, chores = self._greenlets
+        runner = self._greenlets[0]
         runner.join(timeout=max(0.1, deadline - time.monotonic()))  # a claim in progress ends cleanly
         self._deliveries.join(timeout=max(0.0, deadline - time.monotonic()))
         self.companions.join(timeout=max(0.0, deadline - time.monotonic()))
         self.settle_leftovers()
-        gevent.killall([runner, chores], timeout=1.0)
+        gevent.killall(self._greenlets, timeout=1.0)
         return Drained(len(self._deliveries) + len(self.companions), len(self._unsettled), self.left_with_the_dyno())
 
     def left_with_the_dyno(self) -> int:
@@ -211,21 +225,25 @@ class DeliveryLoop(Generic[RowT]):
         return total
 
     def _run(self) -> None:
+        woken = True
         while self._running:
             self._wake.clear()
             try:
-                next_at = self._fill()
+                next_at = self._fill(woken)
             except Exception:  # a bug here must not silently stop every delivery
                 self.delivery.log.exception("%s delivery loop failed; retrying", self.delivery.name)
                 next_at = None
-            timeout = self.poll_s
-            if next_at is not None and not self._deliveries.full():
+            timeout: float | None = self.poll_s
+            if self._asleep():  # nothing due until next_at, or until a write (the chores look) or a wake
+                timeout = None if next_at is None else max(MIN_WAIT_S, next_at - time.time())
+            elif next_at is not None and not self._deliveries.full():
                 timeout = min(self.poll_s, max(MIN_WAIT_S, next_at - time.time()))
-            self._wake.wait(timeout)
+            woken = bool(self._wake.wait(timeout))
 
-    def _fill(self) -> float | None:
+    def _fill(self, woken: bool = True) -> float | None:
         """Claim as many due rows as there are free delivery greenlets; the earliest time another
-        may be due."""
+        may be due. Not `woken` (a poll's timeout), a store unchanged since a claim that left
+        nothing due is not asked again before that time."""
         if time.time() < self._paused_until:
             return self._paused_until
         next_at: float | None = None
@@ -233,17 +251,28 @@ class DeliveryLoop(Generic[RowT]):
             free = self._deliveries.free_count()
             if free <= 0 or not self._running:
                 break
-            try:
-                claimed = self.delivery.claim(store, free)
-            except StoreError as exc:
-                self.store_failed(f"{self.delivery.name}_claim", exc)
-                continue
-            if store is self.store and claimed.rows:  # rows taken: a write (a read would prove nothing)
-                self.failover.wrote()
-            for row in claimed.rows:
-                self._deliveries.spawn(self._deliver, store, row)
-            if claimed.next_at is not None:
-                next_at = claimed.next_at if next_at is None else min(next_at, claimed.next_at)
+            token = store.change_token()
+            quiet = self._quiet.get(id(store))
+            if (not woken and token is not None and quiet is not None and quiet.token == token
+                    and (quiet.next_at is None or time.time() < quiet.next_at)):
+                due = quiet.next_at  # nothing written since a claim found nothing more due: nothing is now
+            else:
+                others = store.change_token(others_only=True)
+                try:
+                    claimed = self.delivery.claim(store, free)
+                except StoreError as exc:
+                    self.store_failed(f"{self.delivery.name}_claim", exc)
+                    continue
+                if store is self.store and claimed.rows:  # rows taken: a write (a read would prove nothing)
+                    self.failover.wrote()
+                for row in claimed.rows:
+                    self._deliveries.spawn(self._deliver, store, row)
+                # Fewer than it could take: nothing else was due at `token`.
+                done = token is not None and len(claimed.rows) < free
+                self._quiet[id(store)] = Quiet(token, others, claimed.next_at) if done else None
+                due = claimed.next_at
+            if due is not None:
+                next_at = due if next_at is None else min(next_at, due)
         return next_at
 
     # ------------------------------------------------------------ one row
@@ -293,11 +322,29 @@ class DeliveryLoop(Generic[RowT]):
         self.counters.store_errors += 1
         self.failover.failed(operation, exc)
 
+    def _asleep(self) -> bool:
+        """Every store told, at its last claim, that nothing more was due (and can say when
+        anything is written): no poll until a wake, the next due time, or a chore round that
+        sees a write."""
+        return not self._deliveries.full() and all(
+            self._quiet.get(id(store)) is not None for store in self.stores())
+
+    def chore_round(self) -> None:
+        """Settle what the store refused before; the delivery's own chores (lease renewals); and,
+        while the loop sleeps, a look for rows another process queued (about 10 µs on SQLite)."""
+        self.settle_leftovers()
+        self.delivery.chores()
+        for store in self.stores():
+            quiet = self._quiet.get(id(store))
+            # This process's own claims and finishes need no look: what queues rows here wakes the loop.
+            if quiet is not None and store.change_token(others_only=True) != quiet.others:
+                self.wake()
+                break
+
     def _chores(self) -> None:
         while True:
             gevent.sleep(CHORE_INTERVAL_S)
             try:
-                self.settle_leftovers()
-                self.delivery.chores()
+                self.chore_round()
             except Exception:  # a bug here must not stop the next round
                 self.delivery.log.exception("%s chores failed; retrying", self.delivery.name)

@@ -98,6 +98,7 @@ class Outbox:
                                  poll_s=self.config.poll_interval)
         self._history_refusals: set[str] = set()  # said once each
         self._last_renew = 0.0
+        self.recovers_itself = True
 
     # ------------------------------------------------------------ producers
 
@@ -118,8 +119,11 @@ class Outbox:
 
     # ------------------------------------------------------------ running
 
-    def start(self) -> Outbox:
-        self.loop.start()
+    def start(self, own_chores: bool = True) -> Outbox:
+        """`own_chores=False`: a worker runs `loop.chore_round` on its chores' timer, and calls
+        `recover` from its sweep when a dead worker's rows can be there."""
+        self.recovers_itself = own_chores
+        self.loop.start(own_chores)
         return self
 
     def stop(self, timeout: float) -> bool:
@@ -220,12 +224,22 @@ class Outbox:
     # ------------------------------------------------------------ chores
 
     def chores(self) -> None:
-        """Renew the leases of rows in flight (or not yet settled); queue again the rows of dead workers."""
+        """Renew the leases of rows in flight (or not yet settled); unless the worker's sweep does
+        it, queue again the rows of dead workers."""
         try:
             now = time.monotonic()
             if (self.stats.in_flight or self.loop.unsettled) and now - self._last_renew >= self.lease_s / 3:
                 self.store.outbox_renew(self.owner, self.lease_s)
                 self._last_renew = now
+        except StoreError as exc:
+            self.loop.store_failed("outbox_renew", exc)
+            return
+        if self.recovers_itself:
+            self.recover()
+
+    def recover(self) -> None:
+        """Queue again the rows a dead worker (or one whose lease ran out) left in flight."""
+        try:
             recovered = self.store.outbox_recover(self.owner)
         except StoreError as exc:
             self.loop.store_failed("outbox_recover", exc)

@@ -88,8 +88,9 @@ class StreamSender:
         self._ready_at: dict[str, float] = {}
         self._shared_failed = False  # this round's claim on the shared store failed: use the fallback
 
-    def start(self) -> StreamSender:
-        self.loop.start()
+    def start(self, own_chores: bool = True) -> StreamSender:
+        """`own_chores=False`: a worker runs `loop.chore_round` on its chores' timer."""
+        self.loop.start(own_chores)
         return self
 
     # ------------------------------------------------------------ the sink (ctx.stream)

@@ -78,12 +78,13 @@ class Dispatcher:
         self.stats.recovered += 1
         self.target.rerun(envelope)
 
-    def recover(self) -> None:
+    def recover(self, sweep_store: bool = True) -> None:
         """The sweep: take over what dead or stalled workers left. What a dead worker of this host had
         finished but could not store (its finish journal) is stored first, so that nothing it
-        finished runs again; then what it acked undecided (its spill file) is claimed, and the rows
-        the store says were left unfinished are run again, unless their owner had journaled them
-        (it died after the journals were read). Raises StoreError (the next sweep goes on)."""
+        finished runs again; then what it acked undecided (its spill file) is claimed, and (with
+        `sweep_store`: the sweep watch saw a lease that can have run out) the rows the store says
+        were left unfinished are run again, unless their owner had journaled them (it died after
+        the journals were read). Raises StoreError (the next sweep goes on)."""
         journal = self.failover.finishes
         if self._late_finishes:  # journaled finishes of rows an earlier sweep took: stored first
             DeadFinishes(finishes=self._late_finishes).recover(self.store)
@@ -95,6 +96,8 @@ class Dispatcher:
             log.info("stored %d finish(es) a dead worker had journaled while the store was away",
                      len(dead.finishes))
         dead.mark_recovered()
+        if not sweep_store:
+            return
         journaled: dict[str, dict[str, JournaledFinish]] = {}
         for envelope in self.store.sweep(self.owner):
             eid = envelope.envelope_id

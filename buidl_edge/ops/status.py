@@ -16,11 +16,8 @@ from buidl_edge.config import Settings
 from buidl_edge.ops.supervise import ProcessInfo, SupervisorDown, supervisor_processes
 from buidl_edge.store.base import AdminStore, EdgeStore, OutboxStore
 from buidl_edge.store.errors import StoreError
-from buidl_edge.store.owners import alive_here, dead_here, holder_owner
+from buidl_edge.store.owners import STALE_AFTER_S, alive_here, dead_here, holder_owner
 
-# Workers publish a heartbeat every 2 s (worker.HEARTBEAT_INTERVAL_S; not imported: it patches gevent).
-HEARTBEAT_INTERVAL_S = 2.0
-STALE_AFTER_S = 4 * HEARTBEAT_INTERVAL_S
 # A dead or stale worker stays listed this long after its last heartbeat, then drops out.
 SHOWN_FOR_S = 60.0
 

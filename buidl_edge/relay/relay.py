@@ -151,8 +151,9 @@ class Relay:
 
     # ------------------------------------------------------------ the delivery loop
 
-    def start(self) -> Relay:
-        self.loop.start()
+    def start(self, own_chores: bool = True) -> Relay:
+        """`own_chores=False`: a worker runs `loop.chore_round` on its chores' timer."""
+        self.loop.start(own_chores)
         return self
 
     def wake(self) -> None:

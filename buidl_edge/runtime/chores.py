@@ -1,9 +1,12 @@
 """A worker's periodic store work, on one greenlet and one timer.
 
 Each chore has an interval; the timer sleeps until the earliest one is due, runs every chore that
-is due, and sleeps again. A chore that fails on the store is tried again at its next turn, and the
-failure counts into the worker's one degraded episode (StoreHealth says it once), never a line per
-round. Any other exception is a bug: logged with its traceback, and the chore goes on.
+is due, and sleeps again. A chore with nothing to do returns at once, without a store call: an idle
+worker's chores are one wake-up every two seconds (runtime/worker.py has the intervals).
+
+A chore that fails on the store is tried again at its next turn, and the failure counts into the
+worker's one degraded episode (StoreHealth says it once), never a line per round. Any other
+exception is a bug: logged with its traceback, and the chore goes on.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ class Chores:
         self.health = health
         self._clock = clock
         self._greenlet: gevent.Greenlet | None = None
+        self.rounds = 0  # wake-ups of the timer: what an idle worker costs is counted in these
 
     def start(self) -> Chores:
         self._greenlet = gevent.spawn(self._loop)
@@ -45,11 +49,16 @@ class Chores:
             self._greenlet.kill(block=False)
 
     def run_due(self) -> float:
-        """Run every chore that is due; the monotonic time the next one is."""
+        """Run every chore that is due; the monotonic time the next one is.
+
+        Each one's next turn counts from the start of this round, not from its own end: chores
+        of the same interval stay on the same tick, one wake-up for all of them."""
+        started = self._clock()
+        self.rounds += 1
         for chore in self.chores:
-            if self._clock() >= chore.due_at:
+            if started >= chore.due_at:
                 self._run(chore)
-                chore.due_at = self._clock() + chore.interval_s
+                chore.due_at = started + chore.interval_s
         return min(chore.due_at for chore in self.chores)
 
     def _run(self, chore: Chore) -> None:

@@ -11,7 +11,6 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +21,7 @@ import gevent.lock
 from buidl_edge.api.app import EdgeApp
 from buidl_edge.api.webclient import client_factory
 from buidl_edge.config import OutboxConfig, Settings
+from buidl_edge.delivery.loop import DeliveryLoop
 from buidl_edge.delivery.outbox import Outbox
 from buidl_edge.delivery.streams import StreamSender
 from buidl_edge.dispatch.dispatcher import Dispatcher
@@ -32,7 +32,6 @@ from buidl_edge.observability.sentry import (
     report_exception,
     report_fatal,
     report_outbox_failure,
-    report_relay_failure,
 )
 from buidl_edge.ops.health_events import tell_supervisor, telling_supervisor
 from buidl_edge.runtime.chores import Chore, Chores
@@ -40,8 +39,11 @@ from buidl_edge.runtime.exitcodes import EXIT_CRASH, EXIT_FATAL, EXIT_OK
 from buidl_edge.runtime.fatal_marker import read_fatal, record_fatal
 from buidl_edge.runtime.gc_tuning import settle_heap
 from buidl_edge.runtime.hubwatch import HubWatch
+from buidl_edge.runtime.liveness import Heartbeat, LeaseRenewal
 from buidl_edge.runtime.predecessors import forget_predecessors
 from buidl_edge.runtime.start import cannot_start
+from buidl_edge.runtime.sweep_watch import SweepWatch
+from buidl_edge.runtime.targets import bolt_target, relay_target, running_what, start_relay
 from buidl_edge.socketmode.backoff import backoff_delay
 from buidl_edge.socketmode.connection import ConnectionSlot, FatalStop, refresh_overlaps
 from buidl_edge.store.base import EdgeStore
@@ -50,18 +52,20 @@ from buidl_edge.store.failover import Failover
 from buidl_edge.store.finish_journal import FinishJournal
 from buidl_edge.store.health import StoreHealth
 from buidl_edge.store.memory import MemoryStore
+from buidl_edge.store.owners import HEARTBEAT_CHECK_S, RENEWAL_TURN_S
 from buidl_edge.store.slots import SlotGate
 from buidl_edge.store.spill_files import spill_dir
 from buidl_edge.webapi.client import FatalAuthError, SlackApiError, WebApi, sender_webapi
 
 if TYPE_CHECKING:
-    from buidl_edge.dispatch.targets import Target, TargetHooks
     from buidl_edge.relay.relay import Relay
 
 log = logging.getLogger("buidl_edge.worker")
 
-HEARTBEAT_INTERVAL_S = 2.0
-SWEEP_INTERVAL_S = 1.0
+# The chores' one timer ticks every second at most; each chore below skips its round (without a store
+# call or a thread hop) while it has nothing to do. The renewal cadence is store/owners.py's.
+SWEEP_INTERVAL_S = 2.0
+DELIVERY_CHORES_S = 2.0
 PRUNE_INTERVAL_S = 60.0
 AUTH_ATTEMPTS = 5
 # Of the drain's time, what handlers still streaming leave for their streams to be stopped.
@@ -114,6 +118,12 @@ class Worker:
             self.health.subscribe(tell_supervisor)
         self.gate = SlotGate(self.store, self.owner, settings.max_app_connections,
                              on_store_error=self.health.failed)
+        # What the chores write, each only when it must (runtime/liveness.py, sweep_watch.py).
+        self.lease_turn_s = min(RENEWAL_TURN_S, settings.lease_s / 3)
+        self.leases = LeaseRenewal(self.store, self.owner, self.lease_turn_s)
+        self.beat = Heartbeat(self.store, self.owner, self.snapshot, self.health, RENEWAL_TURN_S)
+        self.sweeps = SweepWatch(self.store, self.owner, socket.gethostname())
+        self.chores: Chores | None = None
 
     def request_stop(self, signum: int | None = None) -> None:
         """Signal handler: only record; the main greenlet drains."""
@@ -137,7 +147,7 @@ class Worker:
         for runner in runners:
             runner.link_exception(self._on_slot_crash)
         forget_predecessors(self.store, self.owner, os.environ.get("SUPERVISOR_PROCESS_NAME", ""))
-        chores = self._chores().start()
+        self.chores = chores = self._chores().start()
         try:
             http = self._serve_health()
         except OSError as exc:
@@ -150,7 +160,7 @@ class Worker:
         settle_heap()
         self.up = True
         log.info("worker up: %d connection%s, %s", len(self.slots), "" if len(self.slots) == 1 else "s",
-                 self._running_what())
+                 running_what(self.relay, self.bolt_app, self.app))
 
         self.stop_requested.wait()
 
@@ -179,36 +189,46 @@ class Worker:
                                                        config.concurrency),
                              self.settings.bot_token, self.owner, config, self.settings.backoff_base,
                              self.settings.backoff_cap, self.settings.lease_s,
-                             on_failed=report_outbox_failure, failover=self.failover).start()
+                             on_failed=report_outbox_failure, failover=self.failover).start(own_chores=False)
         # ctx.stream's answers, on a delivery loop of their own (their own budgets: ctx.say is not starved).
         self.streams = StreamSender(self.failover, sender_webapi(self.settings.api_url, self.settings.http_timeout, 8),
                                     self.settings.bot_token, self.owner, config.stream_limits,
                                     backoff_base=self.settings.backoff_base,
-                                    backoff_cap=self.settings.backoff_cap).start()
+                                    backoff_cap=self.settings.backoff_cap).start(own_chores=False)
         # send_message may be called from a threaded handler: the outbox is reached on the hub.
         hub_call = HubCall()
         self.app.bind(hub_call.wrap(self.outbox.send_reply))
         # app.client / ctx.client: one WebClient, made (and slack_sdk imported) on first use.
         self.app.bind_client(client_factory(self.settings.api_url, self.settings.bot_token,
                                             self.settings.http_timeout, hub_call), hub_call)
-        self.relay = self._start_relay()
+        self.relay = start_relay(self.settings, self.store, self.owner, self.failover)
         self.dispatcher = Dispatcher(self.app, self.store, self.outbox, self.owner,
                                      self.settings.ack_payload_deadline, bot_user_id,
                                      self.settings.handler_concurrency, self.settings.handler_threads,
-                                     self.health, target=self._relay_target(), claim_wait_s=self.settings.claim_wait_s,
-                                     failover=self.failover,
+                                     self.health, target=relay_target(self.relay),
+                                     claim_wait_s=self.settings.claim_wait_s, failover=self.failover,
                                      spill=Spill(spill_dir(self.settings.state_dir), self.owner),
-                                     make_target=self._bolt_target(), streams=self.streams)
+                                     make_target=bolt_target(self.bolt_app, self.settings.handler_concurrency),
+                                     streams=self.streams)
         overlap = gevent.lock.Semaphore(refresh_overlaps(self.settings))
         self.slots = [ConnectionSlot(f"c{i}", self.settings, self.webapi, self.dispatcher, self.gate, overlap)
                       for i in range(self.settings.connections)]
         return None
 
     def _chores(self) -> Chores:
-        return Chores([Chore("heartbeat", HEARTBEAT_INTERVAL_S, self._heartbeat),
+        assert self.outbox is not None
+        assert self.streams is not None
+        loops: list[DeliveryLoop[Any]] = [self.outbox.loop, self.streams.loop]
+        if self.relay is not None:
+            loops.append(self.relay.loop)
+        return Chores([Chore("heartbeat", HEARTBEAT_CHECK_S, self.beat.publish_if_due),
+                       Chore("heartbeat_refresh", RENEWAL_TURN_S, self.beat.refresh),
+                       Chore("renew", self.lease_turn_s, self.leases.renew_if_due),
                        Chore("sweep", SWEEP_INTERVAL_S, self._sweep),
                        Chore("prune", PRUNE_INTERVAL_S, self._prune),
-                       Chore("renew_slots", HEARTBEAT_INTERVAL_S, self._renew_slots)], self.health)
+                       Chore("renew_slots", RENEWAL_TURN_S, self._renew_slots),
+                       *(Chore(f"{loop.delivery.name}_chores", DELIVERY_CHORES_S, loop.chore_round)
+                         for loop in loops)], self.health)
 
     def _exit(self, clean: bool) -> int:
         stop = self.stop_reason
@@ -281,54 +301,6 @@ class Worker:
         self.dispatcher.close_files()
         return acks_done and handlers_done and streams_stopped and sent
 
-    def _running_what(self) -> str:
-        if self.relay is not None:
-            return f"relaying to {self.relay.client.shown}"
-        if self.bolt_app is not None:
-            from buidl_edge.bolt.loading import describe_bolt_app
-
-            return describe_bolt_app(self.bolt_app)
-        return f"app {self.app.name}"
-
-    def _bolt_target(self) -> Callable[[TargetHooks], Target] | None:
-        """A Bolt app's target, built on the dispatcher's store calls (None for an EdgeApp)."""
-        if self.bolt_app is None:
-            return None
-        from buidl_edge.bolt.target import BoltTarget  # imported only for a Bolt app
-
-        app, size = self.bolt_app, self.settings.handler_concurrency
-        return lambda hooks: BoltTarget(app, hooks, size)
-
-    def _relay_target(self) -> Target | None:
-        if self.relay is None:
-            return None
-        from buidl_edge.relay.target import RelayTarget  # imported only in relay mode
-
-        return RelayTarget(self.relay)
-
-    def _start_relay(self) -> Relay | None:
-        """Relay mode's deliverer (None otherwise): every envelope goes to the HTTP-mode app."""
-        settings = self.settings
-        if not settings.relay or settings.relay_url is None or settings.signing_secret is None:
-            return None
-        from buidl_edge.relay.client import BackendClient
-        from buidl_edge.relay.relay import Relay
-
-        client = BackendClient(settings.relay_url, settings.relay_private_hosts, settings.relay_timeout,
-                               settings.relay_concurrency)
-        return Relay(self.store, client, settings.signing_secret, self.owner,
-                     ack_deadline=settings.ack_payload_deadline, max_attempts=settings.relay_max_attempts,
-                     backoff_base=settings.relay_backoff_base, backoff_cap=settings.relay_backoff_cap,
-                     lease_s=settings.lease_s, concurrency=settings.relay_concurrency, failover=self.failover,
-                     on_failed=report_relay_failure).start()
-
-    def _heartbeat(self) -> None:
-        self.store.renew(self.owner)
-        self.store.heartbeat(self.owner, self.snapshot())
-        # The heartbeat always writes a row (a renew of no lease writes nothing): with no traffic,
-        # this is the write that ends a degraded episode.
-        self.health.wrote()
-
     def _renew_slots(self) -> None:
         lost = set(self.gate.renew())
         for slot in self.slots:
@@ -336,8 +308,12 @@ class Worker:
                 slot.slot_lost()
 
     def _sweep(self) -> None:
-        assert self.dispatcher is not None
-        self.dispatcher.recover()
+        assert self.dispatcher is not None and self.outbox is not None
+        sweep = self.sweeps.due() and self.sweeps.sweepable()
+        self.dispatcher.recover(sweep_store=sweep)  # dead workers' journals and spill files: every round
+        if sweep:
+            self.outbox.recover()
+            self.sweeps.swept()
 
     def _prune(self) -> None:
         dropped = self.store.prune(self.settings.retention_s)
@@ -386,5 +362,9 @@ class Worker:
             "outbox": self.outbox.stats.as_dict() if self.outbox else {},
             "streams": self.streams.stats.as_dict() if self.streams else {},
             "slots": self.gate.status(),
+            # What the chores did: rounds of their timer, looks at the leases, sweeps run, writes
+            # of this heartbeat. Not a change worth a heartbeat by themselves (liveness.py).
+            "chores": {"rounds": self.chores.rounds if self.chores else 0, "sweep_looks": self.sweeps.looks,
+                       "sweeps": self.sweeps.sweeps, "heartbeats": self.beat.published},
             **({"relay": self.relay.stats_dict()} if self.relay is not None else {}),
         }

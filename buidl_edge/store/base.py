@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any, Generic, Literal, Protocol, TypeVar
@@ -233,6 +233,11 @@ class InboxStore(Protocol):
         """Take over envelopes whose owner died or whose lease ran out (or that an operator retried);
         return them to re-run, each a `Swept` naming the owner it was taken from."""
 
+    def leases_elsewhere(self, owner: str) -> dict[str, float] | None:
+        """The other owners holding rows in flight (envelopes processing, replies sending), each
+        with its earliest lease (epoch seconds); None when the store cannot say cheaply (then
+        every chore round sweeps). What tells a worker when a sweep can find anything."""
+
     def prune(self, retention_s: float = DEFAULT_RETENTION_S, now: float | None = None) -> int:
         """Forget handled envelopes, keys and sent replies older than the retention; return rows dropped."""
 
@@ -379,3 +384,9 @@ class EdgeStore(InboxStore, OutboxStore, SlotStore, RelayStore, StreamStore, Adm
     @property
     def lifespan(self) -> Lifespan:
         """How long its rows last (every backend and every wrapper says)."""
+
+    def change_token(self, others_only: bool = False) -> Hashable | None:
+        """A value that changes whenever anything is committed (by any process), read without
+        waiting; None when the store cannot tell cheaply. Equal tokens: nothing was written in
+        between, so a poll or a chore that found nothing to do would find nothing again.
+        `others_only`: a store may leave out this process's claims and finishes (SQLite does)."""

@@ -5,9 +5,10 @@ recover or renew, and nobody else to share connection slots with.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -59,6 +60,7 @@ class MemoryStore:
         self._streams: dict[str, StreamRow] = {}
         self._stream_buckets: dict[str, Bucket] = {}  # one per stream method, for the app
         self._ids = itertools.count(1)
+        self._writes = 0  # change_token: bumped by every call in _WRITES
 
     def claim(self, envelope: Envelope, owner: str) -> bool:
         keys = envelope.dedup_keys
@@ -141,6 +143,9 @@ class MemoryStore:
 
     def sweep(self, owner: str, limit: int = 100) -> list[Envelope]:
         return []  # nothing outlives this process, so nothing is left to take over
+
+    def leases_elsewhere(self, owner: str) -> dict[str, float]:
+        return {}  # one process: no one else holds anything
 
     def prune(self, retention_s: float = DEFAULT_RETENTION_S, now: float | None = None) -> int:
         cutoff = retention_cutoff(time.time() if now is None else now, retention_s)
@@ -317,6 +322,10 @@ class MemoryStore:
     def ping(self) -> bool:
         return True
 
+    def change_token(self, others_only: bool = False) -> int:
+        """How many writes this store has taken (claims that took nothing are not writes)."""
+        return self._writes
+
     def heartbeat(self, owner: str, stats: dict[str, Any]) -> None:
         parsed = Owner.parse(owner)
         self._beats[owner] = {"owner": owner, "pid": parsed.pid or 0, "host": parsed.host, "updated_at": time.time(),
@@ -367,3 +376,23 @@ class MemoryStore:
 
     def close(self) -> None:
         pass
+
+
+# The calls that change what a claim would find (a claim itself changes nothing until it takes a
+# row, and then its delivery settles, which counts).
+_WRITES = ("claim", "claim_many", "claim_key", "finish", "renew", "relay_enqueue", "relay_settle", "prune",
+           "outbox_enqueue", "outbox_settle", "outbox_renew", "outbox_recover", "outbox_retry", "outbox_cancel",
+           "outbox_purge", "retry")
+
+
+def _counted(call: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(call)
+    def write(self: MemoryStore, *args: Any, **kwargs: Any) -> Any:
+        self._writes += 1
+        return call(self, *args, **kwargs)
+
+    return write
+
+
+for _name in _WRITES:
+    setattr(MemoryStore, _name, _counted(getattr(MemoryStore, _name)))

@@ -11,6 +11,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+# How a live worker shows it is alive, written only when it must be. Every RENEWAL_TURN_S its chores
+# renew what it holds (its envelopes' leases, if it holds any; its connection slots) and refresh its
+# heartbeat if nothing else made it write one. A lease lasts three turns (BUIDL_LEASE_S, 30 s by
+# default; slots SLOT_TTL_S), so two renewals can fail before anyone may take over. A heartbeat is
+# also written within HEARTBEAT_CHECK_S of any change of what it reports; one older than
+# STALE_AFTER_S (two turns and a half) is a worker gone quiet (`status`, the dyno's /readyz).
+RENEWAL_TURN_S = 10.0
+HEARTBEAT_CHECK_S = 2.0
+STALE_AFTER_S = 2.5 * RENEWAL_TURN_S
+
 
 @dataclass(frozen=True)
 class Owner:

@@ -22,10 +22,12 @@ from typing import Any, Protocol
 
 from buidl_edge.store.base import SlotStore
 from buidl_edge.store.errors import StoreError
+from buidl_edge.store.owners import RENEWAL_TURN_S
 
 log = logging.getLogger("buidl_edge.slots")
 
-SLOT_TTL_S = 15.0
+# Three renewal turns (store/owners.py): a slot of a dyno that died lapses within 30 s.
+SLOT_TTL_S = 3 * RENEWAL_TURN_S
 RETRY_BASE_S = 0.5
 RETRY_CAP_S = 5.0
 OVERLAP_SUFFIX = "+"
@@ -112,6 +114,8 @@ class SlotGate:
         Raises StoreError (the worker's chore logs it and tries again next round).
         """
         names = sorted(self.held)
+        if not names:
+            return []
         lost_holders = set(self.store.renew_slots([self.holder(n) for n in names], self.limit, self.ttl))
         lost = [n for n in names if self.holder(n) in lost_holders]
         for name in lost:

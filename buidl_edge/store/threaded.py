@@ -66,6 +66,9 @@ class ThreadedStore:
     def describe(self) -> str:
         return self.inner.describe()  # a string: no reason to wait behind a busy thread for it
 
+    def change_token(self, others_only: bool = False) -> tuple[int, ...] | None:
+        return self.inner.change_token(others_only)  # on the caller's thread: it never waits
+
     @property
     def lifespan(self) -> Lifespan:
         return self.inner.lifespan  # the wrapped file's: a thread in front does not change it
@@ -80,6 +83,9 @@ class ThreadedStore:
 
     def sweep(self, owner: str, limit: int = 100) -> list[Envelope]:
         return on_thread(self._pool, self.inner.sweep, owner, limit)
+
+    def leases_elsewhere(self, owner: str) -> dict[str, float]:
+        return on_thread(self._pool, self.inner.leases_elsewhere, owner)
 
     def prune(self, retention_s: float = DEFAULT_RETENTION_S, now: float | None = None) -> int:
         return on_thread(self._pool, self.inner.prune, retention_s, now)

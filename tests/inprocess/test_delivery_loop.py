@@ -213,3 +213,30 @@ def test_every_store_and_the_threaded_wrapper_say_how_long_their_rows_last(tmp_p
     finally:
         sqlite.close()
         threaded.close()
+
+
+class CountedChimes(Chimes):
+    """Chimes that count the loop's chore rounds (it calls `chores` once a round)."""
+
+    rounds = 0
+
+    def chores(self) -> None:
+        self.rounds += 1
+
+
+def test_an_idle_loop_asks_its_store_again_only_once_another_process_wrote(tmp_path: Path, loops: Loops) -> None:
+    # The worker's store: SQLite behind its thread, with the hub connection that reads the change token.
+    store = ThreadedStore(SqliteStore(tmp_path / "edge.db", checkpoint_interval_s=None, hub_writes=True))
+    other = SqliteStore(tmp_path / "edge.db", checkpoint_interval_s=None)  # another process's connection
+    chimes = CountedChimes(RetryPolicy(3, 0.05, 0.2))
+    loop = loops.start(chimes, store)  # polls every 0.05 s while it has anything to look for
+    try:
+        wait_until(lambda: chimes.rounds >= 2, 10, "two chore rounds of an idle loop")
+        asked_while_idle = len(chimes.asked)
+        other.outbox_enqueue([Reply("C1", "queued elsewhere")])  # no wake: only the store knows
+        wait_until(lambda: chimes.delivered == ["queued elsewhere"], 10, "the row another process queued")
+        assert asked_while_idle <= 2, f"an idle loop asked its unchanged store {asked_while_idle} times"
+    finally:
+        loop.stop(timeout=1)
+        other.close()
+        store.close()

@@ -177,6 +177,10 @@ class RedisDb:
     def describe(self) -> str:
         return self.where
 
+    def change_token(self, others_only: bool = False) -> None:
+        """Redis cannot say what changed without a round trip: callers always look."""
+        return None
+
     def ping(self) -> bool:
         """True when Redis answers (`check` and tests)."""
         return bool(self._ping())

@@ -162,6 +162,10 @@ class RedisInbox(RedisDb):
         """Reset the idle time of this owner's stream entries so that no sweeper takes them."""
         return int(self._script(RENEW, [GROUP, owner]))
 
+    def leases_elsewhere(self, owner: str) -> None:
+        """Not tracked here: a Redis worker sweeps every chore round (one script call)."""
+        return None
+
     @redis_op
     def sweep(self, owner: str, limit: int = 100) -> list[Envelope]:
         """Take over entries of dead local consumers at once, and of any consumer past the lease.

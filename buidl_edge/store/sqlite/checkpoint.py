@@ -1,7 +1,8 @@
 """The SQLite store's background checkpointer: a native thread with its own connection.
 
 Checkpoints copy the WAL back into the database file and fsync it, the most expensive step of a
-write, so claims only append to the WAL and this thread does the copying, every interval.
+write, so claims only append to the WAL and this thread does the copying, every interval in which
+anything was committed (an idle store costs a wake-up and one read of the WAL index per round).
 """
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ def checkpoint_loop(db: SqliteDb, interval_s: float, wal_limit_bytes: int) -> No
     last_size = _size(wal)
     next_round = time.monotonic() + interval_s
     wait = min(SIZE_CHECK_S, interval_s)
+    seen = None  # data_version at the last round: unchanged, nothing was committed since (any process)
     try:
         while not db._stop.acquire(True, wait):
             size = _size(wal)
@@ -62,6 +64,10 @@ def checkpoint_loop(db: SqliteDb, interval_s: float, wal_limit_bytes: int) -> No
                 continue
             next_round = now + interval_s
             try:
+                version = conn.execute("PRAGMA data_version").fetchone()[0]
+                if version == seen and not db._wal_backlog:
+                    continue  # an idle store: no commit since the last round, nothing to copy
+                seen = version
                 _, pages, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 if pages > restart_pages:
                     pages, done, restarted = _restart_wal(db, conn, pages, done)

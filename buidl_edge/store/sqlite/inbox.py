@@ -30,6 +30,10 @@ _INSERT_INBOX = """INSERT INTO inbox(envelope_id, kind, envelope, state, owner, 
                      owner = excluded.owner, lease_until = excluded.lease_until, attempts = 1,
                      received_at = excluded.received_at, updated_at = excluded.updated_at,
                      error = NULL"""
+_INBOX_HELD = ("SELECT owner, MIN(COALESCE(lease_until, 0)) FROM inbox "
+               "WHERE state = 'processing' AND owner != ? GROUP BY owner")
+_OUTBOX_HELD = ("SELECT lease_owner, MIN(COALESCE(lease_until, 0)) FROM outbox "
+                "WHERE state = 'sending' AND lease_owner != ? GROUP BY lease_owner")
 _FINISH = "UPDATE inbox SET state = ?, error = ?, lease_until = NULL, updated_at = ? WHERE envelope_id = ?"
 
 
@@ -141,6 +145,19 @@ class SqliteInbox(SqliteDb):
             return taken
 
         return self._run(txn, write=True)
+
+    def leases_elsewhere(self, owner: str) -> dict[str, float]:
+        """Who else holds rows in flight (inbox rows processing, replies sending), each owner with
+        its earliest lease: a read, so that a sweep is run only when it can take something."""
+
+        def read(cur: sqlite3.Cursor) -> dict[str, float]:
+            held: dict[str, float] = {}
+            for sql in (_INBOX_HELD, _OUTBOX_HELD):
+                for other, until in cur.execute(sql, (owner,)):
+                    held[other] = min(until, held.get(other, until))
+            return held
+
+        return self._run(read, write=False)
 
     # ---------------------------------------------------------- housekeeping
 
