@@ -38,7 +38,7 @@ ListenerFailed = Callable[["BoltRun", str, BaseException], None]
 class BoltRun:
     """One request's work: its dispatch, then every listener and lazy listener that started."""
 
-    __slots__ = ("acked_without", "connection", "envelope", "error", "on_done", "pending")
+    __slots__ = ("acked_without", "connection", "envelope", "error", "follow_on", "on_done", "pending", "request")
 
     def __init__(self, envelope: Envelope, connection: str | None, on_done: Callable[[BoltRun], None]) -> None:
         self.envelope = envelope
@@ -47,14 +47,38 @@ class BoltRun:
         self.pending = 1  # the dispatch itself
         self.error: str | None = None  # the first listener exception's type, for the inbox row
         self.acked_without = False  # its ack went out plain: a late answer goes to the response_url
+        # Set while a dispatch that nothing waits for runs on the handler pool (an event, acked at its
+        # claim): its request, whose `ack` tells whether the dispatch waits for a listener.
+        self.request: BoltRequest | None = None
+        # The job the dispatch started that its own greenlet runs once the dispatch returned.
+        self.follow_on: Job | None = None
 
     def started(self) -> None:
         self.pending += 1
+
+    def may_follow_on(self) -> bool:
+        """Whether a job submitted now can wait for the dispatch to return and then run in its
+        greenlet, instead of taking a greenlet of its own: only the first one (the listener; a lazy
+        listener still runs beside it, as under Bolt), and only once the request is acked, since
+        Bolt's dispatch waits for nothing after its `ack()`."""
+        if self.request is None or self.follow_on is not None:
+            return False
+        ack = self.request.context.get("ack")
+        return ack is not None and ack.response is not None
 
     def ended(self) -> None:
         self.pending -= 1
         if self.pending == 0:
             self.on_done(self)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A listener or lazy listener Bolt submitted, with the future its submit returned."""
+
+    future: Future[Any]
+    call: Callable[[], Any]
+    name: str
 
 
 @dataclass(frozen=True)
@@ -66,13 +90,6 @@ class Running:
 
 
 current: contextvars.ContextVar[Running | None] = contextvars.ContextVar("buidl_bolt_running", default=None)
-
-
-def running_as(run: BoltRun, name: str, fn: Callable[..., Any], *args: Any) -> Any:
-    """Call `fn` as part of `run` (in this greenlet's context), its log lines naming the envelope."""
-    current.set(Running(run, name))
-    with log_context(envelope_id=run.envelope.envelope_id, connection=run.connection):
-        return fn(*args)
 
 
 class ListenerExecutor(Executor):
@@ -88,16 +105,26 @@ class ListenerExecutor(Executor):
         if here is None:  # not from a request's dispatch (the app's own use of the executor)
             gevent.spawn(self._call, future, functools.partial(fn, *args, **kwargs))
             return future
-        here.run.started()
-        self.pool.submit(here.run.envelope.envelope_id, self._job, here.run, future,
-                         functools.partial(fn, *args, **kwargs), listener_name(fn))
+        run = here.run
+        run.started()
+        job = Job(future, functools.partial(fn, *args, **kwargs), listener_name(fn))
+        if run.may_follow_on():
+            run.follow_on = job  # the dispatch's greenlet runs it next: no greenlet, no pool hop
+        else:
+            self.pool.submit(run.envelope.envelope_id, self._job, run, job)
         return future
 
-    def _job(self, run: BoltRun, future: Future[Any], call: Callable[[], Any], name: str) -> None:
+    def _job(self, run: BoltRun, job: Job) -> None:
+        with log_context(envelope_id=run.envelope.envelope_id, connection=run.connection):
+            self.run_job(run, job)
+
+    def run_job(self, run: BoltRun, job: Job) -> None:
+        """Run `job` of `run` in this greenlet (named for the hub watch), then count it done."""
         me = gevent.getcurrent()
-        self.busy[me] = (name, run.envelope.envelope_id)
+        self.busy[me] = (job.name, run.envelope.envelope_id)
         try:
-            running_as(run, name, self._call, future, call)
+            current.set(Running(run, job.name))
+            self._call(job.future, job.call)
         finally:
             self.busy.pop(me, None)
             run.ended()

@@ -2,7 +2,8 @@
 
 A batch is first tried on the hub (`run_now`, which never waits and says None when it would);
 else it goes to the store's one pool thread (`run_batch`). `on_thread` runs anything on that
-thread and raises what it raised in the caller.
+thread and raises what it raised in the caller. A burst's claims that must queue (an ack waits
+for them) go ahead of the queued finishes, so that under load no ack waits for the handlers' backlog.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from gevent.threadpool import ThreadPool
 from buidl_edge.store.errors import StoreError, rejected
 
 T = TypeVar("T")
+Queued = tuple[Any, gevent.event.AsyncResult]
 
 # Enough to amortise a commit over a burst, small enough to keep one transaction short.
 MAX_BATCH = 64
@@ -38,7 +40,9 @@ class GroupCommit:
         self._pool = pool
         self._run_batch = run_batch
         self._run_now = run_now or (lambda txns: None)
-        self._pending: list[tuple[Any, gevent.event.AsyncResult]] = []
+        # Items waiting for a commit: those an ack waits for (claims) first, then the others.
+        self._ahead: list[Queued] = []
+        self._pending: list[Queued] = []
         self._on_thread = False  # a batch is on the pool thread: later items wait their turn
         self._flush_due = False  # a _flush is scheduled for the end of this loop turn
         self._hub = gevent.get_hub()
@@ -53,15 +57,17 @@ class GroupCommit:
         the turn. When the hub cannot write at once, the drain loop sends them to the thread."""
         return _value(self._enqueue([txn])[0].get())
 
-    def submit_many(self, txns: Sequence[Any]) -> list[Any]:
+    def submit_many(self, txns: Sequence[Any], ahead: bool = False) -> list[Any]:
         """`submit` of each item, in order, together (one commit, or one per MAX_BATCH items on
         the thread): each one's result, or the StoreError it failed with alone; raises when a
-        commit failed as a whole."""
-        return [result.get() for result in self._enqueue(txns)]
+        commit failed as a whole. `ahead`: an ack waits for them (a burst's claims), so they go
+        before the queued items that are not (handlers' finishes, whose claims committed long
+        before): under load an ack then waits for one commit, not for the handlers' backlog."""
+        return [result.get() for result in self._enqueue(txns, ahead)]
 
-    def _enqueue(self, txns: Sequence[Any]) -> list[gevent.event.AsyncResult]:
+    def _enqueue(self, txns: Sequence[Any], ahead: bool = False) -> list[gevent.event.AsyncResult]:
         results: list[gevent.event.AsyncResult] = [gevent.event.AsyncResult() for _ in txns]
-        self._pending.extend(zip(txns, results))
+        (self._ahead if ahead else self._pending).extend(zip(txns, results))
         if not self._flush_due:
             self._flush_due = True
             self._hub.loop.run_callback(self._flush)
@@ -69,7 +75,7 @@ class GroupCommit:
 
     def _flush(self) -> None:
         self._flush_due = False
-        if not self._pending:
+        if not (self._ahead or self._pending):
             return
         try:
             if self.submit_now(()) is not NOT_NOW:
@@ -86,7 +92,9 @@ class GroupCommit:
         """
         if self._on_thread:
             return NOT_NOW
-        queued, self._pending = self._pending, []
+        ahead, pending = self._ahead, self._pending
+        queued = ahead + pending
+        self._ahead, self._pending = [], []
         try:
             values = self._run_now([txn for txn, _ in queued] + list(txns))
         except Exception as exc:  # the whole commit failed: the queued items' callers hear it too
@@ -95,7 +103,7 @@ class GroupCommit:
                 result.set_exception(error)
             raise error from exc
         if values is None:
-            self._pending = queued + self._pending
+            self._ahead, self._pending = ahead + self._ahead, pending + self._pending
             return NOT_NOW
         for (_, result), value in zip(queued, values):
             result.set(value)
@@ -108,15 +116,24 @@ class GroupCommit:
         self._wakeup.set()
         self._loop.join(timeout=timeout)
         self._loop.kill(block=True)
-        for _, result in self._pending:
+        for _, result in self._ahead + self._pending:
             result.set_exception(StoreError("store closed"))
+
+    def _take(self, limit: int) -> list[Queued]:
+        """The next batch: up to `limit` items, those `ahead` first, each list in arrival order."""
+        batch, self._ahead = self._ahead[:limit], self._ahead[limit:]
+        room = limit - len(batch)
+        if room > 0:
+            batch += self._pending[:room]
+            self._pending = self._pending[room:]
+        return batch
 
     def _drain(self) -> None:
         while not self._stopping:
             self._wakeup.wait()
             self._wakeup.clear()
-            while self._pending and not self._stopping:
-                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            while (self._ahead or self._pending) and not self._stopping:
+                batch = self._take(MAX_BATCH)
                 txns = [txn for txn, _ in batch]
                 try:
                     values = self._run_now(txns)

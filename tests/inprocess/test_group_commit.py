@@ -289,3 +289,32 @@ def test_a_burst_that_waited_for_a_busy_database_is_claimed_in_one_commit_with_e
     finally:
         other_process.close()
         threaded.close()
+
+
+def test_a_claim_queued_behind_a_backlog_of_finishes_goes_into_the_next_commit_ahead_of_them(
+        tmp_path: Path) -> None:
+    """Under load, the finishes of many handlers queue while a batch is on the thread. A burst's
+    claims that queue after them are written first: the ack waits for one commit, not for the
+    handlers' backlog (which, past BUIDL_CLAIM_WAIT_S, made load alone read as a degraded store)."""
+    threaded = ThreadedStore(SqliteStore(tmp_path / "edge.db", checkpoint_interval_s=None))
+    other_process = sqlite3.connect(tmp_path / "edge.db", isolation_level=None)
+    ids = [f"E{i}" for i in range(3 * MAX_BATCH)]
+    decided: list[str] = []
+    try:
+        assert threaded.claim_many([envelope(i) for i in ids], ME) == [True] * len(ids)
+        other_process.execute("BEGIN IMMEDIATE")  # the hub cannot write: everything queues
+        finishes = [gevent.spawn(threaded.finish, i, []) for i in ids]
+        gevent.sleep(0.05)  # every handler ended and waits for its finish
+        claimer = gevent.spawn(threaded.claim_many, [envelope("E-new")], ME)
+        for greenlet, name in [*zip(finishes, ids), (claimer, "E-new")]:
+            greenlet.link(lambda _, name=name: decided.append(name))
+        gevent.sleep(0.05)
+        other_process.execute("COMMIT")
+        gevent.joinall([*finishes, claimer], raise_error=True, timeout=10)
+        assert claimer.value == [True]
+        waited_for = decided.index("E-new")
+        # At most for the batch already on the thread when it came.
+        assert waited_for <= MAX_BATCH, f"the claim waited for {waited_for} finishes queued ahead of it"
+    finally:
+        other_process.close()
+        threaded.close()
