@@ -306,11 +306,13 @@ def test_a_claim_queued_behind_a_backlog_of_finishes_goes_into_the_next_commit_a
         finishes = [gevent.spawn(threaded.finish, i, []) for i in ids]
         gevent.sleep(0.05)  # every handler ended and waits for its finish
         claimer = gevent.spawn(threaded.claim_many, [envelope("E-new")], ME)
-        for greenlet, name in [*zip(finishes, ids), (claimer, "E-new")]:
+        named: list[tuple[Any, str]] = [*zip(finishes, ids), (claimer, "E-new")]
+        for greenlet, name in named:
             greenlet.link(lambda _, name=name: decided.append(name))
         gevent.sleep(0.05)
         other_process.execute("COMMIT")
-        gevent.joinall([*finishes, claimer], raise_error=True, timeout=10)
+        everything: list[Any] = [*finishes, claimer]
+        gevent.joinall(everything, raise_error=True, timeout=10)
         assert claimer.value == [True]
         waited_for = decided.index("E-new")
         # At most for the batch already on the thread when it came.
