@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -608,7 +609,8 @@ def test_tables_escape_control_characters_show_ages_and_no_stale_errors(tmp_path
         assert "None" not in table.stdout
     header, inbox_row = inbox.stdout.splitlines()
     assert header.split() == ["envelope_id", "kind", "state", "owner", "attempts", "deliveries", "age", "error"]
-    assert inbox_row.split()[6] == "0s"  # an age, as `outbox list` shows, not epoch seconds
+    # An age, as `outbox list` shows, not epoch seconds (seconds pass on a loaded machine).
+    assert re.fullmatch(r"\d{1,2}s", inbox_row.split()[6]), inbox_row
     rows = {line.split()[0]: line.split() for line in outbox.stdout.splitlines()[1:]}
     sent_row = rows[str(sent_id)]
     assert sent_row[2] == "sent" and "503" not in " ".join(sent_row) and sent_row[6] == "-"

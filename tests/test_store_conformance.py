@@ -371,9 +371,9 @@ def test_heartbeats_of_every_worker_read_back_newest_first(store: Any) -> None:
     assert workers["h1:10"]["stats"] == {"acks": 2, "degraded": True}
     assert (workers["h1:10"]["pid"], workers["h1:10"]["host"], workers["h1:10"]["degraded"]) == (10, "h1", True)
     assert not workers["h2:20"]["degraded"]
-    time.sleep(0.05)
+    time.sleep(0.6)  # h1's heartbeat ages; the read below may come late on a loaded machine
     store.heartbeat("h2:20", {})
-    assert [w["owner"] for w in store.workers(max_age_s=0.03)] == ["h2:20"]
+    assert [w["owner"] for w in store.workers(max_age_s=0.5)] == ["h2:20"]
 
 
 # ---------------------------------------------------------------- connection slots
