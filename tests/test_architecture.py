@@ -338,20 +338,3 @@ def test_slack_bolt_is_imported_only_for_a_bolt_app() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
                          cwd=PACKAGE_DIR.parent)
     assert out.stdout.split() == ["EdgeApp", "[]"], out.stderr
-
-
-def test_the_gevent_patch_reads_no_installed_package_metadata() -> None:
-    """gevent's patch looks for plugins among every installed package's entry points (3 MB of RSS a
-    worker keeps: importlib.metadata, email, zipfile); a worker has none to load (issue 26). The
-    patch still patches: a socket made after it is gevent's."""
-    import subprocess
-    import sys
-
-    probe = ("import sys\n"
-             "from buidl_edge.runtime.gevent_patch import patch\n"
-             "patch()\n"
-             "import socket, gevent.socket\n"
-             "print(socket.socket is gevent.socket.socket, 'importlib.metadata' in sys.modules)\n")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
-                         cwd=PACKAGE_DIR.parent)
-    assert out.stdout.split() == ["True", "False"], out.stderr

@@ -21,18 +21,7 @@ def patch() -> None:
     # are not converted to gevent's (`logging=False`, `existing_locks=False`).
     import logging  # noqa: F401
 
-    import gevent.events
     from gevent import monkey
 
-    # Each patch step also calls gevent's plugins, found by scanning every installed package's
-    # entry points: importlib.metadata, email and zipfile stay loaded, 3 MB of a worker's RSS for
-    # good (issue 26). The only plugin installed is gevent's own warning for patching signal
-    # without os, which patch_all here never does; subscribers (gevent.events.subscribers) are
-    # still told.
-    with_plugins = gevent.events.notify_and_call_entry_points
-    gevent.events.notify_and_call_entry_points = gevent.events.notify
-    try:
-        monkey.patch_thread(logging=False, existing_locks=False)
-        monkey.patch_all(thread=False)
-    finally:
-        gevent.events.notify_and_call_entry_points = with_plugins
+    monkey.patch_thread(logging=False, existing_locks=False)
+    monkey.patch_all(thread=False)
