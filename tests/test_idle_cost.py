@@ -102,3 +102,28 @@ def test_a_live_peers_envelope_stays_with_it_past_its_first_lease_and_a_dead_one
         # Not a lease's wait: the survivor sees its peer's pid gone at its next chore round.
         taken = wait_until(lambda: (r := row()) and r[0] != holder and r, 10, "the survivor to take the envelope over")
         assert taken[0] == f"{holder.rpartition(':')[0]}:{survivor.pid}" and taken[2] == 2, (taken, survivor.output())
+
+
+def test_a_worker_started_without_flags_does_not_load_the_cli(
+        fresh_simulator: SimulatorProcess, tmp_path: Path) -> None:
+    """`run` starts each worker as `python -m buidl_edge worker`, no flags: click and the command
+    group would be 1.3 MB of its RSS for good (issue 26). The app module, imported once the worker
+    is set up, says what is loaded; a worker with flags still parses them with the CLI."""
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    (app_dir / "probe_app.py").write_text(
+        "import sys\n"
+        "from buidl_edge import EdgeApp\n"
+        "print('click loaded:', 'click' in sys.modules, flush=True)\n"
+        "app = EdgeApp('probe')\n")
+    env = worker_env(fresh_simulator.api_url, BUIDL_APP="probe_app:app", BUIDL_STATE_DIR=tmp_path / "state",
+                     BUIDL_STORE_URL="memory://", PYTHONPATH=os.pathsep.join([str(app_dir), str(PROJECT_ROOT)]))
+    with workers(env, tmp_path=tmp_path) as [plain]:
+        wait_until(lambda: "click loaded:" in plain.output(), 20, "the app module's line")
+        assert "click loaded: False" in plain.output(), plain.output()
+    flagged = WorkerProcess(env, args=("--connections", "1"), log_path=tmp_path / "flagged.log").start()
+    try:
+        wait_until(lambda: "click loaded:" in flagged.output(), 20, "the app module's line")
+        assert "click loaded: True" in flagged.output(), flagged.output()
+    finally:
+        flagged.stop()

@@ -73,13 +73,22 @@ class EdgeGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:
-            line = said(exc)
-            if line is None:
+            error = as_click_error(exc)
+            if error is None:
                 raise
-            details = getattr(exc, "details", None)  # AppError: where in the user's module
-            if details:
-                click.echo(details.rstrip("\n"), err=True)
-            raise click.ClickException(line) from None
+            raise error from None
+
+
+def as_click_error(exc: Exception) -> click.ClickException | None:
+    """The one line the CLI says for an error a user's input or environment can cause (an error in
+    the user's app module first shows where in it); None for a bug, which keeps its traceback."""
+    line = said(exc)
+    if line is None:
+        return None
+    details = getattr(exc, "details", None)  # AppError: where in the user's module
+    if details:
+        click.echo(details.rstrip("\n"), err=True)
+    return click.ClickException(line)
 
 
 

@@ -19,12 +19,9 @@ def worker(connections: int | None, app_spec: str | None, relay_url: str | None)
 
     A worker that cannot start (config, app import, store) says why in one line and exits 3.
     """
-    from buidl_edge.runtime.gevent_patch import patch
+    from buidl_edge.cli.worker_entry import start_worker
 
-    patch()  # first: before the worker's modules import sockets, threads or locks
-    from buidl_edge.runtime.start import start
-
-    sys.exit(start(connections=connections, app_spec=app_spec, relay_url=relay_url))
+    sys.exit(start_worker(connections=connections, app_spec=app_spec, relay_url=relay_url))
 
 
 @cli.command(epilog=f"Sizing: {SIZING_RULE}.")
