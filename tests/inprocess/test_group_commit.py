@@ -306,11 +306,15 @@ def test_a_claim_queued_behind_a_backlog_of_finishes_goes_into_the_next_commit_a
         finishes = [gevent.spawn(threaded.finish, i, []) for i in ids]
         gevent.sleep(0.05)  # every handler ended and waits for its finish
         claimer = gevent.spawn(threaded.claim_many, [envelope("E-new")], ME)
-        for greenlet, name in [*zip(finishes, ids), (claimer, "E-new")]:
-            greenlet.link(lambda _, name=name: decided.append(name))
+        waiting: list[gevent.Greenlet] = [*finishes, claimer]
+        def decided_when_done(greenlet: gevent.Greenlet, name: str) -> None:
+            greenlet.link(lambda _: decided.append(name))
+
+        for greenlet, name in zip(waiting, [*ids, "E-new"]):
+            decided_when_done(greenlet, name)
         gevent.sleep(0.05)
         other_process.execute("COMMIT")
-        gevent.joinall([*finishes, claimer], raise_error=True, timeout=10)
+        gevent.joinall(waiting, raise_error=True, timeout=10)
         assert claimer.value == [True]
         waited_for = decided.index("E-new")
         # At most for the batch already on the thread when it came.
@@ -355,9 +359,9 @@ def test_a_backlog_of_finishes_is_written_on_the_hub_a_batch_at_a_time_with_the_
             assert commits.submit_now([store.claim_txn(envelope("E-new"), ME)]) == [True]
             readers_commit.append(hub_batches[-1])
 
-        claimer = gevent.spawn(reader)
+        waiting: list[gevent.Greenlet] = [*finishes, gevent.spawn(reader)]
         recorder.release.set()
-        gevent.joinall([*finishes, claimer], raise_error=True, timeout=10)
+        gevent.joinall(waiting, raise_error=True, timeout=10)
         assert {inbox_state(store, i) for i in ids} == {"done"}
         assert max(hub_batches) <= MAX_BATCH + 1, f"hub commits of {hub_batches} items"
         assert readers_commit and readers_commit[0] > 1, "the whole backlog was written before the claim"
