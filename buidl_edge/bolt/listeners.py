@@ -6,7 +6,9 @@ listener executor, from inside `App.dispatch`. Put in its place (`install`), `Li
 runs them on the handler pool instead of Bolt's 5 threads: as many at once as
 BUIDL_HANDLER_CONCURRENCY, and counted in `status` and `/metrics` as handlers. A submit happens in
 the greenlet that is dispatching a request, so it knows its request (`current`), and the request's
-`BoltRun` counts what is still running: the inbox row is finished only once all of it returned.
+`BoltRun` counts what is still running: the inbox row is finished only once all of it returned. An
+event's listener, submitted once Bolt acked it, waits for the dispatch to return and then runs in
+the same greenlet (`BoltRun.follow_on`): the dispatch waits for nothing after the ack.
 
 Bolt catches a listener's exception and hands it to its error handler, and logs a lazy listener's;
 the wrappers here report it (to Sentry, once per event) before Bolt's own handling goes on.

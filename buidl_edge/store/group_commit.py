@@ -87,14 +87,16 @@ class GroupCommit:
     def submit_now(self, txns: Sequence[Any]) -> Any:
         """The items' results (a StoreError in the place of an item that failed alone) if they
         could be written on the hub at once, else NOT_NOW (nothing written). The items queued
-        before them go first, in the same commit, so that items keep their arrival order; never
-        while a batch is on the thread.
+        before them go first, in the same commit, so that items keep their arrival order: the
+        claims queued `ahead`, and at most MAX_BATCH of the others (a backlog of finishes is left
+        to the drain loop, a batch at a time, so that this commit, often a reader's, stays short);
+        never while a batch is on the thread.
         """
         if self._on_thread:
             return NOT_NOW
-        ahead, pending = self._ahead, self._pending
+        ahead, pending = self._ahead, self._pending[:MAX_BATCH]
         queued = ahead + pending
-        self._ahead, self._pending = [], []
+        self._ahead, self._pending = [], self._pending[MAX_BATCH:]
         try:
             values = self._run_now([txn for txn, _ in queued] + list(txns))
         except Exception as exc:  # the whole commit failed: the queued items' callers hear it too
@@ -107,6 +109,8 @@ class GroupCommit:
             return NOT_NOW
         for (_, result), value in zip(queued, values):
             result.set(value)
+        if self._pending:
+            self._wakeup.set()
         return values[len(queued):]
 
     def stop(self, timeout: float = STOP_WAIT_S) -> None:
@@ -137,6 +141,7 @@ class GroupCommit:
                 txns = [txn for txn, _ in batch]
                 try:
                     values = self._run_now(txns)
+                    on_hub = values is not None
                     if values is None:
                         self._on_thread = True
                         try:
@@ -150,6 +155,8 @@ class GroupCommit:
                     continue
                 for (_, result), value in zip(batch, values):
                     result.set(value)
+                if on_hub:
+                    gevent.sleep(0)  # a backlog written on the hub: the reader gets in between commits
 
 
 def on_thread(pool: ThreadPool, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

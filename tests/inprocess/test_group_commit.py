@@ -306,13 +306,15 @@ def test_a_claim_queued_behind_a_backlog_of_finishes_goes_into_the_next_commit_a
         finishes = [gevent.spawn(threaded.finish, i, []) for i in ids]
         gevent.sleep(0.05)  # every handler ended and waits for its finish
         claimer = gevent.spawn(threaded.claim_many, [envelope("E-new")], ME)
-        named: list[tuple[Any, str]] = [*zip(finishes, ids), (claimer, "E-new")]
-        for greenlet, name in named:
-            greenlet.link(lambda _, name=name: decided.append(name))
+        waiting: list[gevent.Greenlet] = [*finishes, claimer]
+        def decided_when_done(greenlet: gevent.Greenlet, name: str) -> None:
+            greenlet.link(lambda _: decided.append(name))
+
+        for greenlet, name in zip(waiting, [*ids, "E-new"]):
+            decided_when_done(greenlet, name)
         gevent.sleep(0.05)
         other_process.execute("COMMIT")
-        everything: list[Any] = [*finishes, claimer]
-        gevent.joinall(everything, raise_error=True, timeout=10)
+        gevent.joinall(waiting, raise_error=True, timeout=10)
         assert claimer.value == [True]
         waited_for = decided.index("E-new")
         # At most for the batch already on the thread when it came.
@@ -320,3 +322,51 @@ def test_a_claim_queued_behind_a_backlog_of_finishes_goes_into_the_next_commit_a
     finally:
         other_process.close()
         threaded.close()
+
+
+def test_a_backlog_of_finishes_is_written_on_the_hub_a_batch_at_a_time_with_the_readers_claims_between(
+        tmp_path: Path) -> None:
+    """A backlog of finishes (they queued while the database was busy) is written on the hub at most
+    MAX_BATCH at a time, and a reader's claim gets in between two of those commits: it used to wait
+    until the whole backlog was written, on the hub, in one go (hub blocked 0.1 s at 3,000/s)."""
+    store = SqliteStore(tmp_path / "edge.db", checkpoint_interval_s=None, hub_writes=True)  # a worker's
+    pool = ThreadPool(1)
+    recorder = Recorder(store)
+    hub_free = [True]
+    hub_batches: list[int] = []
+
+    def run_now(txns: list[Any]) -> list[Any] | None:
+        if not hub_free[0]:
+            return None
+        hub_batches.append(len(txns))
+        return store.run_batch_now(txns)
+
+    commits = GroupCommit(pool, recorder, run_now)
+    ids = [f"E{i}" for i in range(3 * MAX_BATCH)]
+    try:
+        assert commits.submit_now([store.claim_txn(envelope(i), ME) for i in ids]) == [True] * len(ids)
+        hub_free[0] = False  # the database is busy: the finishes queue, one batch on the thread
+        recorder.hold()
+        finishes = [gevent.spawn(commits.submit, store.finish_txn(i, [])) for i in ids]
+        wait_native(recorder.committing, "a batch of finishes on the thread")
+        hub_free[0] = True
+        hub_batches.clear()
+        readers_commit: list[int] = []
+
+        def reader() -> None:  # a read burst arrives as soon as the hub is free
+            while not hub_batches:
+                gevent.sleep(0)
+            assert commits.submit_now([store.claim_txn(envelope("E-new"), ME)]) == [True]
+            readers_commit.append(hub_batches[-1])
+
+        waiting: list[gevent.Greenlet] = [*finishes, gevent.spawn(reader)]
+        recorder.release.set()
+        gevent.joinall(waiting, raise_error=True, timeout=10)
+        assert {inbox_state(store, i) for i in ids} == {"done"}
+        assert max(hub_batches) <= MAX_BATCH + 1, f"hub commits of {hub_batches} items"
+        assert readers_commit and readers_commit[0] > 1, "the whole backlog was written before the claim"
+    finally:
+        recorder.release.set()
+        commits.stop()
+        pool.kill()
+        store.close()
