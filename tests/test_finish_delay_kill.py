@@ -16,11 +16,11 @@ from test_kill_in_store_episode import COUNT, app_dir, inject, replies, runs, wo
 
 pytestmark = pytest.mark.timeout(90)
 
-LONGEST_DELAY = {"BUIDL_FINISH_DELAY_MS": 100}  # the ceiling: the widest window a kill can fall in
+LONGEST_DELAY_MS = 100  # the ceiling: the widest window a kill can fall in
 
 
 def test_a_sigterm_drain_writes_the_finishes_that_wait_for_a_later_commit(workers: Workers) -> None:  # noqa: F811
-    worker = workers.start(**LONGEST_DELAY)
+    worker = workers.start(BUIDL_FINISH_DELAY_MS=LONGEST_DELAY_MS)
     inject(workers.client, "drain")  # claimed: each handler waits for the go-ahead
     worker.signal(signal.SIGTERM)
     (workers.tmp_path / "go").touch()  # they finish during the drain: no claim comes after them
@@ -34,13 +34,13 @@ def test_a_sigterm_drain_writes_the_finishes_that_wait_for_a_later_commit(worker
 
 
 def test_a_sigkill_right_after_the_handlers_finished_posts_no_reply_twice(workers: Workers) -> None:  # noqa: F811
-    first = workers.start(**LONGEST_DELAY)
+    first = workers.start(BUIDL_FINISH_DELAY_MS=LONGEST_DELAY_MS)
     inject(workers.client, "kill")
     (workers.tmp_path / "go").touch()
     wait_until(lambda: sum(runs(workers).values()) == COUNT, 10, "every handler finished", interval=0.01)
     first.signal(signal.SIGKILL)  # within (or just past) the bound their finishes may wait
     first.wait(timeout=10)
-    workers.start(**LONGEST_DELAY)
+    workers.start(BUIDL_FINISH_DELAY_MS=LONGEST_DELAY_MS)
     wait_until(lambda: len(replies(workers.client, "kill")) == COUNT, 30, f"{COUNT} replies", interval=0.2)
     workers.wait_idle(30)
     assert replies(workers.client, "kill") == Counter(f"seen: kill {i}" for i in range(COUNT))
