@@ -65,7 +65,7 @@ def test_a_finish_no_claim_comes_for_is_written_alone_when_its_bound_runs_out(tm
     threaded = ThreadedStore(SqliteStore(tmp_path / "edge.db", checkpoint_interval_s=None, hub_writes=True),
                              finish_delay_s=0.02)
     try:
-        assert threaded.claim(envelope("E-lone"), ME) is True
+        assert threaded.claim_many_now([envelope("E-lone")], ME) == [True]
         commits = counted(threaded)
         [handler] = finish_all(threaded, ["E-lone"])
         handler.get(timeout=5)
@@ -75,7 +75,7 @@ def test_a_finish_no_claim_comes_for_is_written_alone_when_its_bound_runs_out(tm
 
 
 def test_a_drain_writes_the_waiting_finishes_at_once(delayed: ThreadedStore) -> None:
-    assert delayed.claim(envelope("E-drain"), ME) is True
+    assert delayed.claim_many_now([envelope("E-drain")], ME) == [True]  # a read's claim: finishes wait
     [handler] = finish_all(delayed, ["E-drain"])
     delayed.finish_promptly()  # what the worker's drain does first
     handler.get(timeout=5)
@@ -88,7 +88,7 @@ def test_closing_the_store_writes_a_finish_still_waiting(tmp_path: Path) -> None
     path = tmp_path / "edge.db"
     threaded = ThreadedStore(SqliteStore(path, checkpoint_interval_s=None, hub_writes=True),
                              finish_delay_s=LONG_DELAY_S)
-    assert threaded.claim(envelope("E-close"), ME) is True
+    assert threaded.claim_many_now([envelope("E-close")], ME) == [True]
     [handler] = finish_all(threaded, ["E-close"])
     threaded.close()
     handler.get(timeout=5)
@@ -97,3 +97,19 @@ def test_closing_the_store_writes_a_finish_still_waiting(tmp_path: Path) -> None
         assert inbox_state(reopened, "E-close") == "done"
     finally:
         reopened.close()
+
+
+def test_a_finish_is_written_at_once_when_no_claim_came_within_the_bound(tmp_path: Path) -> None:
+    """At a bot's usual few events a second no claim comes in time: waiting would only add a
+    wake-up of the hub per envelope (measured: 8.8 against 7.2 ms/s at 8 events/s)."""
+    threaded = ThreadedStore(SqliteStore(tmp_path / "edge.db", checkpoint_interval_s=None, hub_writes=True),
+                             finish_delay_s=0.01)
+    try:
+        assert threaded.claim_many_now([envelope("E-quiet")], ME) == [True]
+        gevent.sleep(0.05)  # longer than the bound: the link went quiet
+        [handler] = finish_all(threaded, ["E-quiet"])
+        assert threaded._batcher._later == [], "the finish waits for a claim that is not coming"
+        handler.get(timeout=5)
+        assert inbox_state(threaded, "E-quiet") == "done"
+    finally:
+        threaded.close()
