@@ -6,8 +6,8 @@ thread and raises what it raised in the caller. A burst's claims that must queue
 for them) go ahead of the queued finishes, so that under load no ack waits for the handlers' backlog.
 Items submitted `later` (handlers' finishes) ride the next commit made for anything else, or go
 alone once their bound runs out: at a steady rate, one commit a claim instead of two. They wait only
-while claims keep coming (the last one within the bound): at a bot's usual few events a second no
-claim would come in time, and the wait would cost a wake-up of the hub of its own.
+while claims come closer together than the bound: at a bot's usual few events a second no claim
+would come in time, and the wait would cost a wake-up of the hub of its own.
 """
 from __future__ import annotations
 
@@ -51,7 +51,10 @@ class GroupCommit:
         # Items that may wait for the next commit, up to `_later_s` (see submit_later).
         self._later: list[Queued] = []
         self._later_timer: Any = None
-        self._claimed_at = -1e9  # monotonic time items an ack waits for were last submitted
+        # When claims (items an ack waits for) were last submitted, and the gap before that: a
+        # handler ends just after its own claim, so only the gap says whether another is coming.
+        self._claimed_at = -1e9
+        self._claim_gap = 1e9
         self._on_thread = False  # a batch is on the pool thread: later items wait their turn
         self._flush_due = False  # a _flush is scheduled for the end of this loop turn
         self._hub = gevent.get_hub()
@@ -71,14 +74,18 @@ class GroupCommit:
         (the next burst's claims) and ride it; when none comes in time it is written alone. The
         caller waits until it is committed, as with `submit`. Only for items whose loss in a kill -9
         meanwhile something else covers (a handler's finish is journaled first: finishes.py)."""
-        if delay_s <= 0 or time.monotonic() - self._claimed_at > delay_s:
-            return self.submit(txn)  # no claim came lately: none is likely to come in time
+        if delay_s <= 0 or self._claim_gap > delay_s or time.monotonic() - self._claimed_at > delay_s:
+            return self.submit(txn)  # claims are not coming that often: the next one would be late
         result: gevent.event.AsyncResult = gevent.event.AsyncResult()
         self._later.append((txn, result))
         if self._later_timer is None:
             self._later_timer = self._hub.loop.timer(delay_s)
             self._later_timer.start(self.flush_later)
         return _value(result.get())
+
+    def _claims_came(self) -> None:
+        now = time.monotonic()
+        self._claim_gap, self._claimed_at = now - self._claimed_at, now
 
     def flush_later(self) -> None:
         """Write the items waiting for a later commit now (their bound ran out, or a drain began)."""
@@ -113,7 +120,7 @@ class GroupCommit:
     def _enqueue(self, txns: Sequence[Any], ahead: bool = False) -> list[gevent.event.AsyncResult]:
         results: list[gevent.event.AsyncResult] = [gevent.event.AsyncResult() for _ in txns]
         if ahead:
-            self._claimed_at = time.monotonic()
+            self._claims_came()
         (self._ahead if ahead else self._pending).extend(zip(txns, results))
         if not self._flush_due:
             self._flush_due = True
@@ -137,8 +144,8 @@ class GroupCommit:
         before them go first, in the same commit, so that items keep their arrival order; never
         while a batch is on the thread.
         """
-        if txns:  # a read's claims (what the hub writes at once): finishes may wait for the next ones
-            self._claimed_at = time.monotonic()
+        if txns:  # a read's claims (what the hub writes at once)
+            self._claims_came()
         if self._on_thread:
             return NOT_NOW
         ahead, pending = self._ahead, self._pending + self._ride_along()
