@@ -48,7 +48,7 @@ class GroupCommit:
         # Items waiting for a commit: those an ack waits for (claims) first, then the others.
         self._ahead: list[Queued] = []
         self._pending: list[Queued] = []
-        # Items that may wait for the next commit, up to `_later_s` (see submit_later).
+        # Items that may wait for the next commit, each up to its bound (see submit_later).
         self._later: list[Queued] = []
         self._later_timer: Any = None
         # When claims (items an ack waits for) were last submitted, and the gap before that: a
