@@ -176,6 +176,18 @@ def test_non_numbers_are_named(tokens: dict[str, str], name: str) -> None:
     assert_safe_one_liner(message, tokens)
 
 
+@pytest.mark.parametrize("value", ["-1", "101"])
+def test_finish_delay_out_of_range(tokens: dict[str, str], value: str) -> None:
+    message = config_error(env_with(tokens, BUIDL_FINISH_DELAY_MS=value))
+    assert "BUIDL_FINISH_DELAY_MS" in message and "0 (write at once) to 100" in message and f"got {value}" in message
+    assert_safe_one_liner(message, tokens)
+
+
+def test_finish_delay_is_25_ms_unless_set(tokens: dict[str, str]) -> None:
+    assert load_settings(env_with(tokens)).finish_delay_ms == 25
+    assert load_settings(env_with(tokens, BUIDL_FINISH_DELAY_MS="0")).finish_delay_ms == 0
+
+
 def test_stale_timeout_must_exceed_ping_interval(tokens: dict[str, str]) -> None:
     message = config_error(env_with(tokens, BUIDL_PING_INTERVAL="5", BUIDL_STALE_TIMEOUT="5"))
     assert "BUIDL_STALE_TIMEOUT" in message

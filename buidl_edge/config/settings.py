@@ -22,6 +22,10 @@ MIN_RETENTION_S = 600.0
 # well inside Slack's 3 s, with room for the ack's own write and a handler's payload.
 DEFAULT_CLAIM_WAIT_S = 1.0
 MAX_CLAIM_WAIT_S = 2.0
+# How long a handler's finish may wait to ride a later commit (issue 26's bound), and its ceiling:
+# the at-least-once window of what a handler did itself (ctx.client) widens by this much.
+DEFAULT_FINISH_DELAY_S = 0.025
+MAX_FINISH_DELAY_MS = 100
 # Slack's ceiling on open Socket Mode connections per app.
 SLACK_MAX_CONNECTIONS = 10
 # The sizing rule: each process holds its connections plus one spare for a refresh overlap
@@ -66,6 +70,7 @@ class Settings:
     retention_s: float = 3600.0
     ack_payload_deadline: float = 2.5
     claim_wait_s: float = DEFAULT_CLAIM_WAIT_S
+    finish_delay_ms: float = DEFAULT_FINISH_DELAY_S * 1000
     ping_interval: float = 10.0
     stale_timeout: float = 30.0
     backoff_base: float = 1.0
@@ -132,6 +137,7 @@ _NUMBERS: dict[str, tuple[str, type]] = {
     "BUIDL_MAX_APP_CONNECTIONS": ("max_app_connections", int),
     "BUIDL_ACK_DEADLINE": ("ack_payload_deadline", float),
     "BUIDL_CLAIM_WAIT_S": ("claim_wait_s", float),
+    "BUIDL_FINISH_DELAY_MS": ("finish_delay_ms", float),
     "BUIDL_PING_INTERVAL": ("ping_interval", float),
     "BUIDL_STALE_TIMEOUT": ("stale_timeout", float),
     "BUIDL_BACKOFF_BASE": ("backoff_base", float),
@@ -243,6 +249,9 @@ def validate(settings: Settings) -> None:
     if not 0 < settings.claim_wait_s <= MAX_CLAIM_WAIT_S:
         raise ConfigError(f"BUIDL_CLAIM_WAIT_S must be more than 0 and at most {MAX_CLAIM_WAIT_S:g} (seconds an ack "
                           f"may wait for the store, well inside Slack's 3 s), got {settings.claim_wait_s:g}")
+    if not 0 <= settings.finish_delay_ms <= MAX_FINISH_DELAY_MS:
+        raise ConfigError(f"BUIDL_FINISH_DELAY_MS must be 0 (write at once) to {MAX_FINISH_DELAY_MS} (ms a handler's "
+                          f"finish may wait to ride a later commit), got {settings.finish_delay_ms:g}")
     if settings.stale_timeout <= settings.ping_interval:
         raise ConfigError("BUIDL_STALE_TIMEOUT must be longer than BUIDL_PING_INTERVAL")
     if settings.retention_s < MIN_RETENTION_S:

@@ -293,6 +293,10 @@ class Worker:
             slot.close()
         # Handlers still streaming at the end of their time have their streams stopped with what they have.
         reserve = STREAM_STOP_RESERVE_S if self.streams.live else 0.0
+        from buidl_edge.store.threaded import ThreadedStore  # (already imported when it is one)
+
+        if isinstance(self.store, ThreadedStore):  # no claim is coming for a finish to ride: write them now
+            self.store.finish_promptly()
         handlers_done = self.dispatcher.finish_handlers(timeout=max(0.1, deadline - reserve - time.monotonic()))
         streams_stopped = self.streams.drain(timeout=max(0.1, deadline - time.monotonic()))
         sent = self.outbox.stop(timeout=max(0.1, deadline - time.monotonic()))

@@ -41,5 +41,5 @@ def open_store(settings: "Settings", threaded: bool = True, create: bool | None 
 
         store = SqliteStore(Path(url[len("sqlite:///"):]), lease_s=settings.lease_s,
                             create=threaded if create is None else create, hub_writes=threaded)
-        return ThreadedStore(store) if threaded else store
+        return ThreadedStore(store, settings.finish_delay_ms / 1000) if threaded else store
     raise ConfigError(f"store {url.split(':', 1)[0]}:// is not available in this version")

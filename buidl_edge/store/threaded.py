@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from gevent.threadpool import ThreadPool
 
+from buidl_edge.config.settings import DEFAULT_FINISH_DELAY_S
 from buidl_edge.delivery.ratelimit import PostLimits, StreamLimits
 from buidl_edge.socketmode.protocol import Envelope
 from buidl_edge.store.base import (
@@ -42,8 +43,9 @@ class ThreadedStore:
     """Every call of the store's protocols (store/base.py) on a one-thread gevent pool; claims and
     finishes, the calls of every envelope, go through a group commit."""
 
-    def __init__(self, inner: SqliteStore) -> None:
+    def __init__(self, inner: SqliteStore, finish_delay_s: float = DEFAULT_FINISH_DELAY_S) -> None:
         self.inner = inner
+        self._finish_delay_s = finish_delay_s
         self._pool = ThreadPool(1)
         self._closed = False
         self._batcher = GroupCommit(self._pool, inner.run_batch, inner.run_batch_now)
@@ -61,9 +63,15 @@ class ThreadedStore:
                                          ahead=True)
 
     def finish(self, envelope_id: str, replies: Any, error: str | None = None) -> None:
-        # Written at once, not held for the next commit: until it commits, a kill -9 makes a
-        # sweeper run the handler again (measured in the soak: holding it widened that window).
-        self._batcher.submit(self.inner.finish_txn(envelope_id, replies, error))
+        # It rides the next commit (the next burst's claims) for at most BUIDL_FINISH_DELAY_MS: at
+        # a steady rate one commit an envelope instead of two. A kill -9 meanwhile runs nothing
+        # again: the finish was journaled before it got here (finishes.py), and the sweep stores it.
+        self._batcher.submit_later(self.inner.finish_txn(envelope_id, replies, error), self._finish_delay_s)
+
+    def finish_promptly(self) -> None:
+        """From now on a finish is written at once: a drain began (nothing later is coming)."""
+        self._finish_delay_s = 0.0
+        self._batcher.flush_later()
 
     def describe(self) -> str:
         return self.inner.describe()  # a string: no reason to wait behind a busy thread for it
