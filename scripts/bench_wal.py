@@ -15,6 +15,7 @@ the size of edge.sqlite3-wal every 0.25 s, from before the load until the replie
 Reported: WAL max and p99, a table per minute (acks/s, replies/s, WAL max, the file's size), and
 the simulator's counts and ack latency, so the run is shown to be at the rate it claims.
 `--restart-share X` sets the workers' WAL_RESTART_SHARE (store/sqlite/checkpoint.py); 1e6 never restarts.
+`--trace-checkpoints` logs every checkpoint the workers run (scripts/_bench_wal_hooks.py) and tables them.
 
 --compare: scripts/_bench_wal_store.py (the checkpoint strategies on SqliteStore alone).
 --outbox-backlog 1000,30000: how long the outbox's claim holds the store once replies lag.
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -38,6 +38,7 @@ SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(SCRIPTS))
 
+import _bench_wal_hooks as hooks  # noqa: E402
 import _bench_wal_store as store_bench  # noqa: E402
 from bench import _loadavg  # noqa: E402
 from buidl_edge.sandbox.harness import WorkerProcess, fake_tokens, worker_env  # noqa: E402
@@ -77,41 +78,8 @@ def _size(path: Path) -> int:
         return 0
 
 
-# Sets the checkpointer's constant in the worker once its module is loaded, without importing the
-# store (or anything gevent patches) before the worker starts. Written as sitecustomize.py.
-SET_RESTART_SHARE = """import importlib.machinery, os, sys
-
-class _SetRestartShare(importlib.machinery.PathFinder):
-    @classmethod
-    def find_spec(cls, name, path=None, target=None):
-        if name != "buidl_edge.store.sqlite.checkpoint":
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(name, path, target)
-        run = spec.loader.exec_module
-
-        def exec_module(module):
-            run(module)
-            module.WAL_RESTART_SHARE = float(os.environ["BENCH_WAL_RESTART_SHARE"])
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-sys.meta_path.insert(0, _SetRestartShare)
-"""
-
-
-def restart_share_env(share: float, top: Path) -> dict[str, str]:
-    """What a worker's environment needs to run its checkpointer with WAL_RESTART_SHARE = `share`."""
-    site = top / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(SET_RESTART_SHARE)
-    return {"BENCH_WAL_RESTART_SHARE": str(share), "PYTHONPATH": os.pathsep.join([str(site), str(ROOT), str(SCRIPTS)])}
-
-
 def start_workers(sim: SimulatorProcess, cfg: argparse.Namespace, state: Path) -> list[WorkerProcess]:
-    extra = {"PYTHONPATH": os.pathsep.join([str(ROOT), str(SCRIPTS)])}
-    if cfg.restart_share is not None:
-        extra = restart_share_env(cfg.restart_share, state.parent)
+    extra = hooks.hooks_env(state.parent, [str(ROOT), str(SCRIPTS)], cfg.restart_share, cfg.trace_checkpoints)
     env = worker_env(sim.api_url, fake_tokens(), BUIDL_APP=f"edge_apps:{cfg.app}", BUIDL_LOG_LEVEL="WARNING",
                      BUIDL_STATE_DIR=state, BUIDL_CONNECTIONS=1, **extra)
     if cfg.restart_share is not None:  # the constant the workers will see
@@ -148,6 +116,7 @@ def end_to_end(cfg: argparse.Namespace) -> dict[str, Any]:
             for worker in workers:
                 if worker.proc is not None and worker.proc.returncode:
                     print(f"worker {worker.pid} exited {worker.proc.returncode}:\n{worker.output()[-1500:]}")
+            trace = hooks.read_trace(top / "trace") if cfg.trace_checkpoints else []
             if not cfg.keep:
                 shutil.rmtree(top, ignore_errors=True)
     status.pop("sample_keys", None)
@@ -156,7 +125,7 @@ def end_to_end(cfg: argparse.Namespace) -> dict[str, Any]:
             "started": started, "samples": sampler.samples, "polls": polls, "load": status,
             "summary": {k: summary[k] for k in ("events_injected", "acked", "redeliveries", "missed_deadlines",
                                                 "events_missed", "messages_posted", "post_429s", "post_errors")},
-            "exit_codes": exits, "state_dir": str(state) if cfg.keep else None}
+            "exit_codes": exits, "state_dir": str(state) if cfg.keep else None, "checkpoints": trace}
 
 
 def poll_until_done(client: SimulatorClient, started: float, limit_s: float, replies: bool) -> list[dict[str, Any]]:
@@ -206,6 +175,9 @@ def report_end_to_end(result: dict[str, Any]) -> str:
         lines.append(f"| {minute + 1}{'' if hi <= last else ' (part)'} | {acks / span:,.0f} | {posted / span:,.0f} "
                      f"| {max(sizes):.1f} | {_pct(sizes, 0.99):.1f} | {in_minute[-1][2] / MB:.1f} |")
         minute += 1
+    if result.get("checkpoints"):
+        lines += ["", "Every checkpoint the workers ran (--trace-checkpoints):", "",
+                  hooks.trace_table(result["checkpoints"])]
     return "\n".join(lines)
 
 
@@ -229,6 +201,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="worker processes on the one SQLite file")
     parser.add_argument("--restart-share", type=float, default=None,
                         help="the workers' WAL_RESTART_SHARE (default: the store's; 1e6: PASSIVE only)")
+    parser.add_argument("--trace-checkpoints", action="store_true",
+                        help="log every checkpoint the workers run (process, mode, WAL before, SQLite's answer)")
     parser.add_argument("--app", default="reply", choices=("reply", "bench"),
                         help="edge_apps:reply answers every event (the outbox writes); bench does nothing")
     parser.add_argument("--keep", action="store_true", help="keep the state dir (the SQLite file, worker logs)")

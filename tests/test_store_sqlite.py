@@ -388,8 +388,8 @@ def test_the_wal_stays_within_its_size_limit_under_commits_that_never_pause(
 
 def test_a_wal_that_outgrows_its_share_between_rounds_is_restarted_before_the_next_round(
         db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The checkpointer looks at the -wal file's size every 0.25 s between its rounds: a WAL that
-    grew past its share of the limit is restarted then, not a round later (at 1,000 events/s with
+    """The checkpointer counts the WAL's frames every 0.1 s between its rounds: a WAL that holds
+    more than its share of the limit is restarted then, not a round later (at 1,000 events/s with
     replies, 2 s rounds let it reach 87 MB). Scaled down: a 4 MB limit, rounds every 30 s (none
     within the test), a commit of 16 claims every 10 ms."""
     from buidl_edge.store.sqlite import db as sqlite_db

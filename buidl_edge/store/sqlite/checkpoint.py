@@ -2,14 +2,20 @@
 
 Checkpoints copy the WAL back into the database file and fsync it, the most expensive step of a
 write, so claims only append to the WAL and this thread does the copying, every interval in which
-anything was committed (an idle store costs a wake-up and one read of the WAL index per round).
+anything was committed. An idle store costs one stat of the -wal file per look, the looks backing
+off to one a round while nothing is written.
 """
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from buidl_edge.store.sqlite.checkpoint_lease import CheckpointLease
+from buidl_edge.store.sqlite.wal_file import wal_frames
 
 if TYPE_CHECKING:
     from buidl_edge.store.sqlite.db import SqliteDb
@@ -26,20 +32,31 @@ WAL_RESTART_SHARE = 0.25
 RESTART_BUSY_TIMEOUT_MS = 200
 # How long the checkpointer waits for this process's writers to let go before it skips a round.
 RESTART_LOCK_WAIT_S = 1.0
-# Between rounds the checkpointer looks at the -wal file's size (one stat) this often: a WAL that
-# grew past the threshold is restarted now, not at the next round (at 1,000 events/s with replies a
-# 2 s round let it reach 87 MB), so it cannot outgrow its size at the last look by more than this
-# many seconds of writes.
-SIZE_CHECK_S = 0.25
+# Between rounds the checkpointer counts the WAL's frames this often (about 15 reads of 24 bytes of the
+# -wal file): a WAL that holds more than its share of the limit is restarted now, not at the next
+# round. The count, not the file's size: the file keeps its largest size after a restart, and a
+# WAL refilling below that went unseen until the next round (2 s: 61 MB at 300 events/s with
+# replies, 64-79 MB at 1,000/s on two workers; see BENCHMARKS.md).
+WAL_CHECK_S = 0.1
 # After a RESTART that could not run (the writers held on, a reader kept an old snapshot), the next
 # try comes this soon instead of a round later.
 RETRY_AFTER_SKIP_S = 0.05
 
 
+@dataclass
+class CheckpointCounts:
+    """What this process's checkpointer did: rounds run (a PASSIVE pass each) and RESTARTs that ran
+    to their end. Both stay 0 while another process's checkpointer holds the file's lease."""
+
+    rounds: int = 0
+    restarts: int = 0
+
+
 def checkpoint_loop(db: SqliteDb, interval_s: float, wal_limit_bytes: int) -> None:
-    """Until the store closes: PASSIVE checkpoints never block writers; a RESTART, when the WAL has
-    grown past its share of the limit, holds them for the few pages left. A round every
-    `interval_s`, and at once when the -wal file has grown past the share since the last look."""
+    """Until the store closes, while this process holds the file's checkpoint lease: PASSIVE
+    checkpoints never block writers; a RESTART, when the WAL holds more than its share of the
+    limit, holds them for the few pages left. A round every `interval_s`, and at once when the WAL
+    holds more than its share. Without the lease, it tries to take it every `interval_s`."""
     try:
         conn = db._connect()
         conn.execute(f"PRAGMA busy_timeout = {RESTART_BUSY_TIMEOUT_MS}")
@@ -47,45 +64,65 @@ def checkpoint_loop(db: SqliteDb, interval_s: float, wal_limit_bytes: int) -> No
     except sqlite3.Error:
         db._checkpointer_done.release()
         return
-    restart_bytes = int(wal_limit_bytes * WAL_RESTART_SHARE)
-    restart_pages = restart_bytes // page_size
+    restart_pages = int(wal_limit_bytes * WAL_RESTART_SHARE) // page_size
     wal = Path(f"{db.path}-wal")
-    last_size = _size(wal)
+    lease = CheckpointLease(db.path)
+    lease.take()
     next_round = time.monotonic() + interval_s
-    wait = min(SIZE_CHECK_S, interval_s)
+    restarted_at = -1  # the WAL's frames when a RESTART last ran: they stay until a writer starts it over
+    wait = min(WAL_CHECK_S, interval_s)
+    stamp: tuple[int, int] | None = None  # the -wal file's (mtime, size) at the last look
+    frames = 0
     seen = None  # data_version at the last round: unchanged, nothing was committed since (any process)
     try:
         while not db._stop.acquire(True, wait):
-            size = _size(wal)
-            grew, last_size = size > last_size, size
             now = time.monotonic()
-            wait = min(SIZE_CHECK_S, interval_s)
-            if now < next_round and not (grew and size > restart_bytes):
+            look = _stamp(wal)
+            if look != stamp:  # written since the last look: count the frames, look again soon
+                stamp, frames = look, wal_frames(wal)
+                wait = min(WAL_CHECK_S, interval_s)
+            else:  # an idle store: no read of the file, and the looks back off to one a round
+                wait = min(interval_s, wait * 2)
+            due = now >= next_round
+            if not lease.held:
+                db._wal_backlog = frames  # for the hub's writes: the WAL is due for a checkpoint
+                if due:
+                    next_round = now + interval_s
+                    lease.take()
+                continue
+            if not due and (frames <= restart_pages or frames == restarted_at):
                 continue
             next_round = now + interval_s
             try:
                 version = conn.execute("PRAGMA data_version").fetchone()[0]
                 if version == seen and not db._wal_backlog:
-                    continue  # an idle store: no commit since the last round, nothing to copy
+                    continue  # no commit since the last round, nothing to copy
                 seen = version
                 _, pages, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                db.checkpoints.rounds += 1
                 if pages > restart_pages:
                     pages, done, restarted = _restart_wal(db, conn, pages, done)
-                    if not restarted:  # try again soon: the WAL keeps growing meanwhile
+                    if restarted:
+                        db.checkpoints.restarts += 1
+                        restarted_at = pages
+                    else:  # try again soon: the WAL keeps growing meanwhile
                         next_round, wait = now, RETRY_AFTER_SKIP_S
                 db._wal_backlog = max(0, pages - done)
             except sqlite3.Error:
                 pass  # busy or failing disk: the write path reports that; try later
     finally:
+        lease.release()
         conn.close()
         db._checkpointer_done.release()
 
 
-def _size(path: Path) -> int:
+def _stamp(path: Path) -> tuple[int, int]:
+    """The file's (mtime, size): any write to the WAL changes one of them."""
     try:
-        return path.stat().st_size
+        st = os.stat(path)
     except OSError:
-        return 0
+        return (0, 0)
+    return (st.st_mtime_ns, st.st_size)
 
 
 def _restart_wal(db: SqliteDb, conn: sqlite3.Connection, pages: int, done: int) -> tuple[int, int, bool]:

@@ -25,7 +25,7 @@ from buidl_edge.store.errors import (
     rejected,
 )
 from buidl_edge.store.owners import is_dead_local
-from buidl_edge.store.sqlite.checkpoint import checkpoint_loop
+from buidl_edge.store.sqlite.checkpoint import CheckpointCounts, checkpoint_loop
 from buidl_edge.store.sqlite.schema import migrate
 
 try:  # in a monkey-patched process we still want real OS primitives here:
@@ -93,6 +93,7 @@ class SqliteDb:
         self._conn = self._open()
         self._cur = self._conn.cursor()
         self._wal_backlog = 0  # pages the checkpointer saw waiting, last time it looked
+        self.checkpoints = CheckpointCounts()
         self._hub_lock = _new_lock()
         self._hub: sqlite3.Connection | None = self._connect_hub() if hub_writes else None
         self._hub_cur = self._hub.cursor() if self._hub is not None else None
