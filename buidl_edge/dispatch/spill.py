@@ -43,7 +43,7 @@ class Spill:
         alone, with its envelopes; `done` removes one once its envelopes are claimed, `give_back`
         puts it back for the next sweep."""
         taken: list[tuple[Path, list[Envelope]]] = []
-        for path in dead_files(self.directory, SUFFIX, self.owner):
+        for path in dead_files(self.directory, self.owner, SUFFIX):
             mine = path.with_name(f"{path.name}.taken-{os.getpid()}")
             try:
                 os.rename(path, mine)  # atomic: another sweeper's rename of it fails

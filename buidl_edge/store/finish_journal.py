@@ -97,18 +97,19 @@ class FinishJournal:
         before its sweep knows what not to re-run); `DeadFinishes.mark_recovered` once recovered.
         Recovered journals past KEEP_RECOVERED_S are removed."""
         dead = DeadFinishes()
-        for path in dead_files(self.directory, SUFFIX, self.owner):
+        cutoff = time.time() - KEEP_RECOVERED_S
+        for path in dead_files(self.directory, self.owner, SUFFIX, RECOVERED):
+            if path.name.endswith(RECOVERED):
+                try:
+                    if path.stat().st_mtime < cutoff:
+                        path.unlink()
+                except OSError:
+                    pass
+                continue
             text = read_text(path)
             if text is not None:
                 dead.paths.append(path)
                 _read_into(dead.finishes, text)
-        cutoff = time.time() - KEEP_RECOVERED_S
-        for path in dead_files(self.directory, RECOVERED, self.owner):
-            try:
-                if path.stat().st_mtime < cutoff:
-                    path.unlink()
-            except OSError:
-                pass
         return dead
 
     def finishes_of(self, owner: str) -> dict[str, JournaledFinish]:

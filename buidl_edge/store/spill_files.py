@@ -104,16 +104,20 @@ class AppendFile:
         self._fd = None
 
 
-def dead_files(directory: Path, suffix: str, own_owner: str) -> list[Path]:
-    """The files of this kind left by this host's dead processes (never this process's own)."""
+def dead_files(directory: Path, own_owner: str, *suffixes: str) -> list[Path]:
+    """The files of these kinds left by this host's dead processes (never this process's own), from
+    one listing of the directory (a sweep looks every chores' round)."""
     try:
-        names = [n for n in os.listdir(directory) if n.endswith(suffix)]
+        names = os.listdir(directory)
     except OSError:
         return []
     here = socket.gethostname()
-    mine = file_name(own_owner, suffix)
-    return [directory / name for name in names
-            if name != mine and dead_here(name[:-len(suffix)], here)]
+    found = []
+    for name in names:
+        suffix = next((s for s in suffixes if name.endswith(s)), None)
+        if suffix is not None and name != file_name(own_owner, suffix) and dead_here(name[:-len(suffix)], here):
+            found.append(directory / name)
+    return found
 
 
 def read_text(path: Path) -> str | None:
