@@ -1,10 +1,10 @@
-"""Hub blocking: gevent's monitor thread, and one warning per episode that names the cause.
+"""Hub blocking: the monitor thread, and one warning per episode that names the cause.
 
 A greenlet that burns CPU or sits in a blocking C call holds every ack of its
-process. gevent's monitor thread notices when the hub has not switched greenlets
-for `max_blocking_time`; we log that once per episode (not every check), naming
-the handler and envelope when it is one of ours, else the greenlet and the line it
-is on. The episode ends when the hub runs again, which logs how long it lasted.
+process. The monitor thread (`hub_monitor.py`, on gevent's greenlet tracer) notices
+when a greenlet has run for the threshold without a switch; we log that once per
+episode (not every check), naming the handler and envelope when it is one of ours,
+else the greenlet and the line it is on. The episode ends when the hub runs again, which logs how long it lasted.
 """
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import os
 import sys
 import time
 import traceback
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import gevent
-import gevent.events
+
+from buidl_edge.runtime.hub_monitor import HubMonitor
 
 log = logging.getLogger("buidl_edge.hubwatch")
 
@@ -33,43 +33,29 @@ class HubWatch:
         self.episodes = 0
         self._hub: Any = None
         self._episode: tuple[float, str, dict[str, Any]] | None = None
+        self._monitor: HubMonitor | None = None
 
     def start(self) -> HubWatch:
-        """Turn gevent's monitor on for this thread's hub; call once start-up is done (imports and
-        connection set-up would look like blocking). A threshold of 0 leaves it off."""
+        """Start watching this thread's hub; call once start-up is done (imports and connection
+        set-up would look like blocking). A threshold of 0 leaves it off."""
         if self.threshold_s <= 0:
             return self
         self._hub = gevent.get_hub()
-        gevent.config.max_blocking_time = self.threshold_s
-        gevent.config.print_blocking_reports = False  # we log one line instead of gevent's report
-        gevent.events.subscribers.append(self._on_event)
-        gevent.config.monitor_thread = True
-        try:
-            with warnings.catch_warnings():
-                # Without psutil gevent warns that it cannot watch memory; memory is not what we watch.
-                warnings.filterwarnings("ignore", message="Unable to monitor memory usage")
-                self._hub.start_periodic_monitoring_thread()
-        finally:
-            # Only this hub: the hubs gevent makes in threaded handlers' threads get no monitor.
-            gevent.config.monitor_thread = False
+        # Our own monitor, not gevent's (`gevent.config.monitor_thread`): it sleeps while the hub
+        # is idle, and starts no memory monitor (psutil) beside it.
+        self._monitor = HubMonitor(self._hub, self.threshold_s, self._on_blocked)
         return self
 
     def stop(self) -> None:
         """Stop watching (from the hub's thread): the exit that follows a drain is not a block."""
-        if self._on_event in gevent.events.subscribers:
-            gevent.events.subscribers.remove(self._on_event)
-        monitor = getattr(self._hub, "periodic_monitoring_thread", None)
-        if monitor is not None:
-            monitor.kill()
+        if self._monitor is not None:
+            self._monitor.stop()
 
-    def _on_event(self, event: Any) -> None:
+    def _on_blocked(self, greenlet: Any) -> None:
         """Runs on the monitor thread, while the hub is blocked: record, log, and ask the hub to
         say when it is free again."""
-        if not isinstance(event, gevent.events.EventLoopBlocked) or event.hub is not self._hub:
-            return
         if self._episode is not None:  # already said; the hub has not run since
             return
-        greenlet = event.greenlet
         described = self.describe(greenlet)
         what, extra = described if described else (greenlet_name(greenlet), {})
         where = self._blocked_line()
@@ -78,8 +64,7 @@ class HubWatch:
         log.warning("hub blocked for over %.1fs by %s%s; every ack of this process waits until it yields "
                     "(run CPU-bound or blocking work with threaded=True)", self.threshold_s, what,
                     f" at {where}" if where else "", extra=extra)
-        if self._hub is not None:  # set by start(), before the monitor can call this
-            self._hub.loop.run_callback_threadsafe(self._episode_over)
+        self._hub.loop.run_callback_threadsafe(self._episode_over)
 
     def _episode_over(self) -> None:
         """A hub callback: it runs once the blocking greenlet has yielded."""
@@ -87,7 +72,7 @@ class HubWatch:
             return
         since, what, extra = self._episode
         self._episode = None
-        # The monitor noticed between one and two thresholds in: "at least" is what we know.
+        # The monitor noticed a threshold or more in: "at least" is what we know.
         log.info("hub free again after at least %.1fs; it was held by %s", time.monotonic() - since + self.threshold_s,
                  what, extra=extra)
 
