@@ -2,8 +2,8 @@
 
 Checkpoints copy the WAL back into the database file and fsync it, the most expensive step of a
 write, so claims only append to the WAL and this thread does the copying, every interval in which
-anything was committed. An idle store costs one stat of the -wal file per look, the looks backing
-off to one a round while nothing is written.
+anything was committed, once the WAL holds enough to be worth it. An idle store costs one stat of
+the -wal file per look, the looks backing off to one a round while nothing (or little) is written.
 """
 from __future__ import annotations
 
@@ -38,6 +38,14 @@ RESTART_LOCK_WAIT_S = 1.0
 # WAL refilling below that went unseen until the next round (2 s: 61 MB at 300 events/s with
 # replies, 64-79 MB at 1,000/s on two workers; see BENCHMARKS.md).
 WAL_CHECK_S = 0.1
+# A WAL holding fewer frames than this (1 MB at 4 KB pages, a 64th of the limit) waits for later
+# commits before its round: an idle worker's lease renewal (a few pages every 10 s) cost a
+# checkpoint with two fdatasyncs each time, for pages that the next renewal changes again. Its
+# frames stay in the WAL, as durable as after a checkpoint (the checkpoint only copies them).
+SMALL_WAL_SHARE = 1 / 64
+# A look that finds fewer new frames than this does not speed the looks up (an idle renewal is
+# 2): a WAL filling that slowly is rounds away from its share.
+SMALL_CHANGE_FRAMES = 64
 # After a RESTART that could not run (the writers held on, a reader kept an old snapshot), the next
 # try comes this soon instead of a round later.
 RETRY_AFTER_SKIP_S = 0.05
@@ -65,6 +73,7 @@ def checkpoint_loop(db: SqliteDb, interval_s: float, wal_limit_bytes: int) -> No
         db._checkpointer_done.release()
         return
     restart_pages = int(wal_limit_bytes * WAL_RESTART_SHARE) // page_size
+    small_pages = int(wal_limit_bytes * SMALL_WAL_SHARE) // page_size
     wal = Path(f"{db.path}-wal")
     lease = CheckpointLease(db.path)
     lease.take()
@@ -72,16 +81,22 @@ def checkpoint_loop(db: SqliteDb, interval_s: float, wal_limit_bytes: int) -> No
     restarted_at = -1  # the WAL's frames when a RESTART last ran: they stay until a writer starts it over
     wait = min(WAL_CHECK_S, interval_s)
     stamp: tuple[int, int] | None = None  # the -wal file's (mtime, size) at the last look
+    round_stamp: tuple[int, int] | None = None  # and at the last round
     frames = 0
     seen = None  # data_version at the last round: unchanged, nothing was committed since (any process)
     try:
         while not db._stop.acquire(True, wait):
             now = time.monotonic()
             look = _stamp(wal)
-            if look != stamp:  # written since the last look: count the frames, look again soon
-                stamp, frames = look, wal_frames(wal)
+            if look != stamp:  # written since the last look: count the frames
+                stamp, grown = look, frames
+                frames = wal_frames(wal)
+                grown = frames - grown if frames >= grown else frames  # (a smaller count: a new WAL)
+            else:
+                grown = 0
+            if grown >= SMALL_CHANGE_FRAMES:  # filling: look again soon
                 wait = min(WAL_CHECK_S, interval_s)
-            else:  # an idle store: no read of the file, and the looks back off to one a round
+            else:  # an idle store (no read of the file) or a trickle: the looks back off to one a round
                 wait = min(interval_s, wait * 2)
             due = now >= next_round
             if not lease.held:
@@ -93,6 +108,11 @@ def checkpoint_loop(db: SqliteDb, interval_s: float, wal_limit_bytes: int) -> No
             if not due and (frames <= restart_pages or frames == restarted_at):
                 continue
             next_round = now + interval_s
+            if look == round_stamp and not db._wal_backlog:
+                continue  # the file unchanged since the last round: nothing committed, one stat spent
+            round_stamp = look
+            if seen is not None and frames < small_pages and not db._wal_backlog:
+                continue  # a small WAL waits for more (the first round runs: the file's WAL at open)
             try:
                 version = conn.execute("PRAGMA data_version").fetchone()[0]
                 if version == seen and not db._wal_backlog:
