@@ -21,29 +21,28 @@ LEASE_SUFFIX = "-checkpointer"
 class CheckpointLease:
     def __init__(self, db_path: Path) -> None:
         self.path = Path(f"{db_path}{LEASE_SUFFIX}")
-        self._fd: int | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
+        self._fd: int | None = None  # open from the first try on: held or not
+        self.held = False
 
     def take(self) -> bool:
-        """True when this process holds the lease now (it may have held it already)."""
-        if self._fd is not None:
+        """True when this process holds the lease now (it may have held it already). The file stays
+        open between tries, so a try while another process holds it is one flock call."""
+        if self.held:
             return True
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
+            except OSError:
+                return False
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:  # another process's checkpointer has it
-            os.close(fd)
             return False
-        self._fd = fd
+        self.held = True
         return True
 
     def release(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)
+            os.close(self._fd)  # drops the flock, if held
             self._fd = None
+        self.held = False
