@@ -60,7 +60,6 @@ class HubMonitor:
         self.hub = hub
         self.threshold_s = threshold_s
         self.on_blocked = on_blocked
-        self.wakes = 0  # times the thread woke (tests count them: an idle hub must not wake it)
         self._running = True
         self._waker = _Waker()
         self._before = greenlet.settrace(self._waker.on_switch)
@@ -90,7 +89,6 @@ class HubMonitor:
                 continue
             self._tracer.did_block_hub(self.hub)  # counts the switches from now
             _sleep(self.threshold_s)
-            self.wakes += 1
             if not self._running:
                 return
             blocked = self._tracer.did_block_hub(self.hub)
@@ -103,5 +101,4 @@ class HubMonitor:
         # Armed first, then looked at: a switch before the arming shows here, one after wakes us.
         if self._running and self._idle():
             waker.lock.acquire(True, IDLE_BACKSTOP_S)
-            self.wakes += 1
         waker.armed = False
