@@ -361,6 +361,21 @@ def test_run_is_supervisord_itself_and_its_watch_survives_a_sighup_restart(stack
     assert stack.worker_pids() == set()
 
 
+def test_supervisord_leaves_out_tls_which_only_the_workers_use(stacks, fresh_simulator) -> None:
+    """supervisord speaks XML-RPC on a unix socket only, yet supervisor's imports would load the
+    ssl module and OpenSSL (http.client takes it when it can): 5 MB of `run`'s RSS for nothing
+    (issue 26). A worker, which talks wss to Slack, still has it."""
+    stack = stacks(BUIDL_PROCESSES=1, BUIDL_CONNECTIONS=1).start()
+    [worker] = stack.wait_up(processes=1, connections=1)
+
+    def maps_ssl(pid: int) -> bool:
+        return "/_ssl." in Path(f"/proc/{pid}/maps").read_text()
+
+    assert maps_ssl(worker.pid), "the worker should have the ssl module loaded"
+    assert not maps_ssl(stack.pid), "supervisord loaded the ssl module"
+    assert [p.state for p in stack.processes()] == ["RUNNING"], stack.logs()  # its XML-RPC still answers
+
+
 def test_run_refuses_more_connections_than_slack_allows_counting_refresh_overlap(tmp_path: Path) -> None:
     env = tokens_env(tmp_path / "state", "http://127.0.0.1:9/api/", BUIDL_PROCESSES=4, BUIDL_CONNECTIONS=2)
     result = cli(env, "run", cwd=tmp_path)
