@@ -9,7 +9,7 @@ then exits 3 with the worker's reason, where supervisord alone would exit 0. One
 a parent polling its supervisord child over XML-RPC cost a whole interpreter more.
 
 supervisor is imported inside the functions, not at the top: `main` makes the process's first
-import of it, with the ssl module left out unless the dyno's endpoint is served (without_tls.py).
+import of it, with OpenSSL left out unless the dyno's endpoint is served (without_openssl.py).
 """
 from __future__ import annotations
 
@@ -143,14 +143,15 @@ def main(argv: list[str]) -> int:
     """supervisord in the foreground on the rendered config; 3 after a fatal stop, else its 0."""
     from buidl_edge.config import log_options
     from buidl_edge.observability.logs import setup_logging
-    from buidl_edge.ops.without_tls import tls_left_out
+    from buidl_edge.ops.without_openssl import openssl_left_out
 
     level, json_lines = log_options()
     setup_logging(level, json_lines)
     conf = argv[0]
-    # supervisor's first import in this process. prometheus_client, which serves the dyno's
-    # endpoint, needs urllib.request's HTTPS handler, so TLS stays in only for that.
-    with contextlib.nullcontext() if _serves_health(conf) else tls_left_out():
+    # supervisor's first import in this process, without OpenSSL (without_openssl.py).
+    # prometheus_client, which serves the dyno's endpoint, needs urllib.request's HTTPS handler,
+    # so OpenSSL stays in for that.
+    with contextlib.nullcontext() if _serves_health(conf) else openssl_left_out():
         from supervisor import supervisord
     supervisord.main(["-n", "-c", conf])
     fatal = read_fatal(_state_dir()) or StackWatch.verdict
