@@ -8,7 +8,10 @@ whole start-up, one envelope handled with a reply posted, and the drain.
 """
 from __future__ import annotations
 
+import importlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from buidl_edge.sandbox.harness import WorkerProcess, wait_until, worker_env
@@ -80,3 +83,30 @@ def test_a_sqlite_worker_without_dsn_or_proxy_imports_nothing_it_does_not_use(
     assert not unused, ("imported though this configuration does not use them: "
                         + "; ".join(f"{name} (needs {NOT_FOR_THIS_CONFIG.get(name, '?')})" for name in sorted(unused)))
     assert code == 0, worker.output()
+
+
+def test_supervisords_logging_loads_neither_the_settings_nor_dataclasses() -> None:
+    """`run`'s own process (supervisord and its watch) takes from config only what its log lines
+    need (`log_options`, `process_name`): config's names load with their module on first use, and
+    that module holds no dataclass, so the watch keeps neither the worker's settings nor
+    dataclasses, inspect and ast (about 1.1 MB of supervisord's RSS)."""
+    probe = ("import sys\n"
+             "from buidl_edge.config import log_options\n"
+             "from buidl_edge.observability.logs import setup_logging\n"
+             "import buidl_edge.ops.stack_watch\n"
+             "setup_logging(*log_options())\n"
+             "print(sorted(m for m in ('dataclasses', 'inspect', 'buidl_edge.config.settings') if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30,
+                            cwd=PROJECT_ROOT, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", f"loaded for log lines alone: {result.stdout.strip()}"
+
+
+def test_config_exports_exactly_what_it_says_it_does() -> None:
+    """Each name in config's __all__ has a home module it loads from, and is found there."""
+    import buidl_edge.config as config
+
+    assert sorted(config.__all__) == sorted(config._HOMES)
+    for name in config.__all__:
+        home = importlib.import_module(f"buidl_edge.config.{config._HOMES[name]}")
+        assert getattr(config, name) is getattr(home, name), name
