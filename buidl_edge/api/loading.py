@@ -31,7 +31,6 @@ def import_app(spec: str) -> object:
     An exception raised while the user's module runs is kept as the AppError's `details`
     (its traceback), so the caller can show where it happened.
     """
-    import difflib
     import os
     import sys
 
@@ -60,6 +59,8 @@ def import_app(spec: str) -> object:
     if not hasattr(module, attr):
         apps = [name for name, value in vars(module).items()
                 if isinstance(value, EdgeApp) or type(value).__module__.startswith("slack_bolt.app")]
+        import difflib  # only for this hint: a worker that started keeps every module it loaded
+
         close = difflib.get_close_matches(attr, apps, n=1) or apps[:1]
         hint = f"; did you mean {module_name}:{close[0]}?" if close else "; it defines no EdgeApp or Bolt App"
         raise AppError(f"app module {module_name!r} has no attribute {attr!r}{hint}")

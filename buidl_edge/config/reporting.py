@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from buidl_edge.config.env import environ, flag
 
@@ -44,8 +44,10 @@ def process_name(env: Mapping[str, str] | None = None) -> str:
     return "/".join(p for p in parts if p) or f"pid{os.getpid()}"
 
 
-@dataclass(frozen=True)
-class SentryOptions:
+class SentryOptions(NamedTuple):
+    """A NamedTuple, not a dataclass: this module is all of config that supervisord's process
+    loads (for its log lines), and dataclasses would bring it inspect and ast, 0.7 MB for good."""
+
     dsn: str
     environment: str | None
     release: str | None

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +30,7 @@ from buidl_edge.config import Secret
 from buidl_edge.delivery.loop import Delivered, DeliveryLoop, RetryPolicy
 from buidl_edge.delivery.ratelimit import APPEND_STREAM, START_STREAM, STOP_STREAM, StreamLimits
 from buidl_edge.delivery.stream_state import LiveStream, StreamCall
-from buidl_edge.store.base import Claimed, DeliveryOutcome, EdgeStore
+from buidl_edge.store.base import Claimed, DeliveryOutcome, EdgeStore, random_id
 from buidl_edge.store.errors import StoreError
 from buidl_edge.store.failover import Failover
 from buidl_edge.webapi.client import RateLimited, SlackApiError, TransientApiError, WebApi
@@ -96,7 +95,7 @@ class StreamSender:
     # ------------------------------------------------------------ the sink (ctx.stream)
 
     def open(self, envelope_id: str, target: StreamTarget) -> str:
-        stream = LiveStream(uuid.uuid4().hex, envelope_id, self.owner, target)
+        stream = LiveStream(random_id(), envelope_id, self.owner, target)
         self.live[stream.id] = stream
         self.stats.open = len(self.live)
         return stream.id

@@ -7,17 +7,19 @@ the workers' own format (supervisord itself runs silent), and on a stop no resta
 (link_disabled, a refused token, an app that does not import) shuts supervisord down; `main`
 then exits 3 with the worker's reason, where supervisord alone would exit 0. One process, where
 a parent polling its supervisord child over XML-RPC cost a whole interpreter more.
+
+supervisor is imported inside the functions, not at the top: `main` makes the process's first
+import of it, with OpenSSL left out unless the dyno's endpoint is served (without_openssl.py).
 """
 from __future__ import annotations
 
+import configparser
+import contextlib
 import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
-
-from supervisor import events
-from supervisor.states import SupervisorStates
 
 from buidl_edge.ops import health_events
 from buidl_edge.runtime.exitcodes import EXIT_FATAL
@@ -34,6 +36,8 @@ class StackWatch:
     verdict: dict[str, Any] | None = None  # kept across a SIGHUP restart, which makes a new watch
 
     def __init__(self, supervisord: Any, state_dir: Path) -> None:
+        from supervisor import events
+
         self.supervisord = supervisord
         self.state_dir = state_dir
         events.subscribe(events.ProcessStateEvent, self.on_state)
@@ -44,6 +48,8 @@ class StackWatch:
         health_events.heard(event.process.config.name, event.data)
 
     def on_state(self, event: Any) -> None:
+        from supervisor import events
+
         process = event.process
         if process.group.config.name != WORKER_GROUP:
             return
@@ -77,6 +83,8 @@ class StackWatch:
 
     @property
     def shutting_down(self) -> bool:
+        from supervisor.states import SupervisorStates
+
         return self.supervisord.options.mood < SupervisorStates.RUNNING
 
     def _fatal_marker(self) -> bool:
@@ -88,6 +96,8 @@ class StackWatch:
         return bool(marker)
 
     def stop_for_good(self, reason: str, process: str | None) -> None:
+        from supervisor.states import SupervisorStates
+
         if StackWatch.verdict is None:
             StackWatch.verdict = {"reason": reason, "process": process}
         # What supervisorctl shutdown does: every worker is stopped, then supervisord returns.
@@ -122,16 +132,27 @@ def _serve_health(host: str, port: int) -> Any:
     return dyno_health.serve(settings)
 
 
+def _serves_health(conf: str) -> bool:
+    """Whether the rendered config gives the watch the dyno's endpoint (supervise.watch_section)."""
+    parser = configparser.RawConfigParser(strict=False)
+    parser.read(conf)
+    return parser.has_option("rpcinterface:buidl_edge", "http_port")
+
+
 def main(argv: list[str]) -> int:
     """supervisord in the foreground on the rendered config; 3 after a fatal stop, else its 0."""
-    from supervisor import supervisord
-
     from buidl_edge.config import log_options
     from buidl_edge.observability.logs import setup_logging
+    from buidl_edge.ops.without_openssl import openssl_left_out
 
     level, json_lines = log_options()
     setup_logging(level, json_lines)
     conf = argv[0]
+    # supervisor's first import in this process, without OpenSSL (without_openssl.py).
+    # prometheus_client, which serves the dyno's endpoint, needs urllib.request's HTTPS handler,
+    # so OpenSSL stays in for that.
+    with contextlib.nullcontext() if _serves_health(conf) else openssl_left_out():
+        from supervisor import supervisord
     supervisord.main(["-n", "-c", conf])
     fatal = read_fatal(_state_dir()) or StackWatch.verdict
     if fatal:

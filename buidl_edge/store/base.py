@@ -9,7 +9,7 @@ implements all of them; `EdgeStore` is the whole.
 from __future__ import annotations
 
 import json
-import uuid
+import os
 from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
@@ -176,9 +176,15 @@ def blocks_json(blocks: list[dict[str, Any]] | None) -> str | None:
     return None if blocks is None else json.dumps(blocks, separators=(",", ":"))
 
 
+def random_id() -> str:
+    """128 random bits as 32 hex digits, like uuid4().hex: os.urandom, without the uuid module a
+    worker would otherwise keep loaded for this alone (issue 26: unused modules stay out)."""
+    return os.urandom(16).hex()
+
+
 def idempotency_keys(replies: Sequence[Reply], keys: Sequence[str] | None) -> list[str]:
     """The key of each reply to enqueue: the caller's, or a random one each (queued every time)."""
-    chosen = list(keys) if keys is not None else [f"q:{uuid.uuid4().hex}" for _ in replies]
+    chosen = list(keys) if keys is not None else [f"q:{random_id()}" for _ in replies]
     if len(chosen) != len(replies):
         raise BadCall("one idempotency key per reply")
     return chosen
