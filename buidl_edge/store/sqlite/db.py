@@ -250,6 +250,18 @@ class SqliteDb:
             return lambda cur: [self._item(txns[0], cur, "ROLLBACK")]
 
         def batch(cur: sqlite3.Cursor) -> list[Any]:
+            # Most batches (a claim and the finish riding it) go through whole: first every item
+            # bare, without its SAVEPOINT and RELEASE (two statements an item, ~4 us). Only when
+            # one fails is the transaction begun again with each item in its own savepoint.
+            try:
+                return [txn(cur) for txn in txns]
+            except sqlite3.Error as exc:
+                if _is_locked(exc):
+                    raise  # the whole batch retries, as from a savepoint
+            except Exception:  # (Abort among them): run each in its savepoint below
+                pass
+            cur.execute("ROLLBACK")
+            cur.execute("BEGIN IMMEDIATE")  # locked: raised, and the whole batch retries
             results: list[Any] = []
             for txn in txns:
                 cur.execute("SAVEPOINT item")
