@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -148,3 +149,23 @@ def test_a_file_of_the_schema_before_migrates_on_open_and_keeps_its_rows_and_ded
         assert not again.claim(env("E10", "Ev9"), ME)
     finally:
         again.close()
+
+
+def test_an_open_waits_out_another_process_migrating_the_file(db: Path) -> None:
+    """Copying a big inbox takes seconds (200,000 rows: ~5 s): a process opening the file then waits
+    for it instead of giving up after its usual lock wait, which would stop its worker from starting."""
+    make_v6_file(db, ME)
+    migrating = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    migrating.execute("BEGIN IMMEDIATE")  # what another process's migration holds meanwhile
+    released = threading.Timer(1.0, migrating.execute, ("COMMIT",))
+    released.start()
+    try:
+        store = SqliteStore(db, busy_timeout_s=0.1)
+    finally:
+        released.join()
+        migrating.close()
+    try:
+        assert not store.claim(env("E7", "Ev1"), ME)
+        assert unique_indexes(db, "inbox") == []
+    finally:
+        store.close()

@@ -185,6 +185,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+def schema_behind(cur: sqlite3.Cursor) -> bool:
+    """The file has migrations still to run (a read: no lock)."""
+    return bool(cur.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION)
+
+
 def migrate(cur: sqlite3.Cursor, path: Path) -> None:
     """Bring the file up to SCHEMA_VERSION. Run inside BEGIN IMMEDIATE so that two processes
     opening at once migrate once."""
