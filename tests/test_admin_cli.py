@@ -231,12 +231,12 @@ def test_inbox_stats_counts_rows_per_state_keys_and_replies(seeded) -> None:
     assert result.returncode == 0, result.stderr
     stats = json.loads(result.stdout)
     assert (stats["processing"], stats["done"], stats["failed"]) == (1, 1, 1)
-    assert stats["keys"] == 6  # envelope id + event id for each
+    assert stats["keys"] == 3  # one a claim: the event id of each
     assert stats["oldest_processing_age_s"] is not None and stats["oldest_processing_age_s"] < 60
 
     text = cli(env, "inbox", "stats", cwd=state_dir.parent)
     assert text.returncode == 0
-    assert {"processing: 1", "done: 1", "failed: 1", "keys: 6"} <= set(text.stdout.splitlines())
+    assert {"processing: 1", "done: 1", "failed: 1", "keys: 3"} <= set(text.stdout.splitlines())
 
 
 def test_inbox_list_shows_rows_and_filters_by_state(seeded) -> None:
@@ -305,12 +305,12 @@ def test_inbox_prune_drops_old_handled_rows_but_keeps_in_flight_ones(seeded) -> 
     # --retention under the floor (even 0) is raised to 600 s, so the 700 s old rows now go.
     floored = cli(env, "inbox", "prune", "--retention", "0", cwd=state_dir.parent)
     assert floored.returncode == 0
-    assert floored.stdout.strip() == "pruned 6 rows"  # 2 rows + their 4 keys (the reply is unsent)
+    assert floored.stdout.strip() == "pruned 4 rows"  # 2 rows + their 2 keys (the reply is unsent)
 
     left = json.loads(cli(env, "inbox", "list", "--json", cwd=state_dir.parent).stdout)
     assert [r["envelope_id"] for r in left] == ["env-admin-3"]
     stats = json.loads(cli(env, "inbox", "stats", "--json", cwd=state_dir.parent).stdout)
-    assert stats["keys"] == 2  # the in-flight envelope keeps its dedup keys, whatever their age
+    assert stats["keys"] == 1  # the in-flight envelope keeps its dedup key, whatever its age
 
 
 def test_inbox_retry_is_rerun_by_a_running_worker(fresh_simulator, tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ def test_inbox_stats_shows_the_inbox_alone_without_pythons_none(tmp_path: Path) 
     assert text.returncode == 0, text.stderr
     assert "None" not in text.stdout and "outbox" not in text.stdout, text.stdout
     assert text.stdout.splitlines() == ["processing: 0", "pending: 0", "done: 1", "failed: 0",
-                                        "oldest_processing_age_s: -", "oldest_pending_age_s: -", "keys: 2"]
+                                        "oldest_processing_age_s: -", "oldest_pending_age_s: -", "keys: 1"]
     as_json = json.loads(cli(env, "inbox", "stats", "--json", cwd=tmp_path).stdout)
     assert not [key for key in as_json if key.startswith("outbox")], as_json
 

@@ -86,12 +86,13 @@ class SqliteAdmin(SqliteDb):
         return self._run(read, write=False)
 
     def inbox_row(self, envelope_id: str) -> dict[str, Any] | None:
-        """One inbox row (tests and `status --envelope`)."""
+        """One inbox row (tests and `status --envelope`): the newest with that envelope id. No index
+        holds envelope ids (inbox_rows.py), so this reads the table: a command's cost, not a claim's."""
 
         def read(cur: sqlite3.Cursor) -> dict[str, Any] | None:
             cur.execute("SELECT envelope_id, kind, state, owner, lease_until, attempts, deliveries, "
                         "next_attempt_at, order_key, received_at, updated_at, error FROM inbox "
-                        "WHERE envelope_id = ?", (bind(envelope_id),))
+                        "WHERE envelope_id = ? ORDER BY id DESC LIMIT 1", (bind(envelope_id),))
             row = cur.fetchone()
             return None if row is None else row_dict([d[0] for d in cur.description], row)
 
@@ -107,7 +108,8 @@ class SqliteAdmin(SqliteDb):
 
         def txn(cur: sqlite3.Cursor) -> bool:
             cur.execute("UPDATE inbox SET state = 'processing', owner = '', lease_until = 0, "
-                        "error = NULL, deliveries = 0, updated_at = ? WHERE envelope_id = ? "
+                        "error = NULL, deliveries = 0, updated_at = ? "
+                        "WHERE id = (SELECT MAX(id) FROM inbox WHERE envelope_id = ?) "
                         "AND state IN ('done', 'failed')", (now, bind(envelope_id)))
             return cur.rowcount == 1
 

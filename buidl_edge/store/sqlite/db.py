@@ -26,7 +26,7 @@ from buidl_edge.store.errors import (
 )
 from buidl_edge.store.owners import is_dead_local
 from buidl_edge.store.sqlite.checkpoint import CheckpointCounts, checkpoint_loop
-from buidl_edge.store.sqlite.schema import migrate
+from buidl_edge.store.sqlite.schema import migrate, schema_behind
 
 try:  # in a monkey-patched process we still want real OS primitives here:
     from gevent.monkey import get_original  # calls arrive on a native pool thread
@@ -47,6 +47,8 @@ Txn = Callable[[sqlite3.Cursor], Any]
 # "database is locked" after busy_timeout: retry a few times, then StoreLocked.
 LOCK_ATTEMPTS = 3
 LOCK_BACKOFF_S = (0.01, 0.05)
+
+MIGRATION_WAIT_S = 60.0  # how long an open waits for another process migrating the file (_migrate)
 
 # Checkpoints copy the WAL back into the file and fsync it: by far the most
 # expensive step of a write. A background thread does them, so claims only
@@ -124,11 +126,22 @@ class SqliteDb:
             self._conn = conn  # _run needs it during setup
             self._cur = conn.cursor()
             self._run(self._setup_pragmas, write=False)
-            self._run(lambda cur: migrate(cur, self.path), write=True)
+            self._migrate()
         except StoreError:  # StoreCorrupt for "file is not a database", via _translate
             conn.close()
             raise
         return conn
+
+    def _migrate(self) -> None:
+        """While the schema is behind, another process may be migrating it, holding the write lock
+        as long as copying its inbox takes (200,000 rows: ~5 s): wait for it up to
+        MIGRATION_WAIT_S, not the usual lock wait, so this worker still starts."""
+        wait_s = MIGRATION_WAIT_S if self._run(schema_behind, write=False) else self.busy_timeout_s
+        self._cur.execute(f"PRAGMA busy_timeout = {int(wait_s * 1000)}")
+        try:
+            self._run(lambda cur: migrate(cur, self.path), write=True)
+        finally:
+            self._cur.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
 
     def _connect(self) -> sqlite3.Connection:
         # mode=rw: SQLite itself never creates the file (the checkpointer's connection too).
@@ -250,6 +263,18 @@ class SqliteDb:
             return lambda cur: [self._item(txns[0], cur, "ROLLBACK")]
 
         def batch(cur: sqlite3.Cursor) -> list[Any]:
+            # Most batches (a claim and the finish riding it) go through whole: first every item
+            # bare, without its SAVEPOINT and RELEASE (two statements an item, ~4 us). Only when
+            # one fails is the transaction begun again with each item in its own savepoint.
+            try:
+                return [txn(cur) for txn in txns]
+            except sqlite3.Error as exc:
+                if _is_locked(exc):
+                    raise  # the whole batch retries, as from a savepoint
+            except Exception:  # (Abort among them): run each in its savepoint below
+                pass
+            cur.execute("ROLLBACK")
+            cur.execute("BEGIN IMMEDIATE")  # locked: raised, and the whole batch retries
             results: list[Any] = []
             for txn in txns:
                 cur.execute("SAVEPOINT item")

@@ -1,7 +1,9 @@
 """The SQLite inbox: dedup claims, finishing an envelope (with its replies), leases, sweeps, prune.
 
 SQLite's single writer lock is what makes `claim` race-safe across processes: each write
-runs in `BEGIN IMMEDIATE`, so the check-and-insert of dedup keys is serialized.
+runs in `BEGIN IMMEDIATE`, so the check-and-insert of the dedup key is serialized. A claim makes
+one random-key b-tree insert (its key, `claim_identity`) and appends its inbox row at the end of
+the rowid table; rows are found again by rowid (inbox_rows.py).
 """
 from __future__ import annotations
 
@@ -12,36 +14,32 @@ from collections.abc import Callable, Sequence
 
 from buidl_edge.socketmode import protocol
 from buidl_edge.socketmode.protocol import Envelope
-from buidl_edge.store.base import DEFAULT_RETENTION_S, Reply, Swept, reply_key, retention_cutoff
+from buidl_edge.store.base import DEFAULT_RETENTION_S, Reply, Swept, claim_identity, reply_key, retention_cutoff
 from buidl_edge.store.errors import StoreError
 from buidl_edge.store.sqlite.binding import bind, unbind
-from buidl_edge.store.sqlite.db import Abort, SqliteDb
+from buidl_edge.store.sqlite.inbox_rows import SqliteInboxRows
 from buidl_edge.store.sqlite.outbox import INSERT_OUTBOX, prune_outbox, reply_row
 from buidl_edge.store.sqlite.streams import prune_streams
 
 # Hot-path SQL kept as constants so sqlite3's statement cache reuses the prepared form.
 _INSERT_KEY = "INSERT INTO keys(key, envelope_id, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
-# Upsert: an inbox row can outlive its pruned keys; a genuinely new claim replaces it.
+# Appended at the rowid table's end. (A row that outlived its pruned key and is claimed again
+# leaves the old row beside the new one; lookups take the one in flight, the prune the old.)
 _INSERT_INBOX = """INSERT INTO inbox(envelope_id, kind, envelope, state, owner, lease_until,
                                      attempts, received_at, updated_at)
-                   VALUES (?, ?, ?, 'processing', ?, ?, 1, ?, ?)
-                   ON CONFLICT(envelope_id) DO UPDATE SET
-                     kind = excluded.kind, envelope = excluded.envelope, state = 'processing',
-                     owner = excluded.owner, lease_until = excluded.lease_until, attempts = 1,
-                     received_at = excluded.received_at, updated_at = excluded.updated_at,
-                     error = NULL"""
+                   VALUES (?, ?, ?, 'processing', ?, ?, 1, ?, ?)"""
 _INBOX_HELD = ("SELECT owner, MIN(COALESCE(lease_until, 0)) FROM inbox "
                "WHERE state = 'processing' AND owner != ? GROUP BY owner")
 _OUTBOX_HELD = ("SELECT lease_owner, MIN(COALESCE(lease_until, 0)) FROM outbox "
                 "WHERE state = 'sending' AND lease_owner != ? GROUP BY lease_owner")
-_FINISH = "UPDATE inbox SET state = ?, error = ?, lease_until = NULL, updated_at = ? WHERE envelope_id = ?"
+_FINISH = "state = :state, error = :error, lease_until = NULL, updated_at = :now"
 
 
-class SqliteInbox(SqliteDb):
+class SqliteInbox(SqliteInboxRows):
     # ------------------------------------------------------------ dedup
 
     def claim(self, envelope: Envelope, owner: str) -> bool:
-        """Keys + inbox row in one transaction; False (nothing written) if any key exists."""
+        """Its dedup key + inbox row in one transaction; False (nothing written) if the key exists."""
         return self._run(self.claim_txn(envelope, owner), write=True)
 
     def claim_many_now(self, envelopes: Sequence[Envelope], owner: str) -> list[bool | StoreError] | None:
@@ -57,13 +55,13 @@ class SqliteInbox(SqliteDb):
         def txn(cur: sqlite3.Cursor) -> bool:
             # Built here, not before: whatever fails in it fails this item inside its savepoint.
             eid = bind(envelope.envelope_id)
-            keys = [(bind(key), eid, now) for key in envelope.dedup_keys]
             text = envelope.raw_text or json.dumps(envelope.to_dict(), separators=(",", ":"))
             row = (eid, bind(envelope.kind), bind(text), owner, now + self.lease_s, now, now)
-            cur.executemany(_INSERT_KEY, keys)
-            if cur.rowcount != len(keys):
-                raise Abort(False)  # one key was taken: undo any we inserted
+            cur.execute(_INSERT_KEY, (bind(claim_identity(envelope)), eid, now))
+            if cur.rowcount != 1:
+                return False  # taken: nothing was written
             cur.execute(_INSERT_INBOX, row)
+            self._keep_row_id(envelope.envelope_id, cur.lastrowid)
             return True
 
         return txn
@@ -93,9 +91,9 @@ class SqliteInbox(SqliteDb):
         state = "failed" if error else "done"
 
         def txn(cur: sqlite3.Cursor) -> None:
-            eid = bind(envelope_id)
             rows = [reply_row(envelope_id, r, reply_key(envelope_id, i), now) for i, r in enumerate(replies)]
-            cur.execute(_FINISH, (state, bind(error), now, eid))
+            self._update_in_flight(cur, envelope_id, _FINISH, {"state": state, "error": bind(error), "now": now},
+                                   release=True)
             if rows:
                 cur.executemany(INSERT_OUTBOX, rows)
 
@@ -128,19 +126,20 @@ class SqliteInbox(SqliteDb):
             marks = ",".join("?" * len(dead))
             dead_clause = f" OR owner IN ({marks})" if dead else ""
             candidates = cur.execute(
-                "SELECT envelope_id, owner, lease_until, envelope FROM inbox "
+                "SELECT id, owner, lease_until, envelope FROM inbox "
                 f"WHERE state = 'processing' AND owner != ? AND (lease_until < ?{dead_clause}) "
                 "ORDER BY received_at LIMIT ?", (owner, now, *dead, limit)).fetchall()
             taken: list[Envelope] = []
             lease_until = now + self.lease_s
-            for envelope_id, old_owner, old_lease, text in candidates:
+            for row_id, old_owner, old_lease, text in candidates:
                 cur.execute("UPDATE inbox SET owner = ?, lease_until = ?, attempts = attempts + 1, "
-                            "updated_at = ? WHERE envelope_id = ? AND state = 'processing' "
+                            "updated_at = ? WHERE id = ? AND state = 'processing' "
                             "AND owner = ? AND lease_until IS ?",
-                            (owner, lease_until, now, envelope_id, old_owner, old_lease))
+                            (owner, lease_until, now, row_id, old_owner, old_lease))
                 if cur.rowcount == 1:
                     frame = protocol.parse_frame(unbind(text))
                     if isinstance(frame, Envelope):
+                        self._keep_row_id(frame.envelope_id, row_id)
                         taken.append(Swept.of(frame, old_owner))
             return taken
 

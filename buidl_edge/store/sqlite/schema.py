@@ -149,8 +149,45 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
                SELECT channel, id, state = 'pending', next_attempt_at FROM outbox
                WHERE id IN (SELECT MIN(id) FROM outbox WHERE state IN ('pending', 'sending') GROUP BY channel)""",
     ),
+    (
+        # One random-key b-tree insert per claim (issue 26): the inbox is keyed by its rowid, so a
+        # claim appends its row at the table's end instead of inserting it at a random envelope id
+        # (and the claim now takes one dedup key, not two: see claim_identity in store/base.py).
+        # The rows are copied in arrival order; the keys table is kept as it is, so every key an
+        # older version took (`env:` and `evt:` alike) still dedups after the move.
+        """CREATE TABLE inbox_by_rowid (
+               id INTEGER PRIMARY KEY,
+               envelope_id TEXT NOT NULL,
+               kind TEXT NOT NULL,
+               envelope TEXT NOT NULL,
+               state TEXT NOT NULL,
+               owner TEXT NOT NULL,
+               lease_until REAL,
+               attempts INTEGER NOT NULL DEFAULT 1,
+               received_at REAL NOT NULL,
+               updated_at REAL NOT NULL,
+               error TEXT,
+               order_key TEXT,
+               next_attempt_at REAL,
+               deliveries INTEGER NOT NULL DEFAULT 0)""",
+        """INSERT INTO inbox_by_rowid(envelope_id, kind, envelope, state, owner, lease_until, attempts,
+                                      received_at, updated_at, error, order_key, next_attempt_at, deliveries)
+               SELECT envelope_id, kind, envelope, state, owner, lease_until, attempts,
+                      received_at, updated_at, error, order_key, next_attempt_at, deliveries
+               FROM inbox ORDER BY received_at""",
+        "DROP TABLE inbox",  # and its indexes, made again below on the new table
+        "ALTER TABLE inbox_by_rowid RENAME TO inbox",
+        "CREATE INDEX inbox_processing ON inbox(owner, lease_until) WHERE state = 'processing'",
+        ("CREATE INDEX inbox_relay ON inbox(order_key, received_at) "
+         "WHERE order_key IS NOT NULL AND state IN ('pending', 'processing')"),
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_behind(cur: sqlite3.Cursor) -> bool:
+    """The file has migrations still to run (a read: no lock)."""
+    return bool(cur.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION)
 
 
 def migrate(cur: sqlite3.Cursor, path: Path) -> None:
