@@ -89,6 +89,13 @@ class Envelope:
         return tuple(keys)
 
     @property
+    def claim_key(self) -> str:
+        """The one dedup key a SQLite claim takes: the event id for `events_api` (Slack's retries
+        carry it with a new envelope id), the envelope id otherwise. A redelivery of the same
+        events_api envelope carries the same event id, so the envelope id adds nothing there."""
+        return f"evt:{self.event_id}" if self.event_id else f"env:{self.envelope_id}"
+
+    @property
     def kind(self) -> str:
         """The name handlers are registered under: event type, command or interaction type."""
         if self.type == "events_api":

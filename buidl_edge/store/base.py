@@ -201,14 +201,6 @@ def check_purgeable(state: str) -> None:
         raise BadCall(f"only failed or sent rows can be purged, not {state!r}")
 
 
-def claim_identity(envelope: Envelope) -> str:
-    """The one dedup key a claim takes: the event id for `events_api` (Slack's retries carry it
-    with a new envelope id), the envelope id otherwise. A redelivery of the same events_api envelope
-    carries the same event id, so the envelope id adds nothing to dedup there."""
-    event_id = envelope.event_id
-    return f"evt:{event_id}" if event_id else f"env:{envelope.envelope_id}"
-
-
 def retention_cutoff(now: float, retention_s: float) -> float:
     """Older than this is forgotten by `prune`; never less than Slack's retry window allows."""
     return now - max(retention_s, MIN_RETENTION_S)

@@ -2,7 +2,7 @@
 
 SQLite's single writer lock is what makes `claim` race-safe across processes: each write
 runs in `BEGIN IMMEDIATE`, so the check-and-insert of the dedup key is serialized. A claim makes
-one random-key b-tree insert (its key, `claim_identity`) and appends its inbox row at the end of
+one random-key b-tree insert (its key, `Envelope.claim_key`) and appends its inbox row at the end of
 the rowid table; rows are found again by rowid (inbox_rows.py).
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from buidl_edge.socketmode import protocol
 from buidl_edge.socketmode.protocol import Envelope
-from buidl_edge.store.base import DEFAULT_RETENTION_S, Reply, Swept, claim_identity, reply_key, retention_cutoff
+from buidl_edge.store.base import DEFAULT_RETENTION_S, Reply, Swept, reply_key, retention_cutoff
 from buidl_edge.store.errors import StoreError
 from buidl_edge.store.sqlite.binding import bind, unbind
 from buidl_edge.store.sqlite.inbox_rows import SqliteInboxRows
@@ -57,7 +57,7 @@ class SqliteInbox(SqliteInboxRows):
             eid = bind(envelope.envelope_id)
             text = envelope.raw_text or json.dumps(envelope.to_dict(), separators=(",", ":"))
             row = (eid, bind(envelope.kind), bind(text), owner, now + self.lease_s, now, now)
-            cur.execute(_INSERT_KEY, (bind(claim_identity(envelope)), eid, now))
+            cur.execute(_INSERT_KEY, (bind(envelope.claim_key), eid, now))
             if cur.rowcount != 1:
                 return False  # taken: nothing was written
             cur.execute(_INSERT_INBOX, row)

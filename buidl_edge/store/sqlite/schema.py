@@ -152,7 +152,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         # One random-key b-tree insert per claim (issue 26): the inbox is keyed by its rowid, so a
         # claim appends its row at the table's end instead of inserting it at a random envelope id
-        # (and the claim now takes one dedup key, not two: see claim_identity in store/base.py).
+        # (and the claim now takes one dedup key, not two: see Envelope.claim_key in socketmode/protocol.py).
         # The rows are copied in arrival order; the keys table is kept as it is, so every key an
         # older version took (`env:` and `evt:` alike) still dedups after the move.
         """CREATE TABLE inbox_by_rowid (
