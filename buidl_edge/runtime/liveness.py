@@ -16,14 +16,16 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from buidl_edge.delivery.loop import TokenReader, read_token_now
 from buidl_edge.store.base import EdgeStore
 from buidl_edge.store.health import StoreHealth
 
 
 class LeaseRenewal:
-    def __init__(self, store: EdgeStore, owner: str, turn_s: float,
+    def __init__(self, store: EdgeStore, owner: str, turn_s: float, token_of: TokenReader = read_token_now,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
+        self._token_of = token_of  # read before the renewal (the chores' read at the round's start is)
         self.owner = owner
         self.turn_s = turn_s
         self._clock = clock
@@ -36,7 +38,7 @@ class LeaseRenewal:
         now = self._clock()
         if self._last_at is not None and now - self._last_at < self.turn_s:
             return
-        token = self.store.change_token()  # before the renewal: a claim after it moves the token
+        token = self._token_of(self.store, False)  # before the renewal: a claim after it moves the token
         if self._held == 0 and token is not None and token == self._token:
             self._last_at = now  # nothing was written since a renewal found nothing of ours
             return

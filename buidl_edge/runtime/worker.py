@@ -5,6 +5,7 @@ module and everything it imports open sockets, start threads and take locks.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -34,7 +35,7 @@ from buidl_edge.observability.sentry import (
     report_outbox_failure,
 )
 from buidl_edge.ops.health_events import tell_supervisor, telling_supervisor
-from buidl_edge.runtime.chores import Chore, Chores
+from buidl_edge.runtime.chores import Chore, Chores, RoundTokens
 from buidl_edge.runtime.exitcodes import EXIT_CRASH, EXIT_FATAL, EXIT_OK
 from buidl_edge.runtime.fatal_marker import read_fatal, record_fatal
 from buidl_edge.runtime.gc_tuning import settle_heap
@@ -119,10 +120,12 @@ class Worker:
         self.gate = SlotGate(self.store, self.owner, settings.max_app_connections,
                              on_store_error=self.health.failed)
         # What the chores write, each only when it must (runtime/liveness.py, sweep_watch.py).
+        # Whether anything changed: one read of the store's change token a round, for every chore.
+        self.tokens = RoundTokens()
         self.lease_turn_s = min(RENEWAL_TURN_S, settings.lease_s / 3)
-        self.leases = LeaseRenewal(self.store, self.owner, self.lease_turn_s)
+        self.leases = LeaseRenewal(self.store, self.owner, self.lease_turn_s, self.tokens.of)
         self.beat = Heartbeat(self.store, self.owner, self.snapshot, self.health, RENEWAL_TURN_S)
-        self.sweeps = SweepWatch(self.store, self.owner, socket.gethostname())
+        self.sweeps = SweepWatch(self.store, self.owner, socket.gethostname(), self.tokens.of)
         self.chores: Chores | None = None
 
     def request_stop(self, signum: int | None = None) -> None:
@@ -227,8 +230,9 @@ class Worker:
                        Chore("sweep", SWEEP_INTERVAL_S, self._sweep),
                        Chore("prune", PRUNE_INTERVAL_S, self._prune),
                        Chore("renew_slots", RENEWAL_TURN_S, self._renew_slots),
-                       *(Chore(f"{loop.delivery.name}_chores", DELIVERY_CHORES_S, loop.chore_round)
-                         for loop in loops)], self.health)
+                       *(Chore(f"{loop.delivery.name}_chores", DELIVERY_CHORES_S,
+                               functools.partial(loop.chore_round, self.tokens.of))
+                         for loop in loops)], self.health, self.tokens)
 
     def _exit(self, clean: bool) -> int:
         stop = self.stop_reason
