@@ -40,7 +40,7 @@ from buidl_edge.runtime.exitcodes import EXIT_CRASH, EXIT_FATAL, EXIT_OK
 from buidl_edge.runtime.fatal_marker import read_fatal, record_fatal
 from buidl_edge.runtime.gc_tuning import settle_heap
 from buidl_edge.runtime.hubwatch import HubWatch
-from buidl_edge.runtime.liveness import Heartbeat, LeaseRenewal
+from buidl_edge.runtime.liveness import Heartbeat, LeaseRenewal, current_part
 from buidl_edge.runtime.predecessors import forget_predecessors
 from buidl_edge.runtime.start import cannot_start
 from buidl_edge.runtime.sweep_watch import SweepWatch
@@ -124,7 +124,7 @@ class Worker:
         self.tokens = RoundTokens()
         self.lease_turn_s = min(RENEWAL_TURN_S, settings.lease_s / 3)
         self.leases = LeaseRenewal(self.store, self.owner, self.lease_turn_s, self.tokens.of)
-        self.beat = Heartbeat(self.store, self.owner, self.snapshot, self.health, RENEWAL_TURN_S)
+        self.beat = Heartbeat(self.store, self.owner, self.snapshot, self.current_part, self.health, RENEWAL_TURN_S)
         self.sweeps = SweepWatch(self.store, self.owner, socket.gethostname(), self.tokens.of)
         self.chores: Chores | None = None
 
@@ -356,6 +356,10 @@ class Worker:
     def get_connection_stats(self) -> list[dict[str, Any]]:
         """Per connection, as the Buidl API named them."""
         return [{"name": slot.name, **slot.stats.as_dict()} for slot in self.slots]
+
+    def current_part(self) -> dict[str, Any]:
+        """What the heartbeat checks every 2 s: a few figures, not a snapshot (liveness.py)."""
+        return current_part(self.slots, self.dispatcher, self.gate, self.health, self.outbox, self.relay)
 
     def snapshot(self) -> dict[str, Any]:
         return {

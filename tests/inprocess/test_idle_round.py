@@ -6,7 +6,8 @@ and idle, its timer is stopped, and the test runs its 2 s chores' rounds itself,
 
 - reads of the store's change token: SQLite's `PRAGMA data_version` on the hub connection, as its
   own trace callback sees each statement;
-- listings of the spill directory (`os.listdir`), as Python's audit hook sees each one.
+- listings of the spill directory (`os.listdir`), as Python's audit hook sees each one;
+- whole snapshots of the worker built for its heartbeat (the check needs only a few figures).
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def idle_tick_only(chores: Chores) -> None:
         chore.due_at = 0.0 if chore.interval_s <= IDLE_TICK_S else math.inf
 
 
-def test_an_idle_round_reads_the_change_token_once_and_lists_the_spill_directory_once(
+def test_an_idle_round_reads_the_change_token_once_lists_the_spill_directory_once_and_builds_no_snapshot(
         settings_for: Callable[..., Settings], sim: SimulatorClient) -> None:
     settings = settings_for()
     worker = Worker(settings, EdgeApp("idle"), store=open_store(settings))
@@ -67,6 +68,15 @@ def test_an_idle_round_reads_the_change_token_once_and_lists_the_spill_directory
         hub_connection = worker.store.inner._hub_cur.connection  # type: ignore[attr-defined]
         token_reads: list[str] = []
         hub_connection.set_trace_callback(lambda sql: token_reads.append(sql) if "data_version" in sql else None)
+        snapshots = 0
+        real_snapshot = worker.beat.snapshot
+
+        def counted_snapshot() -> dict[str, Any]:
+            nonlocal snapshots
+            snapshots += 1
+            return real_snapshot()
+
+        worker.beat.snapshot = counted_snapshot
         spill = str(spill_dir(settings.state_dir))
         _listed[:] = ["(armed)"]
         try:
@@ -82,6 +92,7 @@ def test_an_idle_round_reads_the_change_token_once_and_lists_the_spill_directory
             f"{len(token_reads)} reads of the change token in {ROUNDS} idle rounds (one a round, shared by the chores)")
         assert len(listings) <= ROUNDS, (
             f"{len(listings)} listings of the spill directory in {ROUNDS} idle rounds (at most one a round)")
+        assert snapshots == 0, f"{snapshots} snapshots of the worker built in {ROUNDS} idle rounds (nothing to publish)"
     finally:
         worker.request_stop()
         runner.join(timeout=15)
