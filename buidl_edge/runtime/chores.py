@@ -40,12 +40,11 @@ class Chore:
 
 
 class RoundTokens:
-    """A store's change tokens as they were at the start of this chores' round, read once each.
+    """A store's change tokens in this chores' round, each read once, at the first chore that asks.
 
-    Each chore compares a token with one it kept from an earlier look. A token read at the start
-    of the round is older than any read a chore makes during it, so it can only see a change
-    that is not there (a look for nothing), never miss one: what is written during the round
-    moves the next round's token."""
+    Each chore compares a token with one it kept from an earlier look. A token read earlier in
+    the round than a chore's own reads can only make it see a change that is not there (a look
+    for nothing), never miss one: what is written after the read moves the next round's token."""
 
     def __init__(self) -> None:
         self._read: dict[tuple[int, bool], Hashable | None] = {}
@@ -54,7 +53,7 @@ class RoundTokens:
         self._read.clear()
 
     def of(self, store: EdgeStore, others_only: bool = False) -> Hashable | None:
-        """`store.change_token(others_only)`, read at the first ask of the round."""
+        """`store.change_token(others_only)`, as the round's first ask read it."""
         key = (id(store), others_only)
         if key not in self._read:
             self._read[key] = store.change_token(others_only)

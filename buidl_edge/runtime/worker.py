@@ -224,12 +224,14 @@ class Worker:
         loops: list[DeliveryLoop[Any]] = [self.outbox.loop, self.streams.loop]
         if self.relay is not None:
             loops.append(self.relay.loop)
+        # In this order: the writes of a renewal turn (heartbeat, slots) before the sweep's look,
+        # which their move of the change token would otherwise make again the next round.
         return Chores([Chore("heartbeat", HEARTBEAT_CHECK_S, self.beat.publish_if_due),
                        Chore("heartbeat_refresh", RENEWAL_TURN_S, self.beat.refresh),
                        Chore("renew", self.lease_turn_s, self.leases.renew_if_due),
+                       Chore("renew_slots", RENEWAL_TURN_S, self._renew_slots),
                        Chore("sweep", SWEEP_INTERVAL_S, self._sweep),
                        Chore("prune", PRUNE_INTERVAL_S, self._prune),
-                       Chore("renew_slots", RENEWAL_TURN_S, self._renew_slots),
                        *(Chore(f"{loop.delivery.name}_chores", DELIVERY_CHORES_S,
                                functools.partial(loop.chore_round, self.tokens.of))
                          for loop in loops)], self.health, self.tokens)

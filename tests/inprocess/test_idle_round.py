@@ -44,6 +44,14 @@ def _count_listings(event: str, args: tuple[Any, ...]) -> None:
 sys.addaudithook(_count_listings)  # cannot be removed: it counts only while a test arms it
 
 
+def renewal_turn(worker: Worker, chores: Chores) -> None:
+    """Make every chore due now: the round of a renewal turn, whose heartbeat refresh writes (its
+    last publish was a turn ago, not at start-up)."""
+    for chore in chores.chores:
+        chore.due_at = 0.0
+    worker.beat._last_at = -1e9
+
+
 def idle_tick_only(chores: Chores) -> None:
     """Make the idle tick's chores due now and the others not before the test ends."""
     for chore in chores.chores:
@@ -93,6 +101,38 @@ def test_an_idle_round_reads_the_change_token_once_lists_the_spill_directory_onc
         assert len(listings) <= ROUNDS, (
             f"{len(listings)} listings of the spill directory in {ROUNDS} idle rounds (at most one a round)")
         assert snapshots == 0, f"{snapshots} snapshots of the worker built in {ROUNDS} idle rounds (nothing to publish)"
+    finally:
+        worker.request_stop()
+        runner.join(timeout=15)
+
+
+def test_a_renewal_turn_costs_one_look_at_the_leases_not_one_more_for_its_own_writes(
+        settings_for: Callable[..., Settings], sim: SimulatorClient) -> None:
+    """The turn's own writes (heartbeat, slots) move SQLite's change token; the sweep watch must
+    look after them, not before the last, or the next round looks again for nothing."""
+    settings = settings_for()
+    worker = Worker(settings, EdgeApp("idle"), store=open_store(settings))
+    runner = gevent.spawn(worker.run)
+    try:
+        sim.wait_for(lambda s: s["open_connections"] == 1, 10, "the worker's link")
+        wait_until(lambda: worker.up and worker.chores is not None and worker.chores.rounds >= 1, 10,
+                   "the worker up, its chores past their first round")
+        chores = worker.chores
+        assert chores is not None
+        chores.stop()
+        renewal_turn(worker, chores)
+        chores.run_due()
+        for _ in range(ROUNDS):  # settle: whatever start-up left is looked at
+            idle_tick_only(chores)
+            chores.run_due()
+        looks = worker.sweeps.looks
+        renewal_turn(worker, chores)
+        chores.run_due()
+        for _ in range(ROUNDS):
+            idle_tick_only(chores)
+            chores.run_due()
+        assert worker.sweeps.looks - looks <= 1, (
+            f"{worker.sweeps.looks - looks} looks at the leases for one renewal turn and {ROUNDS} idle rounds")
     finally:
         worker.request_stop()
         runner.join(timeout=15)
