@@ -42,6 +42,13 @@ CHORE_INTERVAL_S = 1.0
 MIN_WAIT_S = 0.002
 
 RowT = TypeVar("RowT")
+# How a chore reads a store's change token (`store.change_token(others_only)`): a worker's chores
+# share one read a round (runtime/chores.py RoundTokens).
+TokenReader = Callable[[EdgeStore, bool], Hashable | None]
+
+
+def read_token_now(store: EdgeStore, others_only: bool) -> Hashable | None:
+    return store.change_token(others_only)
 
 
 class Counters(Protocol):
@@ -329,15 +336,16 @@ class DeliveryLoop(Generic[RowT]):
         return not self._deliveries.full() and all(
             self._quiet.get(id(store)) is not None for store in self.stores())
 
-    def chore_round(self) -> None:
+    def chore_round(self, token_of: TokenReader = read_token_now) -> None:
         """Settle what the store refused before; the delivery's own chores (lease renewals); and,
-        while the loop sleeps, a look for rows another process queued (about 10 µs on SQLite)."""
+        while the loop sleeps, a look for rows another process queued (about 10 µs on SQLite;
+        `token_of`: the worker's chores read it once a round for all of them)."""
         self.settle_leftovers()
         self.delivery.chores()
         for store in self.stores():
             quiet = self._quiet.get(id(store))
             # This process's own claims and finishes need no look: what queues rows here wakes the loop.
-            if quiet is not None and store.change_token(others_only=True) != quiet.others:
+            if quiet is not None and token_of(store, True) != quiet.others:
                 self.wake()
                 break
 

@@ -28,6 +28,7 @@ from buidl_edge.store.errors import StoreError, StoreRejected
 from buidl_edge.store.failover import Failover
 from buidl_edge.store.finish_journal import DeadFinishes, JournaledFinish
 from buidl_edge.store.health import StoreHealth
+from buidl_edge.store.spill_files import DirLook
 
 if TYPE_CHECKING:
     from buidl_edge.delivery.outbox import Outbox
@@ -89,8 +90,9 @@ class Dispatcher:
         if self._late_finishes:  # journaled finishes of rows an earlier sweep took: stored first
             DeadFinishes(finishes=self._late_finishes).recover(self.store)
             self._late_finishes.clear()
-        dead = journal.read_dead()
-        self.recover_spilled(dead.finishes)
+        look = DirLook()  # one listing of the spill directory for the journals and the spill files
+        dead = journal.read_dead(look)
+        self.recover_spilled(dead.finishes, look)
         if dead.finishes:
             dead.recover(self.store)
             log.info("stored %d finish(es) a dead worker had journaled while the store was away",
@@ -115,14 +117,14 @@ class Dispatcher:
             log.info("stored %d finish(es) a worker had journaled before it died", len(self._late_finishes))
             self._late_finishes.clear()
 
-    def recover_spilled(self, finished: Collection[str] = ()) -> int:
+    def recover_spilled(self, finished: Collection[str] = (), look: DirLook | None = None) -> int:
         """Claim what dead workers of this host acked before the store decided it (their spill
         files) and hand on what the store says is new, except what they `finished`; how many were new."""
         spill = self.claims.spill
         if spill is None:
             return 0
         new_ones = 0
-        for path, envelopes in spill.take_dead():
+        for path, envelopes in spill.take_dead(look):
             try:
                 outcomes = self.store.claim_many(envelopes, self.owner) if envelopes else []
             except StoreError:

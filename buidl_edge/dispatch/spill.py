@@ -17,7 +17,7 @@ from pathlib import Path
 
 from buidl_edge.socketmode import protocol
 from buidl_edge.socketmode.protocol import Envelope
-from buidl_edge.store.spill_files import AppendFile, dead_files, read_text
+from buidl_edge.store.spill_files import AppendFile, DirLook, dead_files, read_text
 
 SUFFIX = ".spill"
 
@@ -38,12 +38,12 @@ class Spill:
         """Nothing is left undecided: the file holds nothing worth recovering."""
         self._file.empty()
 
-    def take_dead(self) -> list[tuple[Path, list[Envelope]]]:
+    def take_dead(self, look: DirLook | None = None) -> list[tuple[Path, list[Envelope]]]:
         """The spill files of this host's dead processes, each taken (renamed) by this process
         alone, with its envelopes; `done` removes one once its envelopes are claimed, `give_back`
-        puts it back for the next sweep."""
+        puts it back for the next sweep. `look`: the sweep's look at the directory."""
         taken: list[tuple[Path, list[Envelope]]] = []
-        for path in dead_files(self.directory, self.owner, SUFFIX):
+        for path in dead_files(self.directory, self.owner, SUFFIX, look=look):
             mine = path.with_name(f"{path.name}.taken-{os.getpid()}")
             try:
                 os.rename(path, mine)  # atomic: another sweeper's rename of it fails

@@ -8,22 +8,33 @@ changed or not; on a dyno that is most of what it pays for all day. Here:
 - `Heartbeat` publishes the worker's snapshot when what readers must see at once changed (checked
   every HEARTBEAT_CHECK_S: its links, the store's health, what it has left to do), else once a
   renewal turn, with its counters, so that readers see it alive; and every check while the store
-  is degraded, since a write that works is what ends the episode.
+  is degraded, since a write that works is what ends the episode. The check reads those few
+  figures from the parts themselves (`current_part`), not from a whole snapshot: it is most of an
+  idle worker's chores.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from buidl_edge.delivery.loop import TokenReader, read_token_now
 from buidl_edge.store.base import EdgeStore
 from buidl_edge.store.health import StoreHealth
 
+if TYPE_CHECKING:
+    from buidl_edge.delivery.outbox import Outbox
+    from buidl_edge.dispatch.dispatcher import Dispatcher
+    from buidl_edge.relay.relay import Relay
+    from buidl_edge.socketmode.connection import ConnectionSlot
+    from buidl_edge.store.slots import SlotGate
+
 
 class LeaseRenewal:
-    def __init__(self, store: EdgeStore, owner: str, turn_s: float,
+    def __init__(self, store: EdgeStore, owner: str, turn_s: float, token_of: TokenReader = read_token_now,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
+        self._token_of = token_of  # read before the renewal (the chores' read at the round's start is)
         self.owner = owner
         self.turn_s = turn_s
         self._clock = clock
@@ -36,7 +47,7 @@ class LeaseRenewal:
         now = self._clock()
         if self._last_at is not None and now - self._last_at < self.turn_s:
             return
-        token = self.store.change_token()  # before the renewal: a claim after it moves the token
+        token = self._token_of(self.store, False)  # before the renewal: a claim after it moves the token
         if self._held == 0 and token is not None and token == self._token:
             self._last_at = now  # nothing was written since a renewal found nothing of ours
             return
@@ -47,10 +58,13 @@ class LeaseRenewal:
 
 class Heartbeat:
     def __init__(self, store: EdgeStore, owner: str, snapshot: Callable[[], dict[str, Any]],
-                 health: StoreHealth, refresh_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+                 current: Callable[[], dict[str, Any]], health: StoreHealth, refresh_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """`snapshot`: what is published; `current`: its part readers must see within a check."""
         self.store = store
         self.owner = owner
         self.snapshot = snapshot
+        self.current = current
         self.health = health
         self.refresh_s = refresh_s
         self._clock = clock
@@ -60,10 +74,9 @@ class Heartbeat:
 
     def publish_if_due(self) -> None:
         """Every check: publish when what readers need at once changed (or the store is degraded)."""
-        stats = self.snapshot()
-        if current_part(stats) == self._last and not self.health.degraded:
+        if self.current() == self._last and not self.health.degraded:
             return
-        self._publish(stats)
+        self._publish(self.snapshot())
 
     def refresh(self) -> None:
         """Every renewal turn, on the tick of the other renewals (one checkpoint copies them all):
@@ -75,26 +88,25 @@ class Heartbeat:
     def _publish(self, stats: dict[str, Any]) -> None:
         now = self._clock()
         self.store.heartbeat(self.owner, stats)
-        self._last, self._last_at = current_part(stats), now
+        self._last, self._last_at = self.current(), now  # as the snapshot: no switch in between
         self.published += 1
         # A write that worked: with no traffic, the heartbeat is the write that ends a degraded episode.
         self.health.wrote()
 
 
-def current_part(stats: dict[str, Any]) -> dict[str, Any]:
+def current_part(slots: list[ConnectionSlot], dispatcher: Dispatcher | None, gate: SlotGate,
+                 health: StoreHealth, outbox: Outbox | None, relay: Relay | None) -> dict[str, Any]:
     """What a reader must see within a check: whether the worker can serve (its links, the store's
     health, its slots) and what it has left to do (acks the store has not decided, handlers running
     or queued, posts and deliveries in flight: what `status` and the tests' wait for idle read).
     Counters and latencies may be a renewal turn old."""
-    connections = stats.get("connections") or []
-    dispatch = stats.get("dispatch") or {}
-    slots = stats.get("slots") or {}
-    acked = sum(c.get("envelopes_acked") or 0 for c in connections)
-    decided = (dispatch.get("envelopes_new") or 0) + (dispatch.get("duplicates") or 0)
-    return {"connected": [bool(c.get("connected")) for c in connections],
-            "degraded": stats.get("degraded"), "degraded_cause": stats.get("degraded_cause"),
-            "slots": (slots.get("held"), sorted(slots.get("waiting") or {})),
-            "undecided": acked - decided, "acked_undecided": dispatch.get("acked_undecided"),
-            "running": dispatch.get("handlers_running"), "queued": dispatch.get("handlers_queued"),
-            "posting": (stats.get("outbox") or {}).get("in_flight"),
-            "relaying": (stats.get("relay") or {}).get("in_flight")}
+    handlers = dispatcher.target.stats() if dispatcher else {}
+    decided = dispatcher.stats.envelopes_new + dispatcher.stats.duplicates if dispatcher else 0
+    return {"connected": [slot.stats.connected for slot in slots],
+            "degraded": health.degraded, "degraded_cause": health.cause if health.degraded else "",
+            "slots": (sorted(gate.held), sorted(gate.waiting)),
+            "undecided": sum(slot.stats.envelopes_acked for slot in slots) - decided,
+            "acked_undecided": dispatcher.claims.acked_undecided if dispatcher else None,
+            "running": handlers.get("handlers_running"), "queued": handlers.get("handlers_queued"),
+            "posting": outbox.stats.in_flight if outbox else None,
+            "relaying": relay.stats.in_flight if relay is not None else None}

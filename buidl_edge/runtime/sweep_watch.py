@@ -16,14 +16,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Hashable
 
+from buidl_edge.delivery.loop import TokenReader, read_token_now
 from buidl_edge.store.base import EdgeStore
 from buidl_edge.store.owners import is_dead_local
 
 
 class SweepWatch:
-    def __init__(self, store: EdgeStore, owner: str, host: str,
+    def __init__(self, store: EdgeStore, owner: str, host: str, token_of: TokenReader = read_token_now,
                  clock: Callable[[], float] = time.time) -> None:
+        """`token_of`: how `due` reads the change token (the chores' one read a round)."""
         self.store = store
+        self._token_of = token_of
         self.owner = owner
         self.host = host
         self._clock = clock
@@ -36,7 +39,7 @@ class SweepWatch:
         """True when a look at the leases could find a row to take."""
         if self._held is None:
             return True
-        token = self.store.change_token(others_only=True)
+        token = self._token_of(self.store, True)
         if token is None or token != self._token:
             return True
         now = self._clock()

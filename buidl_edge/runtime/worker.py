@@ -5,6 +5,7 @@ module and everything it imports open sockets, start threads and take locks.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -34,12 +35,12 @@ from buidl_edge.observability.sentry import (
     report_outbox_failure,
 )
 from buidl_edge.ops.health_events import tell_supervisor, telling_supervisor
-from buidl_edge.runtime.chores import Chore, Chores
+from buidl_edge.runtime.chores import Chore, Chores, RoundTokens
 from buidl_edge.runtime.exitcodes import EXIT_CRASH, EXIT_FATAL, EXIT_OK
 from buidl_edge.runtime.fatal_marker import read_fatal, record_fatal
 from buidl_edge.runtime.gc_tuning import settle_heap
 from buidl_edge.runtime.hubwatch import HubWatch
-from buidl_edge.runtime.liveness import Heartbeat, LeaseRenewal
+from buidl_edge.runtime.liveness import Heartbeat, LeaseRenewal, current_part
 from buidl_edge.runtime.predecessors import forget_predecessors
 from buidl_edge.runtime.start import cannot_start
 from buidl_edge.runtime.sweep_watch import SweepWatch
@@ -119,10 +120,12 @@ class Worker:
         self.gate = SlotGate(self.store, self.owner, settings.max_app_connections,
                              on_store_error=self.health.failed)
         # What the chores write, each only when it must (runtime/liveness.py, sweep_watch.py).
+        # Whether anything changed: one read of the store's change token a round, for every chore.
+        self.tokens = RoundTokens()
         self.lease_turn_s = min(RENEWAL_TURN_S, settings.lease_s / 3)
-        self.leases = LeaseRenewal(self.store, self.owner, self.lease_turn_s)
-        self.beat = Heartbeat(self.store, self.owner, self.snapshot, self.health, RENEWAL_TURN_S)
-        self.sweeps = SweepWatch(self.store, self.owner, socket.gethostname())
+        self.leases = LeaseRenewal(self.store, self.owner, self.lease_turn_s, self.tokens.of)
+        self.beat = Heartbeat(self.store, self.owner, self.snapshot, self.current_part, self.health, RENEWAL_TURN_S)
+        self.sweeps = SweepWatch(self.store, self.owner, socket.gethostname(), self.tokens.of)
         self.chores: Chores | None = None
 
     def request_stop(self, signum: int | None = None) -> None:
@@ -221,14 +224,17 @@ class Worker:
         loops: list[DeliveryLoop[Any]] = [self.outbox.loop, self.streams.loop]
         if self.relay is not None:
             loops.append(self.relay.loop)
+        # In this order: the writes of a renewal turn (heartbeat, slots) before the sweep's look,
+        # which their move of the change token would otherwise make again the next round.
         return Chores([Chore("heartbeat", HEARTBEAT_CHECK_S, self.beat.publish_if_due),
                        Chore("heartbeat_refresh", RENEWAL_TURN_S, self.beat.refresh),
                        Chore("renew", self.lease_turn_s, self.leases.renew_if_due),
+                       Chore("renew_slots", RENEWAL_TURN_S, self._renew_slots),
                        Chore("sweep", SWEEP_INTERVAL_S, self._sweep),
                        Chore("prune", PRUNE_INTERVAL_S, self._prune),
-                       Chore("renew_slots", RENEWAL_TURN_S, self._renew_slots),
-                       *(Chore(f"{loop.delivery.name}_chores", DELIVERY_CHORES_S, loop.chore_round)
-                         for loop in loops)], self.health)
+                       *(Chore(f"{loop.delivery.name}_chores", DELIVERY_CHORES_S,
+                               functools.partial(loop.chore_round, self.tokens.of))
+                         for loop in loops)], self.health, self.tokens)
 
     def _exit(self, clean: bool) -> int:
         stop = self.stop_reason
@@ -352,6 +358,10 @@ class Worker:
     def get_connection_stats(self) -> list[dict[str, Any]]:
         """Per connection, as the Buidl API named them."""
         return [{"name": slot.name, **slot.stats.as_dict()} for slot in self.slots]
+
+    def current_part(self) -> dict[str, Any]:
+        """What the heartbeat checks every 2 s: a few figures, not a snapshot (liveness.py)."""
+        return current_part(self.slots, self.dispatcher, self.gate, self.health, self.outbox, self.relay)
 
     def snapshot(self) -> dict[str, Any]:
         return {

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from buidl_edge.store.base import EdgeStore, Reply, reply_key
-from buidl_edge.store.spill_files import AppendFile, dead_files, file_name, read_text
+from buidl_edge.store.spill_files import AppendFile, DirLook, dead_files, file_name, read_text
 
 SUFFIX = ".finishes"
 RECOVERED = ".recovered"
@@ -92,13 +92,13 @@ class FinishJournal:
     def close(self) -> None:
         self._file.close()
 
-    def read_dead(self) -> DeadFinishes:
+    def read_dead(self, look: DirLook | None = None) -> DeadFinishes:
         """The journals of this host's dead workers, read (not taken: every sweeper that reads one
         before its sweep knows what not to re-run); `DeadFinishes.mark_recovered` once recovered.
-        Recovered journals past KEEP_RECOVERED_S are removed."""
+        Recovered journals past KEEP_RECOVERED_S are removed. `look`: the sweep's look at the directory."""
         dead = DeadFinishes()
         cutoff = time.time() - KEEP_RECOVERED_S
-        for path in dead_files(self.directory, self.owner, SUFFIX, RECOVERED):
+        for path in dead_files(self.directory, self.owner, SUFFIX, RECOVERED, look=look):
             if path.name.endswith(RECOVERED):
                 try:
                     if path.stat().st_mtime < cutoff:

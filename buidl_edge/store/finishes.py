@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from buidl_edge.store.base import EdgeStore, Reply, reply_key
 from buidl_edge.store.finish_journal import DeadFinishes, FinishJournal, JournaledFinish
+from buidl_edge.store.spill_files import DirLook
 
 # Past this size, or this long since it was last emptied, the journal is rewritten with only the
 # entries still needed: a line of a finish the store has must not outlive the store's memory of its
@@ -100,9 +101,9 @@ class PendingFinishes:
 
     # ------------------------------------------------------------ the journals
 
-    def read_dead(self) -> DeadFinishes:
+    def read_dead(self, look: DirLook | None = None) -> DeadFinishes:
         """What the journals of this host's dead workers hold (for the sweep)."""
-        return self.journal.read_dead() if self.journal is not None else DeadFinishes()
+        return self.journal.read_dead(look) if self.journal is not None else DeadFinishes()
 
     def finishes_of(self, owner: str) -> dict[str, JournaledFinish]:
         return self.journal.finishes_of(owner) if self.journal is not None else {}

@@ -4,7 +4,7 @@ could not take yet (the envelopes it acked undecided, the finishes it could not 
 Each file belongs to one process (`host:pid`) and is only appended to: one `os.write` reaches the
 OS, which outlives the process. The files live in memory (/dev/shm) when there is one, so a full
 disk cannot refuse them; they only have to outlive a process, not the dyno. A live worker of the
-host reads the files of its dead siblings (`dead_files`) and settles them with the store.
+host reads the files of its dead siblings (`dead_files`, one look a sweep: `DirLook`) and settles them with the store.
 """
 from __future__ import annotations
 
@@ -104,18 +104,39 @@ class AppendFile:
         self._fd = None
 
 
-def dead_files(directory: Path, own_owner: str, *suffixes: str) -> list[Path]:
-    """The files of these kinds left by this host's dead processes (never this process's own), from
-    one listing of the directory (a sweep looks every chores' round)."""
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return []
-    here = socket.gethostname()
+class DirLook:
+    """One sweep's look at the spill directory: each directory listed once, each owner's process
+    judged once, whichever of its files (journal, spill) is asked for. A dead worker's journal is
+    then read in the same sweep as its spill file is taken, never the one without the other."""
+
+    def __init__(self) -> None:
+        self._names: dict[Path, list[str]] = {}
+        self._dead: dict[str, bool] = {}
+        self._here = socket.gethostname()
+
+    def names(self, directory: Path) -> list[str]:
+        if directory not in self._names:
+            try:
+                self._names[directory] = os.listdir(directory)
+            except OSError:
+                self._names[directory] = []
+        return self._names[directory]
+
+    def dead(self, owner: str) -> bool:
+        if owner not in self._dead:
+            self._dead[owner] = dead_here(owner, self._here)
+        return self._dead[owner]
+
+
+def dead_files(directory: Path, own_owner: str, *suffixes: str, look: DirLook | None = None) -> list[Path]:
+    """The files of these kinds left by this host's dead processes (never this process's own).
+    `look`: the sweep's one look at the directory, shared by its readers (a sweep looks every
+    chores' round)."""
+    look = look or DirLook()
     found = []
-    for name in names:
+    for name in look.names(directory):
         suffix = next((s for s in suffixes if name.endswith(s)), None)
-        if suffix is not None and name != file_name(own_owner, suffix) and dead_here(name[:-len(suffix)], here):
+        if suffix is not None and name != file_name(own_owner, suffix) and look.dead(name[:-len(suffix)]):
             found.append(directory / name)
     return found
 
