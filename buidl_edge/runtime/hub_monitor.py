@@ -8,8 +8,9 @@ while the hub itself is the active greenlet (waiting for I/O or a timer) nothing
 until the next switch: the thread then sleeps on a lock that the first switch releases. The
 tracer calls that waker on every switch; it reads one flag.
 
-A greenlet that blocks right after a long idle is still reported a threshold after its switch
-(gevent's own reports come one to two thresholds in).
+A greenlet that blocks right after a long idle is reported a threshold after its switch; one that
+starts blocking while the thread is in the middle of a check, one to two thresholds in, as with
+gevent's own monitor.
 """
 from __future__ import annotations
 
