@@ -77,3 +77,14 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.cleanup()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real filesystem of 4 MB (tmpfs), mounted for this test: CI runs as root."""
+    from buidl_edge.sandbox.harness import small_filesystem
+
+    with small_filesystem(tmp_path / "disk", "4m") as refused:
+        if refused:
+            pytest.skip(refused)
+        yield tmp_path / "disk"

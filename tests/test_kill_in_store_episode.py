@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from buidl_edge.sandbox.harness import WriteLockHolder, fill_disk, small_filesystem, wait_until
+from buidl_edge.sandbox.harness import WriteLockHolder, fill_disk, wait_until
 from buidl_edge.sandbox.simulator.client import SimulatorClient, SimulatorProcess
 from support import Workers, app_folder, keys, log_lines, wait_acked
 from test_store_pressure import sqlite_keys
@@ -105,14 +105,6 @@ def test_a_worker_killed_while_its_finishes_wait_on_a_held_lock_has_none_run_aga
         holder.release()
     workers.start()
     assert_once_each(workers, "held")
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    with small_filesystem(tmp_path / "disk", "4m") as refused:
-        if refused:
-            pytest.skip(refused)
-        yield tmp_path / "disk"
 
 
 def test_a_worker_killed_after_posting_replies_from_memory_on_a_full_disk_has_none_posted_again(

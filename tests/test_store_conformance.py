@@ -130,62 +130,48 @@ def test_claim_key_is_once_only_and_shares_the_key_space(store: Any) -> None:
     assert not store.claim_key("env:E1")
 
 
-def test_concurrent_claims_from_four_processes_have_one_winner_each(backend: Backend) -> None:
+def assert_one_winner_each(backend: Backend, count: int, envelope_id: str, procs: int) -> None:
+    """`procs` processes claim `count` events, each in its own order, so they collide all along;
+    every event is won exactly once. `envelope_id` is an f-string body over `round_no` and `i` (and
+    `os.getpid()`, to give each process's envelope of one event an id of its own, as Slack's retries
+    have). On a loaded machine one process can finish before the others run; then race again."""
     backend.open().close()  # schema first, so the race is about claims only
-    # Each process goes through the same envelopes in its own order, so they collide all along.
-    # On a loaded machine one process can finish before the others run; then race again.
     for round_no in range(3):
         results = race(backend, f"""
             import random
             from buidl_edge.socketmode.protocol import Envelope
-            order = list(range(600))
+            round_no = {round_no}
+            order = list(range({count}))
             random.shuffle(order)
             won = []
             for i in order:
-                if s.claim(Envelope("events_api", f"R{round_no}E{{i}}",
-                                    {{"event_id": f"R{round_no}Ev{{i}}", "event": {{"type": "message"}}}}),
+                if s.claim(Envelope("events_api", f"{envelope_id}",
+                                    {{"event_id": f"R{{round_no}}Ev{{i}}", "event": {{"type": "message"}}}}),
                            "h:%d" % os.getpid()):
                     won.append(i)
                 # A pause between claims, as between envelopes: a writer that never lets go of the
-                # lock between its own commits could take all 600 while the others sleep in SQLite's
-                # busy handler, and no race would happen at all.
+                # lock between its own commits could take all of them while the others sleep in
+                # SQLite's busy handler, and no race would happen at all.
                 time.sleep(0.0002)
             s.close()
             print(json.dumps(won))
-        """)
+        """, procs=procs)
         wins = sorted(i for won in results for i in won)
-        assert wins == list(range(600))
+        assert wins == list(range(count))
         if sum(1 for won in results if won) >= 2:
             return
     raise AssertionError("no actual race happened in 3 rounds")
+
+
+def test_concurrent_claims_from_four_processes_have_one_winner_each(backend: Backend) -> None:
+    assert_one_winner_each(backend, 600, "R{round_no}E{i}", procs=4)
 
 
 def test_retries_of_one_event_with_new_envelope_ids_racing_in_processes_are_one_claim(
         backend: Backend) -> None:
     """Slack's retries carry a new envelope id and the same event id: across processes (and so
     across connections) only one of them is claimed, whichever process gets it."""
-    backend.open().close()
-    for round_no in range(3):
-        results = race(backend, f"""
-            import random
-            from buidl_edge.socketmode.protocol import Envelope
-            order = list(range(300))
-            random.shuffle(order)
-            won = []
-            for i in order:
-                if s.claim(Envelope("events_api", f"R{round_no}P{{os.getpid()}}E{{i}}",
-                                    {{"event_id": f"R{round_no}Ev{{i}}", "event": {{"type": "message"}}}}),
-                           "h:%d" % os.getpid()):
-                    won.append(i)
-                time.sleep(0.0002)
-            s.close()
-            print(json.dumps(won))
-        """, procs=3)
-        wins = sorted(i for won in results for i in won)
-        assert wins == list(range(300))
-        if sum(1 for won in results if won) >= 2:
-            return
-    raise AssertionError("no actual race happened in 3 rounds")
+    assert_one_winner_each(backend, 300, "R{round_no}P{os.getpid()}E{i}", procs=3)
 
 
 # ---------------------------------------------------------------- finish / outbox

@@ -22,7 +22,7 @@ import pytest
 import redis
 import requests
 
-from buidl_edge.sandbox.harness import WriteLockHolder, fill_disk, small_filesystem, wait_until
+from buidl_edge.sandbox.harness import WriteLockHolder, fill_disk, wait_until
 from buidl_edge.sandbox.simulator.client import SimulatorClient, SimulatorProcess
 from redis_support import RedisServer, free_port
 from support import Workers, app_folder, keys, log_lines
@@ -212,15 +212,6 @@ def test_a_worker_killed_while_the_lock_is_held_loses_none_of_what_it_acked_unde
 
 
 # -- 2. a full disk -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real filesystem of 4 MB (tmpfs), mounted for this test: CI runs as root."""
-    with small_filesystem(tmp_path / "disk", "4m") as refused:
-        if refused:
-            pytest.skip(refused)
-        yield tmp_path / "disk"
 
 
 def test_a_full_disk_is_one_episode_with_readyz_503_throughout_and_writes_resume_when_space_returns(

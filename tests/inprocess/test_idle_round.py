@@ -11,10 +11,11 @@ and idle, its timer is stopped, and the test runs its 2 s chores' rounds itself,
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +53,10 @@ def renewal_turn(worker: Worker, chores: Chores) -> None:
     worker.beat._last_at = -1e9
 
 
-def idle_tick_only(chores: Chores) -> None:
-    """Make the idle tick's chores due now and the others not before the test ends."""
-    for chore in chores.chores:
-        chore.due_at = 0.0 if chore.interval_s <= IDLE_TICK_S else math.inf
-
-
-def test_an_idle_round_reads_the_change_token_once_lists_the_spill_directory_once_and_builds_no_snapshot(
-        settings_for: Callable[..., Settings], sim: SimulatorClient) -> None:
-    settings = settings_for()
+@contextlib.contextmanager
+def idle_worker(settings: Settings, sim: SimulatorClient) -> Iterator[tuple[Worker, Chores]]:
+    """A real worker up and linked, past its first chores' round, with its timer stopped: the test
+    runs the rounds itself."""
     worker = Worker(settings, EdgeApp("idle"), store=open_store(settings))
     runner = gevent.spawn(worker.run)
     try:
@@ -70,6 +66,22 @@ def test_an_idle_round_reads_the_change_token_once_lists_the_spill_directory_onc
         chores = worker.chores
         assert chores is not None
         chores.stop()
+        yield worker, chores
+    finally:
+        worker.request_stop()
+        runner.join(timeout=15)
+
+
+def idle_tick_only(chores: Chores) -> None:
+    """Make the idle tick's chores due now and the others not before the test ends."""
+    for chore in chores.chores:
+        chore.due_at = 0.0 if chore.interval_s <= IDLE_TICK_S else math.inf
+
+
+def test_an_idle_round_reads_the_change_token_once_lists_the_spill_directory_once_and_builds_no_snapshot(
+        settings_for: Callable[..., Settings], sim: SimulatorClient) -> None:
+    settings = settings_for()
+    with idle_worker(settings, sim) as (worker, chores):
         idle_tick_only(chores)
         chores.run_due()  # a round that settles anything the start left (a first heartbeat)
 
@@ -101,25 +113,13 @@ def test_an_idle_round_reads_the_change_token_once_lists_the_spill_directory_onc
         assert len(listings) <= ROUNDS, (
             f"{len(listings)} listings of the spill directory in {ROUNDS} idle rounds (at most one a round)")
         assert snapshots == 0, f"{snapshots} snapshots of the worker built in {ROUNDS} idle rounds (nothing to publish)"
-    finally:
-        worker.request_stop()
-        runner.join(timeout=15)
 
 
 def test_a_renewal_turn_costs_one_look_at_the_leases_not_one_more_for_its_own_writes(
         settings_for: Callable[..., Settings], sim: SimulatorClient) -> None:
     """The turn's own writes (heartbeat, slots) move SQLite's change token; the sweep watch must
     look after them, not before the last, or the next round looks again for nothing."""
-    settings = settings_for()
-    worker = Worker(settings, EdgeApp("idle"), store=open_store(settings))
-    runner = gevent.spawn(worker.run)
-    try:
-        sim.wait_for(lambda s: s["open_connections"] == 1, 10, "the worker's link")
-        wait_until(lambda: worker.up and worker.chores is not None and worker.chores.rounds >= 1, 10,
-                   "the worker up, its chores past their first round")
-        chores = worker.chores
-        assert chores is not None
-        chores.stop()
+    with idle_worker(settings_for(), sim) as (worker, chores):
         renewal_turn(worker, chores)
         chores.run_due()
         for _ in range(ROUNDS):  # settle: whatever start-up left is looked at
@@ -133,6 +133,3 @@ def test_a_renewal_turn_costs_one_look_at_the_leases_not_one_more_for_its_own_wr
             chores.run_due()
         assert worker.sweeps.looks - looks <= 1, (
             f"{worker.sweeps.looks - looks} looks at the leases for one renewal turn and {ROUNDS} idle rounds")
-    finally:
-        worker.request_stop()
-        runner.join(timeout=15)
