@@ -89,9 +89,9 @@ def checkpoint_loop(db: SqliteDb, interval_s: float, wal_limit_bytes: int) -> No
             now = time.monotonic()
             look = _stamp(wal)
             if look != stamp:  # written since the last look: count the frames
-                stamp, grown = look, frames
+                stamp, before = look, frames
                 frames = wal_frames(wal)
-                grown = frames - grown if frames >= grown else frames  # (a smaller count: a new WAL)
+                grown = frames - before if frames >= before else frames  # (a smaller count: a new WAL)
             else:
                 grown = 0
             if grown >= SMALL_CHANGE_FRAMES:  # filling: look again soon
